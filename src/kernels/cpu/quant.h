@@ -1,0 +1,87 @@
+/* quant.h - ggml's tensor element formats (F32, F16, BF16 and the block quantizations
+ * Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, Q8_K), bit-compatible with ggml/llama.cpp.
+ *
+ * A GGUF file stores each tensor row as a run of fixed-size blocks: `block_size` elements
+ * packed into `type_size` bytes. This module knows the sizes of every ggml type id (so a
+ * GGUF reader can size any tensor) and implements, for the types qnext supports:
+ *   - dequantization to f32, bit-identical to ggml's dequantize_row_* (and the gguf
+ *     Python package), and
+ *   - reference quantization, byte-identical to ggml's quantize_row_*_ref (the path
+ *     llama-quantize takes without an importance matrix).
+ * These are plain C reference routines; the fast SIMD matmul kernels live elsewhere and
+ * are tested against these.
+ *
+ * Block layouts (little-endian, offsets in bytes; "f16" is an IEEE half):
+ *   Q4_0 (32 el, 18 B):  d:f16 @0, qs[16] @2        x = (nibble - 8) * d
+ *   Q4_1 (32 el, 20 B):  d:f16 @0, m:f16 @2, qs[16] @4   x = nibble * d + m
+ *   Q5_0 (32 el, 22 B):  d:f16 @0, qh[4] @2, qs[16] @6   x = (nibble | hbit<<4) - 16) * d
+ *   Q5_1 (32 el, 24 B):  d @0, m @2, qh[4] @4, qs[16] @8 x = (nibble | hbit<<4) * d + m
+ *   Q8_0 (32 el, 34 B):  d:f16 @0, qs:int8[32] @2   x = q * d
+ *   Q4_K (256 el, 144 B): d @0, dmin @2, scales[12] @4 (8 x 6-bit scale, 8 x 6-bit min),
+ *                          qs[128] @16               x = d*sc[j] * q - dmin*m[j]
+ *   Q5_K (256 el, 176 B): d @0, dmin @2, scales[12] @4, qh[32] @16, qs[128] @48
+ *   Q6_K (256 el, 210 B): ql[128] @0, qh[64] @128, scales:int8[16] @192, d:f16 @208
+ *                          x = d * sc[j] * (q6 - 32)
+ *   Q8_K (256 el, 292 B): d:f32 @0, qs:int8[256] @4, bsums:int16[16] @260 (activations)
+ * In Q4_0/Q4_1/Q5_x byte j of qs holds element j (low nibble) and element j+16 (high).
+ * docs/GGUF.md has the nibble orders of the K formats in full. */
+#ifndef QNEXT_QUANT_H
+#define QNEXT_QUANT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* ggml type ids, as stored in GGUF tensor infos (ggml.h enum ggml_type). */
+typedef enum {
+    QUANT_F32 = 0, QUANT_F16 = 1, QUANT_Q4_0 = 2, QUANT_Q4_1 = 3,
+    QUANT_Q5_0 = 6, QUANT_Q5_1 = 7, QUANT_Q8_0 = 8, QUANT_Q8_1 = 9,
+    QUANT_Q2_K = 10, QUANT_Q3_K = 11, QUANT_Q4_K = 12, QUANT_Q5_K = 13, QUANT_Q6_K = 14,
+    QUANT_Q8_K = 15, QUANT_IQ2_XXS = 16, QUANT_IQ2_XS = 17, QUANT_IQ3_XXS = 18,
+    QUANT_IQ1_S = 19, QUANT_IQ4_NL = 20, QUANT_IQ3_S = 21, QUANT_IQ2_S = 22,
+    QUANT_IQ4_XS = 23, QUANT_I8 = 24, QUANT_I16 = 25, QUANT_I32 = 26, QUANT_I64 = 27,
+    QUANT_F64 = 28, QUANT_IQ1_M = 29, QUANT_BF16 = 30, QUANT_TQ1_0 = 34, QUANT_TQ2_0 = 35,
+    QUANT_MXFP4 = 39, QUANT_NVFP4 = 40, QUANT_Q1_0 = 41,
+    QUANT_TYPE_LIMIT = 42 /* one past the largest id this table knows */
+} quant_type;
+
+#define QUANT_QK_K 256
+
+typedef struct {
+    const char *name;    /* ggml's name, e.g. "Q4_K" */
+    int64_t block_size;  /* elements per block */
+    size_t type_size;    /* bytes per block */
+    int can_dequantize;  /* quant_dequantize_row / quant_dot_row_f32 handle it */
+    int can_quantize;    /* quant_quantize_row handles it */
+} quant_type_info;
+
+/* Type table entry for a ggml type id, or NULL when the id is not a ggml type. */
+const quant_type_info *quant_type_get(int type);
+/* "Q4_K" etc., or "?" for an unknown id. */
+const char *quant_type_name(int type);
+/* Type id for a ggml type name (case-sensitive, as ggml spells it), or -1. */
+int quant_type_from_name(const char *name);
+/* Bytes of a row of n elements; 0 when the type is unknown or n is not a whole number
+ * of blocks (n must be > 0). */
+size_t quant_row_bytes(int type, int64_t n);
+
+/* Dequantizes n elements (a whole number of blocks) from src into dst.
+ * Returns 0, or -1 for an unsupported type or a bad n (dst untouched). */
+int quant_dequantize_row(int type, const void *src, float *dst, int64_t n);
+/* Reference quantization of n elements (a whole number of blocks); same return codes.
+ * For finite input the bytes equal ggml's quantize_row_*_ref; non-finite input gives
+ * some bytes without undefined behaviour. */
+int quant_quantize_row(int type, const float *src, void *dst, int64_t n);
+/* sum_i w[i] * x[i] for a row of n elements of the given type, by dequantizing one
+ * block at a time and accumulating in fp32 (the reference the SIMD kernels are held
+ * to). Returns NaN for an unsupported type or a bad n. */
+float quant_dot_row_f32(int type, const void *w_row, const float *x, int64_t n);
+
+/* Scalar conversions, as ggml does them: f32->f16 and f32->bf16 round to nearest even;
+ * a NaN becomes a quiet NaN (f16: sign|0x7E00, bf16: the top half with the quiet bit
+ * set), an f32 too large for f16 becomes +-inf. f16/bf16 -> f32 are exact. */
+uint16_t quant_f32_to_f16(float f);
+float quant_f16_to_f32(uint16_t h);
+uint16_t quant_f32_to_bf16(float f);
+float quant_bf16_to_f32(uint16_t h);
+
+#endif
