@@ -1,0 +1,15 @@
+/* args.h - small helpers shared by the subcommands: option values and token id lists. */
+#ifndef QNEXT_CLI_ARGS_H
+#define QNEXT_CLI_ARGS_H
+#include <stddef.h>
+#include <stdint.h>
+
+/* Parses "1 2 3" (spaces, commas or newlines between ids) into a malloc'd array.
+ * Returns 0 and prints a message on a malformed list. */
+int args_parse_ids(const char *s, int32_t **ids, int *n);
+/* Parses an integer or float option value; prints a message naming the option on error. */
+int args_int(const char *opt, const char *val, long lo, long hi, long *out);
+int args_float(const char *opt, const char *val, double *out);
+/* Returns the value following argv[*i] or NULL (and prints) when the option has none. */
+const char *args_value(int argc, char **argv, int *i);
+#endif

@@ -1,0 +1,425 @@
+/* forward.c - the Qwen3-Next forward pass on the CPU, read top to bottom like the spec
+ * (docs: shared qwen3next-spec.md, section 3).
+ *
+ * One call runs T tokens (a micro-batch) at the session's position. Every layer is
+ *     h += block(RMSNorm1p(h))        block = gdn_block or attn_block
+ *     h += mlp(RMSNorm1p(h))          mlp   = moe_block or dense_block
+ * All activations are fp32; the scratch buffers belong to the session and are sized for
+ * n_ubatch tokens when it is created, so nothing is allocated here. */
+#include <float.h>
+#include <math.h>
+#include <omp.h>
+#include <string.h>
+
+#include "kernels/cpu/ops.h"
+#include "model.h"
+
+#define GDN_CHUNK 64
+
+/* ---------------------------------------------------------------- RoPE tables */
+
+/* cos/sin for the rotary pairs at positions pos..pos+T-1, as transformers computes them:
+ * fp32 angle = pos * inv_freq, then scaled by the YaRN attention factor. */
+static void rope_tables(qnext_session *s, int pos, int T) {
+    int half = s->m->cfg.rotary_dim / 2;
+    for (int t = 0; t < T; t++)
+        for (int i = 0; i < half; i++) {
+            float ang = (float)(pos + t) * s->rope_inv_freq[i];
+            s->sc.rope_cos[t * half + i] = (float)cos((double)ang) * s->rope_mscale;
+            s->sc.rope_sin[t * half + i] = (float)sin((double)ang) * s->rope_mscale;
+        }
+}
+
+/* Rotates the first rotary_dim dims of one head (NeoX rotate-half pairs i, i+half). */
+static void rope_apply(float *v, const float *cs, const float *sn, int half) {
+    for (int i = 0; i < half; i++) {
+        float a = v[i], b = v[i + half];
+        v[i] = a * cs[i] - b * sn[i];
+        v[i + half] = b * cs[i] + a * sn[i];
+    }
+}
+
+/* ---------------------------------------------------------------- Gated DeltaNet */
+
+/* Recurrent delta rule for one value head over T tokens: the decode path. State S is
+ * [dk][dv]; per token: decay, read kv = S^T k, delta = beta (v - kv), S += k delta^T,
+ * then read out o = S^T q after the update. */
+static void gdn_recurrent_head(float *S, int dk, int dv, int T, const float *q, const float *k, int64_t ldqk,
+                               const float *v, int64_t ldv, const float *g, const float *beta, int64_t ldg,
+                               float *o, int64_t ldo, float *tmp) {
+    for (int t = 0; t < T; t++) {
+        const float *qt = q + t * ldqk, *kt = k + t * ldqk, *vt = v + t * ldv;
+        float decay = expf(g[t * ldg]), b = beta[t * ldg];
+        float *kv = tmp;
+        for (int j = 0; j < dv; j++) kv[j] = 0;
+        for (int i = 0; i < dk; i++) {
+            float *Si = S + (int64_t)i * dv;
+            for (int j = 0; j < dv; j++) {
+                Si[j] *= decay;
+                kv[j] += Si[j] * kt[i];
+            }
+        }
+        for (int j = 0; j < dv; j++) kv[j] = b * (vt[j] - kv[j]); /* kv now holds delta */
+        float *ot = o + t * ldo;
+        for (int j = 0; j < dv; j++) ot[j] = 0;
+        for (int i = 0; i < dk; i++) {
+            float *Si = S + (int64_t)i * dv;
+            for (int j = 0; j < dv; j++) {
+                Si[j] += kt[i] * kv[j];
+                ot[j] += Si[j] * qt[i];
+            }
+        }
+    }
+}
+
+/* Chunked delta rule for one value head (spec 3.3, chunk 64): within a chunk the
+ * recurrence is solved as a unit lower-triangular system, then the state is carried
+ * across chunks. Same result as the recurrence, with matrix-shaped work. */
+static void gdn_chunked_head(float *S, int dk, int dv, int T, const float *q, const float *k, int64_t ldqk,
+                             const float *v, int64_t ldv, const float *g, const float *beta, int64_t ldg,
+                             float *o, int64_t ldo, float *tmp) {
+    const int C = GDN_CHUNK;
+    float *gam = tmp;              /* [C] within-chunk cumulative log decay */
+    float *Lm = gam + C;           /* [C][C] beta_r (k_r . k_s) exp(gam_r - gam_s), s < r */
+    float *U = Lm + C * C;         /* [C][dv] pseudo values */
+    float *W = U + C * dv;         /* [C][dk] decayed keys */
+    float *Vn = W + C * dk;        /* [C][dv] */
+    float *row = Vn + C * dv;      /* [max(dk, dv)] */
+    for (int t0 = 0; t0 < T; t0 += C) {
+        int n = T - t0 < C ? T - t0 : C;
+        float acc = 0;
+        for (int r = 0; r < n; r++) { acc += g[(t0 + r) * ldg]; gam[r] = acc; }
+        for (int r = 0; r < n; r++) {
+            const float *kr = k + (t0 + r) * ldqk;
+            float br = beta[(t0 + r) * ldg];
+            for (int s2 = 0; s2 < r; s2++)
+                Lm[r * C + s2] = br * op_dot_f32(kr, k + (t0 + s2) * ldqk, dk) * expf(gam[r] - gam[s2]);
+        }
+        /* Forward substitution: (I + L) U = beta V and (I + L) W = beta exp(gam) K. */
+        for (int r = 0; r < n; r++) {
+            float br = beta[(t0 + r) * ldg], eg = expf(gam[r]);
+            const float *vr = v + (t0 + r) * ldv, *kr = k + (t0 + r) * ldqk;
+            float *Ur = U + r * dv, *Wr = W + r * dk;
+            for (int j = 0; j < dv; j++) Ur[j] = br * vr[j];
+            for (int i = 0; i < dk; i++) Wr[i] = br * eg * kr[i];
+            for (int s2 = 0; s2 < r; s2++) {
+                float l = Lm[r * C + s2];
+                const float *Us = U + s2 * dv, *Ws = W + s2 * dk;
+                for (int j = 0; j < dv; j++) Ur[j] -= l * Us[j];
+                for (int i = 0; i < dk; i++) Wr[i] -= l * Ws[i];
+            }
+        }
+        /* Vn = U - W S, then outputs O = exp(gam) (Q S) + (Q K^T masked decay) Vn. */
+        for (int r = 0; r < n; r++) {
+            float *Vr = Vn + r * dv;
+            memcpy(Vr, U + r * dv, dv * sizeof(float));
+            const float *Wr = W + r * dk;
+            for (int i = 0; i < dk; i++) {
+                float w = Wr[i];
+                const float *Si = S + (int64_t)i * dv;
+                for (int j = 0; j < dv; j++) Vr[j] -= w * Si[j];
+            }
+        }
+        for (int r = 0; r < n; r++) {
+            const float *qr = q + (t0 + r) * ldqk;
+            float *orow = o + (t0 + r) * ldo;
+            float eg = expf(gam[r]);
+            for (int j = 0; j < dv; j++) row[j] = 0;
+            for (int i = 0; i < dk; i++) {
+                float qi = qr[i] * eg;
+                const float *Si = S + (int64_t)i * dv;
+                for (int j = 0; j < dv; j++) row[j] += qi * Si[j];
+            }
+            for (int s2 = 0; s2 <= r; s2++) {
+                float a = op_dot_f32(qr, k + (t0 + s2) * ldqk, dk) * expf(gam[r] - gam[s2]);
+                const float *Vs = Vn + s2 * dv;
+                for (int j = 0; j < dv; j++) row[j] += a * Vs[j];
+            }
+            memcpy(orow, row, dv * sizeof(float));
+        }
+        /* Carry the state: S = exp(gam_last) S + sum_s exp(gam_last - gam_s) k_s Vn_s^T. */
+        float glast = gam[n - 1], el = expf(glast);
+        for (int i = 0; i < dk; i++) {
+            float *Si = S + (int64_t)i * dv;
+            for (int j = 0; j < dv; j++) Si[j] *= el;
+        }
+        for (int s2 = 0; s2 < n; s2++) {
+            const float *ks = k + (t0 + s2) * ldqk, *Vs = Vn + s2 * dv;
+            float d = expf(glast - gam[s2]);
+            for (int i = 0; i < dk; i++) {
+                float ki = ks[i] * d;
+                float *Si = S + (int64_t)i * dv;
+                for (int j = 0; j < dv; j++) Si[j] += ki * Vs[j];
+            }
+        }
+    }
+}
+
+size_t gdn_tmp_floats(int dk, int dv) {
+    const int C = GDN_CHUNK;
+    int mx = dk > dv ? dk : dv;
+    return (size_t)C + C * C + C * dv + C * dk + C * dv + mx + 16;
+}
+
+/* x[T,H] -> in_proj_qkvz, in_proj_ba -> causal conv + SiLU -> L2-norm q,k -> gates ->
+ * delta rule (chunked or recurrent) -> gated RMSNorm with silu(z) -> out_proj -> y[T,H] */
+static void gdn_block(qnext_session *s, int il, int T) {
+    const qnext_config *c = &s->m->cfg;
+    const qn_layer *ly = &s->m->layers[il];
+    qn_layer_state *st = &s->ls[il];
+    qn_scratch *sc = &s->sc;
+    const int nk = c->lin_n_k_heads, nv = c->lin_n_v_heads, dk = c->lin_k_dim, dv = c->lin_v_dim;
+    const int K = c->conv_kernel, r = nv / nk;
+    const int64_t key_dim = (int64_t)nk * dk, val_dim = (int64_t)nv * dv, conv_dim = 2 * key_dim + val_dim;
+    const int64_t n_qkvz = 2 * key_dim + 2 * val_dim;
+
+    op_matmul(&ly->qkvz, sc->x, T, sc->proj);  /* [T, q|k|v|z] after the load-time row map */
+    op_matmul(&ly->ba, sc->x, T, sc->proj2);   /* [T, b|a] */
+
+    /* Causal depthwise conv over [conv state | new inputs], then SiLU. */
+    float *cs = st->conv_state;
+#pragma omp parallel for schedule(static) if (T * conv_dim > 65536)
+    for (int64_t ch = 0; ch < conv_dim; ch++) {
+        const float *w = ly->conv_w + ch * K;
+        for (int t = 0; t < T; t++) {
+            float acc = 0;
+            for (int j = 0; j < K; j++) {
+                int tau = t - (K - 1) + j;
+                float xv = tau >= 0 ? sc->proj[(int64_t)tau * n_qkvz + ch] : cs[(int64_t)(K - 1 + tau) * conv_dim + ch];
+                acc += w[j] * xv;
+            }
+            sc->conv[(int64_t)t * conv_dim + ch] = qn_silu(acc);
+        }
+        /* Keep the last K-1 inputs. Ascending i only reads rows not yet overwritten. */
+        for (int i = 0; i < K - 1; i++) {
+            int tau = T - (K - 1) + i;
+            cs[(int64_t)i * conv_dim + ch] =
+                tau >= 0 ? sc->proj[(int64_t)tau * n_qkvz + ch] : cs[(int64_t)(K - 1 + tau) * conv_dim + ch];
+        }
+    }
+
+    /* L2-normalise q and k per head (eps inside the sqrt of the sum), scale q by dk^-1/2;
+     * gates: beta = sigmoid(b), g = -exp(A_log) softplus(a + dt_bias). */
+    const float qscale = 1.0f / sqrtf((float)dk);
+    for (int t = 0; t < T; t++) {
+        float *row = sc->conv + (int64_t)t * conv_dim;
+        for (int hh = 0; hh < 2 * nk; hh++) {
+            float *v = row + (int64_t)hh * dk;
+            double ss = 0;
+            for (int i = 0; i < dk; i++) ss += (double)v[i] * v[i];
+            float inv = 1.0f / sqrtf((float)ss + 1e-6f);
+            if (hh < nk) inv *= qscale;
+            for (int i = 0; i < dk; i++) v[i] *= inv;
+        }
+        const float *ba = sc->proj2 + (int64_t)t * 2 * nv;
+        float *gt = sc->gates + (int64_t)t * 2 * nv;
+        for (int h = 0; h < nv; h++) {
+            gt[h] = ly->a_neg[h] * qn_softplus(ba[nv + h] + ly->dt_bias[h]);
+            gt[nv + h] = qn_sigmoid(ba[h]);
+        }
+    }
+
+    int recurrent = s->params.gdn_mode == QNEXT_GDN_RECURRENT || (s->params.gdn_mode == QNEXT_GDN_AUTO && T == 1);
+#pragma omp parallel for schedule(static)
+    for (int h = 0; h < nv; h++) {
+        int kh = h / r; /* value head h reads key head h / (nv/nk) */
+        const float *q = sc->conv + (int64_t)kh * dk, *k = sc->conv + key_dim + (int64_t)kh * dk;
+        const float *v = sc->conv + 2 * key_dim + (int64_t)h * dv;
+        float *S = st->ssm_state + (int64_t)h * dk * dv;
+        float *o = sc->core + (int64_t)h * dv;
+        float *tmp = sc->gdn_tmp + (size_t)h * sc->gdn_tmp_stride;
+        if (recurrent)
+            gdn_recurrent_head(S, dk, dv, T, q, k, conv_dim, v, conv_dim, sc->gates + h, sc->gates + nv + h, 2 * nv,
+                               o, val_dim, tmp);
+        else
+            gdn_chunked_head(S, dk, dv, T, q, k, conv_dim, v, conv_dim, sc->gates + h, sc->gates + nv + h, 2 * nv,
+                             o, val_dim, tmp);
+    }
+
+    /* Gated RMSNorm per (token, value head): plain weight, times silu(z). */
+    for (int t = 0; t < T; t++)
+        for (int h = 0; h < nv; h++) {
+            float *o = sc->core + (int64_t)t * val_dim + (int64_t)h * dv;
+            const float *z = sc->proj + (int64_t)t * n_qkvz + 2 * key_dim + val_dim + (int64_t)h * dv;
+            double ss = 0;
+            for (int j = 0; j < dv; j++) ss += (double)o[j] * o[j];
+            float inv = 1.0f / sqrtf((float)(ss / dv) + (float)c->rms_eps);
+            for (int j = 0; j < dv; j++) o[j] = ly->gdn_norm[j] * (o[j] * inv) * qn_silu(z[j]);
+        }
+    op_matmul(&ly->out_proj, sc->core, T, sc->y);
+}
+
+/* ---------------------------------------------------------------- gated attention */
+
+/* x[T,H] -> q|gate, k, v -> q_norm/k_norm -> partial RoPE -> KV cache -> causal GQA
+ * softmax attention -> * sigmoid(gate) -> o_proj -> y[T,H] */
+static void attn_block(qnext_session *s, const qn_layer *ly, qn_layer_state *st, int T) {
+    const qnext_config *c = &s->m->cfg;
+    qn_scratch *sc = &s->sc;
+    const int nh = c->n_heads, nkv = c->n_kv_heads, D = c->head_dim, half = c->rotary_dim / 2;
+    const int64_t qw = 2 * (int64_t)nh * D, kvw = 2 * (int64_t)nkv * D;
+    const int pos0 = s->pos, n_ctx = s->params.n_ctx;
+    const float eps = (float)c->rms_eps, scale = 1.0f / sqrtf((float)D);
+
+    op_matmul(&ly->q_proj, sc->x, T, sc->proj);  /* [T, q heads | gate heads] */
+    op_matmul_rows(&ly->k_proj, 0, ly->k_proj.rows, sc->x, T, ly->k_proj.cols, sc->proj2, kvw);
+    op_matmul_rows(&ly->v_proj, 0, ly->v_proj.rows, sc->x, T, ly->v_proj.cols, sc->proj2 + (int64_t)nkv * D, kvw);
+
+    for (int t = 0; t < T; t++) {
+        const float *cs = sc->rope_cos + (int64_t)t * half, *sn = sc->rope_sin + (int64_t)t * half;
+        for (int h = 0; h < nh; h++) {
+            float *q = sc->proj + t * qw + (int64_t)h * D;
+            op_rmsnorm1p(q, ly->q_norm, q, D, eps);
+            rope_apply(q, cs, sn, half);
+        }
+        float *kc = st->k_cache + (int64_t)(pos0 + t) * nkv * D, *vc = st->v_cache + (int64_t)(pos0 + t) * nkv * D;
+        for (int h = 0; h < nkv; h++) {
+            const float *k = sc->proj2 + t * kvw + (int64_t)h * D, *v = k + (int64_t)nkv * D;
+            op_rmsnorm1p(k, ly->k_norm, kc + (int64_t)h * D, D, eps);
+            rope_apply(kc + (int64_t)h * D, cs, sn, half);
+            memcpy(vc + (int64_t)h * D, v, D * sizeof(float));
+        }
+    }
+
+    const int group = nh / nkv;
+#pragma omp parallel for collapse(2) schedule(dynamic, 1)
+    for (int t = 0; t < T; t++)
+        for (int h = 0; h < nh; h++) {
+            float *sco = sc->att + (int64_t)omp_get_thread_num() * n_ctx;
+            const float *q = sc->proj + t * qw + (int64_t)h * D;
+            int kvh = h / group, n_keys = pos0 + t + 1;
+            float mx = -FLT_MAX;
+            for (int j = 0; j < n_keys; j++) {
+                sco[j] = op_dot_f32(q, st->k_cache + ((int64_t)j * nkv + kvh) * D, D) * scale;
+                if (sco[j] > mx) mx = sco[j];
+            }
+            float sum = 0;
+            for (int j = 0; j < n_keys; j++) { sco[j] = expf(sco[j] - mx); sum += sco[j]; }
+            float inv = 1.0f / sum;
+            float *o = sc->core + (int64_t)t * nh * D + (int64_t)h * D;
+            for (int d = 0; d < D; d++) o[d] = 0;
+            for (int j = 0; j < n_keys; j++) {
+                const float *vv = st->v_cache + ((int64_t)j * nkv + kvh) * D;
+                float p = sco[j] * inv;
+                for (int d = 0; d < D; d++) o[d] += p * vv[d];
+            }
+            const float *gate = sc->proj + t * qw + (int64_t)nh * D + (int64_t)h * D;
+            for (int d = 0; d < D; d++) o[d] *= qn_sigmoid(gate[d]);
+        }
+    op_matmul(&ly->o_proj, sc->core, T, sc->y);
+}
+
+/* ---------------------------------------------------------------- MLPs */
+
+/* a = silu(x W_gate^T) * (x W_up^T); out = a W_down^T, for n rows of x. */
+static void swiglu(const qn_tensor *gate, const qn_tensor *up, const qn_tensor *down, const float *x, int n,
+                   float *a, float *b, float *out) {
+    op_matmul(gate, x, n, a);
+    op_matmul(up, x, n, b);
+    int64_t I = gate->rows;
+    for (int64_t i = 0; i < (int64_t)n * I; i++) a[i] = qn_silu(a[i]) * b[i];
+    op_matmul(down, a, n, out);
+}
+
+/* x[T,H] -> dense SwiGLU MLP -> y[T,H] (layers listed in mlp_only_layers) */
+static void dense_block(qnext_session *s, const qn_layer *ly, int T) {
+    qn_scratch *sc = &s->sc;
+    swiglu(&ly->mlp_gate, &ly->mlp_up, &ly->mlp_down, sc->x, T, sc->mlp_a, sc->mlp_b, sc->y);
+}
+
+/* x[T,H] -> router softmax (fp32) -> top-k (renormalised) -> SwiGLU experts, tokens
+ * grouped by expert -> + sigmoid(x . shared_gate) * shared expert -> y[T,H] */
+static void moe_block(qnext_session *s, const qn_layer *ly, int T) {
+    const qnext_config *c = &s->m->cfg;
+    qn_scratch *sc = &s->sc;
+    const int E = c->n_experts, k = c->n_experts_per_tok, H = c->hidden_size;
+
+    op_matmul(&ly->router, sc->x, T, sc->router);
+    for (int t = 0; t < T; t++) {
+        float *p = sc->router + (int64_t)t * E;
+        float mx = -FLT_MAX, sum = 0;
+        for (int e = 0; e < E; e++) mx = p[e] > mx ? p[e] : mx;
+        for (int e = 0; e < E; e++) { p[e] = expf(p[e] - mx); sum += p[e]; }
+        for (int e = 0; e < E; e++) p[e] /= sum;
+        int *idx = sc->top_idx + t * k;
+        float *w = sc->top_w + t * k, wsum = 0;
+        for (int j = 0; j < k; j++) { /* selection: k is small; ties go to the lower index */
+            int best = -1;
+            for (int e = 0; e < E; e++) {
+                int taken = 0;
+                for (int q = 0; q < j; q++) taken |= idx[q] == e;
+                if (!taken && (best < 0 || p[e] > p[best])) best = e;
+            }
+            idx[j] = best;
+            w[j] = p[best];
+            wsum += p[best];
+        }
+        if (c->norm_topk_prob)
+            for (int j = 0; j < k; j++) w[j] /= wsum;
+    }
+
+    memset(sc->y, 0, (size_t)T * H * sizeof(float));
+    for (int e = 0; e < E; e++) {
+        int n = 0;
+        for (int t = 0; t < T; t++)
+            for (int j = 0; j < k; j++)
+                if (sc->top_idx[t * k + j] == e) sc->tok_list[n++] = t * k + j;
+        if (!n) continue;
+        for (int i = 0; i < n; i++)
+            memcpy(sc->xg + (int64_t)i * H, sc->x + (int64_t)(sc->tok_list[i] / k) * H, H * sizeof(float));
+        swiglu(&ly->exp_gate[e], &ly->exp_up[e], &ly->exp_down[e], sc->xg, n, sc->mlp_a, sc->mlp_b, sc->eo);
+        for (int i = 0; i < n; i++) {
+            int t = sc->tok_list[i] / k;
+            float w = sc->top_w[sc->tok_list[i]];
+            float *yt = sc->y + (int64_t)t * H;
+            const float *eo = sc->eo + (int64_t)i * H;
+            for (int d = 0; d < H; d++) yt[d] += w * eo[d];
+        }
+    }
+    if (c->shared_intermediate > 0) {
+        swiglu(&ly->sh_gate, &ly->sh_up, &ly->sh_down, sc->x, T, sc->mlp_a, sc->mlp_b, sc->eo);
+        op_matmul(&ly->sh_expert_gate, sc->x, T, sc->sg);
+        for (int t = 0; t < T; t++) {
+            float g = qn_sigmoid(sc->sg[t]);
+            float *yt = sc->y + (int64_t)t * H;
+            const float *eo = sc->eo + (int64_t)t * H;
+            for (int d = 0; d < H; d++) yt[d] += g * eo[d];
+        }
+    }
+}
+
+/* ---------------------------------------------------------------- the model */
+
+static void add_rows(float *h, const float *y, int64_t n) {
+    for (int64_t i = 0; i < n; i++) h[i] += y[i];
+}
+
+void forward_tokens(qnext_session *s, const int32_t *tokens, int T, float *logits, int all_logits) {
+    const qnext_model *m = s->m;
+    const qnext_config *c = &m->cfg;
+    qn_scratch *sc = &s->sc;
+    const int H = c->hidden_size;
+    const float eps = (float)c->rms_eps;
+
+    for (int t = 0; t < T; t++) op_row_to_f32(&m->embed, tokens[t], sc->h + (int64_t)t * H);
+    rope_tables(s, s->pos, T);
+
+    for (int il = 0; il < c->n_layers; il++) {
+        const qn_layer *ly = &m->layers[il];
+        for (int t = 0; t < T; t++) op_rmsnorm1p(sc->h + (int64_t)t * H, ly->input_norm, sc->x + (int64_t)t * H, H, eps);
+        if (c->layer_type[il] == QNEXT_LAYER_FULL) attn_block(s, ly, &s->ls[il], T);
+        else gdn_block(s, il, T);
+        add_rows(sc->h, sc->y, (int64_t)T * H);
+
+        for (int t = 0; t < T; t++) op_rmsnorm1p(sc->h + (int64_t)t * H, ly->post_norm, sc->x + (int64_t)t * H, H, eps);
+        if (c->layer_is_moe[il]) moe_block(s, ly, T);
+        else dense_block(s, ly, T);
+        add_rows(sc->h, sc->y, (int64_t)T * H);
+    }
+
+    if (logits) {
+        int t0 = all_logits ? 0 : T - 1;
+        for (int t = t0; t < T; t++) op_rmsnorm1p(sc->h + (int64_t)t * H, m->final_norm, sc->x + (int64_t)t * H, H, eps);
+        op_matmul(&m->lm_head, sc->x + (int64_t)t0 * H, T - t0, logits);
+    }
+}

@@ -1,0 +1,343 @@
+/* loader.c - opens a checkpoint directory: config, tensor validation, and the one-time
+ * layout work (row maps for the interleaved projections, small vectors to f32).
+ *
+ * Every expected tensor is checked for presence, shape and dtype before the model is
+ * returned, so a bad checkpoint fails here with a message naming the file and tensor,
+ * and never in the middle of a forward pass. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/cpu/ops.h"
+#include "model.h"
+#include "safetensors.h"
+
+typedef struct {
+    qnext_model *m;
+    const char *dir;
+    char *err;
+    size_t errlen;
+} loader;
+
+const char *qn_dtype_name(int dtype) {
+    switch (dtype) {
+    case QN_F32: return "f32";
+    case QN_F16: return "f16";
+    case QN_BF16: return "bf16";
+    case QN_Q4_0: return "q4_0";
+    case QN_Q8_0: return "q8_0";
+    case QN_Q4_K: return "q4_k";
+    case QN_Q5_K: return "q5_k";
+    case QN_Q6_K: return "q6_k";
+    default: return "?";
+    }
+}
+
+size_t qn_dtype_row_bytes(int dtype, int64_t n) {
+    switch (dtype) {
+    case QN_F32: return (size_t)n * 4;
+    case QN_F16:
+    case QN_BF16: return (size_t)n * 2;
+    default: return 0;
+    }
+}
+
+static void *own(qnext_model *m, size_t bytes) {
+    if (m->n_owned == m->cap_owned) {
+        size_t cap = m->cap_owned ? m->cap_owned * 2 : 64;
+        void **o = realloc(m->owned, cap * sizeof *o);
+        if (!o) return NULL;
+        m->owned = o;
+        m->cap_owned = cap;
+    }
+    void *p = calloc(1, bytes ? bytes : 1);
+    if (p) m->owned[m->n_owned++] = p;
+    return p;
+}
+
+static void fmt_shape(char *buf, size_t n, const int64_t *shape, int nd) {
+    size_t o = 0;
+    o += snprintf(buf + o, n - o, "[");
+    for (int i = 0; i < nd && o < n; i++) o += snprintf(buf + o, n - o, "%s%lld", i ? ", " : "", (long long)shape[i]);
+    if (o < n) snprintf(buf + o, n - o, "]");
+}
+
+/* Finds a tensor and checks its shape (nd dims) and dtype. */
+static qn_st_tensor *find_checked(loader *L, const char *name, int nd, const int64_t *shape) {
+    qn_st_tensor *t = store_find(L->m->store, name);
+    if (!t) {
+        snprintf(L->err, L->errlen, "%s: tensor '%s' is missing from the checkpoint", L->dir, name);
+        return NULL;
+    }
+    int ok = t->n_dims == nd;
+    for (int i = 0; ok && i < nd; i++) ok = t->shape[i] == shape[i];
+    if (!ok) {
+        char got[96], want[96];
+        fmt_shape(got, sizeof got, t->shape, t->n_dims);
+        fmt_shape(want, sizeof want, shape, nd);
+        snprintf(L->err, L->errlen, "%s/%s: tensor '%s' has shape %s, expected %s", L->dir, t->file, name, got, want);
+        return NULL;
+    }
+    if (t->dtype < 0) {
+        snprintf(L->err, L->errlen, "%s/%s: tensor '%s' has dtype %s; qnext reads BF16, F16 and F32", L->dir, t->file,
+                 name, t->dtype_str);
+        return NULL;
+    }
+    t->used = 1;
+    return t;
+}
+
+static int get_mat(loader *L, qn_tensor *out, const char *name, int64_t rows, int64_t cols) {
+    int64_t shape[2] = {rows, cols};
+    qn_st_tensor *t = find_checked(L, name, 2, shape);
+    if (!t) return 0;
+    out->data = t->data;
+    out->dtype = t->dtype;
+    out->rows = rows;
+    out->cols = cols;
+    out->row_bytes = qn_dtype_row_bytes(t->dtype, cols);
+    out->row_map = NULL;
+    out->name = t->name;
+    return 1;
+}
+
+/* A small tensor converted to an owned f32 array; shape given by nd/shape, n elements. */
+static float *get_f32(loader *L, const char *name, int nd, const int64_t *shape) {
+    qn_st_tensor *t = find_checked(L, name, nd, shape);
+    if (!t) return NULL;
+    size_t n = 1;
+    for (int i = 0; i < nd; i++) n *= (size_t)shape[i];
+    float *dst = own(L->m, n * sizeof(float));
+    if (!dst) { snprintf(L->err, L->errlen, "%s: out of memory", L->dir); return NULL; }
+    op_convert_to_f32(t->dtype, t->data, dst, (int64_t)n);
+    return dst;
+}
+
+static float *get_vec(loader *L, const char *name, int64_t n) { return get_f32(L, name, 1, &n); }
+
+#define NAME(...) (snprintf(nm, sizeof nm, __VA_ARGS__), nm)
+
+static int load_attention(loader *L, qn_layer *ly, const char *pfx) {
+    const qnext_config *c = &L->m->cfg;
+    char nm[256];
+    int64_t H = c->hidden_size, D = c->head_dim;
+    if (!get_mat(L, &ly->q_proj, NAME("%s.self_attn.q_proj.weight", pfx), c->n_heads * 2 * D, H)) return 0;
+    ly->q_proj.row_map = L->m->q_map;
+    if (!get_mat(L, &ly->k_proj, NAME("%s.self_attn.k_proj.weight", pfx), c->n_kv_heads * D, H)) return 0;
+    if (!get_mat(L, &ly->v_proj, NAME("%s.self_attn.v_proj.weight", pfx), c->n_kv_heads * D, H)) return 0;
+    if (!get_mat(L, &ly->o_proj, NAME("%s.self_attn.o_proj.weight", pfx), H, c->n_heads * D)) return 0;
+    if (!(ly->q_norm = get_vec(L, NAME("%s.self_attn.q_norm.weight", pfx), D))) return 0;
+    if (!(ly->k_norm = get_vec(L, NAME("%s.self_attn.k_norm.weight", pfx), D))) return 0;
+    return 1;
+}
+
+static int load_gdn(loader *L, qn_layer *ly, const char *pfx) {
+    const qnext_config *c = &L->m->cfg;
+    char nm[256];
+    int64_t H = c->hidden_size, nk = c->lin_n_k_heads, nv = c->lin_n_v_heads, dk = c->lin_k_dim, dv = c->lin_v_dim;
+    int64_t K = c->conv_kernel, conv_dim = 2 * nk * dk + nv * dv;
+    if (!get_mat(L, &ly->qkvz, NAME("%s.linear_attn.in_proj_qkvz.weight", pfx), 2 * nk * dk + 2 * nv * dv, H)) return 0;
+    ly->qkvz.row_map = L->m->qkvz_map;
+    if (!get_mat(L, &ly->ba, NAME("%s.linear_attn.in_proj_ba.weight", pfx), 2 * nv, H)) return 0;
+    ly->ba.row_map = L->m->ba_map;
+    int64_t cshape[3] = {conv_dim, 1, K};
+    if (!(ly->conv_w = get_f32(L, NAME("%s.linear_attn.conv1d.weight", pfx), 3, cshape))) return 0;
+    if (!(ly->dt_bias = get_vec(L, NAME("%s.linear_attn.dt_bias", pfx), nv))) return 0;
+    if (!(ly->a_neg = get_vec(L, NAME("%s.linear_attn.A_log", pfx), nv))) return 0;
+    for (int64_t i = 0; i < nv; i++) ly->a_neg[i] = -expf(ly->a_neg[i]);
+    if (!(ly->gdn_norm = get_vec(L, NAME("%s.linear_attn.norm.weight", pfx), dv))) return 0;
+    if (!get_mat(L, &ly->out_proj, NAME("%s.linear_attn.out_proj.weight", pfx), H, nv * dv)) return 0;
+    return 1;
+}
+
+static int load_mlp(loader *L, qn_layer *ly, const char *pfx, int is_moe) {
+    const qnext_config *c = &L->m->cfg;
+    char nm[256];
+    int64_t H = c->hidden_size;
+    if (!is_moe) {
+        int64_t I = c->intermediate_size;
+        return get_mat(L, &ly->mlp_gate, NAME("%s.mlp.gate_proj.weight", pfx), I, H) &&
+               get_mat(L, &ly->mlp_up, NAME("%s.mlp.up_proj.weight", pfx), I, H) &&
+               get_mat(L, &ly->mlp_down, NAME("%s.mlp.down_proj.weight", pfx), H, I);
+    }
+    int64_t E = c->n_experts, I = c->moe_intermediate, Is = c->shared_intermediate;
+    if (!get_mat(L, &ly->router, NAME("%s.mlp.gate.weight", pfx), E, H)) return 0;
+    ly->exp_gate = own(L->m, E * sizeof(qn_tensor));
+    ly->exp_up = own(L->m, E * sizeof(qn_tensor));
+    ly->exp_down = own(L->m, E * sizeof(qn_tensor));
+    if (!ly->exp_gate || !ly->exp_up || !ly->exp_down) { snprintf(L->err, L->errlen, "out of memory"); return 0; }
+    for (int64_t e = 0; e < E; e++) {
+        if (!get_mat(L, &ly->exp_gate[e], NAME("%s.mlp.experts.%lld.gate_proj.weight", pfx, (long long)e), I, H)) return 0;
+        if (!get_mat(L, &ly->exp_up[e], NAME("%s.mlp.experts.%lld.up_proj.weight", pfx, (long long)e), I, H)) return 0;
+        if (!get_mat(L, &ly->exp_down[e], NAME("%s.mlp.experts.%lld.down_proj.weight", pfx, (long long)e), H, I)) return 0;
+    }
+    if (Is > 0) {
+        if (!get_mat(L, &ly->sh_gate, NAME("%s.mlp.shared_expert.gate_proj.weight", pfx), Is, H)) return 0;
+        if (!get_mat(L, &ly->sh_up, NAME("%s.mlp.shared_expert.up_proj.weight", pfx), Is, H)) return 0;
+        if (!get_mat(L, &ly->sh_down, NAME("%s.mlp.shared_expert.down_proj.weight", pfx), H, Is)) return 0;
+        if (!get_mat(L, &ly->sh_expert_gate, NAME("%s.mlp.shared_expert_gate.weight", pfx), 1, H)) return 0;
+    }
+    return 1;
+}
+
+/* Row maps that de-interleave the checkpoint's grouped layouts (spec 3.3 step 2, 3.4). */
+static int build_row_maps(qnext_model *m) {
+    const qnext_config *c = &m->cfg;
+    int nk = c->lin_n_k_heads, nv = c->lin_n_v_heads, dk = c->lin_k_dim, dv = c->lin_v_dim, r = nv / nk;
+    int G = 2 * dk + 2 * r * dv; /* rows per key-head group */
+    int n_qkvz = 2 * nk * dk + 2 * nv * dv;
+    m->qkvz_map = own(m, n_qkvz * sizeof(int32_t));
+    m->ba_map = own(m, 2 * nv * sizeof(int32_t));
+    m->q_map = own(m, 2 * c->n_heads * c->head_dim * sizeof(int32_t));
+    if (!m->qkvz_map || !m->ba_map || !m->q_map) return 0;
+    int32_t *q = m->qkvz_map, *k = q + nk * dk, *v = k + nk * dk, *z = v + nv * dv;
+    for (int g = 0; g < nk; g++) {
+        for (int j = 0; j < dk; j++) {
+            q[g * dk + j] = g * G + j;
+            k[g * dk + j] = g * G + dk + j;
+        }
+        for (int jj = 0; jj < r; jj++)
+            for (int e = 0; e < dv; e++) {
+                int h = g * r + jj;
+                v[h * dv + e] = g * G + 2 * dk + jj * dv + e;
+                z[h * dv + e] = g * G + 2 * dk + r * dv + jj * dv + e;
+            }
+        for (int jj = 0; jj < r; jj++) {
+            m->ba_map[g * r + jj] = g * 2 * r + jj;          /* b of value head g*r+jj */
+            m->ba_map[nv + g * r + jj] = g * 2 * r + r + jj; /* a of value head g*r+jj */
+        }
+    }
+    int D = c->head_dim;
+    for (int h = 0; h < c->n_heads; h++)
+        for (int j = 0; j < D; j++) {
+            m->q_map[h * D + j] = h * 2 * D + j;
+            m->q_map[c->n_heads * D + h * D + j] = h * 2 * D + D + j;
+        }
+    return 1;
+}
+
+void qnext_model_close(qnext_model *m) {
+    if (!m) return;
+    for (size_t i = 0; i < m->n_owned; i++) free(m->owned[i]);
+    free(m->owned);
+    free(m->layers);
+    store_close(m->store);
+    free(m);
+}
+
+static qnext_status load_all(loader *L) {
+    qnext_model *m = L->m;
+    qnext_config *c = &m->cfg;
+    char nm[256];
+    int64_t V = c->vocab_size, H = c->hidden_size;
+    if (!build_row_maps(m)) { snprintf(L->err, L->errlen, "out of memory"); return QNEXT_ERR_MEMORY; }
+    if (!get_mat(L, &m->embed, "model.embed_tokens.weight", V, H)) return QNEXT_ERR_FORMAT;
+    if (c->tie_word_embeddings) {
+        m->lm_head = m->embed;
+        qn_st_tensor *t = store_find(m->store, "lm_head.weight");
+        if (t) t->used = 1; /* some exporters write the tied copy anyway */
+    } else if (!get_mat(L, &m->lm_head, "lm_head.weight", V, H)) {
+        return QNEXT_ERR_FORMAT;
+    }
+    if (!(m->final_norm = get_vec(L, "model.norm.weight", H))) return QNEXT_ERR_FORMAT;
+    m->layers = calloc(c->n_layers, sizeof *m->layers);
+    if (!m->layers) return QNEXT_ERR_MEMORY;
+    for (int i = 0; i < c->n_layers; i++) {
+        qn_layer *ly = &m->layers[i];
+        char pfx[64];
+        snprintf(pfx, sizeof pfx, "model.layers.%d", i);
+        if (!(ly->input_norm = get_vec(L, NAME("%s.input_layernorm.weight", pfx), H))) return QNEXT_ERR_FORMAT;
+        if (!(ly->post_norm = get_vec(L, NAME("%s.post_attention_layernorm.weight", pfx), H))) return QNEXT_ERR_FORMAT;
+        int ok = c->layer_type[i] == QNEXT_LAYER_FULL ? load_attention(L, ly, pfx) : load_gdn(L, ly, pfx);
+        if (!ok || !load_mlp(L, ly, pfx, c->layer_is_moe[i])) return QNEXT_ERR_FORMAT;
+    }
+    /* MTP: the count is not in the published config; the tensors decide. */
+    int has_mtp = store_find(m->store, "mtp.fc.weight") != NULL;
+    if (c->n_mtp_layers < 0) c->n_mtp_layers = has_mtp;
+    if (c->n_mtp_layers > 1) {
+        snprintf(L->err, L->errlen, "%s: %d MTP layers declared; qnext supports one", L->dir, c->n_mtp_layers);
+        return QNEXT_ERR_CONFIG;
+    }
+    if (c->n_mtp_layers == 1) {
+        qn_mtp *t = &m->mtp;
+        if (!get_mat(L, &t->fc, "mtp.fc.weight", H, 2 * H)) return QNEXT_ERR_FORMAT;
+        if (!(t->pre_fc_norm_embedding = get_vec(L, "mtp.pre_fc_norm_embedding.weight", H))) return QNEXT_ERR_FORMAT;
+        if (!(t->pre_fc_norm_hidden = get_vec(L, "mtp.pre_fc_norm_hidden.weight", H))) return QNEXT_ERR_FORMAT;
+        if (!(t->norm = get_vec(L, "mtp.norm.weight", H))) return QNEXT_ERR_FORMAT;
+        if (!(t->layer.input_norm = get_vec(L, "mtp.layers.0.input_layernorm.weight", H))) return QNEXT_ERR_FORMAT;
+        if (!(t->layer.post_norm = get_vec(L, "mtp.layers.0.post_attention_layernorm.weight", H))) return QNEXT_ERR_FORMAT;
+        if (!load_attention(L, &t->layer, "mtp.layers.0") || !load_mlp(L, &t->layer, "mtp.layers.0", c->n_experts > 0))
+            return QNEXT_ERR_FORMAT;
+    } else {
+        for (size_t i = 0; i < store_count(m->store); i++) /* declared absent: ignore them quietly */
+            if (!strncmp(store_at(m->store, i)->name, "mtp.", 4)) store_at(m->store, i)->used = 1;
+    }
+    /* Unknown extra tensors are not an error (exporters add things), but the user should know. */
+    size_t n_unknown = 0;
+    const char *first = NULL;
+    for (size_t i = 0; i < store_count(m->store); i++)
+        if (!store_at(m->store, i)->used) { if (!first) first = store_at(m->store, i)->name; n_unknown++; }
+    if (n_unknown && !m->params.quiet)
+        fprintf(stderr, "qnext: warning: %s: %zu unknown tensor%s ignored (first: '%s')\n", L->dir, n_unknown,
+                n_unknown > 1 ? "s" : "", first);
+    return QNEXT_OK;
+}
+
+qnext_status qnext_model_open(const char *path, const qnext_model_params *params, qnext_model **out, char *err,
+                              size_t errlen) {
+    char local[512];
+    if (!err || !errlen) { err = local; errlen = sizeof local; }
+    err[0] = 0;
+    if (!out || !path) { snprintf(err, errlen, "qnext_model_open: NULL argument"); return QNEXT_ERR_ARG; }
+    *out = NULL;
+    qnext_model *m = calloc(1, sizeof *m);
+    if (!m) { snprintf(err, errlen, "out of memory"); return QNEXT_ERR_MEMORY; }
+    if (params) m->params = *params;
+    char cpath[4096];
+    snprintf(cpath, sizeof cpath, "%s/config.json", path);
+    qnext_status rc = config_parse(cpath, &m->cfg, err, errlen);
+    if (rc == QNEXT_OK) rc = store_open_dir(path, &m->store, err, errlen);
+    if (rc == QNEXT_OK) {
+        loader L = {m, path, err, errlen};
+        rc = load_all(&L);
+        if (rc == QNEXT_ERR_MEMORY && !err[0]) snprintf(err, errlen, "%s: out of memory", path);
+    }
+    if (rc) { qnext_model_close(m); return rc; }
+    if (m->params.n_threads > 0) op_set_threads(m->params.n_threads);
+    *out = m;
+    return QNEXT_OK;
+}
+
+const qnext_config *qnext_model_config(const qnext_model *m) { return &m->cfg; }
+
+void qnext_model_get_stats(const qnext_model *m, qnext_model_stats *st) {
+    memset(st, 0, sizeof *st);
+    const qnext_config *c = &m->cfg;
+    int64_t expert_params = 0, expert_bytes = 0, embed_params = 0, embed_bytes = 0;
+    int64_t other_params = 0, other_bytes = 0;
+    for (size_t i = 0; i < store_count(m->store); i++) {
+        qn_st_tensor *t = store_at(m->store, i);
+        if (!t->used || t->dtype < 0) continue;
+        int64_t n = 1;
+        for (int d = 0; d < t->n_dims; d++) n *= t->shape[d];
+        if (c->tie_word_embeddings && !strcmp(t->name, "lm_head.weight")) continue;
+        st->n_params += n;
+        st->bytes_total += (int64_t)t->nbytes;
+        if (!strncmp(t->name, "mtp.", 4)) { st->n_params_mtp += n; continue; }
+        if (strstr(t->name, ".mlp.experts.")) { expert_params += n; expert_bytes += (int64_t)t->nbytes; }
+        else if (!strcmp(t->name, "model.embed_tokens.weight")) { embed_params = n; embed_bytes = (int64_t)t->nbytes; }
+        else { other_params += n; other_bytes += (int64_t)t->nbytes; }
+    }
+    int n_moe = 0;
+    for (int i = 0; i < c->n_layers; i++) n_moe += c->layer_is_moe[i];
+    double frac = c->n_experts ? (double)c->n_experts_per_tok / c->n_experts : 0;
+    int64_t row = c->hidden_size, row_bytes = embed_params ? embed_bytes / c->vocab_size : 0;
+    st->n_params_active = other_params + row + (int64_t)llround(expert_params * frac);
+    st->bytes_per_token = other_bytes + row_bytes + (int64_t)llround(expert_bytes * frac);
+    if (c->tie_word_embeddings) { /* lm_head reads the whole shared matrix */
+        st->n_params_active += embed_params;
+        st->bytes_per_token += embed_bytes;
+    }
+    (void)n_moe;
+}

@@ -1,0 +1,163 @@
+/* model.h - the map of qnext: tensors, weights of each layer, the model and the session.
+ *
+ * Shapes use the checkpoint's names: H hidden, V vocab, D attention head_dim, nh/nkv query
+ * and key-value heads, nk/nv DeltaNet key/value heads of dk/dv dims, K conv kernel,
+ * E experts, I expert width, Is shared-expert width. Weight matrices are [out, in]
+ * (PyTorch nn.Linear), so y = x W^T. Large matrices stay in the memory-mapped file in
+ * their stored dtype; small vectors are converted to f32 once at load. */
+#ifndef QNEXT_MODEL_H
+#define QNEXT_MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "qnext.h"
+
+/* Storage types. Numbered as ggml numbers them, so GGUF tensors map one to one. */
+typedef enum {
+    QN_F32 = 0,
+    QN_F16 = 1,
+    QN_Q4_0 = 2,
+    QN_Q8_0 = 8,
+    QN_Q4_K = 12,
+    QN_Q5_K = 13,
+    QN_Q6_K = 14,
+    QN_BF16 = 30,
+} qn_dtype;
+
+const char *qn_dtype_name(int dtype);
+size_t qn_dtype_row_bytes(int dtype, int64_t n); /* bytes of a row of n elements */
+
+/* A weight matrix [rows, cols] (a vector has rows = 1). row_map, when set, makes logical
+ * row r read stored row row_map[r]: the DeltaNet and attention projections are
+ * de-interleaved this way once at load, without copying the mapped weights. */
+typedef struct {
+    const void *data;       /* first stored row */
+    int dtype;              /* qn_dtype */
+    int64_t rows, cols;
+    size_t row_bytes;       /* stride between stored rows */
+    const int32_t *row_map; /* [rows] or NULL */
+    const char *name;       /* checkpoint name, for messages */
+} qn_tensor;
+
+/* One decoder layer. Which block is present follows config.layer_type / layer_is_moe. */
+typedef struct {
+    float *input_norm;          /* [H] stored w, applied as (1+w) */
+    float *post_norm;           /* [H] (1+w) */
+
+    /* Gated DeltaNet (layer_type LINEAR) */
+    qn_tensor qkvz;             /* [2*nk*dk + 2*nv*dv, H], row-mapped to [q_all | k_all | v_all | z_all] */
+    qn_tensor ba;               /* [2*nv, H], row-mapped to [b_all | a_all] */
+    float *conv_w;              /* [conv_dim = 2*nk*dk + nv*dv][K] depthwise taps, tap K-1 = current token */
+    float *dt_bias;             /* [nv] */
+    float *a_neg;               /* [nv] -exp(A_log) */
+    float *gdn_norm;            /* [dv] plain weight of the gated RMSNorm */
+    qn_tensor out_proj;         /* [H, nv*dv] */
+
+    /* Gated attention (layer_type FULL) */
+    qn_tensor q_proj;           /* [nh*2D, H], row-mapped to [q heads (nh*D) | gate heads (nh*D)] */
+    qn_tensor k_proj, v_proj;   /* [nkv*D, H] */
+    qn_tensor o_proj;           /* [H, nh*D] */
+    float *q_norm, *k_norm;     /* [D] (1+w) */
+
+    /* Sparse MoE (layer_is_moe) */
+    qn_tensor router;           /* [E, H] */
+    qn_tensor *exp_gate;        /* [E] of [I, H] */
+    qn_tensor *exp_up;          /* [E] of [I, H] */
+    qn_tensor *exp_down;        /* [E] of [H, I] */
+    qn_tensor sh_gate, sh_up;   /* [Is, H] */
+    qn_tensor sh_down;          /* [H, Is] */
+    qn_tensor sh_expert_gate;   /* [1, H] */
+
+    /* Dense MLP (not layer_is_moe) */
+    qn_tensor mlp_gate, mlp_up; /* [intermediate, H] */
+    qn_tensor mlp_down;         /* [H, intermediate] */
+} qn_layer;
+
+/* The multi-token-prediction head (spec section 4). Its decoder layer is a full-attention
+ * layer with a MoE; it shares embed_tokens and lm_head with the main model. */
+typedef struct {
+    qn_tensor fc;               /* [H, 2H]: columns 0..H-1 act on the normed embedding */
+    float *pre_fc_norm_embedding, *pre_fc_norm_hidden, *norm; /* [H] (1+w) */
+    qn_layer layer;
+} qn_mtp;
+
+typedef struct qn_store qn_store; /* the memory-mapped checkpoint files (safetensors.c) */
+
+struct qnext_model {
+    qnext_config cfg;
+    qnext_model_params params;
+    qn_store *store;
+    qn_tensor embed;            /* [V, H] */
+    qn_tensor lm_head;          /* [V, H] (the embedding when tied) */
+    float *final_norm;          /* [H] (1+w) */
+    qn_layer *layers;           /* [n_layers] */
+    qn_mtp mtp;                 /* valid when cfg.n_mtp_layers == 1 */
+    int32_t *qkvz_map, *ba_map, *q_map; /* shared row maps (same for every layer) */
+    void **owned;               /* small f32 arrays allocated at load, freed on close */
+    size_t n_owned, cap_owned;
+};
+
+/* Per-session state of one layer. */
+typedef struct {
+    float *conv_state;          /* LINEAR: [K-1][conv_dim], the last K-1 conv inputs, oldest first */
+    float *ssm_state;           /* LINEAR: [nv][dk][dv] recurrent state S, fp32 */
+    float *k_cache;             /* FULL: [n_ctx][nkv][D] keys after norm and RoPE */
+    float *v_cache;             /* FULL: [n_ctx][nkv][D] */
+} qn_layer_state;
+
+/* Scratch for one forward pass of up to n_ubatch tokens, allocated once per session. */
+typedef struct {
+    float *h;        /* [T, H] residual stream */
+    float *x;        /* [T, H] normed input of a block */
+    float *y;        /* [T, H] block output */
+    float *proj;     /* [T, max projection width] qkvz, or q|gate of attention */
+    float *proj2;    /* [T, max(2*nv, 2*nkv*D)] ba, or k|v */
+    float *conv;     /* [T, conv_dim] conv output */
+    float *core;     /* [T, max(nv*dv, nh*D)] DeltaNet/attention output before out_proj */
+    float *gates;    /* [T, 2*nv]: g (log decay) then beta */
+    float *att;      /* [n_threads][n_ctx] attention scores */
+    float *gdn_tmp;  /* per value head chunk scratch, [nv][gdn_tmp_stride] */
+    size_t gdn_tmp_stride;
+    float *mlp_a, *mlp_b;   /* [T, max(I, Is, intermediate)] */
+    float *router;   /* [T, E] */
+    int *top_idx;    /* [T, topk] */
+    float *top_w;    /* [T, topk] */
+    int *tok_list;   /* [T*topk] tokens routed to one expert */
+    float *xg;       /* [T, H] gathered rows for one expert */
+    float *eo;       /* [T, H] expert outputs */
+    float *sg;       /* [T] shared-expert gate */
+    float *rope_cos, *rope_sin; /* [T, rotary_dim/2] */
+} qn_scratch;
+
+struct qnext_session {
+    qnext_model *m;
+    qnext_session_params params;
+    int pos;                    /* tokens processed */
+    qn_layer_state *ls;         /* [n_layers] */
+    qn_scratch sc;
+    uint64_t clock;             /* increments on every feed, for snapshot validity */
+    uint64_t *kv_written;       /* [n_ctx] clock at which each KV position was last written */
+    float *rope_inv_freq;       /* [rotary_dim/2] */
+    float rope_mscale;          /* YaRN attention factor (1 without YaRN) */
+};
+
+struct qnext_snapshot {
+    const qnext_model *m;
+    const qnext_session *owner; /* the KV cache it refers to lives in this session */
+    int pos;
+    uint64_t clock;
+    size_t bytes;
+    float *data;                /* conv and ssm states of every LINEAR layer, concatenated */
+};
+
+/* config.c */
+qnext_status config_parse(const char *path, qnext_config *cfg, char *err, size_t errlen);
+qnext_status config_from_json(const void *json_root, const char *path, qnext_config *cfg, char *err, size_t errlen);
+
+/* forward.c: runs T tokens (T <= n_ubatch) through the model at the session position.
+ * Writes logits for every token (rows of logits) when all_logits, else for the last one,
+ * or none when logits is NULL. */
+void forward_tokens(qnext_session *s, const int32_t *tokens, int T, float *logits, int all_logits);
+
+#endif

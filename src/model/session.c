@@ -1,0 +1,292 @@
+/* session.c - a conversation's state: KV cache, DeltaNet conv and recurrent states,
+ * position, scratch; feeding tokens; snapshots and rewinding. */
+#include <math.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/cpu/ops.h"
+#include "model.h"
+
+size_t gdn_tmp_floats(int dk, int dv); /* forward.c */
+
+const char *qnext_status_str(qnext_status st) {
+    switch (st) {
+    case QNEXT_OK: return "ok";
+    case QNEXT_ERR_IO: return "I/O error";
+    case QNEXT_ERR_FORMAT: return "bad checkpoint";
+    case QNEXT_ERR_CONFIG: return "bad config";
+    case QNEXT_ERR_MEMORY: return "out of memory";
+    case QNEXT_ERR_ARG: return "bad argument";
+    case QNEXT_ERR_CONTEXT: return "context full";
+    case QNEXT_ERR_SNAPSHOT: return "invalid snapshot";
+    }
+    return "unknown error";
+}
+
+/* inv_freq of the rotary pairs, as transformers computes it in fp32 (spec 3.4 and 5). */
+static void rope_init(qnext_session *s) {
+    const qnext_config *c = &s->m->cfg;
+    int dim = c->rotary_dim, half = dim / 2;
+    float base = (float)c->rope_theta;
+    s->rope_mscale = 1.0f;
+    for (int i = 0; i < half; i++) {
+        float pos_freq = powf(base, (float)(2 * i) / (float)dim);
+        s->rope_inv_freq[i] = 1.0f / pos_freq;
+    }
+    if (c->rope_type != QNEXT_ROPE_YARN) return;
+    double lnb = log(c->rope_theta), orig = c->rope_orig_max_pos;
+    double low = dim * log(orig / (c->rope_beta_fast * 2 * M_PI)) / (2 * lnb);
+    double high = dim * log(orig / (c->rope_beta_slow * 2 * M_PI)) / (2 * lnb);
+    if (c->rope_truncate) { low = floor(low); high = ceil(high); }
+    if (low < 0) low = 0;
+    if (high > dim - 1) high = dim - 1;
+    if (low == high) high += 0.001;
+    float factor = (float)c->rope_factor;
+    for (int i = 0; i < half; i++) {
+        float pos_freq = powf(base, (float)(2 * i) / (float)dim);
+        float extrap = 1.0f / pos_freq, interp = 1.0f / (factor * pos_freq);
+        float ramp = ((float)i - (float)low) / ((float)high - (float)low);
+        ramp = ramp < 0 ? 0 : ramp > 1 ? 1 : ramp;
+        float extrap_factor = 1.0f - ramp;
+        s->rope_inv_freq[i] = interp * (1.0f - extrap_factor) + extrap * extrap_factor;
+    }
+    s->rope_mscale = (float)c->rope_attn_factor;
+}
+
+void qnext_session_free(qnext_session *s) {
+    if (!s) return;
+    if (s->ls) {
+        for (int i = 0; i < s->m->cfg.n_layers; i++) {
+            free(s->ls[i].conv_state);
+            free(s->ls[i].ssm_state);
+            free(s->ls[i].k_cache);
+            free(s->ls[i].v_cache);
+        }
+    }
+    free(s->ls);
+    qn_scratch *sc = &s->sc;
+    float *fl[] = {sc->h, sc->x, sc->y, sc->proj, sc->proj2, sc->conv, sc->core, sc->gates, sc->att, sc->gdn_tmp,
+                   sc->mlp_a, sc->mlp_b, sc->router, sc->top_w, sc->xg, sc->eo, sc->sg, sc->rope_cos, sc->rope_sin};
+    for (size_t i = 0; i < sizeof fl / sizeof fl[0]; i++) free(fl[i]);
+    free(sc->top_idx);
+    free(sc->tok_list);
+    free(s->kv_written);
+    free(s->rope_inv_freq);
+    free(s);
+}
+
+static int64_t imax(int64_t a, int64_t b) { return a > b ? a : b; }
+
+qnext_status qnext_session_new(qnext_model *m, const qnext_session_params *params, qnext_session **out, char *err,
+                               size_t errlen) {
+    char local[256];
+    if (!err || !errlen) { err = local; errlen = sizeof local; }
+    if (!m || !out) { snprintf(err, errlen, "qnext_session_new: NULL argument"); return QNEXT_ERR_ARG; }
+    *out = NULL;
+    const qnext_config *c = &m->cfg;
+    qnext_session *s = calloc(1, sizeof *s);
+    if (!s) goto oom;
+    s->m = m;
+    if (params) s->params = *params;
+    if (s->params.n_ctx < 0 || s->params.n_ubatch < 0 || s->params.gdn_mode < 0 || s->params.gdn_mode > 2) {
+        snprintf(err, errlen, "qnext_session_new: bad parameters (n_ctx %d, n_ubatch %d, gdn_mode %d)",
+                 s->params.n_ctx, s->params.n_ubatch, s->params.gdn_mode);
+        free(s);
+        return QNEXT_ERR_ARG;
+    }
+    if (!s->params.n_ctx) s->params.n_ctx = c->max_position_embeddings < 4096 ? c->max_position_embeddings : 4096;
+    if (!s->params.n_ubatch) s->params.n_ubatch = 512;
+    if (s->params.n_ubatch > s->params.n_ctx) s->params.n_ubatch = s->params.n_ctx;
+    const int64_t T = s->params.n_ubatch, n_ctx = s->params.n_ctx, H = c->hidden_size;
+    const int64_t nk = c->lin_n_k_heads, nv = c->lin_n_v_heads, dk = c->lin_k_dim, dv = c->lin_v_dim;
+    const int64_t conv_dim = 2 * nk * dk + nv * dv, D = c->head_dim;
+    const int64_t nthreads = omp_get_max_threads();
+
+    s->ls = calloc(c->n_layers, sizeof *s->ls);
+    if (!s->ls) goto oom;
+    for (int i = 0; i < c->n_layers; i++) {
+        qn_layer_state *st = &s->ls[i];
+        if (c->layer_type[i] == QNEXT_LAYER_LINEAR) {
+            st->conv_state = calloc((size_t)(c->conv_kernel - 1 > 0 ? c->conv_kernel - 1 : 1) * conv_dim, sizeof(float));
+            st->ssm_state = calloc((size_t)nv * dk * dv, sizeof(float));
+            if (!st->conv_state || !st->ssm_state) goto oom;
+        } else {
+            /* calloc of a large block maps zero pages lazily: a long context costs memory
+             * only as it fills. */
+            st->k_cache = calloc((size_t)n_ctx * c->n_kv_heads * D, sizeof(float));
+            st->v_cache = calloc((size_t)n_ctx * c->n_kv_heads * D, sizeof(float));
+            if (!st->k_cache || !st->v_cache) goto oom;
+        }
+    }
+    qn_scratch *sc = &s->sc;
+    int64_t E = c->n_experts, k = c->n_experts_per_tok > 0 ? c->n_experts_per_tok : 1;
+    int64_t mlpw = imax(imax(c->moe_intermediate, c->shared_intermediate), c->intermediate_size);
+#define ALLOC(p, n) do { (p) = calloc((size_t)(n), sizeof(*(p))); if (!(p)) goto oom; } while (0)
+    ALLOC(sc->h, T * H);
+    ALLOC(sc->x, T * H);
+    ALLOC(sc->y, T * H);
+    ALLOC(sc->proj, T * imax(2 * nk * dk + 2 * nv * dv, 2 * c->n_heads * D));
+    ALLOC(sc->proj2, T * imax(2 * nv, 2 * c->n_kv_heads * D));
+    ALLOC(sc->conv, T * conv_dim);
+    ALLOC(sc->core, T * imax(nv * dv, c->n_heads * D));
+    ALLOC(sc->gates, T * 2 * nv);
+    ALLOC(sc->att, nthreads * n_ctx);
+    sc->gdn_tmp_stride = gdn_tmp_floats((int)dk, (int)dv);
+    ALLOC(sc->gdn_tmp, (int64_t)sc->gdn_tmp_stride * nv);
+    ALLOC(sc->mlp_a, T * mlpw);
+    ALLOC(sc->mlp_b, T * mlpw);
+    ALLOC(sc->router, T * imax(E, 1));
+    ALLOC(sc->top_idx, T * k);
+    ALLOC(sc->top_w, T * k);
+    ALLOC(sc->tok_list, T * k);
+    ALLOC(sc->xg, T * H);
+    ALLOC(sc->eo, T * H);
+    ALLOC(sc->sg, T);
+    ALLOC(sc->rope_cos, T * c->rotary_dim / 2);
+    ALLOC(sc->rope_sin, T * c->rotary_dim / 2);
+    ALLOC(s->kv_written, n_ctx);
+    ALLOC(s->rope_inv_freq, c->rotary_dim / 2);
+#undef ALLOC
+    rope_init(s);
+    *out = s;
+    return QNEXT_OK;
+oom:
+    snprintf(err, errlen, "out of memory creating a session (n_ctx %d, n_ubatch %d)", s ? s->params.n_ctx : 0,
+             s ? s->params.n_ubatch : 0);
+    qnext_session_free(s);
+    return QNEXT_ERR_MEMORY;
+}
+
+int qnext_session_pos(const qnext_session *s) { return s->pos; }
+int qnext_session_n_ctx(const qnext_session *s) { return s->params.n_ctx; }
+
+void qnext_session_reset(qnext_session *s) {
+    const qnext_config *c = &s->m->cfg;
+    int64_t conv_dim = 2 * (int64_t)c->lin_n_k_heads * c->lin_k_dim + (int64_t)c->lin_n_v_heads * c->lin_v_dim;
+    for (int i = 0; i < c->n_layers; i++)
+        if (c->layer_type[i] == QNEXT_LAYER_LINEAR) {
+            memset(s->ls[i].conv_state, 0, (size_t)(c->conv_kernel - 1) * conv_dim * sizeof(float));
+            memset(s->ls[i].ssm_state, 0,
+                   (size_t)c->lin_n_v_heads * c->lin_k_dim * c->lin_v_dim * sizeof(float));
+        }
+    s->pos = 0;
+    s->clock++; /* every earlier snapshot's KV prefix may now be overwritten */
+}
+
+qnext_status qnext_session_feed(qnext_session *s, const int32_t *tokens, int n, float *logits, int logits_mode,
+                                char *err, size_t errlen) {
+    char local[256];
+    if (!err || !errlen) { err = local; errlen = sizeof local; }
+    if (!s || (n > 0 && !tokens) || n < 0 || logits_mode < 0 || logits_mode > 2 || (logits_mode && !logits)) {
+        snprintf(err, errlen, "qnext_session_feed: bad arguments");
+        return QNEXT_ERR_ARG;
+    }
+    const qnext_config *c = &s->m->cfg;
+    for (int i = 0; i < n; i++)
+        if (tokens[i] < 0 || tokens[i] >= c->vocab_size) {
+            snprintf(err, errlen, "token id %d at index %d is outside the vocabulary [0, %d)", tokens[i], i,
+                     c->vocab_size);
+            return QNEXT_ERR_ARG;
+        }
+    if ((int64_t)s->pos + n > s->params.n_ctx) {
+        snprintf(err, errlen, "context full: %d tokens in the session + %d new > n_ctx %d", s->pos, n,
+                 s->params.n_ctx);
+        return QNEXT_ERR_CONTEXT;
+    }
+    if (n == 0) return QNEXT_OK;
+    s->clock++;
+    for (int i = 0; i < n; i++) s->kv_written[s->pos + i] = s->clock;
+    for (int i0 = 0; i0 < n; i0 += s->params.n_ubatch) {
+        int T = n - i0 < s->params.n_ubatch ? n - i0 : s->params.n_ubatch;
+        int last = i0 + T == n;
+        float *lg = NULL;
+        if (logits_mode == QNEXT_LOGITS_ALL) lg = logits + (int64_t)i0 * c->vocab_size;
+        else if (logits_mode == QNEXT_LOGITS_LAST && last) lg = logits;
+        forward_tokens(s, tokens + i0, T, lg, logits_mode == QNEXT_LOGITS_ALL);
+        s->pos += T;
+    }
+    return QNEXT_OK;
+}
+
+/* ---------------------------------------------------------------- snapshots */
+
+static size_t snapshot_floats(const qnext_config *c) {
+    size_t conv_dim = 2 * (size_t)c->lin_n_k_heads * c->lin_k_dim + (size_t)c->lin_n_v_heads * c->lin_v_dim;
+    size_t per = (size_t)(c->conv_kernel - 1) * conv_dim + (size_t)c->lin_n_v_heads * c->lin_k_dim * c->lin_v_dim;
+    size_t n = 0;
+    for (int i = 0; i < c->n_layers; i++) n += c->layer_type[i] == QNEXT_LAYER_LINEAR ? per : 0;
+    return n;
+}
+
+/* Copies the recurrent states into (dir 0) or out of (dir 1) a flat buffer. */
+static void copy_states(qnext_session *s, float *buf, int restore) {
+    const qnext_config *c = &s->m->cfg;
+    size_t conv = (size_t)(c->conv_kernel - 1) *
+                  (2 * (size_t)c->lin_n_k_heads * c->lin_k_dim + (size_t)c->lin_n_v_heads * c->lin_v_dim);
+    size_t ssm = (size_t)c->lin_n_v_heads * c->lin_k_dim * c->lin_v_dim;
+    for (int i = 0; i < c->n_layers; i++) {
+        if (c->layer_type[i] != QNEXT_LAYER_LINEAR) continue;
+        if (restore) {
+            memcpy(s->ls[i].conv_state, buf, conv * sizeof(float));
+            memcpy(s->ls[i].ssm_state, buf + conv, ssm * sizeof(float));
+        } else {
+            memcpy(buf, s->ls[i].conv_state, conv * sizeof(float));
+            memcpy(buf + conv, s->ls[i].ssm_state, ssm * sizeof(float));
+        }
+        buf += conv + ssm;
+    }
+}
+
+qnext_status qnext_session_snapshot(qnext_session *s, qnext_snapshot **out, char *err, size_t errlen) {
+    char local[256];
+    if (!err || !errlen) { err = local; errlen = sizeof local; }
+    if (!s || !out) { snprintf(err, errlen, "qnext_session_snapshot: NULL argument"); return QNEXT_ERR_ARG; }
+    size_t n = snapshot_floats(&s->m->cfg);
+    qnext_snapshot *snap = calloc(1, sizeof *snap);
+    float *data = malloc((n ? n : 1) * sizeof(float));
+    if (!snap || !data) {
+        free(snap);
+        free(data);
+        snprintf(err, errlen, "out of memory taking a snapshot (%zu bytes)", n * sizeof(float));
+        return QNEXT_ERR_MEMORY;
+    }
+    copy_states(s, data, 0);
+    snap->m = s->m;
+    snap->owner = s;
+    snap->pos = s->pos;
+    snap->clock = s->clock;
+    snap->data = data;
+    snap->bytes = n * sizeof(float) + sizeof *snap;
+    *out = snap;
+    return QNEXT_OK;
+}
+
+qnext_status qnext_session_restore(qnext_session *s, const qnext_snapshot *snap, char *err, size_t errlen) {
+    char local[256];
+    if (!err || !errlen) { err = local; errlen = sizeof local; }
+    if (!s || !snap) { snprintf(err, errlen, "qnext_session_restore: NULL argument"); return QNEXT_ERR_ARG; }
+    if (snap->m != s->m) { snprintf(err, errlen, "snapshot belongs to another model"); return QNEXT_ERR_SNAPSHOT; }
+    if (snap->owner != s) { snprintf(err, errlen, "snapshot belongs to another session"); return QNEXT_ERR_SNAPSHOT; }
+    if (snap->pos > s->params.n_ctx) {
+        snprintf(err, errlen, "snapshot position %d is beyond this session's n_ctx %d", snap->pos, s->params.n_ctx);
+        return QNEXT_ERR_SNAPSHOT;
+    }
+    for (int p = 0; p < snap->pos; p++)
+        if (s->kv_written[p] > snap->clock) {
+            snprintf(err, errlen, "snapshot at position %d is stale: KV position %d was overwritten since", snap->pos, p);
+            return QNEXT_ERR_SNAPSHOT;
+        }
+    copy_states(s, snap->data, 1);
+    s->pos = snap->pos;
+    return QNEXT_OK;
+}
+
+int qnext_snapshot_pos(const qnext_snapshot *snap) { return snap->pos; }
+size_t qnext_snapshot_bytes(const qnext_snapshot *snap) { return snap->bytes; }
+void qnext_snapshot_free(qnext_snapshot *snap) {
+    if (!snap) return;
+    free(snap->data);
+    free(snap);
+}
