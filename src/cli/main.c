@@ -8,6 +8,8 @@ static const cli_command commands[] = {
     {"info", cmd_info, "print the configuration, layer pattern, parameter counts and bytes read per token"},
     {"logits", cmd_logits, "write the logits at every prompt position to a .npy file"},
     {"generate", cmd_generate, "greedy/sampled generation from token ids"},
+    {"tokenize", cmd_tokenize, "print the token ids of UTF-8 text read from stdin"},
+    {"detokenize", cmd_detokenize, "print the text of token ids given with --ids"},
 };
 
 static void usage(FILE *f) {
