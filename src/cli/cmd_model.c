@@ -187,7 +187,11 @@ int cmd_generate(int argc, char **argv) {
     float *lg = malloc((size_t)V * sizeof(float));
     char err[512];
     uint64_t rng = (uint64_t)o.seed * 0x9E3779B97F4A7C15ull + 1;
-    if (s && lg && !qnext_session_feed(s, ids, n, lg, QNEXT_LOGITS_LAST, err, sizeof err)) {
+    if (s && n + o.n_gen - 1 > qnext_session_n_ctx(s)) {
+        snprintf(err, sizeof err, "context full: %d prompt tokens + %ld generated > n_ctx %d", n, o.n_gen,
+                 qnext_session_n_ctx(s));
+        fprintf(stderr, "qnext: %s\n", err);
+    } else if (s && lg && !qnext_session_feed(s, ids, n, lg, QNEXT_LOGITS_LAST, err, sizeof err)) {
         rc = 0;
         for (long i = 0; i < o.n_gen; i++) {
             int32_t tok;
@@ -204,7 +208,7 @@ int cmd_generate(int argc, char **argv) {
             printf("%s%d", i ? " " : "", tok);
             fflush(stdout);
             if (i + 1 < o.n_gen && qnext_session_feed(s, &tok, 1, lg, QNEXT_LOGITS_LAST, err, sizeof err)) {
-                fprintf(stderr, "\nqnext: %s\n", err);
+                fprintf(stderr, "qnext: %s\n", err);
                 rc = 1;
                 break;
             }

@@ -220,7 +220,7 @@ static void gdn_block(qnext_session *s, int il, int T) {
     }
 
     int recurrent = s->params.gdn_mode == QNEXT_GDN_RECURRENT || (s->params.gdn_mode == QNEXT_GDN_AUTO && T == 1);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((int64_t)T * nv * dk * dv > 65536)
     for (int h = 0; h < nv; h++) {
         int kh = h / r; /* value head h reads key head h / (nv/nk) */
         const float *q = sc->conv + (int64_t)kh * dk, *k = sc->conv + key_dim + (int64_t)kh * dk;
@@ -282,7 +282,7 @@ static void attn_block(qnext_session *s, const qn_layer *ly, qn_layer_state *st,
     }
 
     const int group = nh / nkv;
-#pragma omp parallel for collapse(2) schedule(dynamic, 1)
+#pragma omp parallel for collapse(2) schedule(dynamic, 1) if ((int64_t)T * nh * (pos0 + T) * D > 65536)
     for (int t = 0; t < T; t++)
         for (int h = 0; h < nh; h++) {
             float *sco = sc->att + (int64_t)omp_get_thread_num() * n_ctx;

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# The command-line contract of `qnext logits`, `generate` and `info`, driven as tools do,
+# compared with the transformers references; and bad input gets one error line and a
+# non-zero exit.
+set -u
+Q=${QNEXT_BIN:-build/qnext}
+fx=tests/fixtures/base_gqa
+pass=0; fail=0
+ok() { pass=$((pass+1)); }
+bad() { fail=$((fail+1)); echo "FAIL: $*" >&2; }
+
+prompt=$(python3 -c "import json;print(' '.join(map(str,json.load(open('$fx/ref.json'))['prompt'])))")
+greedy=$(python3 -c "import json;print(' '.join(map(str,json.load(open('$fx/ref.json'))['greedy'])))")
+n=$(echo $greedy | wc -w)
+tmp=$(mktemp -d); trap 'rm -rf $tmp' EXIT
+
+# generate: prompt in one piece, then one token at a time; greedy ids on one line
+out=$($Q generate -m $fx --ids "$prompt" -n $n --temp 0)
+[ "$out" = "$greedy" ] && ok || bad "generate: got '$out' want '$greedy'"
+
+# logits: float32 .npy [n_tokens, vocab] within 1e-4 of the reference
+$Q logits -m $fx --ids "$prompt" -o $tmp/l.npy && ok || bad "logits failed"
+python3 - "$tmp/l.npy" "$fx/logits.npy" <<'PY' && ok || bad "logits mismatch"
+import sys, numpy as np
+a, b = np.load(sys.argv[1]), np.load(sys.argv[2])
+assert a.dtype == np.float32 and a.shape == b.shape, (a.dtype, a.shape, b.shape)
+e = (np.linalg.norm(a - b, axis=1) / np.linalg.norm(b, axis=1)).max()
+assert e < 1e-4, e
+PY
+
+# info prints the layer pattern and counts
+$Q info -m $fx | grep -q "layer pattern:        DDDA" && ok || bad "info layer pattern"
+$Q info -m $fx | grep -q "bytes read per token" && ok || bad "info bytes per token"
+
+# bad input: one line on stderr, exit code 1 or 2, no crash
+expect_err() { # code pattern args...
+  local code=$1 pat=$2; shift 2
+  "$Q" "$@" >$tmp/out 2>$tmp/err; local rc=$?
+  if [ $rc -ne $code ]; then bad "'$*' exited $rc, want $code"; return; fi
+  if [ "$(wc -l <$tmp/err)" -ne 1 ] && [ $code -eq 1 ]; then bad "'$*' printed $(wc -l <$tmp/err) error lines"; return; fi
+  grep -q -- "$pat" $tmp/err && ok || bad "'$*': stderr lacks '$pat': $(cat $tmp/err)"
+}
+expect_err 1 "config.json: cannot open" info -m $tmp/nothing
+expect_err 2 "unknown option" logits -m $fx --bogus 1
+expect_err 2 "not a non-negative token id" generate -m $fx --ids "1 x 3"
+expect_err 1 "outside the vocabulary" logits -m $fx --ids "1 99999" -o $tmp/x.npy
+expect_err 1 "context full" generate -m $fx --ids "1 2 3" -n 10 --ctx 5
+expect_err 2 "unknown command" frobnicate
+expect_err 2 "needs a value" generate -m $fx --ids
+
+echo "test_cli_model: $pass passed, $fail failed"
+[ $fail -eq 0 ]
