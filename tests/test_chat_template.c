@@ -14,20 +14,6 @@
 #include "text/jinja.h"
 #include "util/json.h"
 
-static char *slurp(const char *path, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *b = malloc((size_t)n + 1);
-    if (b && fread(b, 1, (size_t)n, f) != (size_t)n) { free(b); b = NULL; }
-    if (b) b[n] = 0;
-    fclose(f);
-    *len = (size_t)n;
-    return b;
-}
-
 /* Loads tokenizer_config.<variant>.json as a chat template with its special tokens. */
 static chat_template *load_variant(const char *variant, char **src_out, size_t *src_len) {
     char path[256], err[512];
@@ -104,9 +90,35 @@ static void test_references(void) {
     json_free(refs);
 }
 
+/* With QNEXT_DUMP_TEMPLATE_CASES=FILE set, every unit case is also written to FILE as one
+ * JSON line, so tools/check_template_unit_cases.py can confirm the expectations with
+ * jinja2 under transformers' settings. */
+static FILE *dump_file;
+
+static void dump_json_string(FILE *f, const char *s) {
+    fputc('"', f);
+    for (; *s; s++) {
+        unsigned char ch = (unsigned char)*s;
+        if (ch == '"' || ch == '\\') fprintf(f, "\\%c", ch);
+        else if (ch < 0x20) fprintf(f, "\\u%04x", ch);
+        else fputc(ch, f);
+    }
+    fputc('"', f);
+}
+
+static void dump_case(const char *kind, const char *src, const char *vars_json, const char *expected) {
+    if (!dump_file) return;
+    fprintf(dump_file, "{\"kind\": \"%s\", \"src\": ", kind);
+    dump_json_string(dump_file, src);
+    fprintf(dump_file, ", \"vars\": %s, \"expected\": ", vars_json);
+    dump_json_string(dump_file, expected);
+    fprintf(dump_file, "}\n");
+}
+
 /* Renders src with vars (JSON text) and compares with the expected output from Jinja2. */
 static void expect_render(const char *src, const char *vars_json, const char *expected) {
     char err[512] = "";
+    dump_case("render", src, vars_json, expected);
     jinja_template *t = jinja_parse(src, strlen(src), err, sizeof err);
     CHECK(t != NULL, "parse '%s': %s", src, err);
     if (!t) return;
@@ -197,6 +209,7 @@ static void test_statements(void) {
 
 static void expect_error(const char *src, const char *vars_json, const char *needle) {
     char err[512] = "";
+    dump_case("error", src, vars_json, needle);
     jinja_template *t = jinja_parse(src, strlen(src), err, sizeof err);
     if (t) {
         json *vars = json_parse(vars_json, strlen(vars_json), err, sizeof err);
@@ -320,11 +333,14 @@ static void test_load_dir(void) {
 }
 
 int main(void) {
+    const char *dump = getenv("QNEXT_DUMP_TEMPLATE_CASES");
+    if (dump) dump_file = fopen(dump, "w");
     test_references();
     test_expressions();
     test_statements();
     test_errors();
     test_fuzz();
     test_load_dir();
+    if (dump_file) fclose(dump_file);
     return tu_finish("test_chat_template");
 }
