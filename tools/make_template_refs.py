@@ -270,6 +270,24 @@ def main():
         f.write("\n")
     print(f"wrote {len(refs)} cases to {args.out}")
 
+    # Fixtures for tests/test_template_cli.sh: two cases as plain files, so the shell test
+    # compares bytes without parsing JSON.
+    cli_dir = os.path.join(os.path.dirname(args.out), "template_cli")
+    os.makedirs(cli_dir, exist_ok=True)
+    by_name = {r["name"]: r for r in refs}
+    for label, name in (("tools", "thinking/multi_step_tools/gen"), ("kwargs", "instruct/enable_thinking_false/nogen")):
+        r = by_name[name]
+        with open(os.path.join(cli_dir, f"{label}_messages.json"), "w", encoding="utf-8") as f:
+            json.dump(r["messages"], f, ensure_ascii=False, indent=1)
+        if r["tools"] is not None:
+            with open(os.path.join(cli_dir, f"{label}_tools.json"), "w", encoding="utf-8") as f:
+                json.dump(r["tools"], f, ensure_ascii=False, indent=1)
+        with open(os.path.join(cli_dir, f"{label}_kwargs.json"), "w", encoding="utf-8") as f:
+            json.dump(r["kwargs"], f)
+        with open(os.path.join(cli_dir, f"{label}_expected.txt"), "w", encoding="utf-8", newline="") as f:
+            f.write(r["expected"])
+    print(f"wrote CLI fixtures to {cli_dir}")
+
 
 if __name__ == "__main__":
     import transformers

@@ -10,6 +10,7 @@ static const cli_command commands[] = {
     {"generate", cmd_generate, "greedy/sampled generation from token ids"},
     {"tokenize", cmd_tokenize, "print the token ids of UTF-8 text read from stdin"},
     {"detokenize", cmd_detokenize, "print the text of token ids given with --ids"},
+    {"template", cmd_template, "print the chat-template prompt for a JSON conversation"},
 };
 
 static void usage(FILE *f) {
