@@ -813,44 +813,56 @@ static void pre_tokenize(enc_state *st, const unsigned char *s, size_t n) {
 #undef IS_WS
 }
 
-/* NFC of s[0..n) into st->norm (or a pointer to s itself when nothing can change). */
+/* 1 when NFC can neither change the code point nor combine it with what precedes it, so a
+ * normalisation boundary lies just before it (UAX #15 quick-check idea, conservative): a starter
+ * (ccc 0) without canonical decomposition that is not the second element of any composition.
+ * Precomposed letters above U+02FF count as not inert; that only costs speed. */
+static int nfc_inert(uint32_t cp) {
+    if (cp < 0x300) return 1; /* Latin-1 / Latin Extended: all NFC_QC=Yes starters */
+    if ((cp >= 0x1161 && cp <= 0x1175) || (cp >= 0x11A8 && cp <= 0x11C2)) return 0; /* Hangul V/T jamo */
+    const utf8proc_property_t *p = utf8proc_get_property((utf8proc_int32_t)cp);
+    if (p->combining_class != 0) return 0;
+    if (p->comb_index != UINT16_MAX && (p->comb_index & 0x8000)) return 0; /* second of a pair */
+    if (p->decomp_seqindex != UINT16_MAX && p->decomp_type == 0) return 0;   /* canonical decomposition */
+    return 1;
+}
+
+/* NFC of s[0..n): returns s itself when nothing can change, else st->norm. Only the regions
+ * around non-inert code points go through utf8proc (whole-text NFC was the largest cost of
+ * encoding); invalid UTF-8 bytes (only possible from C callers) are kept as they are. */
 static const unsigned char *normalize(enc_state *st, const unsigned char *s, size_t n, size_t *out_n) {
-    size_t i = 0;
-    while (i < n && s[i] < 0x80) i++;
-    if (i == n || !st->t->nfc) { *out_n = n; return s; }
+    *out_n = n;
+    if (!st->t->nfc) return s;
+    size_t i = 0, copied = 0, boundary = 0;
+    int changed = 0;
     st->norm.n = 0;
-    utf8proc_uint8_t *res = NULL;
-    utf8proc_ssize_t r = utf8proc_map(s, (utf8proc_ssize_t)n, &res, UTF8PROC_STABLE | UTF8PROC_COMPOSE);
-    if (r >= 0) {
-        int rc = bb_append(&st->norm, res, (size_t)r);
-        free(res);
-        if (rc) { st->failed = 1; *out_n = 0; return s; }
-    } else {
-        /* Invalid UTF-8 (only possible from C callers): normalise each valid run and keep the
-         * stray bytes as they are; they cannot compose with anything. */
-        size_t a = 0;
-        i = 0;
-        while (i <= n) {
-            size_t len = 1; uint32_t c;
-            int bad = i < n && utf8_next(s + i, n - i, &len, &c) != U8_VALID;
-            if (i == n || bad) {
-                if (i > a) {
-                    utf8proc_uint8_t *part = NULL;
-                    utf8proc_ssize_t pr = utf8proc_map(s + a, (utf8proc_ssize_t)(i - a), &part,
-                                                       UTF8PROC_STABLE | UTF8PROC_COMPOSE);
-                    int rc = pr >= 0 ? bb_append(&st->norm, part, (size_t)pr) : bb_append(&st->norm, s + a, i - a);
-                    free(part);
-                    if (rc) { st->failed = 1; break; }
-                }
-                if (i == n) break;
-                if (bb_append(&st->norm, s + i, 1)) { st->failed = 1; break; }
-                i += 1;
-                a = i;
-            } else i += len;
+    while (i < n) {
+        if (s[i] < 0x80) { boundary = i++; continue; }
+        size_t len; uint32_t c;
+        int r8 = utf8_next(s + i, n - i, &len, &c);
+        if (r8 != U8_VALID) { i += len; boundary = i; continue; } /* nothing combines across it */
+        if (nfc_inert(c)) { boundary = i; i += len; continue; }
+        /* Normalise from the last boundary to the next inert code point. */
+        size_t j = i + len;
+        while (j < n) {
+            size_t l2; uint32_t c2;
+            if (s[j] < 0x80 || utf8_next(s + j, n - j, &l2, &c2) != U8_VALID || nfc_inert(c2)) break;
+            j += l2;
         }
+        utf8proc_uint8_t *res = NULL;
+        utf8proc_ssize_t r = utf8proc_map(s + boundary, (utf8proc_ssize_t)(j - boundary), &res,
+                                          UTF8PROC_STABLE | UTF8PROC_COMPOSE);
+        int rc = bb_append(&st->norm, s + copied, boundary - copied);
+        rc |= r >= 0 ? bb_append(&st->norm, res, (size_t)r) : bb_append(&st->norm, s + boundary, j - boundary);
+        free(res);
+        if (rc) { st->failed = 1; return s; }
+        changed = 1;
+        copied = boundary = i = j;
     }
+    if (!changed) return s;
+    if (bb_append(&st->norm, s + copied, n - copied)) { st->failed = 1; return s; }
     *out_n = st->norm.n;
-    return st->norm.p ? st->norm.p : s;
+    return st->norm.p;
 }
 
 /* Unicode White_Space, as Rust's char::is_whitespace (used by lstrip/rstrip). */
