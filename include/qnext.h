@@ -133,6 +133,20 @@ enum { QNEXT_LOGITS_NONE = 0, QNEXT_LOGITS_LAST = 1, QNEXT_LOGITS_ALL = 2 };
 qnext_status qnext_session_feed(qnext_session *s, const int32_t *tokens, int n, float *logits, int logits_mode,
                                 char *err, size_t errlen);
 
+/* Continuous batching: runs several sessions' tokens in ONE forward pass, so the
+ * projections and the MoE read their weights once for all of them. Each item appends its
+ * tokens to its own session (items must name distinct sessions of one model). The
+ * scratch of items[0].session is used: the total token count must not exceed its n_ubatch,
+ * and no session may have a larger n_ctx than items[0].session. On error nothing is fed. */
+typedef struct {
+    qnext_session *session;
+    const int32_t *tokens;
+    int n_tokens;        /* >= 1 */
+    float *logits;       /* as in qnext_session_feed */
+    int logits_mode;     /* QNEXT_LOGITS_NONE / LAST / ALL */
+} qnext_batch_item;
+qnext_status qnext_batch_feed(qnext_batch_item *items, int n_items, char *err, size_t errlen);
+
 /* Snapshots hold the recurrent and conv states and the position. The KV cache is not
  * copied: restoring is valid while the session has not overwritten the KV entries below
  * the snapshot's position since it was taken (rewinding to an earlier turn always is). */

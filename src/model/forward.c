@@ -18,13 +18,13 @@
 
 /* ---------------------------------------------------------------- RoPE tables */
 
-/* cos/sin for the rotary pairs at positions pos..pos+T-1, as transformers computes them:
+/* cos/sin for the rotary pairs at each row's position, as transformers computes them:
  * fp32 angle = pos * inv_freq, then scaled by the YaRN attention factor. */
-static void rope_tables(qnext_session *s, int pos, int T) {
+static void rope_tables(qnext_session *s, int T) {
     int half = s->m->cfg.rotary_dim / 2;
     for (int t = 0; t < T; t++)
         for (int i = 0; i < half; i++) {
-            float ang = (float)(pos + t) * s->rope_inv_freq[i];
+            float ang = (float)s->sc.row_pos[t] * s->rope_inv_freq[i];
             s->sc.rope_cos[t * half + i] = (float)cos((double)ang) * s->rope_mscale;
             s->sc.rope_sin[t * half + i] = (float)sin((double)ang) * s->rope_mscale;
         }
@@ -79,25 +79,28 @@ static void gdn_chunked_head(float *S, int dk, int dv, int T, const float *q, co
                              const float *v, int64_t ldv, const float *g, const float *beta, int64_t ldg,
                              float *o, int64_t ldo, float *tmp) {
     const int C = GDN_CHUNK;
-    float *gam = tmp;              /* [C] within-chunk cumulative log decay */
-    float *Lm = gam + C;           /* [C][C] beta_r (k_r . k_s) exp(gam_r - gam_s), s < r */
+    /* The within-chunk cumulative log decay reaches -100s over 64 tokens; in fp32 its
+     * differences gam_r - gam_s would lose ~1e-5 absolute precision (and exp() turns that
+     * into relative error), so it is kept in double. */
+    double *gam = (double *)tmp;   /* [C] within-chunk cumulative log decay */
+    float *Lm = tmp + 2 * C;       /* [C][C] beta_r (k_r . k_s) exp(gam_r - gam_s), s < r */
     float *U = Lm + C * C;         /* [C][dv] pseudo values */
     float *W = U + C * dv;         /* [C][dk] decayed keys */
     float *Vn = W + C * dk;        /* [C][dv] */
     float *row = Vn + C * dv;      /* [max(dk, dv)] */
     for (int t0 = 0; t0 < T; t0 += C) {
         int n = T - t0 < C ? T - t0 : C;
-        float acc = 0;
+        double acc = 0;
         for (int r = 0; r < n; r++) { acc += g[(t0 + r) * ldg]; gam[r] = acc; }
         for (int r = 0; r < n; r++) {
             const float *kr = k + (t0 + r) * ldqk;
             float br = beta[(t0 + r) * ldg];
             for (int s2 = 0; s2 < r; s2++)
-                Lm[r * C + s2] = br * op_dot_f32(kr, k + (t0 + s2) * ldqk, dk) * expf(gam[r] - gam[s2]);
+                Lm[r * C + s2] = br * op_dot_f32(kr, k + (t0 + s2) * ldqk, dk) * (float)exp(gam[r] - gam[s2]);
         }
         /* Forward substitution: (I + L) U = beta V and (I + L) W = beta exp(gam) K. */
         for (int r = 0; r < n; r++) {
-            float br = beta[(t0 + r) * ldg], eg = expf(gam[r]);
+            float br = beta[(t0 + r) * ldg], eg = (float)exp(gam[r]);
             const float *vr = v + (t0 + r) * ldv, *kr = k + (t0 + r) * ldqk;
             float *Ur = U + r * dv, *Wr = W + r * dk;
             for (int j = 0; j < dv; j++) Ur[j] = br * vr[j];
@@ -123,7 +126,7 @@ static void gdn_chunked_head(float *S, int dk, int dv, int T, const float *q, co
         for (int r = 0; r < n; r++) {
             const float *qr = q + (t0 + r) * ldqk;
             float *orow = o + (t0 + r) * ldo;
-            float eg = expf(gam[r]);
+            float eg = (float)exp(gam[r]);
             for (int j = 0; j < dv; j++) row[j] = 0;
             for (int i = 0; i < dk; i++) {
                 float qi = qr[i] * eg;
@@ -131,21 +134,22 @@ static void gdn_chunked_head(float *S, int dk, int dv, int T, const float *q, co
                 for (int j = 0; j < dv; j++) row[j] += qi * Si[j];
             }
             for (int s2 = 0; s2 <= r; s2++) {
-                float a = op_dot_f32(qr, k + (t0 + s2) * ldqk, dk) * expf(gam[r] - gam[s2]);
+                float a = op_dot_f32(qr, k + (t0 + s2) * ldqk, dk) * (float)exp(gam[r] - gam[s2]);
                 const float *Vs = Vn + s2 * dv;
                 for (int j = 0; j < dv; j++) row[j] += a * Vs[j];
             }
             memcpy(orow, row, dv * sizeof(float));
         }
         /* Carry the state: S = exp(gam_last) S + sum_s exp(gam_last - gam_s) k_s Vn_s^T. */
-        float glast = gam[n - 1], el = expf(glast);
+        double glast = gam[n - 1];
+        float el = (float)exp(glast);
         for (int i = 0; i < dk; i++) {
             float *Si = S + (int64_t)i * dv;
             for (int j = 0; j < dv; j++) Si[j] *= el;
         }
         for (int s2 = 0; s2 < n; s2++) {
             const float *ks = k + (t0 + s2) * ldqk, *Vs = Vn + s2 * dv;
-            float d = expf(glast - gam[s2]);
+            float d = (float)exp(glast - gam[s2]);
             for (int i = 0; i < dk; i++) {
                 float ki = ks[i] * d;
                 float *Si = S + (int64_t)i * dv;
@@ -158,15 +162,14 @@ static void gdn_chunked_head(float *S, int dk, int dv, int T, const float *q, co
 size_t gdn_tmp_floats(int dk, int dv) {
     const int C = GDN_CHUNK;
     int mx = dk > dv ? dk : dv;
-    return (size_t)C + C * C + C * dv + C * dk + C * dv + mx + 16;
+    return (size_t)2 * C + C * C + C * dv + C * dk + C * dv + mx + 16;
 }
 
 /* x[T,H] -> in_proj_qkvz, in_proj_ba -> causal conv + SiLU -> L2-norm q,k -> gates ->
  * delta rule (chunked or recurrent) -> gated RMSNorm with silu(z) -> out_proj -> y[T,H] */
-static void gdn_block(qnext_session *s, int il, int T) {
+static void gdn_block(qnext_session *s, qn_seq *seqs, int n_seqs, int il, int T) {
     const qnext_config *c = &s->m->cfg;
     const qn_layer *ly = &s->m->layers[il];
-    qn_layer_state *st = &s->ls[il];
     qn_scratch *sc = &s->sc;
     const int nk = c->lin_n_k_heads, nv = c->lin_n_v_heads, dk = c->lin_k_dim, dv = c->lin_v_dim;
     const int K = c->conv_kernel, r = nv / nk;
@@ -176,25 +179,30 @@ static void gdn_block(qnext_session *s, int il, int T) {
     op_matmul(&ly->qkvz, sc->x, T, sc->proj);  /* [T, q|k|v|z] after the load-time row map */
     op_matmul(&ly->ba, sc->x, T, sc->proj2);   /* [T, b|a] */
 
-    /* Causal depthwise conv over [conv state | new inputs], then SiLU. */
-    float *cs = st->conv_state;
-#pragma omp parallel for schedule(static) if (T * conv_dim > 65536)
-    for (int64_t ch = 0; ch < conv_dim; ch++) {
-        const float *w = ly->conv_w + ch * K;
-        for (int t = 0; t < T; t++) {
-            float acc = 0;
-            for (int j = 0; j < K; j++) {
-                int tau = t - (K - 1) + j;
-                float xv = tau >= 0 ? sc->proj[(int64_t)tau * n_qkvz + ch] : cs[(int64_t)(K - 1 + tau) * conv_dim + ch];
-                acc += w[j] * xv;
+    /* Causal depthwise conv over [conv state | new inputs] of each sequence, then SiLU. */
+    for (int q = 0; q < n_seqs; q++) {
+        float *cs = seqs[q].s->ls[il].conv_state;
+        const float *P = sc->proj + (int64_t)seqs[q].row0 * n_qkvz;
+        float *Y = sc->conv + (int64_t)seqs[q].row0 * conv_dim;
+        const int n = seqs[q].n;
+#pragma omp parallel for schedule(static) if (n * conv_dim > 65536)
+        for (int64_t ch = 0; ch < conv_dim; ch++) {
+            const float *w = ly->conv_w + ch * K;
+            for (int t = 0; t < n; t++) {
+                float acc = 0;
+                for (int j = 0; j < K; j++) {
+                    int tau = t - (K - 1) + j;
+                    float xv = tau >= 0 ? P[(int64_t)tau * n_qkvz + ch] : cs[(int64_t)(K - 1 + tau) * conv_dim + ch];
+                    acc += w[j] * xv;
+                }
+                Y[(int64_t)t * conv_dim + ch] = qn_silu(acc);
             }
-            sc->conv[(int64_t)t * conv_dim + ch] = qn_silu(acc);
-        }
-        /* Keep the last K-1 inputs. Ascending i only reads rows not yet overwritten. */
-        for (int i = 0; i < K - 1; i++) {
-            int tau = T - (K - 1) + i;
-            cs[(int64_t)i * conv_dim + ch] =
-                tau >= 0 ? sc->proj[(int64_t)tau * n_qkvz + ch] : cs[(int64_t)(K - 1 + tau) * conv_dim + ch];
+            /* Keep the last K-1 inputs. Ascending i only reads rows not yet overwritten. */
+            for (int i = 0; i < K - 1; i++) {
+                int tau = n - (K - 1) + i;
+                cs[(int64_t)i * conv_dim + ch] =
+                    tau >= 0 ? P[(int64_t)tau * n_qkvz + ch] : cs[(int64_t)(K - 1 + tau) * conv_dim + ch];
+            }
         }
     }
 
@@ -219,22 +227,27 @@ static void gdn_block(qnext_session *s, int il, int T) {
         }
     }
 
-    int recurrent = s->params.gdn_mode == QNEXT_GDN_RECURRENT || (s->params.gdn_mode == QNEXT_GDN_AUTO && T == 1);
-#pragma omp parallel for schedule(static) if ((int64_t)T * nv * dk * dv > 65536)
-    for (int h = 0; h < nv; h++) {
-        int kh = h / r; /* value head h reads key head h / (nv/nk) */
-        const float *q = sc->conv + (int64_t)kh * dk, *k = sc->conv + key_dim + (int64_t)kh * dk;
-        const float *v = sc->conv + 2 * key_dim + (int64_t)h * dv;
-        float *S = st->ssm_state + (int64_t)h * dk * dv;
-        float *o = sc->core + (int64_t)h * dv;
-        float *tmp = sc->gdn_tmp + (size_t)h * sc->gdn_tmp_stride;
-        if (recurrent)
-            gdn_recurrent_head(S, dk, dv, T, q, k, conv_dim, v, conv_dim, sc->gates + h, sc->gates + nv + h, 2 * nv,
-                               o, val_dim, tmp);
-        else
-            gdn_chunked_head(S, dk, dv, T, q, k, conv_dim, v, conv_dim, sc->gates + h, sc->gates + nv + h, 2 * nv,
-                             o, val_dim, tmp);
-    }
+    /* The delta rule, per (sequence, value head); each has its own state. Scratch is per
+     * thread, since one thread works on one (sequence, head) at a time. */
+#pragma omp parallel for collapse(2) schedule(dynamic, 1) if ((int64_t)T * nv * dk * dv > 65536)
+    for (int q = 0; q < n_seqs; q++)
+        for (int h = 0; h < nv; h++) {
+            const qn_seq *sq = &seqs[q];
+            const int mode = sq->s->params.gdn_mode;
+            int recurrent = mode == QNEXT_GDN_RECURRENT || (mode == QNEXT_GDN_AUTO && sq->n == 1);
+            int kh = h / r; /* value head h reads key head h / (nv/nk) */
+            const float *rows = sc->conv + (int64_t)sq->row0 * conv_dim;
+            const float *qp = rows + (int64_t)kh * dk, *kp = rows + key_dim + (int64_t)kh * dk;
+            const float *vp = rows + 2 * key_dim + (int64_t)h * dv;
+            const float *g = sc->gates + (int64_t)sq->row0 * 2 * nv + h, *beta = g + nv;
+            float *S = sq->s->ls[il].ssm_state + (int64_t)h * dk * dv;
+            float *o = sc->core + (int64_t)sq->row0 * val_dim + (int64_t)h * dv;
+            float *tmp = sc->gdn_tmp + (size_t)omp_get_thread_num() * sc->gdn_tmp_stride;
+            if (recurrent)
+                gdn_recurrent_head(S, dk, dv, sq->n, qp, kp, conv_dim, vp, conv_dim, g, beta, 2 * nv, o, val_dim, tmp);
+            else
+                gdn_chunked_head(S, dk, dv, sq->n, qp, kp, conv_dim, vp, conv_dim, g, beta, 2 * nv, o, val_dim, tmp);
+        }
 
     /* Gated RMSNorm per (token, value head): plain weight, times silu(z). */
     for (int t = 0; t < T; t++)
@@ -253,12 +266,15 @@ static void gdn_block(qnext_session *s, int il, int T) {
 
 /* x[T,H] -> q|gate, k, v -> q_norm/k_norm -> partial RoPE -> KV cache -> causal GQA
  * softmax attention -> * sigmoid(gate) -> o_proj -> y[T,H] */
-static void attn_block(qnext_session *s, const qn_layer *ly, qn_layer_state *st, int T) {
+static void attn_block(qnext_session *s, qn_seq *seqs, int il, int T) {
     const qnext_config *c = &s->m->cfg;
+    const qn_layer *ly = &s->m->layers[il];
     qn_scratch *sc = &s->sc;
     const int nh = c->n_heads, nkv = c->n_kv_heads, D = c->head_dim, half = c->rotary_dim / 2;
     const int64_t qw = 2 * (int64_t)nh * D, kvw = 2 * (int64_t)nkv * D;
-    const int pos0 = s->pos, n_ctx = s->params.n_ctx;
+    const int n_ctx = s->params.n_ctx;
+    int64_t max_keys = 0;
+    for (int t = 0; t < T; t++) max_keys += sc->row_pos[t] + 1;
     const float eps = (float)c->rms_eps, scale = 1.0f / sqrtf((float)D);
 
     op_matmul(&ly->q_proj, sc->x, T, sc->proj);  /* [T, q heads | gate heads] */
@@ -272,7 +288,8 @@ static void attn_block(qnext_session *s, const qn_layer *ly, qn_layer_state *st,
             op_rmsnorm1p(q, ly->q_norm, q, D, eps);
             rope_apply(q, cs, sn, half);
         }
-        float *kc = st->k_cache + (int64_t)(pos0 + t) * nkv * D, *vc = st->v_cache + (int64_t)(pos0 + t) * nkv * D;
+        qn_layer_state *st = &seqs[sc->row_seq[t]].s->ls[il];
+        float *kc = st->k_cache + (int64_t)sc->row_pos[t] * nkv * D, *vc = st->v_cache + (int64_t)sc->row_pos[t] * nkv * D;
         for (int h = 0; h < nkv; h++) {
             const float *k = sc->proj2 + t * kvw + (int64_t)h * D, *v = k + (int64_t)nkv * D;
             op_rmsnorm1p(k, ly->k_norm, kc + (int64_t)h * D, D, eps);
@@ -282,12 +299,13 @@ static void attn_block(qnext_session *s, const qn_layer *ly, qn_layer_state *st,
     }
 
     const int group = nh / nkv;
-#pragma omp parallel for collapse(2) schedule(dynamic, 1) if ((int64_t)T * nh * (pos0 + T) * D > 65536)
+#pragma omp parallel for collapse(2) schedule(dynamic, 1) if (max_keys * nh * D > 65536)
     for (int t = 0; t < T; t++)
         for (int h = 0; h < nh; h++) {
+            const qn_layer_state *st = &seqs[sc->row_seq[t]].s->ls[il];
             float *sco = sc->att + (int64_t)omp_get_thread_num() * n_ctx;
             const float *q = sc->proj + t * qw + (int64_t)h * D;
-            int kvh = h / group, n_keys = pos0 + t + 1;
+            int kvh = h / group, n_keys = sc->row_pos[t] + 1;
             float mx = -FLT_MAX;
             for (int j = 0; j < n_keys; j++) {
                 sco[j] = op_dot_f32(q, st->k_cache + ((int64_t)j * nkv + kvh) * D, D) * scale;
@@ -394,21 +412,27 @@ static void add_rows(float *h, const float *y, int64_t n) {
     for (int64_t i = 0; i < n; i++) h[i] += y[i];
 }
 
-void forward_tokens(qnext_session *s, const int32_t *tokens, int T, float *logits, int all_logits) {
+void forward_batch(qnext_session *s, qn_seq *seqs, int n_seqs, int T) {
     const qnext_model *m = s->m;
     const qnext_config *c = &m->cfg;
     qn_scratch *sc = &s->sc;
     const int H = c->hidden_size;
     const float eps = (float)c->rms_eps;
 
-    for (int t = 0; t < T; t++) op_row_to_f32(&m->embed, tokens[t], sc->h + (int64_t)t * H);
-    rope_tables(s, s->pos, T);
+    for (int q = 0; q < n_seqs; q++)
+        for (int i = 0; i < seqs[q].n; i++) {
+            int t = seqs[q].row0 + i;
+            sc->row_pos[t] = seqs[q].pos0 + i;
+            sc->row_seq[t] = q;
+            op_row_to_f32(&m->embed, seqs[q].tokens[i], sc->h + (int64_t)t * H);
+        }
+    rope_tables(s, T);
 
     for (int il = 0; il < c->n_layers; il++) {
         const qn_layer *ly = &m->layers[il];
         for (int t = 0; t < T; t++) op_rmsnorm1p(sc->h + (int64_t)t * H, ly->input_norm, sc->x + (int64_t)t * H, H, eps);
-        if (c->layer_type[il] == QNEXT_LAYER_FULL) attn_block(s, ly, &s->ls[il], T);
-        else gdn_block(s, il, T);
+        if (c->layer_type[il] == QNEXT_LAYER_FULL) attn_block(s, seqs, il, T);
+        else gdn_block(s, seqs, n_seqs, il, T);
         add_rows(sc->h, sc->y, (int64_t)T * H);
 
         for (int t = 0; t < T; t++) op_rmsnorm1p(sc->h + (int64_t)t * H, ly->post_norm, sc->x + (int64_t)t * H, H, eps);
@@ -417,9 +441,17 @@ void forward_tokens(qnext_session *s, const int32_t *tokens, int T, float *logit
         add_rows(sc->h, sc->y, (int64_t)T * H);
     }
 
-    if (logits) {
-        int t0 = all_logits ? 0 : T - 1;
-        for (int t = t0; t < T; t++) op_rmsnorm1p(sc->h + (int64_t)t * H, m->final_norm, sc->x + (int64_t)t * H, H, eps);
-        op_matmul(&m->lm_head, sc->x + (int64_t)t0 * H, T - t0, logits);
+    /* Final norm and lm_head for the rows whose logits are wanted, in one product so the
+     * vocabulary matrix is read once for the whole batch. */
+    int n_out = 0;
+    for (int q = 0; q < n_seqs; q++) {
+        if (!seqs[q].logits) continue;
+        int i0 = seqs[q].all_logits ? 0 : seqs[q].n - 1;
+        for (int i = i0; i < seqs[q].n; i++) {
+            int t = seqs[q].row0 + i;
+            op_rmsnorm1p(sc->h + (int64_t)t * H, m->final_norm, sc->x + (int64_t)n_out * H, H, eps);
+            sc->row_out[n_out++] = seqs[q].logits + (int64_t)(i - i0) * c->vocab_size;
+        }
     }
+    if (n_out) op_matmul_to_rows(&m->lm_head, sc->x, n_out, sc->row_out);
 }

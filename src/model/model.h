@@ -128,7 +128,20 @@ typedef struct {
     float *eo;       /* [T, H] expert outputs */
     float *sg;       /* [T] shared-expert gate */
     float *rope_cos, *rope_sin; /* [T, rotary_dim/2] */
+    int *row_pos;    /* [T] position of each row in its session */
+    int *row_seq;    /* [T] which sequence of the batch each row belongs to */
+    float **row_out; /* [T] logits destination of each row, for the lm_head product */
 } qn_scratch;
+
+/* One sequence of a forward pass: rows [row0, row0+n) of the batch are the tokens
+ * appended to session s at positions pos0, pos0+1, ... */
+typedef struct {
+    qnext_session *s;
+    const int32_t *tokens;
+    int n, row0, pos0;
+    float *logits;   /* NULL, or where this sequence's logits go */
+    int all_logits;  /* one row per token, else only the last token's */
+} qn_seq;
 
 struct qnext_session {
     qnext_model *m;
@@ -155,9 +168,8 @@ struct qnext_snapshot {
 qnext_status config_parse(const char *path, qnext_config *cfg, char *err, size_t errlen);
 qnext_status config_from_json(const void *json_root, const char *path, qnext_config *cfg, char *err, size_t errlen);
 
-/* forward.c: runs T tokens (T <= n_ubatch) through the model at the session position.
- * Writes logits for every token (rows of logits) when all_logits, else for the last one,
- * or none when logits is NULL. */
-void forward_tokens(qnext_session *s, const int32_t *tokens, int T, float *logits, int all_logits);
+/* forward.c: runs the rows of n_seqs sequences (T rows in all, T <= n_ubatch of the
+ * session that owns sc) through the model in one pass. Positions are not advanced here. */
+void forward_batch(qnext_session *owner, qn_seq *seqs, int n_seqs, int T);
 
 #endif

@@ -71,6 +71,9 @@ void qnext_session_free(qnext_session *s) {
                    sc->mlp_a, sc->mlp_b, sc->router, sc->top_w, sc->xg, sc->eo, sc->sg, sc->rope_cos, sc->rope_sin};
     for (size_t i = 0; i < sizeof fl / sizeof fl[0]; i++) free(fl[i]);
     free(sc->top_idx);
+    free(sc->row_pos);
+    free(sc->row_seq);
+    free(sc->row_out);
     free(sc->tok_list);
     free(s->kv_written);
     free(s->rope_inv_freq);
@@ -134,7 +137,7 @@ qnext_status qnext_session_new(qnext_model *m, const qnext_session_params *param
     ALLOC(sc->gates, T * 2 * nv);
     ALLOC(sc->att, nthreads * n_ctx);
     sc->gdn_tmp_stride = gdn_tmp_floats((int)dk, (int)dv);
-    ALLOC(sc->gdn_tmp, (int64_t)sc->gdn_tmp_stride * nv);
+    ALLOC(sc->gdn_tmp, (int64_t)sc->gdn_tmp_stride * nthreads);
     ALLOC(sc->mlp_a, T * mlpw);
     ALLOC(sc->mlp_b, T * mlpw);
     ALLOC(sc->router, T * imax(E, 1));
@@ -146,6 +149,9 @@ qnext_status qnext_session_new(qnext_model *m, const qnext_session_params *param
     ALLOC(sc->sg, T);
     ALLOC(sc->rope_cos, T * c->rotary_dim / 2);
     ALLOC(sc->rope_sin, T * c->rotary_dim / 2);
+    ALLOC(sc->row_pos, T);
+    ALLOC(sc->row_seq, T);
+    ALLOC(sc->row_out, T);
     ALLOC(s->kv_written, n_ctx);
     ALLOC(s->rope_inv_freq, c->rotary_dim / 2);
 #undef ALLOC
@@ -175,11 +181,10 @@ void qnext_session_reset(qnext_session *s) {
     s->clock++; /* every earlier snapshot's KV prefix may now be overwritten */
 }
 
-qnext_status qnext_session_feed(qnext_session *s, const int32_t *tokens, int n, float *logits, int logits_mode,
-                                char *err, size_t errlen) {
-    char local[256];
-    if (!err || !errlen) { err = local; errlen = sizeof local; }
-    if (!s || (n > 0 && !tokens) || n < 0 || logits_mode < 0 || logits_mode > 2 || (logits_mode && !logits)) {
+/* Checks one item of a feed: ids in the vocabulary and room in the context. */
+static qnext_status check_item(const qnext_session *s, const int32_t *tokens, int n, const float *logits,
+                               int logits_mode, char *err, size_t errlen) {
+    if (n < 0 || (n > 0 && !tokens) || logits_mode < 0 || logits_mode > 2 || (logits_mode && !logits)) {
         snprintf(err, errlen, "qnext_session_feed: bad arguments");
         return QNEXT_ERR_ARG;
     }
@@ -195,18 +200,88 @@ qnext_status qnext_session_feed(qnext_session *s, const int32_t *tokens, int n, 
                  s->params.n_ctx);
         return QNEXT_ERR_CONTEXT;
     }
-    if (n == 0) return QNEXT_OK;
+    return QNEXT_OK;
+}
+
+static void mark_written(qnext_session *s, int n) {
     s->clock++;
     for (int i = 0; i < n; i++) s->kv_written[s->pos + i] = s->clock;
+}
+
+qnext_status qnext_session_feed(qnext_session *s, const int32_t *tokens, int n, float *logits, int logits_mode,
+                                char *err, size_t errlen) {
+    char local[256];
+    if (!err || !errlen) { err = local; errlen = sizeof local; }
+    if (!s) { snprintf(err, errlen, "qnext_session_feed: NULL session"); return QNEXT_ERR_ARG; }
+    qnext_status st = check_item(s, tokens, n, logits, logits_mode, err, errlen);
+    if (st || n == 0) return st;
+    const int V = s->m->cfg.vocab_size;
+    mark_written(s, n);
     for (int i0 = 0; i0 < n; i0 += s->params.n_ubatch) {
         int T = n - i0 < s->params.n_ubatch ? n - i0 : s->params.n_ubatch;
-        int last = i0 + T == n;
-        float *lg = NULL;
-        if (logits_mode == QNEXT_LOGITS_ALL) lg = logits + (int64_t)i0 * c->vocab_size;
-        else if (logits_mode == QNEXT_LOGITS_LAST && last) lg = logits;
-        forward_tokens(s, tokens + i0, T, lg, logits_mode == QNEXT_LOGITS_ALL);
+        qn_seq q = {.s = s, .tokens = tokens + i0, .n = T, .row0 = 0, .pos0 = s->pos};
+        if (logits_mode == QNEXT_LOGITS_ALL) { q.logits = logits + (int64_t)i0 * V; q.all_logits = 1; }
+        else if (logits_mode == QNEXT_LOGITS_LAST && i0 + T == n) q.logits = logits;
+        forward_batch(s, &q, 1, T);
         s->pos += T;
     }
+    return QNEXT_OK;
+}
+
+#define MAX_BATCH_SEQS 1024
+
+qnext_status qnext_batch_feed(qnext_batch_item *items, int n_items, char *err, size_t errlen) {
+    char local[256];
+    if (!err || !errlen) { err = local; errlen = sizeof local; }
+    if (!items || n_items < 1 || n_items > MAX_BATCH_SEQS || !items[0].session) {
+        snprintf(err, errlen, "qnext_batch_feed: bad arguments");
+        return QNEXT_ERR_ARG;
+    }
+    qnext_session *owner = items[0].session;
+    int T = 0;
+    for (int i = 0; i < n_items; i++) {
+        qnext_session *s = items[i].session;
+        if (!s || s->m != owner->m || items[i].n_tokens < 1) {
+            snprintf(err, errlen, "qnext_batch_feed: item %d: no session, another model, or no tokens", i);
+            return QNEXT_ERR_ARG;
+        }
+        for (int j = 0; j < i; j++)
+            if (items[j].session == s) {
+                snprintf(err, errlen, "qnext_batch_feed: items %d and %d name the same session", j, i);
+                return QNEXT_ERR_ARG;
+            }
+        if (s->params.n_ctx > owner->params.n_ctx) {
+            snprintf(err, errlen, "qnext_batch_feed: item %d has n_ctx %d > the first session's %d", i,
+                     s->params.n_ctx, owner->params.n_ctx);
+            return QNEXT_ERR_ARG;
+        }
+        qnext_status st = check_item(s, items[i].tokens, items[i].n_tokens, items[i].logits, items[i].logits_mode,
+                                     err, errlen);
+        if (st) return st;
+        T += items[i].n_tokens;
+    }
+    if (T > owner->params.n_ubatch) {
+        snprintf(err, errlen, "qnext_batch_feed: %d tokens exceed the first session's n_ubatch %d", T,
+                 owner->params.n_ubatch);
+        return QNEXT_ERR_ARG;
+    }
+    qn_seq seqs[MAX_BATCH_SEQS < 64 ? MAX_BATCH_SEQS : 64], *sq = seqs;
+    if (n_items > 64 && !(sq = malloc(n_items * sizeof *sq))) {
+        snprintf(err, errlen, "out of memory");
+        return QNEXT_ERR_MEMORY;
+    }
+    int row = 0;
+    for (int i = 0; i < n_items; i++) {
+        qnext_session *s = items[i].session;
+        sq[i] = (qn_seq){.s = s, .tokens = items[i].tokens, .n = items[i].n_tokens, .row0 = row, .pos0 = s->pos,
+                         .logits = items[i].logits_mode ? items[i].logits : NULL,
+                         .all_logits = items[i].logits_mode == QNEXT_LOGITS_ALL};
+        row += items[i].n_tokens;
+        mark_written(s, items[i].n_tokens);
+    }
+    forward_batch(owner, sq, n_items, T);
+    for (int i = 0; i < n_items; i++) items[i].session->pos += items[i].n_tokens;
+    if (sq != seqs) free(sq);
     return QNEXT_OK;
 }
 

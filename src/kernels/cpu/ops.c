@@ -77,6 +77,22 @@ void op_matmul_rows(const qn_tensor *W, int64_t r0, int64_t r1, const float *x, 
     }
 }
 
+void op_matmul_to_rows(const qn_tensor *W, const float *x, int T, float *const *y) {
+    int64_t n = W->cols;
+    int64_t work = W->rows * n * (int64_t)T;
+#pragma omp parallel if (work > 32768)
+    {
+        float *row = W->dtype == QN_F32 && !W->row_map ? NULL : thread_row(n);
+#pragma omp for schedule(static)
+        for (int64_t r = 0; r < W->rows; r++) {
+            const float *w;
+            if (row) { op_row_to_f32(W, r, row); w = row; }
+            else w = (const float *)((const char *)W->data + (size_t)r * W->row_bytes);
+            for (int t = 0; t < T; t++) y[t][r] = op_dot_f32(w, x + (int64_t)t * n, n);
+        }
+    }
+}
+
 void op_rmsnorm1p(const float *x, const float *w, float *y, int n, float eps) {
     double ss = 0; /* fp64 accumulation; the result is then rounded like the fp32 reference */
     for (int i = 0; i < n; i++) ss += (double)x[i] * x[i];

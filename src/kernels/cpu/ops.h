@@ -63,6 +63,9 @@ static inline void op_matmul(const qn_tensor *W, const float *x, int T, float *y
     op_matmul_rows(W, 0, W->rows, x, T, W->cols, y, W->rows);
 }
 
+/* Like op_matmul, but row t of the result goes to y[t][0..rows). */
+void op_matmul_to_rows(const qn_tensor *W, const float *x, int T, float *const *y);
+
 /* Zero-centred RMSNorm: y = x * rsqrt(mean(x^2) + eps) * (1 + w), fp32. y may alias x. */
 void op_rmsnorm1p(const float *x, const float *w, float *y, int n, float eps);
 
