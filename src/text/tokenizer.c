@@ -199,7 +199,12 @@ typedef struct {
     size_t len;
 } added_token;
 
-typedef struct { uint64_t key; uint32_t rank; int32_t new_id; } merge_slot; /* key 0 = empty */
+/* A merge is packed into one 64-bit slot, (left+1) << 42 | right << 21 | rank, so the table is
+ * small enough to stay in cache (BPE is bound by these lookups); 0 marks an empty slot. The
+ * merged id is looked up by rank only when a merge is actually applied. */
+#define MERGE_BITS 21
+#define MERGE_MASK ((1u << MERGE_BITS) - 1)
+typedef uint64_t merge_slot;
 typedef struct { uint32_t str_off, str_len; int32_t id; } vocab_slot;     /* id -1 = empty */
 
 struct qnext_tokenizer {
@@ -213,8 +218,9 @@ struct qnext_tokenizer {
     size_t max_dec_len;
     /* spelling -> id */
     vocab_slot *vmap; size_t vmap_mask;
-    /* (left id, right id) -> (rank, merged id) */
+    /* (left id, right id) -> rank; rank -> merged id */
     merge_slot *mmap; size_t mmap_mask;
+    int32_t *merge_new_id;
     int32_t byte_id[256];           /* id of each single byte; -1 if the vocabulary lacks it */
     added_token *added; size_t n_added;
     unsigned char added_first[256]; /* bit 1: some raw-matched added token starts with this byte,
@@ -252,23 +258,25 @@ static int32_t vmap_find(const qnext_tokenizer *t, const char *s, size_t len) {
     }
 }
 
+/* The pair part of a slot: (left+1) << 42 | right << 21. */
 static inline uint64_t merge_key(int32_t a, int32_t b) {
-    return (((uint64_t)(uint32_t)a << 32) | (uint32_t)b) + 1; /* +1 keeps 0 free as "empty" */
+    return ((uint64_t)(uint32_t)(a + 1) << (2 * MERGE_BITS)) | ((uint64_t)(uint32_t)b << MERGE_BITS);
 }
 
-static inline const merge_slot *mmap_find(const qnext_tokenizer *t, int32_t a, int32_t b) {
+/* Rank of the merge (a, b), or UINT32_MAX when there is none. */
+static inline uint32_t merge_rank(const qnext_tokenizer *t, int32_t a, int32_t b) {
     uint64_t k = merge_key(a, b);
     for (size_t i = hash_u64(k) & t->mmap_mask;; i = (i + 1) & t->mmap_mask) {
-        const merge_slot *s = &t->mmap[i];
-        if (s->key == k) return s;
-        if (s->key == 0) return NULL;
+        uint64_t s = t->mmap[i];
+        if ((s & ~(uint64_t)MERGE_MASK) == k) return (uint32_t)(s & MERGE_MASK);
+        if (s == 0) return UINT32_MAX;
     }
 }
 
 void tokenizer_free(qnext_tokenizer *t) {
     if (!t) return;
     free(t->tok_off); free(t->tok_len); free(t->dec_off); free(t->dec_len); free(t->is_special);
-    free(t->text); free(t->bytes); free(t->vmap); free(t->mmap); free(t->added);
+    free(t->text); free(t->bytes); free(t->vmap); free(t->mmap); free(t->merge_new_id); free(t->added);
     free(t);
 }
 
@@ -500,9 +508,14 @@ qnext_tokenizer *tokenizer_load(const char *path, char *err, size_t errlen) {
     }
 
     /* Merges: pair of spellings -> (rank, merged id). */
-    t->mmap_mask = pow2_at_least(merges->n * 2 + 16) - 1;
+    if (V > MERGE_MASK || merges->n > MERGE_MASK) {
+        set_err(err, errlen, "tokenizer: %s: more than %u tokens or merges", path, MERGE_MASK);
+        goto fail;
+    }
+    t->mmap_mask = pow2_at_least(merges->n + merges->n / 2 + 16) - 1; /* load factor <= 2/3 */
     t->mmap = calloc(t->mmap_mask + 1, sizeof *t->mmap);
-    if (!t->mmap) { set_err(err, errlen, "tokenizer: out of memory"); goto fail; }
+    t->merge_new_id = malloc((merges->n ? merges->n : 1) * sizeof *t->merge_new_id);
+    if (!t->mmap || !t->merge_new_id) { set_err(err, errlen, "tokenizer: out of memory"); goto fail; }
     char *joined = NULL;
     size_t joined_cap = 0;
     for (size_t r = 0; r < merges->n; r++) {
@@ -534,10 +547,11 @@ qnext_tokenizer *tokenizer_load(const char *path, char *err, size_t errlen) {
             goto fail;
         }
         uint64_t k = merge_key(ia, ib);
+        t->merge_new_id[r] = ic;
         for (size_t i = hash_u64(k) & t->mmap_mask;; i = (i + 1) & t->mmap_mask) {
             merge_slot *s = &t->mmap[i];
-            if (s->key == k) break; /* duplicate merge: the first (lowest rank) stays, as in HF */
-            if (s->key == 0) { s->key = k; s->rank = (uint32_t)r; s->new_id = ic; break; }
+            if ((*s & ~(uint64_t)MERGE_MASK) == k) break; /* duplicate: the lower rank stays */
+            if (*s == 0) { *s = k | (uint64_t)r; break; }
         }
     }
     free(joined);
@@ -590,7 +604,7 @@ typedef struct {
     uint32_t *cp, *off; unsigned char *cls; size_t cap_chars;
     /* BPE scratch */
     int32_t *sym; uint32_t *rank; int32_t *prev, *next; size_t cap_sym;
-    struct heap_item { uint32_t rank; uint32_t pos; int32_t new_id; } *heap; size_t cap_heap;
+    struct heap_item { uint32_t rank; uint32_t pos; } *heap; size_t cap_heap;
     /* word cache (enabled for long inputs) */
     cache_slot *cache; size_t cache_mask, cache_used;
     bytebuf cache_keys; idbuf cache_ids;
@@ -650,28 +664,19 @@ static int bpe_word(enc_state *st, const unsigned char *w, size_t n, idbuf *dst)
         /* Short word: keep the rank of each adjacent pair in an array and rescan it; only the
          * two pairs next to a merge need a new hash lookup. */
         uint32_t *rank = st->rank;
-        for (size_t i = 0; i + 1 < m; i++) {
-            const merge_slot *s = mmap_find(t, sym[i], sym[i + 1]);
-            rank[i] = s ? s->rank : UINT32_MAX;
-        }
+        for (size_t i = 0; i + 1 < m; i++) rank[i] = merge_rank(t, sym[i], sym[i + 1]);
         while (m > 1) {
             size_t best = 0;
             uint32_t br = UINT32_MAX;
             for (size_t i = 0; i + 1 < m; i++)
                 if (rank[i] < br) { br = rank[i]; best = i; }
             if (br == UINT32_MAX) break;
-            sym[best] = mmap_find(t, sym[best], sym[best + 1])->new_id;
+            sym[best] = t->merge_new_id[br];
             memmove(sym + best + 1, sym + best + 2, (m - best - 2) * sizeof *sym);
             if (m >= best + 3) memmove(rank + best + 1, rank + best + 2, (m - best - 3) * sizeof *rank);
             m--;
-            if (best > 0) {
-                const merge_slot *s = mmap_find(t, sym[best - 1], sym[best]);
-                rank[best - 1] = s ? s->rank : UINT32_MAX;
-            }
-            if (best + 1 < m) {
-                const merge_slot *s = mmap_find(t, sym[best], sym[best + 1]);
-                rank[best] = s ? s->rank : UINT32_MAX;
-            }
+            if (best > 0) rank[best - 1] = merge_rank(t, sym[best - 1], sym[best]);
+            if (best + 1 < m) rank[best] = merge_rank(t, sym[best], sym[best + 1]);
         }
         for (size_t i = 0; i < m; i++)
             if (ib_push(dst, sym[i])) return -1;
@@ -690,27 +695,26 @@ static int bpe_word(enc_state *st, const unsigned char *w, size_t n, idbuf *dst)
     size_t hn = 0;
     for (size_t i = 0; i < m; i++) { prev[i] = (int32_t)i - 1; next[i] = i + 1 < m ? (int32_t)i + 1 : -1; }
     for (size_t i = 0; i + 1 < m; i++) {
-        const merge_slot *s = mmap_find(t, sym[i], sym[i + 1]);
-        if (s) heap_push(heap, &hn, (struct heap_item){s->rank, (uint32_t)i, s->new_id});
+        uint32_t r = merge_rank(t, sym[i], sym[i + 1]);
+        if (r != UINT32_MAX) heap_push(heap, &hn, (struct heap_item){r, (uint32_t)i});
     }
     while (hn > 0) {
         struct heap_item it = heap_pop(heap, &hn);
         int32_t p = (int32_t)it.pos;
         if (sym[p] < 0 || next[p] < 0) continue;      /* merged away, or now the last symbol */
         int32_t q = next[p];
-        const merge_slot *s = mmap_find(t, sym[p], sym[q]);
-        if (!s || s->new_id != it.new_id) continue;    /* the pair changed since it was queued */
-        sym[p] = it.new_id;
+        if (merge_rank(t, sym[p], sym[q]) != it.rank) continue; /* the pair changed since queued */
+        sym[p] = t->merge_new_id[it.rank];
         sym[q] = -1;
         next[p] = next[q];
         if (next[q] >= 0) prev[next[q]] = p;
         if (prev[p] >= 0) {
-            const merge_slot *l = mmap_find(t, sym[prev[p]], sym[p]);
-            if (l) heap_push(heap, &hn, (struct heap_item){l->rank, (uint32_t)prev[p], l->new_id});
+            uint32_t r = merge_rank(t, sym[prev[p]], sym[p]);
+            if (r != UINT32_MAX) heap_push(heap, &hn, (struct heap_item){r, (uint32_t)prev[p]});
         }
         if (next[p] >= 0) {
-            const merge_slot *r = mmap_find(t, sym[p], sym[next[p]]);
-            if (r) heap_push(heap, &hn, (struct heap_item){r->rank, (uint32_t)p, r->new_id});
+            uint32_t r = merge_rank(t, sym[p], sym[next[p]]);
+            if (r != UINT32_MAX) heap_push(heap, &hn, (struct heap_item){r, (uint32_t)p});
         }
     }
     for (int32_t i = m ? 0 : -1; i >= 0; i = next[i])
