@@ -249,10 +249,10 @@ static void test_errors(void) {
 }
 
 /* Mutated and truncated real templates: any outcome but a crash is fine. */
-static void test_fuzz(void) {
+static void test_fuzz(const char *variant, int iters) {
     char *src = NULL;
     size_t len = 0;
-    chat_template *ct = load_variant("thinking", &src, &len);
+    chat_template *ct = load_variant(variant, &src, &len);
     if (!ct || !src) { CHECK(0, "load"); return; }
     chat_template_free(ct);
     char err[512];
@@ -267,16 +267,16 @@ static void test_fuzz(void) {
     int parsed = 0, rendered = 0, total = 0;
     static const char *inserts[] = {"{%", "%}", "{{", "}}", "{#", "(", ")", "[", "]", "'", "\"", "|", "-", " if ",
                                     " endfor ", ".", ",", "\\", "{%- endif %}", "{{ loop }}", "~", "[::-1]"};
-    for (int iter = 0; iter < 600; iter++) {
+    for (int iter = 0; iter < iters; iter++) {
         size_t n;
         rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17;
-        if (iter < 200) { /* truncation */
+        if (iter < iters / 4) { /* truncation */
             n = (size_t)(rng % (len + 1));
             memcpy(buf, src, n);
         } else { /* a few random edits */
             memcpy(buf, src, len);
             n = len;
-            for (int e = 0; e < 1 + iter % 4; e++) {
+            for (int e = 0; e < 1 + iter % 6; e++) {
                 rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17;
                 size_t at = (size_t)(rng % n);
                 int kind = (int)((rng >> 32) % 3);
@@ -308,11 +308,60 @@ static void test_fuzz(void) {
         free(out);
         chat_template_free(t);
     }
-    printf("fuzz: %d variants, %d parsed, %d rendered\n", total, parsed, rendered);
+    printf("fuzz %s: %d variants, %d parsed, %d rendered\n", variant, total, parsed, rendered);
     free(buf);
     free(src);
     json_free(msgs);
     json_free(tools);
+}
+
+/* Random token soups: exercises odd expression shapes in the parser and evaluator. */
+static void test_token_soup(int iters) {
+    static const char *toks[] = {"{{", "}}", "{%", "%}", "{%-", "-%}", " if ", " else ", " elif ", " endif ", " for ",
+        " in ", " endfor ", " set ", "=", " x ", " ns ", " ns.a ", " messages ", " loop ", "loop.index0", " m ",
+        "namespace(a=1)", "(", ")", "[", "]", "{", "}", ":", ",", ".", "|", "|tojson", "|length", "|join(',')",
+        "|items", "|list", "|map(attribute='role')", "|selectattr('role')", "|sort", "|first", "|default(1)",
+        " is ", " not ", " and ", " or ", " defined ", " string ", "~", "+", "-", "*", "/", "//", "%", "**",
+        "==", "!=", "<", ">=", "'s'", "\"q\"", "0", "1", "-1", "2.5", "1e308", "9223372036854775807", "none",
+        "true", "[::-1]", "[1:]", "[-1]", ".split('/')", ".strip()", ".startswith('a')", ".items()", ".get('a')",
+        "range(3)", "range(99999999)", "raise_exception('e')", "dict(a=1)", " macro f(a) ", " endmacro ",
+        "f(1)", " break ", " continue ", "text\n", "  ", "\n", "{#", "#}", " raw ", " endraw ", " with ",
+        " endwith ", "'\\u00e9'", "'\\x'"};
+    const size_t ntoks = sizeof toks / sizeof *toks;
+    char err[512];
+    const char *vars_txt = "{\"messages\":[{\"role\":\"user\",\"content\":\"a/b\"},{\"role\":\"tool\"}],"
+                           "\"x\":[1,2.5,\"s\",null,{\"a\":[true]}],\"m\":{\"role\":\"r\"}}";
+    json *vars = json_parse(vars_txt, strlen(vars_txt), err, sizeof err);
+    uint64_t rng = 0x2545F4914F6CDD1Dull;
+    char buf[4096];
+    int parsed = 0, rendered = 0;
+    for (int iter = 0; iter < iters; iter++) {
+        size_t n = 0;
+        rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17;
+        int count = 1 + (int)(rng % 40);
+        for (int k = 0; k < count; k++) {
+            rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17;
+            const char *t = toks[rng % ntoks];
+            size_t tl = strlen(t);
+            if (n + tl >= sizeof buf) break;
+            memcpy(buf + n, t, tl);
+            n += tl;
+        }
+        jinja_template *t = jinja_parse(buf, n, err, sizeof err);
+        if (!t) {
+            CHECK(err[0] != 0, "a parse failure must say why");
+            continue;
+        }
+        parsed++;
+        char *out = NULL;
+        size_t on;
+        if (jinja_render(t, vars, &out, &on, err, sizeof err) == 0) rendered++;
+        else CHECK(err[0] != 0, "a render failure must say why");
+        free(out);
+        jinja_free(t);
+    }
+    printf("token soup: %d templates, %d parsed, %d rendered\n", iters, parsed, rendered);
+    json_free(vars);
 }
 
 static void test_load_dir(void) {
@@ -339,7 +388,11 @@ int main(void) {
     test_expressions();
     test_statements();
     test_errors();
-    test_fuzz();
+    /* QNEXT_FUZZ_ITERS raises the count for a longer robustness run */
+    int iters = getenv("QNEXT_FUZZ_ITERS") ? atoi(getenv("QNEXT_FUZZ_ITERS")) : 1500;
+    test_fuzz("thinking", iters);
+    test_fuzz("instruct", iters);
+    test_token_soup(iters * 4);
     test_load_dir();
     if (dump_file) fclose(dump_file);
     return tu_finish("test_chat_template");
