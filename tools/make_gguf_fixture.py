@@ -13,6 +13,9 @@ writes
                       order), offsets, bytes (hex) and the sum of its values as
                       dequantized by gguf.quants.
 
+  python3 tools/make_gguf_fixture.py --fuzz-seeds DIR
+writes a few tiny GGUF files as the seed corpus of tests/fuzz/fuzz_gguf.c.
+
   python3 tools/make_gguf_fixture.py --check FILE.gguf
 reads a file (e.g. one written by qnext's gguf_writer, see tests/test_gguf.c) with the
 package's GGUFReader and prints its keys and tensors; exits non-zero if it cannot.
@@ -169,7 +172,47 @@ def check(path):
                                                                    t["nbytes"], t["deq_sum"]))
 
 
+def fuzz_seeds(outdir):
+    os.makedirs(outdir, exist_ok=True)
+    rng = np.random.default_rng(7)
+    specs = [
+        ("scalars", None, ["F32"]),
+        ("legacy", None, ["Q4_0", "Q8_0", "F16"]),
+        ("kquants", 64, ["Q4_K", "Q6_K"]),
+        ("more", None, ["Q5_K", "BF16", "Q4_1", "Q5_0", "Q5_1"]),
+    ]
+    for name, align, types in specs:
+        path = os.path.join(outdir, name + ".gguf")
+        w = gguf.GGUFWriter(path, "qwen3next")
+        if align:
+            w.add_custom_alignment(align)
+        w.add_uint32("qwen3next.block_count", 2)
+        w.add_float32("qwen3next.rope.freq_base", 10000.0)
+        w.add_bool("b", True)
+        w.add_int64("i", -3)
+        w.add_key_value("a", ["x", "yz"], VT.ARRAY, sub_type=VT.STRING)
+        w.add_key_value("n", [1, 2], VT.ARRAY, sub_type=VT.INT16)
+        for k, t in enumerate(types):
+            bs, ts = GGML_QUANT_SIZES[QT[t]]
+            cols = bs if bs > 1 else 4
+            if t == "F32":
+                w.add_tensor("t%d" % k, rng.standard_normal((1, cols)).astype(np.float32))
+            elif t == "F16":
+                w.add_tensor("t%d" % k, rng.standard_normal((1, cols)).astype(np.float16))
+            else:
+                w.add_tensor("t%d" % k, raw_blocks(rng, t, 1, cols) if t not in ("BF16",) else
+                             rng.integers(0, 255, (1, 8), dtype=np.uint8), raw_dtype=QT[t])
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+        print(path, os.path.getsize(path))
+
+
 def main():
+    if len(sys.argv) > 2 and sys.argv[1] == "--fuzz-seeds":
+        fuzz_seeds(sys.argv[2])
+        return
     if len(sys.argv) > 2 and sys.argv[1] == "--check":
         check(sys.argv[2])
         return
