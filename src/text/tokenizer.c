@@ -221,6 +221,9 @@ struct qnext_tokenizer {
     /* (left id, right id) -> rank; rank -> merged id */
     merge_slot *mmap; size_t mmap_mask;
     int32_t *merge_new_id;
+    /* decoded bytes -> id, only for tokens whose own bytes BPE-encode to exactly that token, so
+     * a pre-token found here is done with one lookup (most words are whole tokens) */
+    vocab_slot *wmap; size_t wmap_mask;
     int32_t byte_id[256];           /* id of each single byte; -1 if the vocabulary lacks it */
     added_token *added; size_t n_added;
     unsigned char added_first[256]; /* bit 1: some raw-matched added token starts with this byte,
@@ -276,7 +279,7 @@ static inline uint32_t merge_rank(const qnext_tokenizer *t, int32_t a, int32_t b
 void tokenizer_free(qnext_tokenizer *t) {
     if (!t) return;
     free(t->tok_off); free(t->tok_len); free(t->dec_off); free(t->dec_len); free(t->is_special);
-    free(t->text); free(t->bytes); free(t->vmap); free(t->mmap); free(t->merge_new_id); free(t->added);
+    free(t->text); free(t->bytes); free(t->vmap); free(t->mmap); free(t->merge_new_id); free(t->wmap); free(t->added);
     free(t);
 }
 
@@ -372,6 +375,8 @@ static int check_pipeline(const json *root, qnext_tokenizer *t, char *err, size_
     }
     return 0;
 }
+
+static int build_word_map(qnext_tokenizer *t);
 
 qnext_tokenizer *tokenizer_load(const char *path, char *err, size_t errlen) {
     pthread_once(&ascii_class_once, init_ascii_class);
@@ -555,6 +560,7 @@ qnext_tokenizer *tokenizer_load(const char *path, char *err, size_t errlen) {
         }
     }
     free(joined);
+    if (build_word_map(t)) { set_err(err, errlen, "tokenizer: out of memory"); goto fail; }
     json_free(root);
     return t;
 
@@ -722,9 +728,54 @@ static int bpe_word(enc_state *st, const unsigned char *w, size_t n, idbuf *dst)
     return 0;
 }
 
-/* BPE through the per-call word cache. */
+static int32_t wmap_find(const qnext_tokenizer *t, const unsigned char *w, size_t n) {
+    uint64_t h = hash_bytes(w, n);
+    for (size_t i = h & t->wmap_mask;; i = (i + 1) & t->wmap_mask) {
+        const vocab_slot *v = &t->wmap[i];
+        if (v->id < 0) return -1;
+        if (v->str_len == n && memcmp(t->bytes + v->str_off, w, n) == 0) return v->id;
+    }
+}
+
+/* Fills t->wmap: every vocabulary token whose decoded bytes BPE-merge back into that single
+ * token. For those words the lookup gives exactly what BPE would, by construction. */
+static int build_word_map(qnext_tokenizer *t) {
+    t->wmap_mask = pow2_at_least(t->vocab_size * 2 + 16) - 1;
+    t->wmap = malloc((t->wmap_mask + 1) * sizeof *t->wmap);
+    if (!t->wmap) return -1;
+    for (size_t i = 0; i <= t->wmap_mask; i++) t->wmap[i].id = -1;
+    enc_state st = {0};
+    st.t = t;
+    idbuf res = {0};
+    int rc = 0;
+    for (size_t id = 0; id < t->vocab_size && !rc; id++) {
+        if (t->tok_len[id] == UINT32_MAX || t->dec_len[id] == 0) continue;
+        int added = 0;
+        for (size_t k = 0; k < t->n_added; k++) added |= t->added[k].id == (int32_t)id;
+        if (added) continue;
+        res.n = 0;
+        const unsigned char *w = t->bytes + t->dec_off[id];
+        size_t n = t->dec_len[id];
+        if (bpe_word(&st, w, n, &res)) { rc = -1; break; }
+        if (res.n != 1 || res.p[0] != (int32_t)id) continue;
+        uint64_t h = hash_bytes(w, n);
+        for (size_t i = h & t->wmap_mask;; i = (i + 1) & t->wmap_mask) {
+            vocab_slot *v = &t->wmap[i];
+            if (v->id < 0) { *v = (vocab_slot){t->dec_off[id], (uint32_t)n, (int32_t)id}; break; }
+            if (v->str_len == n && memcmp(t->bytes + v->str_off, w, n) == 0) break;
+        }
+    }
+    free(res.p); free(st.sym); free(st.rank); free(st.prev); free(st.next); free(st.heap);
+    return rc;
+}
+
+/* BPE through the whole-token map and the per-call word cache. */
 static void encode_word(enc_state *st, const unsigned char *w, size_t n) {
     if (st->failed || n == 0) return;
+    if (n <= st->t->max_dec_len) {
+        int32_t id = wmap_find(st->t, w, n);
+        if (id >= 0) { if (ib_push(&st->out, id)) st->failed = 1; return; }
+    }
     if (!st->cache || n > CACHE_MAX_WORD) {
         if (bpe_word(st, w, n, &st->out)) st->failed = 1;
         return;
