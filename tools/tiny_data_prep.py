@@ -6,8 +6,12 @@ Text sources (both public domain, both shipped by Debian 12 packages):
     The novels are public domain (Project Gutenberg transcriptions); the R package is MIT.
   * The King James Bible (1611, public domain), from `bible-kjv-text` (read through
     the `bible` program of package `bible-kjv`).
+  * Herman Melville's Moby Dick (1851, public domain; Project Gutenberg EBook #2701), the `mobydick`
+    data set of `r-cran-tokenizers` (package MIT). Only the text between the Gutenberg START/END
+    markers is used.
 
-Install them first:  apt-get install --no-install-recommends r-base-core r-cran-janeaustenr bible-kjv
+Install them first:
+  apt-get install --no-install-recommends r-base-core r-cran-janeaustenr r-cran-tokenizers bible-kjv
 
 Outputs:
   models/qnext-tiny/tokenizer.json, tokenizer_config.json  (committed)
@@ -62,6 +66,28 @@ def austen_documents():
             paras.append(text)
         docs.append(("austen:" + name, paras))
     return docs
+
+
+def paragraphs(body):
+    paras = []
+    for block in re.split(r"\n\s*\n", body):
+        lines = [ln.strip() for ln in block.split("\n") if ln.strip()]
+        if not lines:
+            continue
+        text = " ".join(lines).replace("_", "")  # Gutenberg marks italics with underscores
+        paras.append(re.sub(r"  +", " ", text))
+    return paras
+
+
+def moby_documents():
+    out = subprocess.run(["Rscript", "-e", "library(tokenizers); data(mobydick); cat(mobydick)"], check=True,
+                         capture_output=True, text=True).stdout
+    start = out.index("\n", out.index("*** START OF THIS PROJECT GUTENBERG EBOOK"))
+    end = out.index("*** END OF THIS PROJECT GUTENBERG EBOOK")
+    paras = paragraphs(out[start:end])
+    if paras and paras[0].startswith("Produced by"):
+        paras = paras[1:]
+    return [("melville:Moby Dick", paras)]
 
 
 def kjv_documents():
@@ -191,7 +217,7 @@ def main():
     ap.add_argument("--data-dir", default=os.path.join(ROOT, "data", "tiny"))
     args = ap.parse_args()
 
-    docs = austen_documents() + kjv_documents()
+    docs = austen_documents() + moby_documents() + kjv_documents()
     train, val = split_docs(docs)
     tok = build_tokenizer([t for _, t in train], args.vocab)
     write_tokenizer(tok, args.model_dir)
@@ -204,6 +230,8 @@ def main():
         "sources": {
             "austen": "Debian package r-cran-janeaustenr 1.0.0-1 (Jane Austen's six novels; public domain text, package MIT)",
             "kjv": "Debian package bible-kjv-text 4.38 via bible-kjv (King James Version, 1611; public domain)",
+            "melville": "Debian package r-cran-tokenizers 0.3.0-1, data set mobydick (Moby Dick, 1851, Project "
+                        "Gutenberg EBook #2701; public domain text, package MIT)",
         },
         "val_frac_per_document": VAL_FRAC,
         "documents": [name for name, _ in docs],

@@ -346,6 +346,7 @@ def main():
     ap.add_argument("--eval-windows", type=int, default=48)
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--bench", type=int, default=0, help="only time this many training steps, then exit")
     ap.add_argument("--experts-impl", default=None, help="transformers experts implementation (eager, grouped_mm, ...)")
     ap.add_argument("--n-ref", type=int, default=1024)
     ap.add_argument("--n-greedy", type=int, default=32)
@@ -406,6 +407,22 @@ def main():
         step_fn = torch.compile(forward_losses)
 
     gen = torch.Generator(device="cpu"); gen.manual_seed(args.seed)
+    if args.bench:
+        times = []
+        for i in range(args.bench):
+            t0 = time.time()
+            starts = torch.randint(0, train.numel() - args.seq - 2, (args.batch,), generator=gen)
+            seq = torch.stack([train_dev[s:s + args.seq + 2] for s in starts.tolist()])
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                total, lm, lmtp, aux, auxm = step_fn(model, mtp, seq, cfg, args.aux_coef, args.mtp_weight)
+            opt.zero_grad(set_to_none=True); total.backward(); opt.step()
+            lv = total.item(); times.append(time.time() - t0)
+        mem = torch.cuda.max_memory_allocated() / 2 ** 30 if device.type == "cuda" else 0
+        med = sorted(times[len(times) // 2:])[len(times[len(times) // 2:]) // 2]
+        log(f"BENCH experts={getattr(cfg, '_experts_implementation', None)} compile={args.compile} batch={args.batch} "
+            f"seq={args.seq}: first={times[0]:.2f}s median(2nd half)={med * 1000:.1f} ms/step "
+            f"tok/s={args.batch * args.seq / med:.0f} loss={lv:.3f} maxmem={mem:.1f}GiB")
+        return
     rows = []; best = None; seq_span = args.seq + 2
     eval_seq = min(args.seq, 1024)
     t_train = time.time(); step = 0
