@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "kernels/cpu/ops.h"
+#include "kernels/cpu/quant.h"
 #include "model.h"
 #include "safetensors.h"
 
@@ -34,14 +35,7 @@ const char *qn_dtype_name(int dtype) {
     }
 }
 
-size_t qn_dtype_row_bytes(int dtype, int64_t n) {
-    switch (dtype) {
-    case QN_F32: return (size_t)n * 4;
-    case QN_F16:
-    case QN_BF16: return (size_t)n * 2;
-    default: return 0;
-    }
-}
+size_t qn_dtype_row_bytes(int dtype, int64_t n) { return quant_row_bytes(dtype, n); }
 
 static void *own(qnext_model *m, size_t bytes) {
     if (m->n_owned == m->cap_owned) {

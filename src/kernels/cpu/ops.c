@@ -4,6 +4,9 @@
 #include <omp.h>
 #include <stdlib.h>
 
+#include "kernels/cpu/dot.h"
+#include "kernels/cpu/quant.h"
+
 void op_set_threads(int n) {
     if (n > 0) omp_set_num_threads(n);
 }
@@ -23,7 +26,9 @@ void op_convert_to_f32(int dtype, const void *src, float *dst, int64_t n) {
         for (int64_t i = 0; i < n; i++) dst[i] = qn_f16_to_f32(s[i]);
         break;
     }
-    default: abort(); /* the loader admits no other dtype on this path */
+    default:
+        /* quantized rows: the loader admits only types the dequantizer knows */
+        if (quant_dequantize_row(dtype, src, dst, n) != 0) abort();
     }
 }
 
@@ -60,8 +65,8 @@ static float *thread_row(int64_t n) {
     return tl_row;
 }
 
-void op_matmul_rows(const qn_tensor *W, int64_t r0, int64_t r1, const float *x, int T, int64_t ldx, float *y,
-                    int64_t ldy) {
+void op_matmul_rows_ref(const qn_tensor *W, int64_t r0, int64_t r1, const float *x, int T, int64_t ldx, float *y,
+                        int64_t ldy) {
     int64_t n = W->cols;
     int64_t work = (r1 - r0) * n * (int64_t)T;
 #pragma omp parallel if (work > 32768)
@@ -77,7 +82,7 @@ void op_matmul_rows(const qn_tensor *W, int64_t r0, int64_t r1, const float *x, 
     }
 }
 
-void op_matmul_to_rows(const qn_tensor *W, const float *x, int T, float *const *y) {
+void op_matmul_to_rows_ref(const qn_tensor *W, const float *x, int T, float *const *y) {
     int64_t n = W->cols;
     int64_t work = W->rows * n * (int64_t)T;
 #pragma omp parallel if (work > 32768)
@@ -98,4 +103,78 @@ void op_rmsnorm1p(const float *x, const float *w, float *y, int n, float eps) {
     for (int i = 0; i < n; i++) ss += (double)x[i] * x[i];
     float inv = 1.0f / sqrtf((float)(ss / n) + eps);
     for (int i = 0; i < n; i++) y[i] = x[i] * inv * (1.0f + w[i]);
+}
+
+/* ---------------------------------------------------------------- fast path */
+
+static int g_reference; /* QNEXT_KERNELS=reference: every product on the plain C reference path */
+
+/* Activations quantized for the weight type, in a buffer of the calling thread: the
+ * worker threads of one product only read it, and two sessions driven from two threads
+ * never share one. It grows to the largest batch once. */
+static _Thread_local uint8_t *tl_act;
+static _Thread_local size_t tl_act_cap;
+
+static const uint8_t *prepare_act(int wtype, const float *x, int T, int64_t ldx, int64_t n, size_t *stride) {
+    int at = dot_act_type(wtype);
+    if (at == QUANT_F32) { *stride = (size_t)ldx * sizeof(float); return (const uint8_t *)x; }
+    size_t rb = quant_row_bytes(at, n);
+    if (rb * T > tl_act_cap) {
+        free(tl_act);
+        tl_act = malloc(rb * T);
+        if (!tl_act) abort();
+        tl_act_cap = rb * T;
+    }
+#pragma omp parallel for schedule(static) if (T > 8)
+    for (int t = 0; t < T; t++) quant_quantize_row(at, x + (int64_t)t * ldx, tl_act + rb * t, n);
+    *stride = rb;
+    return tl_act;
+}
+
+static const dot_kernels *g_kern;
+
+static dot_fn kernel_for(const qn_tensor *W) {
+    if (!g_kern) {
+        const char *e = getenv("QNEXT_KERNELS");
+        g_reference = e && !strcmp(e, "reference");
+        g_kern = dot_select();
+    }
+    if (g_reference) return NULL;
+    return dot_for_type(g_kern, W->dtype);
+}
+
+const char *op_kernel_name(void) {
+    if (!g_kern) { qn_tensor t = {.dtype = QN_F32}; kernel_for(&t); }
+    return g_reference ? "reference" : g_kern->name;
+}
+
+/* Weight rows are split evenly over the threads; each row is read once from memory and
+ * dotted with every activation row while it sits in L1. */
+void op_matmul_rows(const qn_tensor *W, int64_t r0, int64_t r1, const float *x, int T, int64_t ldx, float *y,
+                    int64_t ldy) {
+    dot_fn dot = kernel_for(W);
+    if (!dot) { op_matmul_rows_ref(W, r0, r1, x, T, ldx, y, ldy); return; }
+    size_t astride;
+    const uint8_t *act = prepare_act(W->dtype, x, T, ldx, W->cols, &astride);
+    int64_t work = (r1 - r0) * W->cols * (int64_t)T;
+    const char *base = W->data;
+#pragma omp parallel for schedule(static) if (work > 32768)
+    for (int64_t r = r0; r < r1; r++) {
+        const char *w = base + (size_t)(W->row_map ? W->row_map[r] : r) * W->row_bytes;
+        for (int t = 0; t < T; t++) y[(int64_t)t * ldy + r] = dot(w, act + astride * t, W->cols);
+    }
+}
+
+void op_matmul_to_rows(const qn_tensor *W, const float *x, int T, float *const *y) {
+    dot_fn dot = kernel_for(W);
+    if (!dot) { op_matmul_to_rows_ref(W, x, T, y); return; }
+    size_t astride;
+    const uint8_t *act = prepare_act(W->dtype, x, T, W->cols, W->cols, &astride);
+    int64_t work = W->rows * W->cols * (int64_t)T;
+    const char *base = W->data;
+#pragma omp parallel for schedule(static) if (work > 32768)
+    for (int64_t r = 0; r < W->rows; r++) {
+        const char *w = base + (size_t)(W->row_map ? W->row_map[r] : r) * W->row_bytes;
+        for (int t = 0; t < T; t++) y[t][r] = dot(w, act + astride * t, W->cols);
+    }
 }

@@ -66,6 +66,15 @@ static inline void op_matmul(const qn_tensor *W, const float *x, int T, float *y
 /* Like op_matmul, but row t of the result goes to y[t][0..rows). */
 void op_matmul_to_rows(const qn_tensor *W, const float *x, int T, float *const *y);
 
+/* The plain C reference of the two products above: each weight row widened to f32,
+ * f32 activations. The fast versions use the SIMD kernels of dot.h (activations quantized
+ * per block for quantized weights) and are tested against these. */
+void op_matmul_rows_ref(const qn_tensor *W, int64_t r0, int64_t r1, const float *x, int T, int64_t ldx, float *y,
+                        int64_t ldy);
+void op_matmul_to_rows_ref(const qn_tensor *W, const float *x, int T, float *const *y);
+/* Name of the kernel set in use ("avx512-vnni", "avx2", "generic", "reference"). */
+const char *op_kernel_name(void);
+
 /* Zero-centred RMSNorm: y = x * rsqrt(mean(x^2) + eps) * (1 + w), fp32. y may alias x. */
 void op_rmsnorm1p(const float *x, const float *w, float *y, int n, float eps);
 

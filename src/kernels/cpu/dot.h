@@ -1,0 +1,40 @@
+/* dot.h - row dot products of the fast CPU path, one per (weight type, activation type).
+ *
+ * Float weights (F32, F16, BF16) are dotted with f32 activations, widening the weights in
+ * registers. Quantized weights are dotted with activations quantized per block as
+ * llama.cpp does it: Q8_0 activations for Q8_0/Q4_0 weights, Q8_K activations for the K
+ * formats; the integer products are exact and the scales are applied per block.
+ *
+ * Each kernel exists as portable C (dot_generic.c) and, on x86-64, compiled for AVX2+FMA
+ * (dot_avx2.c) and for AVX-512 with VNNI (dot_avx512.c); dot_select() picks one set at run
+ * time from what the CPU supports. */
+#ifndef QNEXT_DOT_H
+#define QNEXT_DOT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* sum over n elements of w[i] * a[i]; w is one weight row, a one prepared activation row. */
+typedef float (*dot_fn)(const void *w, const void *a, int64_t n);
+
+typedef struct {
+    const char *name;
+    dot_fn f32, f16, bf16;   /* activations: f32 */
+    dot_fn q8_0, q4_0;       /* activations: Q8_0 blocks */
+    dot_fn q4_k, q5_k, q6_k; /* activations: Q8_K blocks */
+} dot_kernels;
+
+extern const dot_kernels dot_generic;
+#if defined(__x86_64__) || defined(_M_X64)
+extern const dot_kernels dot_avx2;
+extern const dot_kernels dot_avx512;
+#endif
+
+/* The best kernel set for this CPU (QNEXT_KERNELS=generic|avx2|avx512 overrides). */
+const dot_kernels *dot_select(void);
+/* Activation type (a quant_type id) that weights of type wtype are dotted with. */
+int dot_act_type(int wtype);
+/* The kernel for weights of type wtype, or NULL when there is none. */
+dot_fn dot_for_type(const dot_kernels *k, int wtype);
+
+#endif

@@ -1,0 +1,199 @@
+/* dot_generic.c - portable C versions of the dot kernels, and run-time selection.
+ *
+ * These are written from the block layouts (quant.h) with integer sums per block, the
+ * same arithmetic the SIMD versions do, so they double as the readable definition. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "dot.h"
+#include "kernels/cpu/ops.h"
+#include "kernels/cpu/quant.h"
+
+static float h2f(const uint8_t *p) { uint16_t h; memcpy(&h, p, 2); return qn_f16_to_f32(h); }
+
+static float g_f32(const void *w, const void *a, int64_t n) { return op_dot_f32(w, a, n); }
+
+static float g_bf16(const void *w_, const void *a_, int64_t n) {
+    const uint16_t *w = w_;
+    const float *a = a_;
+    float acc[16] = {0}, s = 0;
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16)
+        for (int j = 0; j < 16; j++) acc[j] += qn_bf16_to_f32(w[i + j]) * a[i + j];
+    for (; i < n; i++) s += qn_bf16_to_f32(w[i]) * a[i];
+    for (int j = 0; j < 16; j++) s += acc[j];
+    return s;
+}
+
+static float g_f16(const void *w_, const void *a_, int64_t n) {
+    const uint16_t *w = w_;
+    const float *a = a_;
+    float acc[16] = {0}, s = 0;
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16)
+        for (int j = 0; j < 16; j++) acc[j] += qn_f16_to_f32(w[i + j]) * a[i + j];
+    for (; i < n; i++) s += qn_f16_to_f32(w[i]) * a[i];
+    for (int j = 0; j < 16; j++) s += acc[j];
+    return s;
+}
+
+/* Q8_0: 34-byte blocks of f16 d + 32 int8. */
+static float g_q8_0(const void *w_, const void *a_, int64_t n) {
+    const uint8_t *w = w_, *a = a_;
+    float s = 0;
+    for (int64_t b = 0; b < n / 32; b++, w += 34, a += 34) {
+        int32_t sum = 0;
+        for (int i = 0; i < 32; i++) sum += (int8_t)w[2 + i] * (int8_t)a[2 + i];
+        s += h2f(w) * h2f(a) * (float)sum;
+    }
+    return s;
+}
+
+/* Q4_0: 18-byte blocks of f16 d + 16 bytes; byte j holds element j (low) and j+16 (high). */
+static float g_q4_0(const void *w_, const void *a_, int64_t n) {
+    const uint8_t *w = w_, *a = a_;
+    float s = 0;
+    for (int64_t b = 0; b < n / 32; b++, w += 18, a += 34) {
+        int32_t sum = 0;
+        for (int j = 0; j < 16; j++) {
+            sum += ((w[2 + j] & 0xF) - 8) * (int8_t)a[2 + j];
+            sum += ((w[2 + j] >> 4) - 8) * (int8_t)a[2 + 16 + j];
+        }
+        s += h2f(w) * h2f(a) * (float)sum;
+    }
+    return s;
+}
+
+/* The 6-bit scale and min of sub-block j of a Q4_K/Q5_K super-block. */
+static void scale_min_k4(int j, const uint8_t *q, int *sc, int *m) {
+    if (j < 4) { *sc = q[j] & 63; *m = q[j + 4] & 63; }
+    else { *sc = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4); *m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4); }
+}
+
+/* Q8_K activation block: f32 d, int8 qs[256], int16 bsums[16] (sums of 16 values). */
+#define Q8K_D(a) (*(const float *)(a))
+#define Q8K_QS(a) ((const int8_t *)((a) + 4))
+static int16_t q8k_bsum(const uint8_t *a, int g) { int16_t v; memcpy(&v, a + 260 + 2 * g, 2); return v; }
+
+static float g_q4_k(const void *w_, const void *a_, int64_t n) {
+    const uint8_t *w = w_, *a = a_;
+    float s = 0;
+    for (int64_t b = 0; b < n / 256; b++, w += 144, a += 292) {
+        const uint8_t *qs = w + 16;
+        const int8_t *x = Q8K_QS(a);
+        int32_t isum = 0, msum = 0;
+        for (int j = 0; j < 4; j++) {
+            int sc0, m0, sc1, m1;
+            scale_min_k4(2 * j, w + 4, &sc0, &m0);
+            scale_min_k4(2 * j + 1, w + 4, &sc1, &m1);
+            int32_t lo = 0, hi = 0;
+            for (int l = 0; l < 32; l++) {
+                lo += (qs[32 * j + l] & 0xF) * x[64 * j + l];
+                hi += (qs[32 * j + l] >> 4) * x[64 * j + 32 + l];
+            }
+            isum += sc0 * lo + sc1 * hi;
+            msum += m0 * (q8k_bsum(a, 4 * j) + q8k_bsum(a, 4 * j + 1)) + m1 * (q8k_bsum(a, 4 * j + 2) + q8k_bsum(a, 4 * j + 3));
+        }
+        s += Q8K_D(a) * (h2f(w) * (float)isum - h2f(w + 2) * (float)msum);
+    }
+    return s;
+}
+
+static float g_q5_k(const void *w_, const void *a_, int64_t n) {
+    const uint8_t *w = w_, *a = a_;
+    float s = 0;
+    for (int64_t b = 0; b < n / 256; b++, w += 176, a += 292) {
+        const uint8_t *qh = w + 16, *qs = w + 48;
+        const int8_t *x = Q8K_QS(a);
+        int32_t isum = 0, msum = 0;
+        for (int j = 0; j < 4; j++) {
+            int sc0, m0, sc1, m1;
+            scale_min_k4(2 * j, w + 4, &sc0, &m0);
+            scale_min_k4(2 * j + 1, w + 4, &sc1, &m1);
+            int32_t lo = 0, hi = 0;
+            for (int l = 0; l < 32; l++) {
+                int ql = (qs[32 * j + l] & 0xF) | (((qh[l] >> (2 * j)) & 1) << 4);
+                int qhh = (qs[32 * j + l] >> 4) | (((qh[l] >> (2 * j + 1)) & 1) << 4);
+                lo += ql * x[64 * j + l];
+                hi += qhh * x[64 * j + 32 + l];
+            }
+            isum += sc0 * lo + sc1 * hi;
+            msum += m0 * (q8k_bsum(a, 4 * j) + q8k_bsum(a, 4 * j + 1)) + m1 * (q8k_bsum(a, 4 * j + 2) + q8k_bsum(a, 4 * j + 3));
+        }
+        s += Q8K_D(a) * (h2f(w) * (float)isum - h2f(w + 2) * (float)msum);
+    }
+    return s;
+}
+
+static float g_q6_k(const void *w_, const void *a_, int64_t n) {
+    const uint8_t *w = w_, *a = a_;
+    float s = 0;
+    for (int64_t b = 0; b < n / 256; b++, w += 210, a += 292) {
+        const uint8_t *ql = w, *qh = w + 128;
+        const int8_t *sc = (const int8_t *)(w + 192);
+        const int8_t *x = Q8K_QS(a);
+        int32_t isum = 0;
+        for (int half = 0; half < 2; half++) {
+            const uint8_t *l0 = ql + 64 * half, *h0 = qh + 32 * half;
+            const int8_t *xs = x + 128 * half;
+            const int8_t *s8 = sc + 8 * half;
+            for (int l = 0; l < 32; l++) {
+                int is = l / 16;
+                int q1 = ((l0[l] & 0xF) | (((h0[l] >> 0) & 3) << 4)) - 32;
+                int q2 = ((l0[l + 32] & 0xF) | (((h0[l] >> 2) & 3) << 4)) - 32;
+                int q3 = ((l0[l] >> 4) | (((h0[l] >> 4) & 3) << 4)) - 32;
+                int q4 = ((l0[l + 32] >> 4) | (((h0[l] >> 6) & 3) << 4)) - 32;
+                isum += s8[is + 0] * q1 * xs[l] + s8[is + 2] * q2 * xs[l + 32] + s8[is + 4] * q3 * xs[l + 64] +
+                        s8[is + 6] * q4 * xs[l + 96];
+            }
+        }
+        s += Q8K_D(a) * h2f(w + 208) * (float)isum;
+    }
+    return s;
+}
+
+const dot_kernels dot_generic = {"generic", g_f32, g_f16, g_bf16, g_q8_0, g_q4_0, g_q4_k, g_q5_k, g_q6_k};
+
+int dot_act_type(int wtype) {
+    switch (wtype) {
+    case QUANT_Q8_0:
+    case QUANT_Q4_0: return QUANT_Q8_0;
+    case QUANT_Q4_K:
+    case QUANT_Q5_K:
+    case QUANT_Q6_K: return QUANT_Q8_K;
+    default: return QUANT_F32;
+    }
+}
+
+dot_fn dot_for_type(const dot_kernels *k, int wtype) {
+    switch (wtype) {
+    case QUANT_F32: return k->f32;
+    case QUANT_F16: return k->f16;
+    case QUANT_BF16: return k->bf16;
+    case QUANT_Q8_0: return k->q8_0;
+    case QUANT_Q4_0: return k->q4_0;
+    case QUANT_Q4_K: return k->q4_k;
+    case QUANT_Q5_K: return k->q5_k;
+    case QUANT_Q6_K: return k->q6_k;
+    default: return NULL;
+    }
+}
+
+const dot_kernels *dot_select(void) {
+    static const dot_kernels *chosen;
+    if (chosen) return chosen;
+    const char *env = getenv("QNEXT_KERNELS");
+    const dot_kernels *k = &dot_generic;
+#if defined(__x86_64__) || defined(_M_X64)
+    __builtin_cpu_init();
+    int has_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    int has_512 = has_avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                  __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+    if (has_512) k = &dot_avx512;
+    else if (has_avx2) k = &dot_avx2;
+    if (env && !strcmp(env, "avx2") && has_avx2) k = &dot_avx2;
+#endif
+    if (env && !strcmp(env, "generic")) k = &dot_generic;
+    chosen = k;
+    return k;
+}

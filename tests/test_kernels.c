@@ -1,0 +1,116 @@
+/* test_kernels.c - every fast kernel against the plain C reference, on realistic data.
+ *
+ * For each weight type: rows quantized with the reference quantizer from normal data
+ * (with some outliers), activations shaped like hidden states. The SIMD variants (AVX2,
+ * AVX-512 VNNI) must equal the portable kernel to float rounding, since their integer
+ * sums are exact; the portable kernel must equal the f32 dot of the dequantized row with
+ * the dequantized activation; and the full product with activation quantization must stay
+ * within the activation format's error of the f32 reference. */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+#include "kernels/cpu/dot.h"
+#include "kernels/cpu/ops.h"
+#include "kernels/cpu/quant.h"
+#include "test_util.h"
+
+static uint64_t rng = 88172645463325252ull;
+static double urand(void) { rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17; return (rng >> 11) * (1.0 / 9007199254740992.0); }
+static float nrand(void) { double u = urand() + 1e-12, v = urand(); return (float)(sqrt(-2 * log(u)) * cos(2 * M_PI * v)); }
+
+static void fill(float *x, int64_t n, float scale) {
+    for (int64_t i = 0; i < n; i++) x[i] = nrand() * scale * (urand() < 0.01 ? 8.0f : 1.0f);
+}
+
+static double dot_d(const float *a, const float *b, int64_t n) {
+    double s = 0;
+    for (int64_t i = 0; i < n; i++) s += (double)a[i] * b[i];
+    return s;
+}
+
+static double norm_d(const float *a, int64_t n) { return sqrt(dot_d(a, a, n)); }
+
+static void test_type(int wt, int64_t n) {
+    const dot_kernels *sets[3];
+    int ns = 0;
+    sets[ns++] = &dot_generic;
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) sets[ns++] = &dot_avx2;
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+        __builtin_cpu_supports("avx512vnni"))
+        sets[ns++] = &dot_avx512;
+#endif
+    int at = dot_act_type(wt);
+    float *w = malloc(n * 4), *x = malloc(n * 4), *wd = malloc(n * 4), *xd = malloc(n * 4);
+    uint8_t *wq = malloc(quant_row_bytes(wt, n)), *xq = malloc(at == QUANT_F32 ? n * 4 : quant_row_bytes(at, n));
+    for (int trial = 0; trial < 20; trial++) {
+        fill(w, n, 0.02f);
+        fill(x, n, trial % 2 ? 1.0f : 0.1f);
+        if (trial == 0) for (int64_t i = 0; i < n; i++) w[i] = 0; /* all-zero rows happen (padding, pruned experts) */
+        quant_quantize_row(wt, w, wq, n);
+        quant_dequantize_row(wt, wq, wd, n);
+        const void *a = x;
+        if (at != QUANT_F32) {
+            quant_quantize_row(at, x, xq, n);
+            quant_dequantize_row(at, xq, xd, n);
+            a = xq;
+        } else {
+            for (int64_t i = 0; i < n; i++) xd[i] = x[i];
+        }
+        double exact = dot_d(wd, xd, n);             /* same inputs, exact arithmetic */
+        double full = dot_d(wd, x, n);               /* without activation quantization */
+        double scale = norm_d(wd, n) * norm_d(x, n) + 1e-30;
+        float g = dot_for_type(&dot_generic, wt)(wq, a, n);
+        CHECK(fabs(g - exact) <= 1e-5 * scale + 1e-6 * fabs(exact), "%s n=%lld trial %d: generic %.9g exact %.9g",
+              quant_type_name(wt), (long long)n, trial, g, exact);
+        /* activation quantization: 8-bit blocks lose ~ 1/254 of each block's max */
+        CHECK(fabs(g - full) <= (at == QUANT_F32 ? 1e-5 : 1.5e-2) * scale, "%s n=%lld: vs f32 activations %.6g %.6g",
+              quant_type_name(wt), (long long)n, g, full);
+        for (int k = 1; k < ns; k++) {
+            float v = dot_for_type(sets[k], wt)(wq, a, n);
+            CHECK(fabs(v - g) <= 2e-6 * scale + 2e-6 * fabs(g), "%s n=%lld trial %d: %s %.9g vs generic %.9g",
+                  quant_type_name(wt), (long long)n, trial, sets[k]->name, v, g);
+        }
+    }
+    free(w); free(x); free(wd); free(xd); free(wq); free(xq);
+}
+
+/* The whole product, fast vs reference, with a row map and several activation rows. */
+static void test_matmul(int wt) {
+    const int64_t rows = 48, cols = 512;
+    const int T = 5;
+    float *w = malloc(rows * cols * 4), *x = malloc(T * cols * 4), *y1 = malloc(T * rows * 4), *y2 = malloc(T * rows * 4);
+    size_t rb = quant_row_bytes(wt, cols);
+    uint8_t *wq = malloc(rb * rows);
+    fill(w, rows * cols, 0.05f);
+    fill(x, T * cols, 1.0f);
+    for (int64_t r = 0; r < rows; r++) quant_quantize_row(wt, w + r * cols, wq + r * rb, cols);
+    int32_t map[48];
+    for (int r = 0; r < 48; r++) map[r] = (r * 7) % 48;
+    qn_tensor W = {.data = wq, .dtype = wt, .rows = rows, .cols = cols, .row_bytes = rb, .row_map = map, .name = "t"};
+    op_matmul_rows(&W, 0, rows, x, T, cols, y1, rows);
+    op_matmul_rows_ref(&W, 0, rows, x, T, cols, y2, rows);
+    double num = 0, den = 0;
+    for (int64_t i = 0; i < T * rows; i++) { num += (double)(y1[i] - y2[i]) * (y1[i] - y2[i]); den += (double)y2[i] * y2[i]; }
+    /* 8-bit activation blocks with 1% outliers of 8 sigma: each element carries up to
+     * ~5% of sigma of rounding, so ~1-2% on the outputs is what llama.cpp's scheme gives. */
+    double tol = dot_act_type(wt) == QUANT_F32 ? 1e-6 : 3e-2;
+    CHECK(sqrt(num / den) < tol, "%s matmul fast vs reference rel L2 %.3e", quant_type_name(wt), sqrt(num / den));
+    free(w); free(x); free(y1); free(y2); free(wq);
+}
+
+int main(void) {
+    int types[] = {QUANT_F32, QUANT_F16, QUANT_BF16, QUANT_Q8_0, QUANT_Q4_0, QUANT_Q4_K, QUANT_Q5_K, QUANT_Q6_K};
+    int64_t lens[] = {256, 512, 2048, 4096};
+    for (size_t i = 0; i < sizeof types / sizeof types[0]; i++) {
+        for (size_t j = 0; j < sizeof lens / sizeof lens[0]; j++) test_type(types[i], lens[j]);
+        test_matmul(types[i]);
+    }
+    /* float kernels also take lengths that are not a multiple of the vector width */
+    test_type(QUANT_BF16, 100);
+    test_type(QUANT_F32, 37);
+    printf("kernel set in use: %s\n", op_kernel_name());
+    return tu_finish("test_kernels");
+}
