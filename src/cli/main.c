@@ -8,8 +8,10 @@ static const cli_command commands[] = {
     {"info", cmd_info, "print the configuration, layer pattern, parameter counts and bytes read per token"},
     {"logits", cmd_logits, "write the logits at every prompt position to a .npy file"},
     {"generate", cmd_generate, "greedy/sampled generation from token ids"},
+    {"bench", cmd_bench, "prompt and generation speed, like llama-bench"},
     {"tokenize", cmd_tokenize, "print the token ids of UTF-8 text read from stdin"},
     {"detokenize", cmd_detokenize, "print the text of token ids given with --ids"},
+    {"serve", cmd_serve, "OpenAI-compatible HTTP server with continuous batching and a conversation cache"},
     {"template", cmd_template, "print the chat-template prompt for a JSON conversation"},
 };
 

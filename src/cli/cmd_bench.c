@@ -1,0 +1,120 @@
+/* cmd_bench.c - `qnext bench`: prompt-processing and generation speed, like llama-bench.
+ *
+ *   pp<P>: a fresh session processes P tokens in micro-batches; tokens per second.
+ *   tg<N>: after an (untimed) context of D tokens, N tokens are decoded one at a time.
+ * Each test is repeated -r times and printed as mean +- standard deviation. For generation
+ * the weight bytes read per token and the achieved GB/s are printed too: decoding at batch
+ * 1 is memory-bound, so GB/s against the machine's read bandwidth is the figure of merit. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "args.h"
+#include "cli.h"
+#include "kernels/cpu/ops.h"
+#include "qnext.h"
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static void mean_sd(const double *v, int n, double *mean, double *sd) {
+    double s = 0, q = 0;
+    for (int i = 0; i < n; i++) s += v[i];
+    *mean = s / n;
+    for (int i = 0; i < n; i++) q += (v[i] - *mean) * (v[i] - *mean);
+    *sd = n > 1 ? sqrt(q / (n - 1)) : 0;
+}
+
+static const char *bench_usage =
+    "usage: qnext bench -m MODEL [-p 512] [-n 128] [-d DEPTH] [-t THREADS] [-r REPS] [--ubatch N]\n"
+    "Prints prompt (ppP) and generation (tgN) tokens per second, mean +- sd over REPS runs,\n"
+    "and for generation the bytes of weights read per token and the achieved GB/s.\n"
+    "-p 0 or -n 0 skips that test; -d fills D tokens of context before generation.\n";
+
+int cmd_bench(int argc, char **argv) {
+    const char *model = NULL;
+    long p = 512, n = 128, d = 0, threads = 0, reps = 3, ubatch = 512;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v;
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) { printf("%s", bench_usage); return 0; }
+        if (!strcmp(a, "-m")) { if (!(model = args_value(argc, argv, &i))) return 2; }
+        else if (!strcmp(a, "-p")) { if (!(v = args_value(argc, argv, &i)) || !args_int(a, v, 0, 1 << 20, &p)) return 2; }
+        else if (!strcmp(a, "-n")) { if (!(v = args_value(argc, argv, &i)) || !args_int(a, v, 0, 1 << 20, &n)) return 2; }
+        else if (!strcmp(a, "-d")) { if (!(v = args_value(argc, argv, &i)) || !args_int(a, v, 0, 1 << 24, &d)) return 2; }
+        else if (!strcmp(a, "-t")) { if (!(v = args_value(argc, argv, &i)) || !args_int(a, v, 0, 4096, &threads)) return 2; }
+        else if (!strcmp(a, "-r")) { if (!(v = args_value(argc, argv, &i)) || !args_int(a, v, 1, 1000, &reps)) return 2; }
+        else if (!strcmp(a, "--ubatch") || !strcmp(a, "-ub")) { if (!(v = args_value(argc, argv, &i)) || !args_int(a, v, 1, 1 << 16, &ubatch)) return 2; }
+        else { fprintf(stderr, "qnext: unknown option '%s'\n%s", a, bench_usage); return 2; }
+    }
+    if (!model) { fprintf(stderr, "qnext: -m MODEL is required\n%s", bench_usage); return 2; }
+    qnext_model *m;
+    char err[1024];
+    qnext_model_params mp = {.n_threads = (int)threads};
+    if (qnext_model_open(model, &mp, &m, err, sizeof err)) { fprintf(stderr, "qnext: %s\n", err); return 1; }
+    const qnext_config *c = qnext_model_config(m);
+    qnext_model_stats st;
+    qnext_model_get_stats(m, &st);
+    int n_ctx = (int)(p > d + n ? p : d + n) + 16;
+    qnext_session_params sp = {.n_ctx = n_ctx, .n_ubatch = (int)ubatch};
+    qnext_session *s;
+    if (qnext_session_new(m, &sp, &s, err, sizeof err)) { fprintf(stderr, "qnext: %s\n", err); qnext_model_close(m); return 1; }
+
+    int32_t *toks = malloc(sizeof(int32_t) * (size_t)(n_ctx + 1));
+    uint64_t r = 12345;
+    for (int i = 0; i <= n_ctx; i++) { r = r * 6364136223846793005ull + 1442695040888963407ull; toks[i] = (int32_t)((r >> 33) % (uint64_t)c->vocab_size); }
+    float *lg = malloc(sizeof(float) * c->vocab_size);
+    double *v = malloc(sizeof(double) * reps);
+
+    printf("model: %s\n", model);
+    printf("weights: %.2f GB, %.3f B params (%.3f B active), %.3f GB read per token\n", st.bytes_total / 1e9,
+           st.n_params / 1e9, st.n_params_active / 1e9, st.bytes_per_token / 1e9);
+    printf("threads: %d, kernels: %s, ubatch: %ld\n\n", op_get_threads(), op_kernel_name(), ubatch);
+    printf("| test           |              t/s |  GB/s |\n");
+    printf("| -------------- | ---------------- | ----- |\n");
+    fflush(stdout);
+    int rc = 0;
+    /* warm-up: touches the weights once so the first timed run does not pay page faults */
+    if (qnext_session_feed(s, toks, 1, lg, QNEXT_LOGITS_LAST, err, sizeof err)) { fprintf(stderr, "qnext: %s\n", err); rc = 1; goto done; }
+    if (p > 0) {
+        for (int k = 0; k < reps; k++) {
+            qnext_session_reset(s);
+            double t0 = now_s();
+            if (qnext_session_feed(s, toks, (int)p, lg, QNEXT_LOGITS_LAST, err, sizeof err)) { fprintf(stderr, "qnext: %s\n", err); rc = 1; goto done; }
+            v[k] = p / (now_s() - t0);
+        }
+        double mu, sd;
+        mean_sd(v, (int)reps, &mu, &sd);
+        char name[32];
+        snprintf(name, sizeof name, "pp%ld", p);
+        printf("| %-14s | %7.2f ± %6.2f |       |\n", name, mu, sd);
+        fflush(stdout);
+    }
+    if (n > 0) {
+        for (int k = 0; k < reps; k++) {
+            qnext_session_reset(s);
+            if (d > 0 && qnext_session_feed(s, toks, (int)d, NULL, QNEXT_LOGITS_NONE, err, sizeof err)) { fprintf(stderr, "qnext: %s\n", err); rc = 1; goto done; }
+            double t0 = now_s();
+            for (long i = 0; i < n; i++)
+                if (qnext_session_feed(s, &toks[(d + i) % n_ctx], 1, lg, QNEXT_LOGITS_LAST, err, sizeof err)) { fprintf(stderr, "qnext: %s\n", err); rc = 1; goto done; }
+            v[k] = n / (now_s() - t0);
+        }
+        double mu, sd;
+        mean_sd(v, (int)reps, &mu, &sd);
+        char name[48];
+        if (d) snprintf(name, sizeof name, "tg%ld @ d%ld", n, d);
+        else snprintf(name, sizeof name, "tg%ld", n);
+        printf("| %-14s | %7.2f ± %6.2f | %5.1f |\n", name, mu, sd, mu * st.bytes_per_token / 1e9);
+    }
+done:
+    free(v);
+    free(lg);
+    free(toks);
+    qnext_session_free(s);
+    qnext_model_close(m);
+    return rc;
+}
