@@ -18,5 +18,6 @@ int cmd_tokenize(int argc, char **argv);
 int cmd_detokenize(int argc, char **argv);
 int cmd_serve(int argc, char **argv);
 int cmd_template(int argc, char **argv);
+int cmd_run(int argc, char **argv);   /* cmd_run.c */
 
 #endif

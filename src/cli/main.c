@@ -12,6 +12,7 @@ static const cli_command commands[] = {
     {"tokenize", cmd_tokenize, "print the token ids of UTF-8 text read from stdin"},
     {"detokenize", cmd_detokenize, "print the text of token ids given with --ids"},
     {"serve", cmd_serve, "OpenAI-compatible HTTP server with continuous batching and a conversation cache"},
+    {"run", cmd_run, "stream the answer to one prompt (chat template, or --raw completion)"},
     {"template", cmd_template, "print the chat-template prompt for a JSON conversation"},
 };
 

@@ -1,0 +1,802 @@
+/* http.c - the HTTP front end of `qnext serve` (libmicrohttpd, one thread per connection):
+ * routes, API-key check, request validation into OpenAI-style errors, prompt rendering and
+ * tokenization, then hand-off to the engine thread (engine.c) and delivery of its output,
+ * as Server-Sent Events for `stream: true`.
+ *
+ * A client that goes away is noticed while waiting (the socket is peeked every 100 ms) or
+ * when a write fails; either way the request is marked cancelled and the engine frees its
+ * slot at its next step. */
+#define _GNU_SOURCE
+#include "serve/server.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <microhttpd.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "serve/output_parser.h"
+#include "text/chat_template.h"
+#include "util/json.h"
+
+typedef struct {
+    serve_options o;
+    qnext_model *m;
+    qnext_tokenizer *tok;
+    chat_template *tmpl;       /* NULL when the model has no chat template */
+    serve_engine *eng;
+    char model_name[256];
+    int vocab, n_ctx;
+    sampler_params gen_defaults; /* generation_config.json over the sampler's defaults */
+    int64_t started;
+} server;
+
+typedef struct {
+    sv_buf body;
+    int too_large;
+    int fd;
+} conn_state;
+
+/* ------------------------------------------------------------------ responses */
+
+static enum MHD_Result send_text(struct MHD_Connection *c, unsigned status, const char *type, const char *text,
+                                 size_t len) {
+    struct MHD_Response *resp = MHD_create_response_from_buffer(len, (void *)text, MHD_RESPMEM_MUST_COPY);
+    if (!resp) return MHD_NO;
+    MHD_add_response_header(resp, "Content-Type", type);
+    enum MHD_Result rc = MHD_queue_response(c, status, resp);
+    MHD_destroy_response(resp);
+    return rc;
+}
+
+static enum MHD_Result send_json(struct MHD_Connection *c, unsigned status, const sv_buf *b) {
+    return send_text(c, status, "application/json", b->p ? b->p : "{}", b->p ? b->n : 2);
+}
+
+/* OpenAI's error object: {"error": {"message", "type", "param", "code"}}. */
+static enum MHD_Result send_error(server *sv, struct MHD_Connection *c, unsigned status, const char *type,
+                                  const char *param, const char *code, const char *msg) {
+    sv_buf b = {0};
+    SV_LIT(&b, "{\"error\":{\"message\":");
+    sv_json_str(&b, msg, strlen(msg));
+    SV_LIT(&b, ",\"type\":");
+    sv_json_str(&b, type, strlen(type));
+    SV_LIT(&b, ",\"param\":");
+    if (param) sv_json_str(&b, param, strlen(param));
+    else SV_LIT(&b, "null");
+    SV_LIT(&b, ",\"code\":");
+    if (code) sv_json_str(&b, code, strlen(code));
+    else SV_LIT(&b, "null");
+    SV_LIT(&b, "}}");
+    if (status == 401) {
+        struct MHD_Response *resp = MHD_create_response_from_buffer(b.n, b.p, MHD_RESPMEM_MUST_COPY);
+        enum MHD_Result rc = MHD_NO;
+        if (resp) {
+            MHD_add_response_header(resp, "Content-Type", "application/json");
+            MHD_add_response_header(resp, "WWW-Authenticate", "Bearer");
+            rc = MHD_queue_response(c, status, resp);
+            MHD_destroy_response(resp);
+        }
+        sv_buf_free(&b);
+        engine_count_http(sv->eng, 1);
+        return rc;
+    }
+    enum MHD_Result rc = send_json(c, status, &b);
+    sv_buf_free(&b);
+    engine_count_http(sv->eng, 1);
+    return rc;
+}
+
+#define BAD(param, ...) do { snprintf(err, errlen, __VA_ARGS__); if (bad_param) *bad_param = param; return -1; } while (0)
+
+/* ------------------------------------------------------------------ request fields */
+
+/* Optional number in [lo, hi]; absent or null keeps *out. */
+static int opt_num(const json *o, const char *key, double lo, double hi, double *out, char *err, size_t errlen,
+                   const char **bad_param) {
+    json *v = json_get(o, key);
+    if (!v || v->type == JSON_NULL) return 0;
+    double d;
+    if (!json_as_double(v, &d)) BAD(key, "'%s' must be a number", key);
+    if (!(d >= lo && d <= hi)) BAD(key, "'%s' must be between %g and %g, got %g", key, lo, hi, d);
+    *out = d;
+    return 0;
+}
+static int opt_int(const json *o, const char *key, int64_t lo, int64_t hi, int64_t *out, char *err, size_t errlen,
+                   const char **bad_param) {
+    json *v = json_get(o, key);
+    if (!v || v->type == JSON_NULL) return 0;
+    int64_t d;
+    if (!json_as_int64(v, &d)) BAD(key, "'%s' must be an integer", key);
+    if (d < lo || d > hi) BAD(key, "'%s' must be between %lld and %lld, got %lld", key, (long long)lo, (long long)hi,
+                              (long long)d);
+    *out = d;
+    return 0;
+}
+static int opt_bool(const json *o, const char *key, int *out, char *err, size_t errlen, const char **bad_param) {
+    json *v = json_get(o, key);
+    if (!v || v->type == JSON_NULL) return 0;
+    if (!json_as_bool(v, out)) BAD(key, "'%s' must be a boolean", key);
+    return 0;
+}
+
+/* The fields chat and completions share: sampling, stop, limits, stream. */
+static int parse_common(server *sv, const json *o, serve_req *r, int is_chat, char *err, size_t errlen,
+                        const char **bad_param) {
+    sampler_params sp = sv->gen_defaults;
+    double d;
+    int64_t i64;
+    d = sp.temperature; if (opt_num(o, "temperature", 0, 2, &d, err, errlen, bad_param)) return -1; sp.temperature = (float)d;
+    d = sp.top_p;
+    if (opt_num(o, "top_p", 0, 1, &d, err, errlen, bad_param)) return -1;
+    if (!(d > 0)) BAD("top_p", "'top_p' must be in (0, 1]");
+    sp.top_p = (float)d;
+    i64 = sp.top_k; if (opt_int(o, "top_k", -1, 1 << 30, &i64, err, errlen, bad_param)) return -1; sp.top_k = i64 < 0 ? 0 : (int)i64;
+    d = sp.min_p; if (opt_num(o, "min_p", 0, 1, &d, err, errlen, bad_param)) return -1; sp.min_p = (float)d;
+    d = sp.presence_penalty; if (opt_num(o, "presence_penalty", -2, 2, &d, err, errlen, bad_param)) return -1; sp.presence_penalty = (float)d;
+    d = sp.frequency_penalty; if (opt_num(o, "frequency_penalty", -2, 2, &d, err, errlen, bad_param)) return -1; sp.frequency_penalty = (float)d;
+    d = sp.repetition_penalty;
+    if (opt_num(o, "repetition_penalty", 0, 10, &d, err, errlen, bad_param)) return -1;
+    if (!(d > 0)) BAD("repetition_penalty", "'repetition_penalty' must be > 0");
+    sp.repetition_penalty = (float)d;
+    i64 = -1;
+    if (opt_int(o, "seed", INT64_MIN, INT64_MAX, &i64, err, errlen, bad_param)) return -1;
+    sp.seed = json_get(o, "seed") && json_get(o, "seed")->type != JSON_NULL ? (uint64_t)i64
+                                                                             : (uint64_t)time(NULL) ^ (uint64_t)(uintptr_t)r;
+    i64 = 1;
+    if (opt_int(o, "n", 1, 1, &i64, err, errlen, bad_param)) BAD("n", "only n = 1 is supported");
+
+    /* limits */
+    int64_t max_tokens = -1;
+    if (is_chat) {
+        if (opt_int(o, "max_completion_tokens", 1, 1 << 30, &max_tokens, err, errlen, bad_param)) return -1;
+        if (max_tokens < 0 && opt_int(o, "max_tokens", 1, 1 << 30, &max_tokens, err, errlen, bad_param)) return -1;
+    } else {
+        max_tokens = 16; /* the legacy completions default */
+        if (opt_int(o, "max_tokens", 1, 1 << 30, &max_tokens, err, errlen, bad_param)) return -1;
+    }
+    r->max_tokens = max_tokens < 0 ? (1 << 30) : (int)max_tokens;
+
+    /* logprobs */
+    if (is_chat) {
+        int lp = 0;
+        if (opt_bool(o, "logprobs", &lp, err, errlen, bad_param)) return -1;
+        i64 = 0;
+        if (opt_int(o, "top_logprobs", 0, SAMPLER_MAX_TOP_LOGPROBS, &i64, err, errlen, bad_param)) return -1;
+        if (i64 > 0 && !lp) BAD("top_logprobs", "'top_logprobs' requires 'logprobs': true");
+        r->logprobs = lp;
+        sp.n_top_logprobs = (int)i64;
+    } else {
+        i64 = -1;
+        if (opt_int(o, "logprobs", 0, SAMPLER_MAX_TOP_LOGPROBS, &i64, err, errlen, bad_param)) return -1;
+        r->logprobs = i64 >= 0;
+        sp.n_top_logprobs = i64 > 0 ? (int)i64 : 0;
+    }
+
+    /* stream */
+    if (opt_bool(o, "stream", &r->stream, err, errlen, bad_param)) return -1;
+    json *so = json_get(o, "stream_options");
+    if (so && so->type != JSON_NULL) {
+        if (so->type != JSON_OBJECT) BAD("stream_options", "'stream_options' must be an object");
+        if (opt_bool(so, "include_usage", &r->include_usage, err, errlen, bad_param)) return -1;
+    }
+
+    /* stop strings */
+    json *st = json_get(o, "stop");
+    const char *stops[16];
+    int n_stops = 0;
+    if (st && st->type == JSON_STRING) stops[n_stops++] = st->str;
+    else if (st && st->type == JSON_ARRAY) {
+        if (st->n > 16) BAD("stop", "at most 16 stop strings");
+        for (size_t k = 0; k < st->n; k++) {
+            if (st->items[k]->type != JSON_STRING) BAD("stop", "'stop' must be a string or a list of strings");
+            stops[n_stops++] = st->items[k]->str;
+        }
+    } else if (st && st->type != JSON_NULL) BAD("stop", "'stop' must be a string or a list of strings");
+    if (stop_matcher_init(&r->stop, stops, n_stops, err, errlen)) return -1;
+
+    r->smp = sampler_new(sv->vocab, &sp, err, errlen);
+    if (!r->smp) { if (bad_param) *bad_param = NULL; return -1; }
+    return 0;
+}
+
+/* Content given as a list of parts ([{type: "text", text}]) becomes one string. */
+static json *normalise_messages(const json *msgs, char *err, size_t errlen, const char **bad_param) {
+    static const char *roles[] = {"system", "developer", "user", "assistant", "tool"};
+    for (size_t i = 0; i < msgs->n; i++) {
+        json *m = msgs->items[i];
+        if (m->type != JSON_OBJECT) { snprintf(err, errlen, "messages[%zu] must be an object", i); *bad_param = "messages"; return NULL; }
+        const char *role = json_get_string(m, "role");
+        int ok = 0;
+        for (int k = 0; role && k < 5; k++) ok |= !strcmp(role, roles[k]);
+        if (!ok) {
+            snprintf(err, errlen, "messages[%zu].role must be one of system, developer, user, assistant, tool", i);
+            *bad_param = "messages";
+            return NULL;
+        }
+        json *c = json_get(m, "content");
+        if (c && c->type != JSON_STRING && c->type != JSON_NULL && c->type != JSON_ARRAY) {
+            snprintf(err, errlen, "messages[%zu].content must be a string, a list of parts or null", i);
+            *bad_param = "messages";
+            return NULL;
+        }
+        if (c && c->type == JSON_ARRAY)
+            for (size_t k = 0; k < c->n; k++) {
+                json *part = c->items[k];
+                const char *type = part->type == JSON_OBJECT ? json_get_string(part, "type") : NULL;
+                if (!type || strcmp(type, "text") || !json_get_string(part, "text")) {
+                    snprintf(err, errlen, "messages[%zu].content[%zu]: only text parts are supported", i, k);
+                    *bad_param = "messages";
+                    return NULL;
+                }
+            }
+    }
+    json *out = json_clone(msgs);
+    if (!out) { snprintf(err, errlen, "out of memory"); return NULL; }
+    for (size_t i = 0; i < out->n; i++) {
+        json *m = out->items[i], *c = json_get(m, "content");
+        if (!c || c->type != JSON_ARRAY) continue;
+        sv_buf t = {0};
+        for (size_t k = 0; k < c->n; k++) {
+            json *tx = json_get(c->items[k], "text");
+            sv_buf_add(&t, tx->str, tx->len);
+        }
+        json_object_set(m, "content", json_new_string(t.p ? t.p : "", t.n));
+        sv_buf_free(&t);
+    }
+    return out;
+}
+
+/* Does the rendered prompt leave the assistant turn inside an open <think> block? */
+static int prompt_opens_think(const char *p, size_t n) {
+    const char *last = NULL;
+    for (const char *q = p; (q = memmem(q, n - (size_t)(q - p), "<|im_start|>assistant", 21)); q++) last = q;
+    if (!last) return 0;
+    const char *think = NULL;
+    size_t rest = n - (size_t)(last - p);
+    for (const char *q = last; (q = memmem(q, rest - (size_t)(q - last), "<think>", 7)); q++) think = q;
+    if (!think) return 0;
+    return memmem(think, n - (size_t)(think - p), "</think>", 8) == NULL;
+}
+
+static serve_req *req_new(void) {
+    serve_req *r = calloc(1, sizeof *r);
+    if (!r) return NULL;
+    pthread_mutex_init(&r->mu, NULL);
+    pthread_cond_init(&r->cv, NULL);
+    r->refs = 1;
+    r->stop.stopped = -1;
+    atomic_init(&r->cancelled, 0);
+    r->created = (int64_t)time(NULL);
+    return r;
+}
+
+/* Builds a request from a chat or completion body. Returns NULL with err/status on failure. */
+static serve_req *build_request(server *sv, const json *o, int kind, unsigned *status, char *err, size_t errlen,
+                                const char **bad_param, const char **code) {
+    serve_req *r = req_new();
+    if (!r) { *status = 500; snprintf(err, errlen, "out of memory"); return NULL; }
+    r->kind = kind;
+    *status = 400;
+    char *prompt_text = NULL;
+    size_t prompt_len = 0;
+    if (parse_common(sv, o, r, kind == REQ_CHAT, err, errlen, bad_param)) goto fail;
+    if (kind == REQ_CHAT) {
+        json *msgs = json_get(o, "messages");
+        if (!msgs || msgs->type != JSON_ARRAY) { *bad_param = "messages"; snprintf(err, errlen, "'messages' must be a list of messages"); goto fail; }
+        if (msgs->n == 0) { *bad_param = "messages"; snprintf(err, errlen, "'messages' must not be empty"); goto fail; }
+        json *tools = json_get(o, "tools");
+        if (tools && tools->type == JSON_NULL) tools = NULL;
+        if (tools && tools->type != JSON_ARRAY) { *bad_param = "tools"; snprintf(err, errlen, "'tools' must be a list"); goto fail; }
+        if (tools && tools->n == 0) tools = NULL;
+        for (size_t k = 0; tools && k < tools->n; k++) {
+            json *t = tools->items[k];
+            json *fn = t->type == JSON_OBJECT ? json_get(t, "function") : NULL;
+            if (!fn || fn->type != JSON_OBJECT || !json_get_string(fn, "name")) {
+                *bad_param = "tools";
+                snprintf(err, errlen, "tools[%zu] must be {\"type\": \"function\", \"function\": {\"name\": ...}}", k);
+                goto fail;
+            }
+        }
+        json *tc = json_get(o, "tool_choice");
+        int tools_off = 0;
+        if (tc && tc->type == JSON_STRING) {
+            if (!strcmp(tc->str, "none")) tools_off = 1;
+            else if (strcmp(tc->str, "auto") && strcmp(tc->str, "required")) {
+                *bad_param = "tool_choice";
+                snprintf(err, errlen, "'tool_choice' must be none, auto, required or a function");
+                goto fail;
+            }
+        } else if (tc && tc->type != JSON_NULL && tc->type != JSON_OBJECT) {
+            *bad_param = "tool_choice";
+            snprintf(err, errlen, "'tool_choice' must be a string or an object");
+            goto fail;
+        }
+        json *kw = json_get(o, "chat_template_kwargs");
+        if (kw && kw->type == JSON_NULL) kw = NULL;
+        if (kw && kw->type != JSON_OBJECT) { *bad_param = "chat_template_kwargs"; snprintf(err, errlen, "'chat_template_kwargs' must be an object"); goto fail; }
+        if (!sv->tmpl) { snprintf(err, errlen, "this model has no chat template; use /v1/completions"); goto fail; }
+        json *norm = normalise_messages(msgs, err, errlen, bad_param);
+        if (!norm) goto fail;
+        char terr[512];
+        int rc = chat_template_render(sv->tmpl, norm, tools, 1, kw, &prompt_text, &prompt_len, terr, sizeof terr);
+        json_free(norm);
+        if (rc) { snprintf(err, errlen, "chat template: %s", terr); *bad_param = "messages"; goto fail; }
+        r->start_in_reasoning = prompt_opens_think(prompt_text, prompt_len);
+        r->parse_tools = tools && !tools_off;
+        size_t n = 0;
+        if (tokenizer_encode(sv->tok, prompt_text, prompt_len, &r->prompt, &n)) { *status = 500; snprintf(err, errlen, "out of memory"); goto fail; }
+        r->n_prompt = (int)n;
+        r->parser = output_parser_new(r->start_in_reasoning, r->parse_tools);
+        if (!r->parser) { *status = 500; snprintf(err, errlen, "out of memory"); goto fail; }
+        snprintf(r->id, sizeof r->id, "chatcmpl-%016llx%08x", (unsigned long long)(uintptr_t)r ^ (unsigned long long)r->created,
+                 (unsigned)rand());
+    } else {
+        json *p = json_get(o, "prompt");
+        if (p && p->type == JSON_ARRAY && p->n == 1 && (p->items[0]->type == JSON_STRING || p->items[0]->type == JSON_ARRAY))
+            p = p->items[0]; /* a batch of one */
+        if (!p) { *bad_param = "prompt"; snprintf(err, errlen, "'prompt' is required"); goto fail; }
+        if (p->type == JSON_STRING) {
+            size_t n = 0;
+            if (tokenizer_encode(sv->tok, p->str, p->len, &r->prompt, &n)) { *status = 500; snprintf(err, errlen, "out of memory"); goto fail; }
+            r->n_prompt = (int)n;
+        } else if (p->type == JSON_ARRAY) {
+            r->prompt = malloc((p->n ? p->n : 1) * sizeof(int32_t));
+            if (!r->prompt) { *status = 500; snprintf(err, errlen, "out of memory"); goto fail; }
+            for (size_t k = 0; k < p->n; k++) {
+                int64_t id;
+                if (!json_as_int64(p->items[k], &id)) { *bad_param = "prompt"; snprintf(err, errlen, "'prompt' must be a string or a list of token ids (one prompt per request)"); goto fail; }
+                if (id < 0 || id >= sv->vocab) { *bad_param = "prompt"; snprintf(err, errlen, "token id %lld is outside the vocabulary [0, %d)", (long long)id, sv->vocab); goto fail; }
+                r->prompt[k] = (int32_t)id;
+            }
+            r->n_prompt = (int)p->n;
+        } else { *bad_param = "prompt"; snprintf(err, errlen, "'prompt' must be a string or a list of token ids"); goto fail; }
+        snprintf(r->id, sizeof r->id, "cmpl-%016llx%08x", (unsigned long long)(uintptr_t)r ^ (unsigned long long)r->created,
+                 (unsigned)rand());
+    }
+    if (r->n_prompt == 0) { *bad_param = kind == REQ_CHAT ? "messages" : "prompt"; snprintf(err, errlen, "the prompt is empty"); goto fail; }
+    for (int k = 0; k < r->n_prompt; k++)
+        if (r->prompt[k] >= sv->vocab) {
+            *bad_param = kind == REQ_CHAT ? "messages" : "prompt";
+            snprintf(err, errlen, "the tokenizer produced id %d, outside the model's vocabulary of %d", r->prompt[k], sv->vocab);
+            goto fail;
+        }
+    if (r->n_prompt > sv->n_ctx) {
+        *bad_param = kind == REQ_CHAT ? "messages" : "prompt";
+        *code = "context_length_exceeded";
+        snprintf(err, errlen, "the prompt has %d tokens, more than the context of %d tokens", r->n_prompt, sv->n_ctx);
+        goto fail;
+    }
+    free(prompt_text);
+    return r;
+fail:
+    free(prompt_text);
+    req_release(r);
+    return NULL;
+}
+
+/* ------------------------------------------------------------------ waiting and streaming */
+
+/* 1 when the peer has closed the connection (or it broke). */
+static int peer_gone(int fd) {
+    if (fd < 0) return 0;
+    char c;
+    ssize_t n = recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n == 0) return 1;
+    if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) return 1;
+    return 0;
+}
+
+static void timed_wait(pthread_cond_t *cv, pthread_mutex_t *mu, int ms) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_nsec += (long)ms * 1000000L;
+    ts.tv_sec += ts.tv_nsec / 1000000000L;
+    ts.tv_nsec %= 1000000000L;
+    pthread_cond_timedwait(cv, mu, &ts);
+}
+
+typedef struct {
+    serve_req *r;
+    int fd;
+} stream_state;
+
+static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max) {
+    stream_state *ss = cls;
+    serve_req *r = ss->r;
+    pthread_mutex_lock(&r->mu);
+    for (;;) {
+        if (r->out_sent < r->out.n) {
+            size_t n = r->out.n - r->out_sent;
+            if (n > max) n = max;
+            memcpy(buf, r->out.p + r->out_sent, n);
+            r->out_sent += n;
+            pthread_mutex_unlock(&r->mu);
+            return (ssize_t)n;
+        }
+        if (r->done) {
+            pthread_mutex_unlock(&r->mu);
+            return MHD_CONTENT_READER_END_OF_STREAM;
+        }
+        timed_wait(&r->cv, &r->mu, 100);
+        if (r->out_sent == r->out.n && !r->done && peer_gone(ss->fd)) {
+            atomic_store(&r->cancelled, 1);
+            pthread_mutex_unlock(&r->mu);
+            return MHD_CONTENT_READER_END_WITH_ERROR;
+        }
+    }
+}
+
+static void stream_free(void *cls) {
+    stream_state *ss = cls;
+    /* the response is gone (finished, or the client disconnected): stop generating */
+    atomic_store(&ss->r->cancelled, 1);
+    req_release(ss->r);
+    free(ss);
+}
+
+/* Submits r (honouring --queue-full) and answers: a stream, or the finished JSON. */
+static enum MHD_Result run_request(server *sv, struct MHD_Connection *c, conn_state *cs, serve_req *r) {
+    int rc;
+    while ((rc = engine_submit(sv->eng, r)) == 1) {
+        if (!sv->o.queue_wait) {
+            req_release(r);
+            return send_error(sv, c, 429, "rate_limit_error", NULL, "queue_full",
+                              "the server's request queue is full; retry later");
+        }
+        if (peer_gone(cs->fd)) { req_release(r); return MHD_NO; }
+        engine_wait_room(sv->eng, 100);
+    }
+    if (rc == 2) {
+        req_release(r);
+        return send_error(sv, c, 503, "server_error", NULL, "shutting_down", "the server is shutting down");
+    }
+    engine_count_http(sv->eng, 0);
+    if (r->stream) {
+        stream_state *ss = malloc(sizeof *ss);
+        if (!ss) { atomic_store(&r->cancelled, 1); req_release(r); return MHD_NO; }
+        ss->r = r;
+        ss->fd = cs->fd;
+        struct MHD_Response *resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 8192, stream_reader, ss, stream_free);
+        if (!resp) { free(ss); atomic_store(&r->cancelled, 1); req_release(r); return MHD_NO; }
+        MHD_add_response_header(resp, "Content-Type", "text/event-stream");
+        MHD_add_response_header(resp, "Cache-Control", "no-cache");
+        enum MHD_Result q = MHD_queue_response(c, 200, resp);
+        MHD_destroy_response(resp);
+        return q;
+    }
+    pthread_mutex_lock(&r->mu);
+    while (!r->done) {
+        timed_wait(&r->cv, &r->mu, 100);
+        if (!r->done && peer_gone(cs->fd)) {
+            atomic_store(&r->cancelled, 1);
+            pthread_mutex_unlock(&r->mu);
+            req_release(r);
+            return MHD_NO;
+        }
+    }
+    pthread_mutex_unlock(&r->mu);
+    enum MHD_Result q;
+    if (r->http_status == 499) q = MHD_NO;
+    else q = send_text(c, r->http_status ? (unsigned)r->http_status : 200, "application/json", r->out.p ? r->out.p : "{}",
+                       r->out.p ? r->out.n : 2);
+    req_release(r);
+    return q;
+}
+
+/* ------------------------------------------------------------------ routes */
+
+static enum MHD_Result handle_generate(server *sv, struct MHD_Connection *c, conn_state *cs, json *body, int kind) {
+    char err[1024] = "";
+    const char *param = NULL, *code = NULL;
+    unsigned status = 400;
+    serve_req *r = build_request(sv, body, kind, &status, err, sizeof err, &param, &code);
+    json_free(body);
+    if (!r) return send_error(sv, c, status, status == 400 ? "invalid_request_error" : "server_error", param, code, err);
+    return run_request(sv, c, cs, r);
+}
+
+static enum MHD_Result handle_tokenize(server *sv, struct MHD_Connection *c, json *body) {
+    char err[1024];
+    const char *text = json_get_string(body, "content");
+    if (!text) text = json_get_string(body, "prompt");
+    json *msgs = json_get(body, "messages");
+    char *rendered = NULL;
+    size_t len = 0;
+    if (!text && msgs && msgs->type == JSON_ARRAY && msgs->n > 0 && sv->tmpl) {
+        const char *param = NULL;
+        json *norm = normalise_messages(msgs, err, sizeof err, &param);
+        if (!norm) { json_free(body); return send_error(sv, c, 400, "invalid_request_error", "messages", NULL, err); }
+        int agp = 1;
+        json_get_bool(body, "add_generation_prompt", 1, &agp);
+        json *tools = json_get(body, "tools");
+        if (tools && tools->type != JSON_ARRAY) tools = NULL;
+        json *kw = json_get(body, "chat_template_kwargs");
+        if (kw && kw->type != JSON_OBJECT) kw = NULL;
+        int rc = chat_template_render(sv->tmpl, norm, tools, agp, kw, &rendered, &len, err, sizeof err);
+        json_free(norm);
+        if (rc) { json_free(body); return send_error(sv, c, 400, "invalid_request_error", "messages", NULL, err); }
+        text = rendered;
+    } else if (text) {
+        json *t = json_get(body, "content");
+        if (!t || t->type != JSON_STRING) t = json_get(body, "prompt");
+        len = t->len;
+    }
+    if (!text) {
+        json_free(body);
+        return send_error(sv, c, 400, "invalid_request_error", "content", NULL,
+                          "give the text as 'content' (or 'prompt'), or 'messages' to render with the chat template");
+    }
+    int32_t *ids = NULL;
+    size_t n = 0;
+    int rc = tokenizer_encode(sv->tok, text, len, &ids, &n);
+    free(rendered);
+    json_free(body);
+    if (rc) return send_error(sv, c, 500, "server_error", NULL, NULL, "out of memory");
+    sv_buf b = {0};
+    SV_LIT(&b, "{\"tokens\":[");
+    for (size_t i = 0; i < n; i++) sv_buf_addf(&b, i ? ",%d" : "%d", ids[i]);
+    sv_buf_addf(&b, "],\"count\":%zu,\"max_model_len\":%d}", n, sv->n_ctx);
+    free(ids);
+    engine_count_http(sv->eng, 0);
+    enum MHD_Result q = send_json(c, 200, &b);
+    sv_buf_free(&b);
+    return q;
+}
+
+static enum MHD_Result handle_detokenize(server *sv, struct MHD_Connection *c, json *body) {
+    json *t = json_get(body, "tokens");
+    if (!t || t->type != JSON_ARRAY) {
+        json_free(body);
+        return send_error(sv, c, 400, "invalid_request_error", "tokens", NULL, "'tokens' must be a list of token ids");
+    }
+    int32_t *ids = malloc((t->n ? t->n : 1) * sizeof *ids);
+    if (!ids) { json_free(body); return send_error(sv, c, 500, "server_error", NULL, NULL, "out of memory"); }
+    for (size_t i = 0; i < t->n; i++) {
+        int64_t v;
+        if (!json_as_int64(t->items[i], &v) || v < 0 || v >= (int64_t)tokenizer_vocab_size(sv->tok)) {
+            free(ids);
+            json_free(body);
+            return send_error(sv, c, 400, "invalid_request_error", "tokens", NULL,
+                              "'tokens' must hold ids inside the vocabulary");
+        }
+        ids[i] = (int32_t)v;
+    }
+    char *text = NULL;
+    size_t len = 0;
+    int rc = tokenizer_decode(sv->tok, ids, t->n, &text, &len);
+    free(ids);
+    json_free(body);
+    if (rc) return send_error(sv, c, 500, "server_error", NULL, NULL, "out of memory");
+    sv_buf b = {0};
+    SV_LIT(&b, "{\"prompt\":");
+    sv_json_str(&b, text ? text : "", len);
+    SV_LIT(&b, ",\"content\":");
+    sv_json_str(&b, text ? text : "", len);
+    SV_LIT(&b, "}");
+    free(text);
+    engine_count_http(sv->eng, 0);
+    enum MHD_Result q = send_json(c, 200, &b);
+    sv_buf_free(&b);
+    return q;
+}
+
+/* Constant-time comparison of the Authorization header with "Bearer KEY". */
+static int auth_ok(const server *sv, struct MHD_Connection *c) {
+    if (!sv->o.api_key) return 1;
+    const char *h = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Authorization");
+    if (!h) return 0;
+    const char *want = sv->o.api_key;
+    size_t hl = strlen(h), wl = strlen(want);
+    volatile unsigned char diff = 0;
+    static const char prefix[] = "Bearer ";
+    diff |= (unsigned char)(hl != wl + 7);
+    for (size_t i = 0; i < wl + 7; i++) {
+        unsigned char expect = i < 7 ? (unsigned char)prefix[i] : (unsigned char)want[i - 7];
+        unsigned char got = i < hl ? (unsigned char)h[i] : 0;
+        diff |= expect ^ got;
+    }
+    return diff == 0;
+}
+
+static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *url, const char *method,
+                               const char *version, const char *upload, size_t *upload_size, void **con_cls) {
+    server *sv = cls;
+    conn_state *cs = *con_cls;
+    if (!cs) {
+        cs = calloc(1, sizeof *cs);
+        if (!cs) return MHD_NO;
+        const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+        cs->fd = ci ? ci->connect_fd : -1;
+        *con_cls = cs;
+        const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Length");
+        if (cl && strtoll(cl, NULL, 10) > sv->o.max_body) cs->too_large = 1;
+        return MHD_YES;
+    }
+    if (*upload_size) {
+        if (!cs->too_large && cs->body.n + *upload_size > (size_t)sv->o.max_body) cs->too_large = 1;
+        if (!cs->too_large) sv_buf_add(&cs->body, upload, *upload_size);
+        *upload_size = 0;
+        if (cs->too_large) {
+            char msg[128];
+            snprintf(msg, sizeof msg, "the request body exceeds the limit of %ld bytes", sv->o.max_body);
+            return send_error(sv, c, 413, "invalid_request_error", NULL, "request_too_large", msg);
+        }
+        return MHD_YES;
+    }
+    if (cs->too_large) {
+        char msg[128];
+        snprintf(msg, sizeof msg, "the request body exceeds the limit of %ld bytes", sv->o.max_body);
+        return send_error(sv, c, 413, "invalid_request_error", NULL, "request_too_large", msg);
+    }
+    int is_get = !strcmp(method, "GET"), is_post = !strcmp(method, "POST");
+    static const struct { const char *path; int post; } routes[] = {
+        {"/health", 0}, {"/metrics", 0}, {"/v1/models", 0}, {"/v1/chat/completions", 1},
+        {"/v1/completions", 1}, {"/tokenize", 1}, {"/detokenize", 1},
+    };
+    int route = -1;
+    for (int i = 0; i < (int)(sizeof routes / sizeof routes[0]); i++)
+        if (!strcmp(url, routes[i].path)) route = i;
+    if (route < 0) {
+        char msg[600];
+        snprintf(msg, sizeof msg, "unknown route: %.20s %.500s", method, url);
+        return send_error(sv, c, 404, "invalid_request_error", NULL, "not_found", msg);
+    }
+    if ((routes[route].post && !is_post) || (!routes[route].post && !is_get)) {
+        char msg[128];
+        snprintf(msg, sizeof msg, "%s is not allowed on %s", method, routes[route].path);
+        return send_error(sv, c, 405, "invalid_request_error", NULL, "method_not_allowed", msg);
+    }
+    if (route == 0) {
+        engine_count_http(sv->eng, 0);
+        return send_text(c, 200, "application/json", "{\"status\":\"ok\"}", 15);
+    }
+    if (!auth_ok(sv, c))
+        return send_error(sv, c, 401, "authentication_error", NULL, "invalid_api_key",
+                          "missing or invalid API key (send 'Authorization: Bearer KEY')");
+    if (route == 1) {
+        char *m = engine_metrics(sv->eng);
+        engine_count_http(sv->eng, 0);
+        enum MHD_Result q = send_text(c, 200, "text/plain; version=0.0.4", m ? m : "", m ? strlen(m) : 0);
+        free(m);
+        return q;
+    }
+    if (route == 2) {
+        sv_buf b = {0};
+        SV_LIT(&b, "{\"object\":\"list\",\"data\":[{\"id\":");
+        sv_json_str(&b, sv->model_name, strlen(sv->model_name));
+        sv_buf_addf(&b, ",\"object\":\"model\",\"created\":%lld,\"owned_by\":\"qnext\",\"max_model_len\":%d}]}",
+                    (long long)sv->started, sv->n_ctx);
+        engine_count_http(sv->eng, 0);
+        enum MHD_Result q = send_json(c, 200, &b);
+        sv_buf_free(&b);
+        return q;
+    }
+    char err[512];
+    json *body = json_parse(cs->body.p ? cs->body.p : "", cs->body.n, err, sizeof err);
+    if (!body) {
+        char msg[700];
+        snprintf(msg, sizeof msg, "the body is not valid JSON: %s", err);
+        return send_error(sv, c, 400, "invalid_request_error", NULL, "invalid_json", msg);
+    }
+    if (body->type != JSON_OBJECT) {
+        json_free(body);
+        return send_error(sv, c, 400, "invalid_request_error", NULL, "invalid_json", "the body must be a JSON object");
+    }
+    if (route == 3) return handle_generate(sv, c, cs, body, REQ_CHAT);
+    if (route == 4) return handle_generate(sv, c, cs, body, REQ_COMPLETION);
+    if (route == 5) return handle_tokenize(sv, c, body);
+    return handle_detokenize(sv, c, body);
+}
+
+static void completed(void *cls, struct MHD_Connection *c, void **con_cls, enum MHD_RequestTerminationCode toe) {
+    conn_state *cs = *con_cls;
+    if (!cs) return;
+    sv_buf_free(&cs->body);
+    free(cs);
+    *con_cls = NULL;
+}
+
+/* ------------------------------------------------------------------ main */
+
+int serve_main(const serve_options *opts) {
+    server sv;
+    memset(&sv, 0, sizeof sv);
+    sv.o = *opts;
+    sv.started = (int64_t)time(NULL);
+    char err[1024];
+    int code = 1;
+    struct MHD_Daemon *d = NULL;
+
+    /* every thread started from here on inherits the blocked signals; main waits for them */
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    qnext_model_params mp = {.n_threads = opts->threads, .quiet = 1};
+    if (qnext_model_open(opts->model_dir, &mp, &sv.m, err, sizeof err)) { fprintf(stderr, "qnext serve: %s\n", err); return 1; }
+    sv.tok = tokenizer_load_dir(opts->model_dir, err, sizeof err);
+    if (!sv.tok) { fprintf(stderr, "qnext serve: %s\n", err); goto out; }
+    sv.tmpl = chat_template_load_dir(opts->model_dir, err, sizeof err);
+    if (!sv.tmpl) fprintf(stderr, "qnext serve: no chat template (%s); /v1/chat/completions is disabled\n", err);
+    sv.vocab = qnext_model_config(sv.m)->vocab_size;
+    int max_pos = qnext_model_config(sv.m)->max_position_embeddings;
+    if (max_pos > 0 && sv.o.n_ctx > max_pos) sv.o.n_ctx = max_pos;
+    sv.n_ctx = sv.o.n_ctx;
+    sv.gen_defaults = sampler_params_default();
+    sv.gen_defaults.temperature = 1.0f; /* OpenAI's default when neither request nor model says */
+    int32_t gen_eos[SAMPLER_MAX_EOS];
+    int n_gen_eos = 0;
+    if (sampler_load_generation_config(opts->model_dir, &sv.gen_defaults, gen_eos, &n_gen_eos, SAMPLER_MAX_EOS, err,
+                                       sizeof err) < 0) {
+        fprintf(stderr, "qnext serve: %s\n", err);
+        goto out;
+    }
+    if (opts->model_name) snprintf(sv.model_name, sizeof sv.model_name, "%s", opts->model_name);
+    else {
+        const char *base = strrchr(opts->model_dir, '/');
+        base = base && base[1] ? base + 1 : opts->model_dir;
+        snprintf(sv.model_name, sizeof sv.model_name, "%s", base);
+    }
+    sv.eng = engine_start(sv.m, sv.tok, &sv.o, sv.model_name, err, sizeof err);
+    if (!sv.eng) { fprintf(stderr, "qnext serve: %s\n", err); goto out; }
+
+    struct sockaddr_in a4;
+    struct sockaddr_in6 a6;
+    struct sockaddr *addr;
+    unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL | MHD_USE_ERROR_LOG;
+    memset(&a4, 0, sizeof a4);
+    memset(&a6, 0, sizeof a6);
+    if (inet_pton(AF_INET, opts->host, &a4.sin_addr) == 1) {
+        a4.sin_family = AF_INET;
+        a4.sin_port = htons((uint16_t)opts->port);
+        addr = (struct sockaddr *)&a4;
+    } else if (inet_pton(AF_INET6, opts->host, &a6.sin6_addr) == 1) {
+        a6.sin6_family = AF_INET6;
+        a6.sin6_port = htons((uint16_t)opts->port);
+        addr = (struct sockaddr *)&a6;
+        flags |= MHD_USE_IPv6;
+    } else {
+        fprintf(stderr, "qnext serve: --host must be a numeric IPv4 or IPv6 address, got '%s'\n", opts->host);
+        goto out;
+    }
+    d = MHD_start_daemon(flags, (uint16_t)opts->port, NULL, NULL, handler, &sv, MHD_OPTION_SOCK_ADDR, addr,
+                         MHD_OPTION_NOTIFY_COMPLETED, completed, &sv, MHD_OPTION_CONNECTION_LIMIT, (unsigned)1024,
+                         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)600, MHD_OPTION_END);
+    if (!d) {
+        fprintf(stderr, "qnext serve: cannot listen on %s:%d (%s)\n", opts->host, opts->port, strerror(errno));
+        goto out;
+    }
+    const union MHD_DaemonInfo *di = MHD_get_daemon_info(d, MHD_DAEMON_INFO_BIND_PORT);
+    fprintf(stderr, "qnext serve: model %s, %d slots, ctx %d, listening on http://%s:%u\n", sv.model_name,
+            opts->parallel, sv.n_ctx, opts->host, di ? di->port : (unsigned)opts->port);
+    fflush(stderr);
+
+    int sig = 0;
+    sigwait(&set, &sig);
+    fprintf(stderr, "qnext serve: %s: finishing running requests (up to %d s), then exiting\n",
+            sig == SIGTERM ? "SIGTERM" : "SIGINT", opts->drain_s);
+    MHD_socket ls = MHD_quiesce_daemon(d);
+    if (ls != MHD_INVALID_SOCKET) close(ls);
+    engine_shutdown(sv.eng, opts->drain_s);
+    MHD_stop_daemon(d);
+    d = NULL;
+    code = 0;
+out:
+    if (d) MHD_stop_daemon(d);
+    engine_free(sv.eng);
+    chat_template_free(sv.tmpl);
+    tokenizer_free(sv.tok);
+    qnext_model_close(sv.m);
+    if (code == 0) fprintf(stderr, "qnext serve: stopped\n");
+    return code;
+}
