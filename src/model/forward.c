@@ -176,7 +176,12 @@ static void gdn_block(qnext_session *s, qn_seq *seqs, int n_seqs, int il, int T)
     const int64_t key_dim = (int64_t)nk * dk, val_dim = (int64_t)nv * dv, conv_dim = 2 * key_dim + val_dim;
     const int64_t n_qkvz = 2 * key_dim + 2 * val_dim;
 
-    op_matmul(&ly->qkvz, sc->x, T, sc->proj);  /* [T, q|k|v|z] after the load-time row map */
+    if (ly->gate_z.data) { /* GGUF: [q|k|v] and z are separate matrices */
+        op_matmul_rows(&ly->qkvz, 0, conv_dim, sc->x, T, ly->qkvz.cols, sc->proj, n_qkvz);
+        op_matmul_rows(&ly->gate_z, 0, val_dim, sc->x, T, ly->gate_z.cols, sc->proj + conv_dim, n_qkvz);
+    } else {
+        op_matmul(&ly->qkvz, sc->x, T, sc->proj); /* [T, q|k|v|z] after the load-time row map */
+    }
     op_matmul(&ly->ba, sc->x, T, sc->proj2);   /* [T, b|a] */
 
     /* Causal depthwise conv over [conv state | new inputs] of each sequence, then SiLU. */

@@ -37,7 +37,7 @@ const char *qn_dtype_name(int dtype) {
 
 size_t qn_dtype_row_bytes(int dtype, int64_t n) { return quant_row_bytes(dtype, n); }
 
-static void *own(qnext_model *m, size_t bytes) {
+void *model_own(qnext_model *m, size_t bytes) {
     if (m->n_owned == m->cap_owned) {
         size_t cap = m->cap_owned ? m->cap_owned * 2 : 64;
         void **o = realloc(m->owned, cap * sizeof *o);
@@ -102,7 +102,7 @@ static float *get_f32(loader *L, const char *name, int nd, const int64_t *shape)
     if (!t) return NULL;
     size_t n = 1;
     for (int i = 0; i < nd; i++) n *= (size_t)shape[i];
-    float *dst = own(L->m, n * sizeof(float));
+    float *dst = model_own(L->m, n * sizeof(float));
     if (!dst) { snprintf(L->err, L->errlen, "%s: out of memory", L->dir); return NULL; }
     op_convert_to_f32(t->dtype, t->data, dst, (int64_t)n);
     return dst;
@@ -157,9 +157,9 @@ static int load_mlp(loader *L, qn_layer *ly, const char *pfx, int is_moe) {
     }
     int64_t E = c->n_experts, I = c->moe_intermediate, Is = c->shared_intermediate;
     if (!get_mat(L, &ly->router, NAME("%s.mlp.gate.weight", pfx), E, H)) return 0;
-    ly->exp_gate = own(L->m, E * sizeof(qn_tensor));
-    ly->exp_up = own(L->m, E * sizeof(qn_tensor));
-    ly->exp_down = own(L->m, E * sizeof(qn_tensor));
+    ly->exp_gate = model_own(L->m, E * sizeof(qn_tensor));
+    ly->exp_up = model_own(L->m, E * sizeof(qn_tensor));
+    ly->exp_down = model_own(L->m, E * sizeof(qn_tensor));
     if (!ly->exp_gate || !ly->exp_up || !ly->exp_down) { snprintf(L->err, L->errlen, "out of memory"); return 0; }
     for (int64_t e = 0; e < E; e++) {
         if (!get_mat(L, &ly->exp_gate[e], NAME("%s.mlp.experts.%lld.gate_proj.weight", pfx, (long long)e), I, H)) return 0;
@@ -176,14 +176,14 @@ static int load_mlp(loader *L, qn_layer *ly, const char *pfx, int is_moe) {
 }
 
 /* Row maps that de-interleave the checkpoint's grouped layouts (spec 3.3 step 2, 3.4). */
-static int build_row_maps(qnext_model *m) {
+int model_build_row_maps(qnext_model *m) {
     const qnext_config *c = &m->cfg;
     int nk = c->lin_n_k_heads, nv = c->lin_n_v_heads, dk = c->lin_k_dim, dv = c->lin_v_dim, r = nv / nk;
     int G = 2 * dk + 2 * r * dv; /* rows per key-head group */
     int n_qkvz = 2 * nk * dk + 2 * nv * dv;
-    m->qkvz_map = own(m, n_qkvz * sizeof(int32_t));
-    m->ba_map = own(m, 2 * nv * sizeof(int32_t));
-    m->q_map = own(m, 2 * c->n_heads * c->head_dim * sizeof(int32_t));
+    m->qkvz_map = model_own(m, n_qkvz * sizeof(int32_t));
+    m->ba_map = model_own(m, 2 * nv * sizeof(int32_t));
+    m->q_map = model_own(m, 2 * c->n_heads * c->head_dim * sizeof(int32_t));
     if (!m->qkvz_map || !m->ba_map || !m->q_map) return 0;
     int32_t *q = m->qkvz_map, *k = q + nk * dk, *v = k + nk * dk, *z = v + nv * dv;
     for (int g = 0; g < nk; g++) {
@@ -217,6 +217,7 @@ void qnext_model_close(qnext_model *m) {
     free(m->owned);
     free(m->layers);
     store_close(m->store);
+    gguf_model_close(m);
     free(m);
 }
 
@@ -225,7 +226,7 @@ static qnext_status load_all(loader *L) {
     qnext_config *c = &m->cfg;
     char nm[256];
     int64_t V = c->vocab_size, H = c->hidden_size;
-    if (!build_row_maps(m)) { snprintf(L->err, L->errlen, "out of memory"); return QNEXT_ERR_MEMORY; }
+    if (!model_build_row_maps(m)) { snprintf(L->err, L->errlen, "out of memory"); return QNEXT_ERR_MEMORY; }
     if (!get_mat(L, &m->embed, "model.embed_tokens.weight", V, H)) return QNEXT_ERR_FORMAT;
     if (c->tie_word_embeddings) {
         m->lm_head = m->embed;
@@ -288,6 +289,13 @@ qnext_status qnext_model_open(const char *path, const qnext_model_params *params
     qnext_model *m = calloc(1, sizeof *m);
     if (!m) { snprintf(err, errlen, "out of memory"); return QNEXT_ERR_MEMORY; }
     if (params) m->params = *params;
+    if (model_path_is_gguf(path)) {
+        qnext_status rc = gguf_model_load(m, path, err, errlen);
+        if (rc) { qnext_model_close(m); return rc; }
+        if (m->params.n_threads > 0) op_set_threads(m->params.n_threads);
+        *out = m;
+        return QNEXT_OK;
+    }
     char cpath[4096];
     snprintf(cpath, sizeof cpath, "%s/config.json", path);
     qnext_status rc = config_parse(cpath, &m->cfg, err, errlen);
@@ -305,33 +313,58 @@ qnext_status qnext_model_open(const char *path, const qnext_model_params *params
 
 const qnext_config *qnext_model_config(const qnext_model *m) { return &m->cfg; }
 
+static int64_t tbytes(const qn_tensor *t) { return t->data ? t->rows * (int64_t)t->row_bytes : 0; }
+static int64_t tparams(const qn_tensor *t) { return t->data ? t->rows * t->cols : 0; }
+
+/* Sums one layer's tensors: params and bytes of everything, and of what one token reads. */
+static void layer_stats(const qnext_config *c, const qn_layer *ly, int is_moe, int64_t *p, int64_t *b, double *pa,
+                        double *ba) {
+    const qn_tensor *all[] = {&ly->qkvz, &ly->gate_z, &ly->ba, &ly->out_proj, &ly->q_proj, &ly->k_proj, &ly->v_proj,
+                              &ly->o_proj, &ly->router, &ly->sh_gate, &ly->sh_up, &ly->sh_down, &ly->sh_expert_gate,
+                              &ly->mlp_gate, &ly->mlp_up, &ly->mlp_down};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) {
+        *p += tparams(all[i]); *b += tbytes(all[i]);
+        *pa += tparams(all[i]); *ba += tbytes(all[i]);
+    }
+    if (!is_moe) return;
+    double frac = (double)c->n_experts_per_tok / c->n_experts;
+    for (int e = 0; e < c->n_experts; e++) {
+        const qn_tensor *ex[] = {&ly->exp_gate[e], &ly->exp_up[e], &ly->exp_down[e]};
+        for (int k = 0; k < 3; k++) {
+            *p += tparams(ex[k]); *b += tbytes(ex[k]);
+            *pa += frac * tparams(ex[k]); *ba += frac * tbytes(ex[k]);
+        }
+    }
+}
+
 void qnext_model_get_stats(const qnext_model *m, qnext_model_stats *st) {
     memset(st, 0, sizeof *st);
     const qnext_config *c = &m->cfg;
-    int64_t expert_params = 0, expert_bytes = 0, embed_params = 0, embed_bytes = 0;
-    int64_t other_params = 0, other_bytes = 0;
-    for (size_t i = 0; i < store_count(m->store); i++) {
-        qn_st_tensor *t = store_at(m->store, i);
-        if (!t->used || t->dtype < 0) continue;
-        int64_t n = 1;
-        for (int d = 0; d < t->n_dims; d++) n *= t->shape[d];
-        if (c->tie_word_embeddings && !strcmp(t->name, "lm_head.weight")) continue;
-        st->n_params += n;
-        st->bytes_total += (int64_t)t->nbytes;
-        if (!strncmp(t->name, "mtp.", 4)) { st->n_params_mtp += n; continue; }
-        if (strstr(t->name, ".mlp.experts.")) { expert_params += n; expert_bytes += (int64_t)t->nbytes; }
-        else if (!strcmp(t->name, "model.embed_tokens.weight")) { embed_params = n; embed_bytes = (int64_t)t->nbytes; }
-        else { other_params += n; other_bytes += (int64_t)t->nbytes; }
+    int64_t p = 0, b = 0;
+    double pa = 0, ba = 0;
+    for (int i = 0; i < c->n_layers; i++) layer_stats(c, &m->layers[i], c->layer_is_moe[i], &p, &b, &pa, &ba);
+    /* embedding: one row per token; lm_head: all of it (the same matrix when tied) */
+    int64_t emb_p = tparams(&m->embed), emb_b = tbytes(&m->embed);
+    p += emb_p; b += emb_b;
+    pa += c->hidden_size; ba += (double)emb_b / c->vocab_size;
+    pa += tparams(&m->lm_head); ba += tbytes(&m->lm_head);
+    if (!c->tie_word_embeddings) { p += tparams(&m->lm_head); b += tbytes(&m->lm_head); }
+    /* the small vectors kept as f32: norms, conv taps, gates */
+    int64_t norms = (int64_t)c->n_layers * 2 * c->hidden_size + c->hidden_size;
+    int64_t conv_dim = 2 * (int64_t)c->lin_n_k_heads * c->lin_k_dim + (int64_t)c->lin_n_v_heads * c->lin_v_dim;
+    for (int i = 0; i < c->n_layers; i++)
+        norms += c->layer_type[i] == QNEXT_LAYER_FULL ? 2 * c->head_dim
+                                                      : conv_dim * c->conv_kernel + 2 * c->lin_n_v_heads + c->lin_v_dim;
+    st->n_params_active = (int64_t)llround(pa) + norms;
+    st->bytes_per_token = (int64_t)llround(ba);
+    if (c->n_mtp_layers == 1) {
+        int64_t mp = 0, mb = 0;
+        double x = 0, y = 0;
+        layer_stats(c, &m->mtp.layer, c->n_experts > 0, &mp, &mb, &x, &y);
+        mp += tparams(&m->mtp.fc); mb += tbytes(&m->mtp.fc);
+        st->n_params_mtp = mp;
+        p += mp; b += mb;
     }
-    int n_moe = 0;
-    for (int i = 0; i < c->n_layers; i++) n_moe += c->layer_is_moe[i];
-    double frac = c->n_experts ? (double)c->n_experts_per_tok / c->n_experts : 0;
-    int64_t row = c->hidden_size, row_bytes = embed_params ? embed_bytes / c->vocab_size : 0;
-    st->n_params_active = other_params + row + (int64_t)llround(expert_params * frac);
-    st->bytes_per_token = other_bytes + row_bytes + (int64_t)llround(expert_bytes * frac);
-    if (c->tie_word_embeddings) { /* lm_head reads the whole shared matrix */
-        st->n_params_active += embed_params;
-        st->bytes_per_token += embed_bytes;
-    }
-    (void)n_moe;
+    st->n_params = p + norms;
+    st->bytes_total = b;
 }

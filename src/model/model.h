@@ -53,6 +53,7 @@ typedef struct {
     float *a_neg;               /* [nv] -exp(A_log) */
     float *gdn_norm;            /* [dv] plain weight of the gated RMSNorm */
     qn_tensor out_proj;         /* [H, nv*dv] */
+    qn_tensor gate_z;           /* GGUF split layout only: [nv*dv, H] z rows; qkvz then holds [q|k|v] */
 
     /* Gated attention (layer_type FULL) */
     qn_tensor q_proj;           /* [nh*2D, H], row-mapped to [q heads (nh*D) | gate heads (nh*D)] */
@@ -87,7 +88,8 @@ typedef struct qn_store qn_store; /* the memory-mapped checkpoint files (safeten
 struct qnext_model {
     qnext_config cfg;
     qnext_model_params params;
-    qn_store *store;
+    qn_store *store;            /* safetensors checkpoints */
+    struct gguf_file *gguf;     /* GGUF files */
     qn_tensor embed;            /* [V, H] */
     qn_tensor lm_head;          /* [V, H] (the embedding when tied) */
     float *final_norm;          /* [H] (1+w) */
@@ -163,6 +165,14 @@ struct qnext_snapshot {
     size_t bytes;
     float *data;                /* conv and ssm states of every LINEAR layer, concatenated */
 };
+
+/* loader.c: shared by the safetensors and GGUF loaders */
+void *model_own(qnext_model *m, size_t bytes);   /* zeroed, freed with the model */
+int model_build_row_maps(qnext_model *m);
+/* loader_gguf.c */
+int model_path_is_gguf(const char *path);
+qnext_status gguf_model_load(qnext_model *m, const char *path, char *err, size_t errlen);
+void gguf_model_close(qnext_model *m);
 
 /* config.c */
 qnext_status config_parse(const char *path, qnext_config *cfg, char *err, size_t errlen);
