@@ -6,6 +6,8 @@
  *   - the streaming decoder fed one id at a time emits only valid UTF-8 chunks whose
  *     concatenation equals the full decode;
  *   - invalid UTF-8 input round-trips to Python's errors="replace" decoding;
+ *   - added-token flags (lstrip, rstrip, single_word, normalized) on a small tokenizer with
+ *     its own HF references (tests/data/tokenizer_flags);
  *   - two threads encoding with one tokenizer get the same results. */
 #include "test_util.h"
 
@@ -145,7 +147,7 @@ int main(void) {
     for (size_t i = 0; enc && i < enc->n; i++) {
         const json *c = enc->items[i];
         const json *t = json_get(c, "text"), *dec = json_get(c, "decoded");
-        size_t nw, nns;
+        size_t nw, nns = 0;
         int32_t *want = ref_ids(json_get(c, "ids"), &nw);
         const json *ns = json_get(c, "ids_no_special");
         int32_t *want_ns = ns ? ref_ids(ns, &nns) : NULL;
@@ -216,6 +218,34 @@ int main(void) {
         CHECK(jobs[0].mismatches == 0 && jobs[1].mismatches == 0, "threads: %d + %d mismatches",
               jobs[0].mismatches, jobs[1].mismatches);
     }
+
+    /* Added-token flags Qwen's file leaves off (lstrip, rstrip, single_word, normalized), on a
+     * small tokenizer of the same kind made by the reference script. */
+    char ferr[512] = "";
+    qnext_tokenizer *ft = tokenizer_load_dir("tests/data/tokenizer_flags", ferr, sizeof ferr);
+    json *frefs = json_parse_file("tests/data/tokenizer_flags/refs.json", ferr, sizeof ferr);
+    CHECK(ft && frefs && frefs->type == JSON_ARRAY && frefs->n > 20, "flags tokenizer: %s", ferr);
+    for (size_t i = 0; ft && frefs && i < frefs->n; i++) {
+        const json *c = frefs->items[i];
+        const json *t = json_get(c, "text"), *dec = json_get(c, "decoded"), *ns = json_get(c, "ids_no_special");
+        size_t nw, nns = 0, ng = 0;
+        int32_t *want = ref_ids(json_get(c, "ids"), &nw), *want_ns = ns ? ref_ids(ns, &nns) : NULL, *got = NULL;
+        int ok = tokenizer_encode(ft, t->str, t->len, &got, &ng) == 0 && same_ids(got, ng, want, nw);
+        CHECK(ok, "flags case %zu (%s)", i, t->str);
+        if (!ok) { print_ids("want", want, nw); print_ids("got ", got, ng); }
+        free(got); got = NULL;
+        ok = tokenizer_encode_ex(ft, t->str, t->len, 0, &got, &ng) == 0 &&
+             (ns ? same_ids(got, ng, want_ns, nns) : same_ids(got, ng, want, nw));
+        CHECK(ok, "flags case %zu (%s), parse_special=0", i, t->str);
+        if (!ok) { print_ids("want", ns ? want_ns : want, ns ? nns : nw); print_ids("got ", got, ng); }
+        free(got);
+        char *d = NULL; size_t dl = 0;
+        CHECK(tokenizer_decode(ft, want, nw, &d, &dl) == 0 && dl == dec->len && memcmp(d, dec->str, dl) == 0,
+              "flags decode %zu", i);
+        free(d); free(want); free(want_ns);
+    }
+    json_free(frefs);
+    tokenizer_free(ft);
 
     /* Bad input files give an error, not a crash. */
     qnext_tokenizer *none = tokenizer_load("tests/data/no-such-file.json", err, sizeof err);

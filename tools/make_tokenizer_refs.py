@@ -23,6 +23,7 @@ import tempfile
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOK_DIR = os.path.join(ROOT, "tests", "data", "qwen3-tokenizer")
 OUT = os.path.join(ROOT, "tests", "data", "tokenizer_refs.json")
+FLAGS_DIR = os.path.join(ROOT, "tests", "data", "tokenizer_flags")
 
 
 def ensure(pkg):
@@ -252,5 +253,56 @@ def main():
           % (OUT, len(enc), sum(1 for e in enc if "ids_no_special" in e), len(dec)))
 
 
+def flags_tokenizer():
+    """A small tokenizer of the same kind (Qwen's pipeline, the first 400 usable Qwen merges over
+    the 256 byte tokens) whose added tokens use the flags Qwen's file leaves off: lstrip, rstrip,
+    single_word and normalized. Writes it with HF's reference ids for strings around them."""
+    src = json.load(open(os.path.join(TOK_DIR, "tokenizer.json"), encoding="utf-8"))
+    vocab = {k: v for k, v in src["model"]["vocab"].items() if len(k) == 1}
+    merges = []
+    for a, b in src["model"]["merges"]:
+        if a in vocab and b in vocab and a + b in src["model"]["vocab"] and a + b not in vocab:
+            merges.append([a, b])
+            vocab[a + b] = src["model"]["vocab"][a + b]
+            if len(merges) == 400:
+                break
+    # Renumber densely: byte tokens and merges keep their relative order.
+    ids = {k: i for i, k in enumerate(sorted(vocab, key=lambda k: vocab[k]))}
+    n = len(ids)
+    def tok(i, content, special=False, normalized=False, lstrip=False, rstrip=False, single_word=False):
+        return {"id": n + i, "content": content, "single_word": single_word, "lstrip": lstrip, "rstrip": rstrip,
+                "normalized": normalized, "special": special}
+    added = [tok(0, "<|im_end|>", special=True), tok(1, "<think>", lstrip=True, rstrip=True),
+             tok(2, "<b>", lstrip=True), tok(3, "</b>", rstrip=True), tok(4, "[MASK]", special=True, single_word=True),
+             tok(5, "caf\u00e9", normalized=True), tok(6, "<sw>", single_word=True, rstrip=True)]
+    doc = dict(src)
+    doc["added_tokens"] = added
+    doc["model"] = dict(src["model"], vocab=ids, merges=merges)
+    os.makedirs(FLAGS_DIR, exist_ok=True)
+    path = os.path.join(FLAGS_DIR, "tokenizer.json")
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(doc, f, ensure_ascii=False)
+    hf = Tokenizer.from_file(path)
+    hf_ns = Tokenizer.from_file(path)
+    hf_ns.encode_special_tokens = True
+    texts = ["a <think> b", "a<think>b", "a \t\n <think> \n\t b", "  <think>  ", "x <b> y </b> z", "x<b>y</b>z",
+             "x  <b>  y  </b>  z", "[MASK]", "a [MASK] b", "a[MASK]b", "_[MASK]_", "é[MASK]", "1[MASK]", "[MASK][MASK]",
+             "a\u3000[MASK]\u3000b", "caf\u00e9", "cafe\u0301", "the cafe\u0301 is open", "CAFÉ café", "cafe",
+             "<sw> x", "x<sw>", "x <sw>  y", "<sw><sw>", "é<sw>", "<|im_end|> [MASK] <think> </b> <b>",
+             "caf<think>e\u0301", "\u00a0<think>\u00a0", "<b>\u2003"]
+    cases = []
+    for t in texts:
+        c = {"text": t, "ids": hf.encode(t, add_special_tokens=False).ids}
+        ns = hf_ns.encode(t, add_special_tokens=False).ids
+        if ns != c["ids"]:
+            c["ids_no_special"] = ns
+        c["decoded"] = hf.decode(c["ids"], skip_special_tokens=False)
+        cases.append(c)
+    with open(os.path.join(FLAGS_DIR, "refs.json"), "w", encoding="utf-8") as f:
+        f.write("[\n" + ",\n".join(json.dumps(c, ensure_ascii=True) for c in cases) + "\n]\n")
+    print("wrote %s: %d merges, %d cases" % (FLAGS_DIR, len(merges), len(cases)))
+
+
 if __name__ == "__main__":
     main()
+    flags_tokenizer()
