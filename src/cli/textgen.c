@@ -1,0 +1,308 @@
+/* textgen.c - see textgen.h. */
+#define _POSIX_C_SOURCE 200809L /* clock_gettime, nanosleep */
+#include "textgen.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "args.h"
+
+const char TEXTGEN_OPTIONS_HELP[] =
+    "  -m, --model DIR          model directory (config.json, weights, tokenizer.json, template)\n"
+    "  -n N                     generate at most N tokens (default: until an end token or a full context)\n"
+    "  --temp T                 temperature; 0 = greedy (default: generation_config.json, else greedy)\n"
+    "  --top-k K                keep the K most likely tokens (0 = off)\n"
+    "  --top-p P                nucleus sampling: the smallest set with probability >= P (1 = off)\n"
+    "  --min-p P                keep tokens with probability >= P * the top one (0 = off)\n"
+    "  --repeat-penalty R       divide/multiply logits of tokens already seen (1 = off)\n"
+    "  --presence-penalty A     subtract A from logits of tokens already generated\n"
+    "  --frequency-penalty F    subtract F * count from logits of tokens already generated\n"
+    "  --seed S                 random seed (default: from the clock)\n"
+    "  --stop S                 stop when the text S is generated (not printed); repeatable\n"
+    "  --system S               system message\n"
+    "  --think / --no-think     enable_thinking = true / false for the chat template\n"
+    "  -t, --threads N          CPU threads (default: all cores)\n"
+    "  -c, --ctx N              context window in tokens (default: min(model maximum, 4096))\n"
+    "  -v, --verbose            print prompt/cache statistics to stderr\n";
+
+double textgen_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+void textgen_opts_init(textgen_opts *o) {
+    memset(o, 0, sizeof *o);
+    o->n_predict = -1;
+    o->seed = -1;
+    o->think = -1;
+}
+
+static int float_opt(int argc, char **argv, int *i, double *out, int *set, double lo, double hi) {
+    const char *name = argv[*i], *v = args_value(argc, argv, i);
+    if (!v || !args_float(name, v, out)) return -1;
+    if (!(*out >= lo && *out <= hi)) {
+        fprintf(stderr, "qnext: %s must be in [%g, %g]\n", name, lo, hi);
+        return -1;
+    }
+    *set = 1;
+    return 1;
+}
+
+int textgen_parse_option(int argc, char **argv, int *i, textgen_opts *o) {
+    const char *a = argv[*i], *v;
+    long x;
+    if (!strcmp(a, "-m") || !strcmp(a, "--model")) return (o->model_dir = args_value(argc, argv, i)) ? 1 : -1;
+    if (!strcmp(a, "-n") || !strcmp(a, "--n-predict")) {
+        if (!(v = args_value(argc, argv, i)) || !args_int(a, v, -1, 1 << 30, &o->n_predict)) return -1;
+        return 1;
+    }
+    if (!strcmp(a, "-t") || !strcmp(a, "--threads"))
+        return (v = args_value(argc, argv, i)) && args_int(a, v, 0, 4096, &o->threads) ? 1 : -1;
+    if (!strcmp(a, "-c") || !strcmp(a, "--ctx"))
+        return (v = args_value(argc, argv, i)) && args_int(a, v, 0, 1 << 30, &o->n_ctx) ? 1 : -1;
+    if (!strcmp(a, "--seed")) return (v = args_value(argc, argv, i)) && args_int(a, v, 0, 0x7fffffffL, &o->seed) ? 1 : -1;
+    if (!strcmp(a, "--temp") || !strcmp(a, "--temperature")) return float_opt(argc, argv, i, &o->temp, &o->set_temp, 0, 1e6);
+    if (!strcmp(a, "--top-k")) {
+        if (!(v = args_value(argc, argv, i)) || !args_int(a, v, 0, 0x7fffffffL, &x)) return -1;
+        o->top_k = (double)x;
+        o->set_top_k = 1;
+        return 1;
+    }
+    if (!strcmp(a, "--top-p")) return float_opt(argc, argv, i, &o->top_p, &o->set_top_p, 1e-9, 1);
+    if (!strcmp(a, "--min-p")) return float_opt(argc, argv, i, &o->min_p, &o->set_min_p, 0, 1);
+    if (!strcmp(a, "--repeat-penalty") || !strcmp(a, "--repetition-penalty"))
+        return float_opt(argc, argv, i, &o->repeat_penalty, &o->set_repeat, 1e-6, 1e6);
+    if (!strcmp(a, "--presence-penalty")) return float_opt(argc, argv, i, &o->presence_penalty, &o->set_presence, -1e6, 1e6);
+    if (!strcmp(a, "--frequency-penalty"))
+        return float_opt(argc, argv, i, &o->frequency_penalty, &o->set_frequency, -1e6, 1e6);
+    if (!strcmp(a, "--stop")) {
+        if (!(v = args_value(argc, argv, i))) return -1;
+        if (o->n_stops == TEXTGEN_MAX_STOPS) { fprintf(stderr, "qnext: at most %d --stop strings\n", TEXTGEN_MAX_STOPS); return -1; }
+        if (!*v) { fprintf(stderr, "qnext: --stop needs a non-empty string\n"); return -1; }
+        o->stops[o->n_stops++] = v;
+        return 1;
+    }
+    if (!strcmp(a, "--system")) return (o->system = args_value(argc, argv, i)) ? 1 : -1;
+    if (!strcmp(a, "--think")) { o->think = 1; return 1; }
+    if (!strcmp(a, "--no-think")) { o->think = 0; return 1; }
+    if (!strcmp(a, "-v") || !strcmp(a, "--verbose")) { o->verbose = 1; return 1; }
+    return 0;
+}
+
+/* ------------------------------------------------------------------ opening */
+
+typedef struct {
+    const char *what;
+    volatile int done;
+} spinner_state;
+
+/* Shows an honest "still working" indicator: the model API reports no progress while it maps
+ * and checks the weights, so this is a spinner with the elapsed time, not a fake percentage. */
+static void *spinner_main(void *arg) {
+    spinner_state *sp = arg;
+    static const char frames[] = "|/-\\";
+    double t0 = textgen_now();
+    int shown = 0;
+    for (int k = 0; !sp->done; k++) {
+        struct timespec ts = {0, 100 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+        double el = textgen_now() - t0;
+        if (sp->done || el < 0.3) continue;
+        fprintf(stderr, "\r%c %s  %.1f s", frames[k % 4], sp->what, el);
+        fflush(stderr);
+        shown = 1;
+    }
+    if (shown) fprintf(stderr, "\r\033[K");
+    return NULL;
+}
+
+int textgen_open(textgen *g, const textgen_opts *o, int need_template, int spinner) {
+    char err[1024];
+    memset(g, 0, sizeof *g);
+    if (!o->model_dir) { fprintf(stderr, "qnext: -m MODEL_DIR is required\n"); return 0; }
+    qnext_model_params mp = {.n_threads = (int)o->threads, .quiet = 1};
+    spinner_state sp = {.what = "opening the model", .done = 0};
+    pthread_t th;
+    int spin = spinner && isatty(2) && !pthread_create(&th, NULL, spinner_main, &sp);
+    qnext_status st = qnext_model_open(o->model_dir, &mp, &g->model, err, sizeof err);
+    if (spin) {
+        sp.done = 1;
+        pthread_join(th, NULL);
+    }
+    if (st) { fprintf(stderr, "qnext: %s\n", err); return 0; }
+    const qnext_config *c = qnext_model_config(g->model);
+    g->vocab = c->vocab_size;
+    if (!(g->tok = tokenizer_load_dir(o->model_dir, err, sizeof err))) goto fail;
+    if (tokenizer_vocab_size(g->tok) > (size_t)g->vocab) {
+        snprintf(err, sizeof err, "the tokenizer has %zu ids but the model only %d", tokenizer_vocab_size(g->tok),
+                 g->vocab);
+        goto fail;
+    }
+    if (need_template && !(g->tmpl = chat_template_load_dir(o->model_dir, err, sizeof err))) goto fail;
+
+    /* sampling: generation_config.json, then the command line */
+    g->sp = sampler_params_default();
+    g->n_eos = 0;
+    for (int i = 0; i < c->n_eos && g->n_eos < SAMPLER_MAX_EOS; i++) g->eos[g->n_eos++] = c->eos_token_ids[i];
+    if (sampler_load_generation_config(o->model_dir, &g->sp, g->eos, &g->n_eos, SAMPLER_MAX_EOS, err, sizeof err) < 0)
+        goto fail;
+    if (o->set_temp) g->sp.temperature = (float)o->temp;
+    if (o->set_top_k) g->sp.top_k = (int)o->top_k;
+    if (o->set_top_p) g->sp.top_p = (float)o->top_p;
+    if (o->set_min_p) g->sp.min_p = (float)o->min_p;
+    if (o->set_repeat) g->sp.repetition_penalty = (float)o->repeat_penalty;
+    if (o->set_presence) g->sp.presence_penalty = (float)o->presence_penalty;
+    if (o->set_frequency) g->sp.frequency_penalty = (float)o->frequency_penalty;
+    g->sp.seed = o->seed >= 0 ? (uint64_t)o->seed : (uint64_t)(textgen_now() * 1e9) ^ (uint64_t)getpid();
+    if (need_template) { /* the template's end of turn ends an answer even if no config lists it */
+        int32_t im_end = tokenizer_token_id(g->tok, "<|im_end|>");
+        int have = 0;
+        for (int i = 0; i < g->n_eos; i++) have |= g->eos[i] == im_end;
+        if (im_end >= 0 && !have && g->n_eos < SAMPLER_MAX_EOS) g->eos[g->n_eos++] = im_end;
+    }
+    if (!(g->smp = sampler_new(g->vocab, &g->sp, err, sizeof err))) goto fail;
+
+    qnext_session_params spar = {.n_ctx = (int)o->n_ctx};
+    if (qnext_session_new(g->model, &spar, &g->session, err, sizeof err)) goto fail;
+    conversation_params cp = {.snapshot_token = tokenizer_token_id(g->tok, "<|im_start|>")};
+    if (!(g->conv = conversation_new(g->model, g->session, &cp, err, sizeof err))) goto fail;
+    if (!(g->logits = malloc((size_t)g->vocab * sizeof *g->logits))) {
+        snprintf(err, sizeof err, "out of memory");
+        goto fail;
+    }
+    if (o->think >= 0) {
+        g->kwargs = json_new(JSON_OBJECT);
+        json *b = json_new(o->think ? JSON_TRUE : JSON_FALSE);
+        if (!g->kwargs || !b || !json_object_set(g->kwargs, "enable_thinking", b)) {
+            snprintf(err, sizeof err, "out of memory");
+            goto fail;
+        }
+    }
+    return 1;
+fail:
+    fprintf(stderr, "qnext: %s\n", err);
+    textgen_close(g);
+    return 0;
+}
+
+void textgen_close(textgen *g) {
+    conversation_free(g->conv);
+    qnext_session_free(g->session);
+    sampler_free(g->smp);
+    chat_template_free(g->tmpl);
+    tokenizer_free(g->tok);
+    qnext_model_close(g->model);
+    free(g->logits);
+    json_free(g->kwargs);
+    memset(g, 0, sizeof *g);
+}
+
+int textgen_render(textgen *g, const json *messages, int32_t **ids, size_t *n_ids, char **prompt_text, char *err,
+                   size_t errlen) {
+    char *text = NULL;
+    size_t len = 0;
+    if (chat_template_render(g->tmpl, messages, NULL, 1, g->kwargs, &text, &len, err, errlen)) return 0;
+    if (tokenizer_encode(g->tok, text, len, ids, n_ids)) {
+        free(text);
+        snprintf(err, errlen, "out of memory tokenizing the prompt");
+        return 0;
+    }
+    if (prompt_text) *prompt_text = text;
+    else free(text);
+    return 1;
+}
+
+/* ------------------------------------------------------------------ generation */
+
+typedef struct {
+    char *buf;
+    size_t len, cap;
+} text_buf;
+
+static int text_append(text_buf *t, const char *s, size_t n) {
+    if (t->len + n + 1 > t->cap) {
+        size_t cap = (t->len + n + 1) * 2;
+        char *nb = realloc(t->buf, cap);
+        if (!nb) return 0;
+        t->buf = nb;
+        t->cap = cap;
+    }
+    memcpy(t->buf + t->len, s, n);
+    t->len += n;
+    t->buf[t->len] = 0;
+    return 1;
+}
+
+static int emit_text(text_buf *t, const char *s, size_t n, void (*emit)(void *, const char *, size_t), void *ud) {
+    if (!n) return 1;
+    if (emit) emit(ud, s, n);
+    return text_append(t, s, n);
+}
+
+int textgen_generate(textgen *g, const textgen_opts *o, void (*emit)(void *ud, const char *s, size_t n), void *ud,
+                     volatile sig_atomic_t *interrupt, textgen_result *res, char *err, size_t errlen) {
+    memset(res, 0, sizeof *res);
+    text_buf out = {0};
+    tokenizer_stream ts;
+    tokenizer_stream_init(&ts, g->tok);
+    size_t piece_cap = tokenizer_stream_out_max(g->tok);
+    char *piece = malloc(piece_cap);
+    stop_matcher sm;
+    int rc = -1;
+    if (!piece || stop_matcher_init(&sm, o->stops, o->n_stops, err, errlen)) {
+        free(piece);
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    int n_fed;
+    const int32_t *fed = conversation_tokens(g->conv, &n_fed);
+    sampler_reset_history(g->smp);
+    sampler_set_prompt(g->smp, fed, n_fed);
+    int n_ctx = qnext_session_n_ctx(g->session);
+    double t0 = textgen_now();
+    res->finish = FINISH_LENGTH;
+    for (;;) {
+        if (interrupt && *interrupt) { res->finish = FINISH_INTERRUPT; break; }
+        if (o->n_predict >= 0 && res->n_generated >= o->n_predict) { res->finish = FINISH_LENGTH; break; }
+        int32_t tok = sampler_sample(g->smp, g->logits, NULL);
+        res->n_generated++;
+        int is_eos = 0;
+        for (int i = 0; i < g->n_eos; i++) is_eos |= tok == g->eos[i];
+        if (is_eos) { res->finish = FINISH_EOS; break; }
+        sampler_accept(g->smp, tok);
+        size_t n = tokenizer_stream_put(&ts, tok, piece, piece_cap), m;
+        const char *rel = stop_matcher_push(&sm, piece, n, &m);
+        if (!rel || !emit_text(&out, rel, m, emit, ud)) { snprintf(err, errlen, "out of memory"); goto done; }
+        if (sm.stopped >= 0) { res->finish = FINISH_STOP; break; }
+        if (o->n_predict >= 0 && res->n_generated >= o->n_predict) { res->finish = FINISH_LENGTH; break; }
+        int pos;
+        conversation_tokens(g->conv, &pos);
+        if (pos + 1 > n_ctx) { res->finish = FINISH_CONTEXT; break; }
+        if (conversation_feed(g->conv, &tok, 1, g->logits, err, errlen)) goto done;
+    }
+    if (res->finish != FINISH_STOP) { /* release what the decoder and the matcher still hold */
+        size_t n = tokenizer_stream_flush(&ts, piece, piece_cap), m;
+        const char *rel = stop_matcher_push(&sm, piece, n, &m);
+        if (!rel || !emit_text(&out, rel, m, emit, ud)) { snprintf(err, errlen, "out of memory"); goto done; }
+        if (sm.stopped >= 0) res->finish = FINISH_STOP;
+        else {
+            rel = stop_matcher_flush(&sm, &m);
+            if (!emit_text(&out, rel, m, emit, ud)) { snprintf(err, errlen, "out of memory"); goto done; }
+        }
+    }
+    rc = 0;
+done:
+    res->seconds = textgen_now() - t0;
+    if (!out.buf) text_append(&out, "", 0);
+    res->text = out.buf;
+    res->text_len = out.len;
+    if (rc) res->finish = FINISH_ERROR;
+    free(piece);
+    stop_matcher_free(&sm);
+    return rc;
+}
