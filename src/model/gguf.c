@@ -376,16 +376,22 @@ static int parse(gguf_file *g, char *err, size_t errlen) {
         set_err(err, errlen, "out of memory");
         return -1;
     }
-    for (uint64_t i = 1; i < g->n_tensors; i++) {
+    for (uint64_t i = 1; i < g->n_tensors; i++)
         if (strcmp(g->tensors[pv->tensor_order[i]].name, g->tensors[pv->tensor_order[i - 1]].name) == 0) {
             set_err(err, errlen, "duplicate tensor name '%s'", g->tensors[pv->tensor_order[i]].name);
             return -1;
         }
-        const gguf_tensor *a = &g->tensors[by_offset[i - 1]], *b = &g->tensors[by_offset[i]];
-        if (a->nbytes && b->nbytes && a->offset + a->nbytes > b->offset) {
-            set_err(err, errlen, "tensors '%s' and '%s' overlap", a->name, b->name);
+    /* in offset order, each non-empty tensor must start at or after the end of every
+     * earlier one (ends are in range: checked above) */
+    const gguf_tensor *last = NULL;
+    for (uint64_t i = 0; i < g->n_tensors; i++) {
+        const gguf_tensor *t = &g->tensors[by_offset[i]];
+        if (!t->nbytes) continue;
+        if (last && last->offset + last->nbytes > t->offset) {
+            set_err(err, errlen, "tensors '%s' and '%s' overlap", last->name, t->name);
             return -1;
         }
+        if (!last || t->offset + t->nbytes > last->offset + last->nbytes) last = t;
     }
     return 0;
 }
