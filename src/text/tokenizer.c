@@ -793,7 +793,7 @@ static void encode_word(enc_state *st, const unsigned char *w, size_t n) {
     }
     size_t start = st->out.n;
     if (bpe_word(st, w, n, &st->out)) { st->failed = 1; return; }
-    if (st->cache_used >= CACHE_MAX_ENTRIES) return;
+    if (st->cache_used * 2 >= st->cache_mask) return; /* keep the load factor under 1/2 */
     size_t key_off = st->cache_keys.n, ids_off = st->cache_ids.n;
     if (bb_append(&st->cache_keys, w, n)) return; /* the cache is optional: just stop filling it */
     for (size_t k = start; k < st->out.n; k++)
@@ -1013,7 +1013,8 @@ int tokenizer_encode_ex(const qnext_tokenizer *t, const char *text, size_t len, 
     enc_state st = {0};
     st.t = t;
     if (len >= 4096) { /* a cache pays off only when words repeat */
-        st.cache_mask = pow2_at_least(CACHE_MAX_ENTRIES * 2) - 1;
+        /* sized to the input (about one slot per 4 bytes), at most 2 * CACHE_MAX_ENTRIES */
+        st.cache_mask = pow2_at_least(len / 4 < CACHE_MAX_ENTRIES * 2 ? len / 4 : CACHE_MAX_ENTRIES * 2) - 1;
         st.cache = calloc(st.cache_mask + 1, sizeof *st.cache);
     }
     const unsigned char *s = (const unsigned char *)text;
