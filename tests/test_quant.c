@@ -1,7 +1,9 @@
 /* test_quant.c - checks src/kernels/cpu/quant.c against references made by ggml's code:
  *   - tests/data/quant/<TYPE>.bin (tools/make_quant_refs.py): our dequantization must
- *     equal the gguf package's (and ggml's, when recorded) bit for bit; our quantizer's
- *     bytes must equal the package's and ggml's quantize_row_*_ref where recorded;
+ *     equal the gguf package's and ggml's dequantize_row_* bit for bit; our quantizer's
+ *     bytes must equal the package's (F16, BF16, Q4_0..Q8_0) and ggml's own
+ *     quantize_row_*_ref (all quantized types, K quants included; the committed files
+ *     were made with ggml's libggml-base.so, see docs/GGUF.md);
  *   - tests/data/quant/types.txt: the type table (block size, bytes per block) of ggml;
  *   - f16/bf16 conversions against closed forms (exhaustive for 16-bit -> f32, nearest-
  *     even property in exact double arithmetic for a large f32 sample);

@@ -10,10 +10,11 @@ For every block format qnext supports this writes tests/data/quant/<TYPE>.bin ho
       all-zero, tiny, huge, constant, positive-only, rounding ties) and their
       quantization by gguf.quants.quantize where the package has a quantizer
       (F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0);
-  (c) when the llama-cpp-python package is installed (it bundles ggml's shared
-      libraries), the same rows quantized by ggml's exported quantize_row_*_ref
-      functions, and blocks dequantized by ggml's dequantize_row_*. This is how the
-      K-quant quantizers (which the gguf package lacks) get a byte-exact reference.
+  (c) when ggml's library is available ($QNEXT_GGML_LIB, or the one bundled with the
+      llama-cpp-python package), the same rows quantized by ggml's exported
+      quantize_row_*_ref functions, and blocks dequantized by ggml's dequantize_row_*.
+      This is how the K-quant quantizers (which the gguf package lacks) get a byte-exact
+      reference.
 
 File layout (little-endian):
   magic "QNQREF1\\0", u32 type, u32 n_deq_blocks, u32 n_q_elems, u32 flags
@@ -48,7 +49,14 @@ F16_FIELDS = {
 
 
 def load_ggml():
-    """ggml's base library from llama-cpp-python, or None."""
+    """ggml's base library: $QNEXT_GGML_LIB (a libggml-base.so built without -march=native,
+    so that no FMA contraction changes its float results), else the one bundled with
+    llama-cpp-python, else None."""
+    env = os.environ.get("QNEXT_GGML_LIB")
+    if env:
+        lib = ctypes.CDLL(env)
+        lib.quantize_row_q4_K_ref  # must export the reference functions
+        return lib
     try:
         import llama_cpp  # noqa: F401
     except Exception:
