@@ -2226,13 +2226,15 @@ static val *get_item(ctx *c, size_t pos, val *obj, val *key) {
 
 static val *do_slice(ctx *c, size_t pos, val *obj, val *vstart, val *vstop, val *vstep) {
     if (obj->t == V_UNDEF) fail_undef(c, pos, obj);
+    /* Jinja compiles slices to plain Python subscripts (no undefined fallback) */
+    int is_str = obj->t == V_STR;
+    if (!is_str && !(obj->t == V_LIST && obj->kind <= SEQ_TUPLE))
+        rerr(c, pos, "'%s' object is not subscriptable with a slice", type_name(obj));
     for (int k = 0; k < 3; k++) {
         val *x = k == 0 ? vstart : k == 1 ? vstop : vstep;
         if (x && x->t != V_NONE && x->t != V_INT && x->t != V_BOOL)
-            return mk_undef(c, "slice indices must be integers or None");
+            rerr(c, pos, "slice indices must be integers or None");
     }
-    int is_str = obj->t == V_STR;
-    if (!is_str && !(obj->t == V_LIST && obj->kind != SEQ_ITER)) return mk_undef(c, "'%s' object is not subscriptable", type_name(obj));
     int64_t len;
     size_t *offs = NULL;
     if (is_str) {
@@ -2379,7 +2381,10 @@ static int contains(ctx *c, size_t pos, val *needle, val *hay) {
         for (size_t i = 0; i < hay->u.l.n; i++)
             if (py_eq(needle, hay->u.l.v[i])) return 1;
         return 0;
-    case V_DICT: return dict_get(hay, needle) != NULL;
+    case V_DICT:
+        if (needle->t == V_DICT || needle->t == V_NS || (needle->t == V_LIST && needle->kind != SEQ_TUPLE))
+            rerr(c, pos, "unhashable type: '%s'", type_name(needle));
+        return dict_get(hay, needle) != NULL;
     default: rerr(c, pos, "argument of type '%s' is not iterable", type_name(hay));
     }
     return 0;
@@ -2943,16 +2948,35 @@ static val *apply_filter(ctx *c, size_t pos, const char *nm, val *v, args_t *a) 
     }
     if (!strcmp(nm, "string") || !strcmp(nm, "safe")) {
         args_check(c, pos, nm, a, 0, NULL);
-        return !strcmp(nm, "safe") ? v : to_str(c, pos, v);
+        return to_str(c, pos, v); /* safe gives Markup(str(value)), a string */
     }
     if (!strcmp(nm, "trim")) {
         static const char *kw[] = {"chars", NULL};
         args_check(c, pos, nm, a, 1, kw);
         return str_strip(c, pos, to_str(c, pos, v), arg_get(a, 0, "chars"), 1, 1);
     }
-    if (!strcmp(nm, "upper") || !strcmp(nm, "lower") || !strcmp(nm, "title") || !strcmp(nm, "capitalize")) {
+    if (!strcmp(nm, "title")) {
+        /* Jinja's title is not str.title: words start after runs of - ( { [ < or whitespace;
+         * each word gets its first character upper-cased and the rest lower-cased */
         args_check(c, pos, nm, a, 0, NULL);
-        return str_map_case(c, to_str(c, pos, v), nm[0] == 'l' ? 0 : nm[0] == 'u' ? 1 : nm[0] == 't' ? 2 : 3);
+        val *sv = to_str(c, pos, v);
+        sbuf b = {0};
+        sb_add(c, &b, "", 0);
+        size_t i = 0;
+        int at_word_start = 1;
+        while (i < sv->u.s.n) {
+            int32_t cp = utf8_next(sv->u.s.p, sv->u.s.n, &i);
+            int sep = cp == '-' || cp == '(' || cp == '{' || cp == '[' || cp == '<' || py_isspace(cp);
+            int32_t r = sep ? cp : at_word_start ? utf8proc_toupper(cp) : utf8proc_tolower(cp);
+            at_word_start = sep;
+            char tmp[8];
+            sb_add(c, &b, tmp, utf8_put(tmp, r));
+        }
+        return mk_str_nocopy(c, b.p, b.n);
+    }
+    if (!strcmp(nm, "upper") || !strcmp(nm, "lower") || !strcmp(nm, "capitalize")) {
+        args_check(c, pos, nm, a, 0, NULL);
+        return str_map_case(c, to_str(c, pos, v), nm[0] == 'l' ? 0 : nm[0] == 'u' ? 1 : 3);
     }
     if (!strcmp(nm, "replace")) {
         static const char *kw[] = {"old", "new", "count", NULL};
@@ -3094,7 +3118,8 @@ static val *apply_filter(ctx *c, size_t pos, const char *nm, val *v, args_t *a) 
                 indn = (size_t)k;
             }
         }
-        val *s = to_str(c, pos, v);
+        if (v->t != V_STR) rerr(c, pos, "indent filter: value must be a string, not %s", type_name(v));
+        val *s = v;
         val *withnl = arith(c, pos, OP_ADD, s, mk_str(c, "\n", 1));
         val *lines = str_splitlines(c, withnl, 0);
         sbuf b = {0};
@@ -3111,7 +3136,7 @@ static val *apply_filter(ctx *c, size_t pos, const char *nm, val *v, args_t *a) 
         return mk_str_nocopy(c, b.p, b.n);
     }
     if (!strcmp(nm, "map")) {
-        val *it = iter_list(c, pos, v);
+        val *it = iter_list(c, pos, truthy(v) ? v : mk_list(c, 0, SEQ_LIST)); /* Jinja skips falsy input */
         val *l = mk_list(c, it->u.l.n, SEQ_ITER);
         val *attr = arg_get(a, (size_t)-1, "attribute");
         if (attr) {
@@ -3134,7 +3159,7 @@ static val *apply_filter(ctx *c, size_t pos, const char *nm, val *v, args_t *a) 
     if (!strcmp(nm, "select") || !strcmp(nm, "reject") || !strcmp(nm, "selectattr") || !strcmp(nm, "rejectattr")) {
         int is_attr = strstr(nm, "attr") != NULL, want = nm[0] == 's';
         if (a->nk) rerr(c, pos, "%s: keyword arguments are not supported", nm);
-        val *it = iter_list(c, pos, v);
+        val *it = iter_list(c, pos, truthy(v) ? v : mk_list(c, 0, SEQ_LIST)); /* Jinja skips falsy input */
         size_t k0 = 0;
         val *attr = NULL;
         if (is_attr) {
@@ -3175,6 +3200,9 @@ static val *apply_filter(ctx *c, size_t pos, const char *nm, val *v, args_t *a) 
             keys[i] = lower_if_str(c, k, case_sensitive);
         }
         if (!strcmp(nm, "unique")) {
+            for (size_t i = 0; i < n; i++)
+                if (keys[i]->t == V_DICT || keys[i]->t == V_NS || (keys[i]->t == V_LIST && keys[i]->kind != SEQ_TUPLE))
+                    rerr(c, pos, "unique filter: unhashable type '%s'", type_name(keys[i]));
             val *l = mk_list(c, n, SEQ_ITER);
             size_t cnt = 0;
             for (size_t i = 0; i < n; i++) {
@@ -3257,16 +3285,10 @@ static int apply_test(ctx *c, size_t pos, const char *nm, val *v, args_t *a) {
     if (!strcmp(nm, "escaped")) return 0;
     if (!strcmp(nm, "lower")) return str_class(to_str(c, pos, v), 5);
     if (!strcmp(nm, "upper")) return str_class(to_str(c, pos, v), 4);
-    if (!strcmp(nm, "odd") || !strcmp(nm, "even")) {
-        int64_t k = expect_int(c, pos, v, "odd/even test value");
-        return (k % 2 != 0) == (nm[0] == 'o');
-    }
+    if (!strcmp(nm, "odd") || !strcmp(nm, "even")) /* value % 2 == 1 / == 0, with Python's % */
+        return py_eq(arith(c, pos, OP_MOD, v, mk_int(c, 2)), mk_int(c, nm[0] == 'o'));
     if (!x) rerr(c, pos, "test '%s' needs an argument", nm);
-    if (!strcmp(nm, "divisibleby")) {
-        int64_t k = expect_int(c, pos, x, "divisibleby argument");
-        if (!k) rerr(c, pos, "integer division or modulo by zero");
-        return expect_int(c, pos, v, "divisibleby value") % k == 0;
-    }
+    if (!strcmp(nm, "divisibleby")) return py_eq(arith(c, pos, OP_MOD, v, x), mk_int(c, 0));
     if (!strcmp(nm, "eq") || !strcmp(nm, "equalto") || !strcmp(nm, "==")) return py_eq(v, x);
     if (!strcmp(nm, "ne") || !strcmp(nm, "!=")) return !py_eq(v, x);
     if (!strcmp(nm, "lt") || !strcmp(nm, "lessthan") || !strcmp(nm, "<")) return py_cmp(c, pos, v, x) < 0;
