@@ -18,7 +18,9 @@ writes a few tiny GGUF files as the seed corpus of tests/fuzz/fuzz_gguf.c.
 
   python3 tools/make_gguf_fixture.py --check FILE.gguf
 reads a file (e.g. one written by qnext's gguf_writer, see tests/test_gguf.c) with the
-package's GGUFReader and prints its keys and tensors; exits non-zero if it cannot.
+package's GGUFReader and prints its keys and tensors; with $QNEXT_GGML_LIB (a
+libggml-base.so) it also reads it with ggml's C reader and compares; exits non-zero if
+either cannot.
 """
 import json
 import os
@@ -159,8 +161,47 @@ def dump(path):
             "data_offset": data_start, "file_size": os.path.getsize(path), "kv": kvs, "tensors": tensors}
 
 
+def ggml_check(path, d):
+    """Also read the file with ggml's own C reader (gguf_init_from_file in libggml-base,
+    from $QNEXT_GGML_LIB) and compare counts, data offset, tensor names/types/offsets."""
+    import ctypes
+    lib = ctypes.CDLL(os.environ["QNEXT_GGML_LIB"])
+
+    class Params(ctypes.Structure):
+        _fields_ = [("no_alloc", ctypes.c_bool), ("ctx", ctypes.c_void_p)]
+    lib.gguf_init_from_file.restype = ctypes.c_void_p
+    lib.gguf_init_from_file.argtypes = [ctypes.c_char_p, Params]
+    for fn, res in (("gguf_get_n_tensors", ctypes.c_int64), ("gguf_get_n_kv", ctypes.c_int64),
+                    ("gguf_get_data_offset", ctypes.c_size_t), ("gguf_get_alignment", ctypes.c_size_t)):
+        getattr(lib, fn).restype = res
+        getattr(lib, fn).argtypes = [ctypes.c_void_p]
+    lib.gguf_get_tensor_name.restype = ctypes.c_char_p
+    lib.gguf_get_tensor_offset.restype = ctypes.c_size_t
+    lib.gguf_get_tensor_type.restype = ctypes.c_int
+    for fn in ("gguf_get_tensor_name", "gguf_get_tensor_offset", "gguf_get_tensor_type"):
+        getattr(lib, fn).argtypes = [ctypes.c_void_p, ctypes.c_int64]
+    lib.gguf_free.argtypes = [ctypes.c_void_p]
+    ctx = lib.gguf_init_from_file(path.encode(), Params(True, None))
+    if not ctx:
+        sys.exit("ggml's gguf_init_from_file rejected %s" % path)
+    n_t, n_kv = lib.gguf_get_n_tensors(ctx), lib.gguf_get_n_kv(ctx)
+    ok = n_t == len(d["tensors"]) and n_kv == len(d["kv"]) and lib.gguf_get_alignment(ctx) == d["alignment"]
+    base = lib.gguf_get_data_offset(ctx)
+    for i, t in enumerate(d["tensors"]):
+        ok &= lib.gguf_get_tensor_name(ctx, i).decode() == t["name"]
+        ok &= lib.gguf_get_tensor_type(ctx, i) == t["type_id"]
+        ok &= base + lib.gguf_get_tensor_offset(ctx, i) == t["file_offset"]
+    lib.gguf_free(ctx)
+    print("ggml gguf_init_from_file: %d tensors, %d keys, data offset %d: %s" % (n_t, n_kv, base,
+          "consistent with the gguf package" if ok else "MISMATCH"))
+    if not ok:
+        sys.exit(1)
+
+
 def check(path):
     d = dump(path)
+    if os.environ.get("QNEXT_GGML_LIB"):
+        ggml_check(path, d)
     print("version %d, alignment %d, %d keys, %d tensors" % (d["version"], d["alignment"], len(d["kv"]),
                                                                len(d["tensors"])))
     for kv in d["kv"]:

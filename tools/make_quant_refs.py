@@ -215,6 +215,22 @@ def main():
     with open(os.path.join(outdir, "types.txt"), "w") as f:
         for qt, (bs, ts) in sorted(GGML_QUANT_SIZES.items(), key=lambda kv: int(kv[0])):
             f.write("%s %d %d %d\n" % (qt.name, int(qt), bs, ts))
+    if lib is not None:
+        # ggml's own C table (authoritative where gguf-py differs, e.g. Q8_1)
+        lib.ggml_type_size.restype = ctypes.c_size_t
+        lib.ggml_blck_size.restype = ctypes.c_int64
+        lib.ggml_type_name.restype = ctypes.c_char_p
+        with open(os.path.join(outdir, "ggml_types.txt"), "w") as f:
+            # ggml exports no type count and reads past its table for larger ids, so stop one
+            # past the largest id gguf-py knows (ggml may be a little newer than gguf-py)
+            for t in range(max(int(q) for q in QT) + 2):
+                name = lib.ggml_type_name(t)
+                try:
+                    name.decode("ascii")
+                except (AttributeError, UnicodeDecodeError):
+                    break
+                if lib.ggml_blck_size(t) > 0:
+                    f.write("%s %d %d %d\n" % (name.decode().upper(), t, lib.ggml_blck_size(t), lib.ggml_type_size(t)))
     print("total", total, "bytes")
 
 

@@ -57,6 +57,7 @@ static const quant_type_info quant_types[QUANT_TYPE_LIMIT] = {
     T(QUANT_MXFP4, "MXFP4", 32, 17, 0, 0),
     T(QUANT_NVFP4, "NVFP4", 64, 36, 0, 0),
     T(QUANT_Q1_0, "Q1_0", 128, 18, 0, 0),
+    T(QUANT_Q2_0, "Q2_0", 64, 18, 0, 0),
 };
 #undef T
 

@@ -40,8 +40,8 @@ typedef enum {
     QUANT_IQ1_S = 19, QUANT_IQ4_NL = 20, QUANT_IQ3_S = 21, QUANT_IQ2_S = 22,
     QUANT_IQ4_XS = 23, QUANT_I8 = 24, QUANT_I16 = 25, QUANT_I32 = 26, QUANT_I64 = 27,
     QUANT_F64 = 28, QUANT_IQ1_M = 29, QUANT_BF16 = 30, QUANT_TQ1_0 = 34, QUANT_TQ2_0 = 35,
-    QUANT_MXFP4 = 39, QUANT_NVFP4 = 40, QUANT_Q1_0 = 41,
-    QUANT_TYPE_LIMIT = 42 /* one past the largest id this table knows */
+    QUANT_MXFP4 = 39, QUANT_NVFP4 = 40, QUANT_Q1_0 = 41, QUANT_Q2_0 = 42,
+    QUANT_TYPE_LIMIT = 43 /* one past the largest id this table knows */
 } quant_type;
 
 #define QUANT_QK_K 256
