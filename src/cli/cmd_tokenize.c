@@ -12,9 +12,10 @@
 #include "text/tokenizer.h"
 
 static const char TOKENIZE_USAGE[] =
-    "usage: qnext tokenize -m MODEL_DIR [--no-special] [--bench N] < text\n"
+    "usage: qnext tokenize -m MODEL_DIR [--no-special] [-0] [--bench N [--chunk B]] < text\n"
     "  Reads UTF-8 text from stdin and prints its token ids on one line, separated by spaces.\n"
     "  --no-special  treat special-token text such as <|im_start|> as plain text\n"
+    "  -0, --null    stdin holds several texts, each ended by a NUL byte; print one line per text\n"
     "  --bench N     encode the input N times and print the speed instead of the ids\n"
     "  --chunk B     with --bench: cut the input after the first newline past every B bytes and\n"
     "                encode the pieces separately (like many short documents)\n";
@@ -61,13 +62,14 @@ static qnext_tokenizer *open_tokenizer(const char *dir) {
 
 int cmd_tokenize(int argc, char **argv) {
     const char *model = NULL, *v;
-    int parse_special = 1;
+    int parse_special = 1, nul_separated = 0;
     long bench = 0, chunk = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { printf("%s", TOKENIZE_USAGE); return 0; }
         if (!strcmp(a, "-m") || !strcmp(a, "--model")) { if (!(model = args_value(argc, argv, &i))) return 2; }
         else if (!strcmp(a, "--no-special")) parse_special = 0;
+        else if (!strcmp(a, "-0") || !strcmp(a, "--null")) nul_separated = 1;
         else if (!strcmp(a, "--bench")) { if (!(v = args_value(argc, argv, &i)) || !args_int(a, v, 1, 1 << 20, &bench)) return 2; }
         else if (!strcmp(a, "--chunk")) { if (!(v = args_value(argc, argv, &i)) || !args_int(a, v, 1, 1L << 40, &chunk)) return 2; }
         else { fprintf(stderr, "qnext: unknown option '%s'\n%s", a, TOKENIZE_USAGE); return 2; }
@@ -107,10 +109,22 @@ int cmd_tokenize(int argc, char **argv) {
             printf("load %.3f s; encode %zu bytes x %ld%s: %zu tokens each; wall %.3f s = %.2f MB/s; "
                    "cpu %.3f s = %.2f MB/s\n", t_load, len, bench, chunk ? " in pieces" : "", n, dt, dt > 0 ? (double)len * bench / dt / 1e6 : 0.0,
                    dc, dc > 0 ? (double)len * bench / dc / 1e6 : 0.0);
-    } else if (tokenizer_encode_ex(tok, text, len, parse_special, &ids, &n) == 0) {
-        for (size_t i = 0; i < n; i++) printf(i ? " %d" : "%d", ids[i]);
-        printf("\n");
-    } else rc = 1;
+    } else {
+        /* One text, or NUL-terminated texts (a final piece without NUL counts too). */
+        for (size_t pos = 0; !rc && (pos < len || (pos == 0 && !nul_separated));) {
+            size_t end = len;
+            if (nul_separated) {
+                const char *z = memchr(text + pos, 0, len - pos);
+                if (z) end = (size_t)(z - text);
+            }
+            if (tokenizer_encode_ex(tok, text + pos, end - pos, parse_special, &ids, &n) != 0) { rc = 1; break; }
+            for (size_t i = 0; i < n; i++) printf(i ? " %d" : "%d", ids[i]);
+            printf("\n");
+            free(ids); ids = NULL;
+            pos = end + 1;
+            if (!nul_separated) break;
+        }
+    }
     if (rc) fprintf(stderr, "qnext: out of memory while tokenizing\n");
     free(ids);
     free(text);
