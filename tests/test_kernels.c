@@ -11,6 +11,7 @@
 #include <stdlib.h>
 
 #include "kernels/cpu/dot.h"
+#include "kernels/cpu/gemm_amx.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/quant.h"
 #include "test_util.h"
@@ -101,16 +102,41 @@ static void test_matmul(int wt) {
     free(w); free(x); free(y1); free(y2); free(wq);
 }
 
+/* AMX tiles (bf16 operands, f32 accumulation) against the reference product, with row
+ * and token counts that are not multiples of the 16x16 tile. */
+static void test_amx(int wt) {
+    if (!gemm_amx_mode()) return;
+    const int64_t rows = 50, cols = 512;
+    const int T = 37;
+    float *w = malloc(rows * cols * 4), *x = malloc(T * cols * 4), *y1 = malloc(T * rows * 4), *y2 = malloc(T * rows * 4);
+    size_t rb = quant_row_bytes(wt, cols);
+    uint8_t *wq = malloc(rb * rows);
+    fill(w, rows * cols, 0.05f);
+    fill(x, T * cols, 1.0f);
+    for (int64_t r = 0; r < rows; r++) quant_quantize_row(wt, w + r * cols, wq + r * rb, cols);
+    int32_t map[50];
+    for (int r = 0; r < 50; r++) map[r] = (r * 7) % 50;
+    qn_tensor W = {.data = wq, .dtype = wt, .rows = rows, .cols = cols, .row_bytes = rb, .row_map = map, .name = "t"};
+    CHECK(gemm_amx_rows(&W, 0, rows, x, T, cols, y1, rows, NULL), "amx declined");
+    op_matmul_rows_ref(&W, 0, rows, x, T, cols, y2, rows);
+    double num = 0, den = 0;
+    for (int64_t i = 0; i < T * rows; i++) { num += (double)(y1[i] - y2[i]) * (y1[i] - y2[i]); den += (double)y2[i] * y2[i]; }
+    /* bf16 activations: 8 significant bits, ~2^-9 relative rounding per element */
+    CHECK(sqrt(num / den) < 5e-3, "%s amx vs reference rel L2 %.3e", quant_type_name(wt), sqrt(num / den));
+    free(w); free(x); free(y1); free(y2); free(wq);
+}
+
 int main(void) {
     int types[] = {QUANT_F32, QUANT_F16, QUANT_BF16, QUANT_Q8_0, QUANT_Q4_0, QUANT_Q4_K, QUANT_Q5_K, QUANT_Q6_K};
     int64_t lens[] = {256, 512, 2048, 4096};
     for (size_t i = 0; i < sizeof types / sizeof types[0]; i++) {
         for (size_t j = 0; j < sizeof lens / sizeof lens[0]; j++) test_type(types[i], lens[j]);
         test_matmul(types[i]);
+        test_amx(types[i]);
     }
     /* float kernels also take lengths that are not a multiple of the vector width */
     test_type(QUANT_BF16, 100);
     test_type(QUANT_F32, 37);
-    printf("kernel set in use: %s\n", op_kernel_name());
+    printf("kernel set in use: %s, AMX mode %d\n", op_kernel_name(), gemm_amx_mode());
     return tu_finish("test_kernels");
 }

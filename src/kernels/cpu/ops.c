@@ -5,6 +5,7 @@
 #include <stdlib.h>
 
 #include "kernels/cpu/dot.h"
+#include "kernels/cpu/gemm_amx.h"
 #include "kernels/cpu/quant.h"
 
 void op_set_threads(int n) {
@@ -148,12 +149,21 @@ const char *op_kernel_name(void) {
     return g_reference ? "reference" : g_kern->name;
 }
 
+/* Tiles pay off from 16 tokens up; by default only for quantized weights (see gemm_amx.c). */
+static int use_amx(const qn_tensor *W, int T) {
+    if (T < 16) return 0;
+    int mode = gemm_amx_mode();
+    int quantized = W->dtype != QN_F32 && W->dtype != QN_F16 && W->dtype != QN_BF16;
+    return mode == 2 || (mode == 1 && quantized);
+}
+
 /* Weight rows are split evenly over the threads; each row is read once from memory and
  * dotted with every activation row while it sits in L1. */
 void op_matmul_rows(const qn_tensor *W, int64_t r0, int64_t r1, const float *x, int T, int64_t ldx, float *y,
                     int64_t ldy) {
     dot_fn dot = kernel_for(W);
     if (!dot) { op_matmul_rows_ref(W, r0, r1, x, T, ldx, y, ldy); return; }
+    if (use_amx(W, T) && gemm_amx_rows(W, r0, r1, x, T, ldx, y, ldy, NULL)) return;
     size_t astride;
     const uint8_t *act = prepare_act(W->dtype, x, T, ldx, W->cols, &astride);
     int64_t work = (r1 - r0) * W->cols * (int64_t)T;
@@ -168,6 +178,7 @@ void op_matmul_rows(const qn_tensor *W, int64_t r0, int64_t r1, const float *x, 
 void op_matmul_to_rows(const qn_tensor *W, const float *x, int T, float *const *y) {
     dot_fn dot = kernel_for(W);
     if (!dot) { op_matmul_to_rows_ref(W, x, T, y); return; }
+    if (use_amx(W, T) && gemm_amx_rows(W, 0, W->rows, x, T, W->cols, NULL, 0, y)) return;
     size_t astride;
     const uint8_t *act = prepare_act(W->dtype, x, T, W->cols, W->cols, &astride);
     int64_t work = W->rows * W->cols * (int64_t)T;
