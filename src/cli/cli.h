@@ -19,5 +19,6 @@ int cmd_detokenize(int argc, char **argv);
 int cmd_serve(int argc, char **argv);
 int cmd_template(int argc, char **argv);
 int cmd_run(int argc, char **argv);   /* cmd_run.c */
+int cmd_chat(int argc, char **argv);  /* cmd_chat.c */
 
 #endif

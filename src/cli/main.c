@@ -13,6 +13,7 @@ static const cli_command commands[] = {
     {"detokenize", cmd_detokenize, "print the text of token ids given with --ids"},
     {"serve", cmd_serve, "OpenAI-compatible HTTP server with continuous batching and a conversation cache"},
     {"run", cmd_run, "stream the answer to one prompt (chat template, or --raw completion)"},
+    {"chat", cmd_chat, "interactive chat that keeps the session between turns"},
     {"template", cmd_template, "print the chat-template prompt for a JSON conversation"},
 };
 

@@ -207,7 +207,7 @@ int textgen_render(textgen *g, const json *messages, int32_t **ids, size_t *n_id
     char *text = NULL;
     size_t len = 0;
     if (chat_template_render(g->tmpl, messages, NULL, 1, g->kwargs, &text, &len, err, errlen)) return 0;
-    if (tokenizer_encode(g->tok, text, len, ids, n_ids)) {
+    if (ids && tokenizer_encode(g->tok, text, len, ids, n_ids)) {
         free(text);
         snprintf(err, errlen, "out of memory tokenizing the prompt");
         return 0;

@@ -61,8 +61,9 @@ typedef struct {
 int textgen_open(textgen *g, const textgen_opts *o, int need_template, int spinner);
 void textgen_close(textgen *g);
 
-/* Renders messages (a JSON array) with the template and an open assistant turn, and
- * tokenizes the prompt. Returns 0 with a message in err on failure. */
+/* Renders messages (a JSON array) with the template and an open assistant turn into
+ * *prompt_text (malloc'd, may be NULL) and tokenizes it into *ids (when ids is not NULL).
+ * Returns 0 with a message in err on failure. */
 int textgen_render(textgen *g, const json *messages, int32_t **ids, size_t *n_ids, char **prompt_text, char *err,
                    size_t errlen);
 
