@@ -518,7 +518,7 @@ def main():
     mtp_state = {k: v.detach().cpu() for k, v in mtp.state_dict().items()}
     t_ref = time.time()
     refs = compute_refs(model_dir, mtp_state, cfg, val.numpy(), tok, args.n_ref if not args.smoke else 64,
-                        prompts[:3], args.n_greedy if not args.smoke else 4, log)
+                        prompts, args.n_greedy if not args.smoke else 4, log)
     refs["model"] = {"dir": "models/qnext-tiny", "safetensors_sha256": sha}
     log(f"refs: val ppl={refs['val']['ppl']:.4f} mtp acceptance on ref seq={refs['mtp']['acceptance_vs_main_greedy']:.4f} "
         f"({time.time() - t_ref:.1f}s)")
