@@ -104,6 +104,7 @@ qnext_status config_from_json(const void *root_, const char *path, qnext_config 
         FAIL("%s: \"tie_word_embeddings\" must be a boolean", path);
     if (c->n_heads % c->n_kv_heads) FAIL("%s: num_attention_heads %d is not a multiple of num_key_value_heads %d", path,
                                          c->n_heads, c->n_kv_heads);
+    if (c->n_heads / c->n_kv_heads > 64) FAIL("%s: more than 64 query heads per key-value head", path);
     if (c->lin_n_v_heads % c->lin_n_k_heads)
         FAIL("%s: linear_num_value_heads %d is not a multiple of linear_num_key_heads %d", path, c->lin_n_v_heads,
              c->lin_n_k_heads);

@@ -269,9 +269,77 @@ static void gdn_block(qnext_session *s, qn_seq *seqs, int n_seqs, int il, int T)
 
 /* ---------------------------------------------------------------- gated attention */
 
+#define ATT_ROWS 16 /* query rows per attention tile */
+#define ATT_KEYS 64 /* keys per step of the online softmax */
+
+size_t attn_tile_floats(int group, int D) {
+    int nq = ATT_ROWS * group;
+    return (size_t)nq * D + (size_t)nq * ATT_KEYS + 2 * (size_t)nq + 16;
+}
+
+static int attn_reference_path(void) {
+    static int ref = -1;
+    if (ref < 0) ref = !strcmp(op_kernel_name(), "reference");
+    return ref;
+}
+
+/* Rows r0..r0+nr-1 (one sequence, consecutive positions) and query heads
+ * kvh*group..kvh*group+group-1 against the cached keys 0..pos(last row). */
+static void attn_tile(qn_scratch *sc, const qn_layer_state *st, int r0, int nr, int kvh, int group, int nh, int nkv,
+                      int D, int64_t qw, float scale, float *tmp) {
+    const int nq = nr * group;
+    float *O = tmp, *S = O + (size_t)nq * D, *mx = S + (size_t)nq * ATT_KEYS, *sum = mx + nq;
+    const float *Q[ATT_ROWS * 64];
+    int qpos[ATT_ROWS * 64];
+    for (int i = 0; i < nq; i++) {
+        int t = r0 + i / group, h = kvh * group + i % group;
+        Q[i] = sc->proj + t * qw + (int64_t)h * D;
+        qpos[i] = sc->row_pos[t];
+        mx[i] = -FLT_MAX;
+        sum[i] = 0;
+    }
+    memset(O, 0, (size_t)nq * D * sizeof(float));
+    const int n_keys = sc->row_pos[r0 + nr - 1] + 1;
+    for (int j0 = 0; j0 < n_keys; j0 += ATT_KEYS) {
+        int jn = n_keys - j0 < ATT_KEYS ? n_keys - j0 : ATT_KEYS;
+        for (int j = 0; j < jn; j++) {
+            const float *k = st->k_cache + ((int64_t)(j0 + j) * nkv + kvh) * D;
+            for (int i = 0; i < nq; i++)
+                S[i * ATT_KEYS + j] = j0 + j <= qpos[i] ? op_dot_f32(Q[i], k, D) * scale : -INFINITY;
+        }
+        for (int i = 0; i < nq; i++) {
+            float *Si = S + i * ATT_KEYS, m = mx[i];
+            for (int j = 0; j < jn; j++) m = Si[j] > m ? Si[j] : m;
+            float corr = expf(mx[i] - m), l = 0;
+            for (int j = 0; j < jn; j++) { Si[j] = expf(Si[j] - m); l += Si[j]; }
+            sum[i] = sum[i] * corr + l;
+            mx[i] = m;
+            if (corr != 1.0f) {
+                float *Oi = O + (size_t)i * D;
+                for (int d = 0; d < D; d++) Oi[d] *= corr;
+            }
+        }
+        for (int j = 0; j < jn; j++) {
+            const float *v = st->v_cache + ((int64_t)(j0 + j) * nkv + kvh) * D;
+            for (int i = 0; i < nq; i++) {
+                float p = S[i * ATT_KEYS + j];
+                if (p == 0.0f) continue;
+                float *Oi = O + (size_t)i * D;
+                for (int d = 0; d < D; d++) Oi[d] += p * v[d];
+            }
+        }
+    }
+    for (int i = 0; i < nq; i++) {
+        int t = r0 + i / group, h = kvh * group + i % group;
+        float inv = 1.0f / sum[i], *o = sc->core + (int64_t)t * nh * D + (int64_t)h * D;
+        const float *Oi = O + (size_t)i * D;
+        for (int d = 0; d < D; d++) o[d] = Oi[d] * inv;
+    }
+}
+
 /* x[T,H] -> q|gate, k, v -> q_norm/k_norm -> partial RoPE -> KV cache -> causal GQA
  * softmax attention -> * sigmoid(gate) -> o_proj -> y[T,H] */
-static void attn_block(qnext_session *s, qn_seq *seqs, int il, int T) {
+static void attn_block(qnext_session *s, qn_seq *seqs, int n_seqs, int il, int T) {
     const qnext_config *c = &s->m->cfg;
     const qn_layer *ly = &s->m->layers[il];
     qn_scratch *sc = &s->sc;
@@ -304,28 +372,54 @@ static void attn_block(qnext_session *s, qn_seq *seqs, int il, int T) {
     }
 
     const int group = nh / nkv;
+    if (attn_reference_path()) {
+        /* The readable reference: one (row, head) at a time, scores of all keys, softmax,
+         * weighted sum of values. */
 #pragma omp parallel for collapse(2) schedule(dynamic, 1) if (max_keys * nh * D > 65536)
+        for (int t = 0; t < T; t++)
+            for (int h = 0; h < nh; h++) {
+                const qn_layer_state *st = &seqs[sc->row_seq[t]].s->ls[il];
+                float *sco = sc->att + (int64_t)omp_get_thread_num() * n_ctx;
+                const float *q = sc->proj + t * qw + (int64_t)h * D;
+                int kvh = h / group, n_keys = sc->row_pos[t] + 1;
+                float mx = -FLT_MAX;
+                for (int j = 0; j < n_keys; j++) {
+                    sco[j] = op_dot_f32(q, st->k_cache + ((int64_t)j * nkv + kvh) * D, D) * scale;
+                    if (sco[j] > mx) mx = sco[j];
+                }
+                float sum = 0;
+                for (int j = 0; j < n_keys; j++) { sco[j] = expf(sco[j] - mx); sum += sco[j]; }
+                float inv = 1.0f / sum;
+                float *o = sc->core + (int64_t)t * nh * D + (int64_t)h * D;
+                for (int d = 0; d < D; d++) o[d] = 0;
+                for (int j = 0; j < n_keys; j++) {
+                    const float *vv = st->v_cache + ((int64_t)j * nkv + kvh) * D;
+                    float p = sco[j] * inv;
+                    for (int d = 0; d < D; d++) o[d] += p * vv[d];
+                }
+            }
+    } else {
+        /* Tiled: a block of up to 16 rows of one sequence and the `group` query heads that
+         * share a KV head form up to 16*group queries; keys and values are read once per
+         * block of 64 keys for all of them, with an online softmax. Each cached K/V byte
+         * is then read T/16 times per layer instead of T*group times. */
+        int n_items = 0;
+        for (int q = 0; q < n_seqs; q++) n_items += (seqs[q].n + ATT_ROWS - 1) / ATT_ROWS;
+        n_items *= nkv;
+#pragma omp parallel for schedule(dynamic, 1) if (max_keys * nh * D > 65536)
+        for (int it = 0; it < n_items; it++) {
+            int kvh = it % nkv, blk = it / nkv, q = 0;
+            while (blk >= (seqs[q].n + ATT_ROWS - 1) / ATT_ROWS) { blk -= (seqs[q].n + ATT_ROWS - 1) / ATT_ROWS; q++; }
+            const qn_layer_state *st = &seqs[q].s->ls[il];
+            int r0 = seqs[q].row0 + blk * ATT_ROWS;
+            int nr = seqs[q].row0 + seqs[q].n - r0 < ATT_ROWS ? seqs[q].row0 + seqs[q].n - r0 : ATT_ROWS;
+            attn_tile(sc, st, r0, nr, kvh, group, nh, nkv, D, qw, scale,
+                      sc->att_tile + (size_t)omp_get_thread_num() * sc->att_tile_stride);
+        }
+    }
     for (int t = 0; t < T; t++)
         for (int h = 0; h < nh; h++) {
-            const qn_layer_state *st = &seqs[sc->row_seq[t]].s->ls[il];
-            float *sco = sc->att + (int64_t)omp_get_thread_num() * n_ctx;
-            const float *q = sc->proj + t * qw + (int64_t)h * D;
-            int kvh = h / group, n_keys = sc->row_pos[t] + 1;
-            float mx = -FLT_MAX;
-            for (int j = 0; j < n_keys; j++) {
-                sco[j] = op_dot_f32(q, st->k_cache + ((int64_t)j * nkv + kvh) * D, D) * scale;
-                if (sco[j] > mx) mx = sco[j];
-            }
-            float sum = 0;
-            for (int j = 0; j < n_keys; j++) { sco[j] = expf(sco[j] - mx); sum += sco[j]; }
-            float inv = 1.0f / sum;
             float *o = sc->core + (int64_t)t * nh * D + (int64_t)h * D;
-            for (int d = 0; d < D; d++) o[d] = 0;
-            for (int j = 0; j < n_keys; j++) {
-                const float *vv = st->v_cache + ((int64_t)j * nkv + kvh) * D;
-                float p = sco[j] * inv;
-                for (int d = 0; d < D; d++) o[d] += p * vv[d];
-            }
             const float *gate = sc->proj + t * qw + (int64_t)nh * D + (int64_t)h * D;
             for (int d = 0; d < D; d++) o[d] *= qn_sigmoid(gate[d]);
         }
@@ -436,7 +530,7 @@ void forward_batch(qnext_session *s, qn_seq *seqs, int n_seqs, int T) {
     for (int il = 0; il < c->n_layers; il++) {
         const qn_layer *ly = &m->layers[il];
         for (int t = 0; t < T; t++) op_rmsnorm1p(sc->h + (int64_t)t * H, ly->input_norm, sc->x + (int64_t)t * H, H, eps);
-        if (c->layer_type[il] == QNEXT_LAYER_FULL) attn_block(s, seqs, il, T);
+        if (c->layer_type[il] == QNEXT_LAYER_FULL) attn_block(s, seqs, n_seqs, il, T);
         else gdn_block(s, seqs, n_seqs, il, T);
         add_rows(sc->h, sc->y, (int64_t)T * H);
 

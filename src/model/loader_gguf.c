@@ -159,7 +159,8 @@ static qnext_status read_config(gl *L) {
     c->n_layers = blocks - nextn;
     if (c->n_layers < 1 || c->n_layers > QNEXT_MAX_LAYERS || !c->lin_n_v_heads || !c->lin_n_k_heads || !interval ||
         ssm_inner % c->lin_n_v_heads || c->n_heads % c->n_kv_heads || c->lin_n_v_heads % c->lin_n_k_heads ||
-        c->n_experts_per_tok > c->n_experts || c->rotary_dim % 2 || c->rotary_dim > c->head_dim) {
+        c->n_experts_per_tok > c->n_experts || c->rotary_dim % 2 || c->rotary_dim > c->head_dim ||
+        c->n_heads / c->n_kv_heads > 64) {
         snprintf(L->err, L->errlen, "%s: inconsistent qwen3next hyper-parameters", L->path);
         return QNEXT_ERR_CONFIG;
     }
