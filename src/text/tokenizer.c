@@ -1010,6 +1010,7 @@ int tokenizer_encode_ex(const qnext_tokenizer *t, const char *text, size_t len, 
     *ids_out = NULL; *n_out = 0;
     if (!t || (!text && len)) return -1;
     if (len == 0) return 0;
+    if (len >= UINT32_MAX) return -1; /* offsets inside a piece are 32-bit */
     enc_state st = {0};
     st.t = t;
     if (len >= 4096) { /* a cache pays off only when words repeat */

@@ -29,7 +29,8 @@ void tokenizer_free(qnext_tokenizer *tok);
 
 /* Encodes text[0..len) (UTF-8; invalid bytes are kept as single raw bytes) into a malloc'd id
  * array stored in *ids_out (the caller frees it; NULL when *n_out is 0). Special tokens written in
- * the text (e.g. "<|im_start|>") become their ids. Returns 0, or -1 when out of memory. */
+ * the text (e.g. "<|im_start|>") become their ids. Returns 0, or -1 when out of memory or when
+ * len is 4 GiB or more. */
 int tokenizer_encode(const qnext_tokenizer *tok, const char *text, size_t len,
                      int32_t **ids_out, size_t *n_out);
 /* Same with a choice: parse_special=0 treats the text of *special* added tokens as plain text
