@@ -111,17 +111,27 @@ typedef struct {
 void qnext_model_get_stats(const qnext_model *m, qnext_model_stats *st);
 
 enum { QNEXT_GDN_AUTO = 0, QNEXT_GDN_RECURRENT = 1, QNEXT_GDN_CHUNKED = 2 };
+/* KV cache element type: f32 (exact), bf16 (half the memory), or 8-bit (int8 with one f32
+ * scale per head vector: about a quarter). */
+enum { QNEXT_KV_F32 = 0, QNEXT_KV_BF16 = 1, QNEXT_KV_Q8 = 2 };
 
 typedef struct {
     int n_ctx;     /* context window in tokens; 0: min(max_position_embeddings, 4096) */
     int n_ubatch;  /* largest number of tokens processed in one forward pass (0: 512) */
     int gdn_mode;  /* QNEXT_GDN_AUTO: chunked for prompts, recurrent for single tokens */
+    int kv_type;   /* QNEXT_KV_F32 (default), QNEXT_KV_BF16 or QNEXT_KV_Q8 */
 } qnext_session_params;
 
 qnext_status qnext_session_new(qnext_model *m, const qnext_session_params *params, qnext_session **out,
                                char *err, size_t errlen);
 void qnext_session_free(qnext_session *s);
 int qnext_session_pos(const qnext_session *s);   /* tokens processed so far */
+/* Memory of a session: the fixed recurrent/conv state, the KV cache per token of context
+ * (pages are committed only as the context fills), and the scratch of one micro-batch. */
+typedef struct {
+    size_t state_bytes, kv_bytes_per_token, kv_bytes_max, scratch_bytes;
+} qnext_session_memory;
+void qnext_session_get_memory(const qnext_session *s, qnext_session_memory *mem);
 int qnext_session_n_ctx(const qnext_session *s);
 /* Forgets everything: position 0, zero states. */
 void qnext_session_reset(qnext_session *s);

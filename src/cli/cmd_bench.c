@@ -13,6 +13,7 @@
 
 #include "args.h"
 #include "cli.h"
+#include "kernels/cpu/gemm_amx.h"
 #include "kernels/cpu/ops.h"
 #include "qnext.h"
 
@@ -31,7 +32,7 @@ static void mean_sd(const double *v, int n, double *mean, double *sd) {
 }
 
 static const char *bench_usage =
-    "usage: qnext bench -m MODEL [-p 512] [-n 128] [-d DEPTH] [-t THREADS] [-r REPS] [--ubatch N]\n"
+    "usage: qnext bench -m MODEL [-p 512] [-n 128] [-d DEPTH] [-t THREADS] [-r REPS] [--ubatch N] [--kv-type f32|bf16|q8]\n"
     "Prints prompt (ppP) and generation (tgN) tokens per second, mean +- sd over REPS runs,\n"
     "and for generation the bytes of weights read per token and the achieved GB/s.\n"
     "-p 0 or -n 0 skips that test; -d fills D tokens of context before generation.\n";
@@ -39,6 +40,7 @@ static const char *bench_usage =
 int cmd_bench(int argc, char **argv) {
     const char *model = NULL;
     long p = 512, n = 128, d = 0, threads = 0, reps = 3, ubatch = 512;
+    int kv_type = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { printf("%s", bench_usage); return 0; }
@@ -49,6 +51,7 @@ int cmd_bench(int argc, char **argv) {
         else if (!strcmp(a, "-t")) { if (!(v = args_value(argc, argv, &i)) || !args_int(a, v, 0, 4096, &threads)) return 2; }
         else if (!strcmp(a, "-r")) { if (!(v = args_value(argc, argv, &i)) || !args_int(a, v, 1, 1000, &reps)) return 2; }
         else if (!strcmp(a, "--ubatch") || !strcmp(a, "-ub")) { if (!(v = args_value(argc, argv, &i)) || !args_int(a, v, 1, 1 << 16, &ubatch)) return 2; }
+        else if (!strcmp(a, "--kv-type")) { if (!(v = args_value(argc, argv, &i)) || (kv_type = args_kv_type(v)) < 0) return 2; }
         else { fprintf(stderr, "qnext: unknown option '%s'\n%s", a, bench_usage); return 2; }
     }
     if (!model) { fprintf(stderr, "qnext: -m MODEL is required\n%s", bench_usage); return 2; }
@@ -60,7 +63,7 @@ int cmd_bench(int argc, char **argv) {
     qnext_model_stats st;
     qnext_model_get_stats(m, &st);
     int n_ctx = (int)(p > d + n ? p : d + n) + 16;
-    qnext_session_params sp = {.n_ctx = n_ctx, .n_ubatch = (int)ubatch};
+    qnext_session_params sp = {.n_ctx = n_ctx, .n_ubatch = (int)ubatch, .kv_type = kv_type};
     qnext_session *s;
     if (qnext_session_new(m, &sp, &s, err, sizeof err)) { fprintf(stderr, "qnext: %s\n", err); qnext_model_close(m); return 1; }
 
@@ -73,7 +76,13 @@ int cmd_bench(int argc, char **argv) {
     printf("model: %s\n", model);
     printf("weights: %.2f GB, %.3f B params (%.3f B active), %.3f GB read per token\n", st.bytes_total / 1e9,
            st.n_params / 1e9, st.n_params_active / 1e9, st.bytes_per_token / 1e9);
-    printf("threads: %d, kernels: %s, ubatch: %ld\n\n", op_get_threads(), op_kernel_name(), ubatch);
+    qnext_session_memory mem;
+    qnext_session_get_memory(s, &mem);
+    printf("threads: %d, kernels: %s, AMX prefill: %s, ubatch: %ld\n", op_get_threads(), op_kernel_name(),
+           gemm_amx_mode() ? "on" : "off", ubatch);
+    printf("session: state %.1f MiB, KV %.1f KiB/token (%s), scratch %.1f MiB\n\n", mem.state_bytes / 1048576.0,
+           mem.kv_bytes_per_token / 1024.0, kv_type == 0 ? "f32" : kv_type == 1 ? "bf16" : "q8",
+           mem.scratch_bytes / 1048576.0);
     printf("| test           |              t/s |  GB/s |\n");
     printf("| -------------- | ---------------- | ----- |\n");
     fflush(stdout);

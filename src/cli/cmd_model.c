@@ -14,7 +14,7 @@ typedef struct {
     const char *model, *ids, *out;
     long n_gen, threads, n_ctx, ubatch, seed;
     double temp;
-    int gdn_mode;
+    int gdn_mode, kv_type;
 } model_opts;
 
 static int parse_opts(int argc, char **argv, model_opts *o, const char *usage) {
@@ -40,6 +40,9 @@ static int parse_opts(int argc, char **argv, model_opts *o, const char *usage) {
             else if (!strcmp(v, "recurrent")) o->gdn_mode = QNEXT_GDN_RECURRENT;
             else if (!strcmp(v, "chunked")) o->gdn_mode = QNEXT_GDN_CHUNKED;
             else { fprintf(stderr, "qnext: --gdn must be auto, recurrent or chunked\n"); return 0; }
+        } else if (!strcmp(a, "--kv-type")) {
+            if (!(v = args_value(argc, argv, &i))) return 0;
+            if ((o->kv_type = args_kv_type(v)) < 0) return 0;
         } else { fprintf(stderr, "qnext: unknown option '%s'\n%s", a, usage); return 0; }
     }
     if (!o->model) { fprintf(stderr, "qnext: -m MODEL_DIR is required\n%s", usage); return 0; }
@@ -56,7 +59,8 @@ static qnext_model *open_model(const model_opts *o) {
 }
 
 static qnext_session *open_session(qnext_model *m, const model_opts *o, int need) {
-    qnext_session_params sp = {.n_ctx = (int)o->n_ctx, .n_ubatch = (int)o->ubatch, .gdn_mode = o->gdn_mode};
+    qnext_session_params sp = {.n_ctx = (int)o->n_ctx, .n_ubatch = (int)o->ubatch, .gdn_mode = o->gdn_mode,
+                               .kv_type = o->kv_type};
     const qnext_config *c = qnext_model_config(m);
     if (!sp.n_ctx) sp.n_ctx = need > 4096 ? need : (c->max_position_embeddings < 4096 ? (need > c->max_position_embeddings ? need : c->max_position_embeddings) : 4096);
     qnext_session *s;
@@ -131,7 +135,8 @@ static int write_npy(const char *path, const float *data, int rows, int cols) {
 }
 
 static const char *logits_usage =
-    "usage: qnext logits -m MODEL_DIR --ids \"1 2 3\" -o OUT.npy [-t THREADS] [--ubatch N] [--gdn auto|recurrent|chunked]\n"
+    "usage: qnext logits -m MODEL --ids \"1 2 3\" -o OUT.npy [-t THREADS] [--ubatch N] [--gdn auto|recurrent|chunked]\n"
+    "                    [--kv-type f32|bf16|q8]\n"
     "Writes float32 logits of shape [n_tokens, vocab_size], computed by the prompt path.\n";
 
 int cmd_logits(int argc, char **argv) {

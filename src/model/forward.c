@@ -269,12 +269,46 @@ static void gdn_block(qnext_session *s, qn_seq *seqs, int n_seqs, int il, int T)
 
 /* ---------------------------------------------------------------- gated attention */
 
+/* KV cache rows: f32, bf16 (round to nearest even), or int8 with an f32 scale after the
+ * D values (symmetric, scale = max|x| / 127). */
+static void kv_put(int type, uint8_t *dst, const float *x, int D) {
+    if (type == QNEXT_KV_F32) { memcpy(dst, x, (size_t)D * 4); return; }
+    if (type == QNEXT_KV_BF16) {
+        uint16_t *o = (uint16_t *)dst;
+        for (int i = 0; i < D; i++) {
+            uint32_t u;
+            memcpy(&u, &x[i], 4);
+            o[i] = (uint16_t)((u + 0x7FFF + ((u >> 16) & 1)) >> 16);
+        }
+        return;
+    }
+    float amax = 0;
+    for (int i = 0; i < D; i++) amax = fabsf(x[i]) > amax ? fabsf(x[i]) : amax;
+    float d = amax / 127.0f, id = d ? 1.0f / d : 0.0f;
+    for (int i = 0; i < D; i++) dst[i] = (uint8_t)(int8_t)lrintf(x[i] * id);
+    memcpy(dst + D, &d, 4);
+}
+
+/* Returns the row as f32: in place for f32 rows, else widened into buf. */
+static inline const float *kv_get(int type, const uint8_t *src, float *buf, int D) {
+    if (type == QNEXT_KV_F32) return (const float *)src;
+    if (type == QNEXT_KV_BF16) {
+        const uint16_t *h = (const uint16_t *)src;
+        for (int i = 0; i < D; i++) buf[i] = qn_bf16_to_f32(h[i]);
+        return buf;
+    }
+    float d;
+    memcpy(&d, src + D, 4);
+    for (int i = 0; i < D; i++) buf[i] = d * (float)(int8_t)src[i];
+    return buf;
+}
+
 #define ATT_ROWS 16 /* query rows per attention tile */
 #define ATT_KEYS 64 /* keys per step of the online softmax */
 
 size_t attn_tile_floats(int group, int D) {
     int nq = ATT_ROWS * group;
-    return (size_t)nq * D + (size_t)nq * ATT_KEYS + 2 * (size_t)nq + 16;
+    return (size_t)nq * D + (size_t)nq * ATT_KEYS + 2 * (size_t)nq + 2 * (size_t)D + 16;
 }
 
 static int attn_reference_path(void) {
@@ -285,10 +319,11 @@ static int attn_reference_path(void) {
 
 /* Rows r0..r0+nr-1 (one sequence, consecutive positions) and query heads
  * kvh*group..kvh*group+group-1 against the cached keys 0..pos(last row). */
-static void attn_tile(qn_scratch *sc, const qn_layer_state *st, int r0, int nr, int kvh, int group, int nh, int nkv,
-                      int D, int64_t qw, float scale, float *tmp) {
+static void attn_tile(qn_scratch *sc, const qn_layer_state *st, int kv_type, size_t kv_rb, int r0, int nr, int kvh,
+                      int group, int nh, int nkv, int D, int64_t qw, float scale, float *tmp) {
     const int nq = nr * group;
     float *O = tmp, *S = O + (size_t)nq * D, *mx = S + (size_t)nq * ATT_KEYS, *sum = mx + nq;
+    float *kbuf = sum + nq, *vbuf = kbuf + D;
     const float *Q[ATT_ROWS * 64];
     int qpos[ATT_ROWS * 64];
     for (int i = 0; i < nq; i++) {
@@ -303,7 +338,7 @@ static void attn_tile(qn_scratch *sc, const qn_layer_state *st, int r0, int nr, 
     for (int j0 = 0; j0 < n_keys; j0 += ATT_KEYS) {
         int jn = n_keys - j0 < ATT_KEYS ? n_keys - j0 : ATT_KEYS;
         for (int j = 0; j < jn; j++) {
-            const float *k = st->k_cache + ((int64_t)(j0 + j) * nkv + kvh) * D;
+            const float *k = kv_get(kv_type, st->k_cache + ((size_t)(j0 + j) * nkv + kvh) * kv_rb, kbuf, D);
             for (int i = 0; i < nq; i++)
                 S[i * ATT_KEYS + j] = j0 + j <= qpos[i] ? op_dot_f32(Q[i], k, D) * scale : -INFINITY;
         }
@@ -320,7 +355,7 @@ static void attn_tile(qn_scratch *sc, const qn_layer_state *st, int r0, int nr, 
             }
         }
         for (int j = 0; j < jn; j++) {
-            const float *v = st->v_cache + ((int64_t)(j0 + j) * nkv + kvh) * D;
+            const float *v = kv_get(kv_type, st->v_cache + ((size_t)(j0 + j) * nkv + kvh) * kv_rb, vbuf, D);
             for (int i = 0; i < nq; i++) {
                 float p = S[i * ATT_KEYS + j];
                 if (p == 0.0f) continue;
@@ -361,13 +396,16 @@ static void attn_block(qnext_session *s, qn_seq *seqs, int n_seqs, int il, int T
             op_rmsnorm1p(q, ly->q_norm, q, D, eps);
             rope_apply(q, cs, sn, half);
         }
-        qn_layer_state *st = &seqs[sc->row_seq[t]].s->ls[il];
-        float *kc = st->k_cache + (int64_t)sc->row_pos[t] * nkv * D, *vc = st->v_cache + (int64_t)sc->row_pos[t] * nkv * D;
+        const qnext_session *owner = seqs[sc->row_seq[t]].s;
+        qn_layer_state *st = &owner->ls[il];
+        const size_t rb = owner->kv_row_bytes;
         for (int h = 0; h < nkv; h++) {
-            const float *k = sc->proj2 + t * kvw + (int64_t)h * D, *v = k + (int64_t)nkv * D;
-            op_rmsnorm1p(k, ly->k_norm, kc + (int64_t)h * D, D, eps);
-            rope_apply(kc + (int64_t)h * D, cs, sn, half);
-            memcpy(vc + (int64_t)h * D, v, D * sizeof(float));
+            float *k = sc->proj2 + t * kvw + (int64_t)h * D, *v = k + (int64_t)nkv * D;
+            op_rmsnorm1p(k, ly->k_norm, k, D, eps);
+            rope_apply(k, cs, sn, half);
+            size_t at = ((size_t)sc->row_pos[t] * nkv + h) * rb;
+            kv_put(owner->params.kv_type, st->k_cache + at, k, D);
+            kv_put(owner->params.kv_type, st->v_cache + at, v, D);
         }
     }
 
@@ -378,13 +416,17 @@ static void attn_block(qnext_session *s, qn_seq *seqs, int n_seqs, int il, int T
 #pragma omp parallel for collapse(2) schedule(dynamic, 1) if (max_keys * nh * D > 65536)
         for (int t = 0; t < T; t++)
             for (int h = 0; h < nh; h++) {
-                const qn_layer_state *st = &seqs[sc->row_seq[t]].s->ls[il];
+                const qnext_session *owner = seqs[sc->row_seq[t]].s;
+                const qn_layer_state *st = &owner->ls[il];
+                const int kt = owner->params.kv_type;
+                const size_t rb = owner->kv_row_bytes;
                 float *sco = sc->att + (int64_t)omp_get_thread_num() * n_ctx;
+                float *buf = sc->att_tile + (size_t)omp_get_thread_num() * sc->att_tile_stride;
                 const float *q = sc->proj + t * qw + (int64_t)h * D;
                 int kvh = h / group, n_keys = sc->row_pos[t] + 1;
                 float mx = -FLT_MAX;
                 for (int j = 0; j < n_keys; j++) {
-                    sco[j] = op_dot_f32(q, st->k_cache + ((int64_t)j * nkv + kvh) * D, D) * scale;
+                    sco[j] = op_dot_f32(q, kv_get(kt, st->k_cache + ((size_t)j * nkv + kvh) * rb, buf, D), D) * scale;
                     if (sco[j] > mx) mx = sco[j];
                 }
                 float sum = 0;
@@ -393,7 +435,7 @@ static void attn_block(qnext_session *s, qn_seq *seqs, int n_seqs, int il, int T
                 float *o = sc->core + (int64_t)t * nh * D + (int64_t)h * D;
                 for (int d = 0; d < D; d++) o[d] = 0;
                 for (int j = 0; j < n_keys; j++) {
-                    const float *vv = st->v_cache + ((int64_t)j * nkv + kvh) * D;
+                    const float *vv = kv_get(kt, st->v_cache + ((size_t)j * nkv + kvh) * rb, buf, D);
                     float p = sco[j] * inv;
                     for (int d = 0; d < D; d++) o[d] += p * vv[d];
                 }
@@ -413,7 +455,7 @@ static void attn_block(qnext_session *s, qn_seq *seqs, int n_seqs, int il, int T
             const qn_layer_state *st = &seqs[q].s->ls[il];
             int r0 = seqs[q].row0 + blk * ATT_ROWS;
             int nr = seqs[q].row0 + seqs[q].n - r0 < ATT_ROWS ? seqs[q].row0 + seqs[q].n - r0 : ATT_ROWS;
-            attn_tile(sc, st, r0, nr, kvh, group, nh, nkv, D, qw, scale,
+            attn_tile(sc, st, seqs[q].s->params.kv_type, seqs[q].s->kv_row_bytes, r0, nr, kvh, group, nh, nkv, D, qw, scale,
                       sc->att_tile + (size_t)omp_get_thread_num() * sc->att_tile_stride);
         }
     }

@@ -104,8 +104,8 @@ struct qnext_model {
 typedef struct {
     float *conv_state;          /* LINEAR: [K-1][conv_dim], the last K-1 conv inputs, oldest first */
     float *ssm_state;           /* LINEAR: [nv][dk][dv] recurrent state S, fp32 */
-    float *k_cache;             /* FULL: [n_ctx][nkv][D] keys after norm and RoPE */
-    float *v_cache;             /* FULL: [n_ctx][nkv][D] */
+    uint8_t *k_cache;           /* FULL: [n_ctx][nkv] rows of D keys after norm and RoPE, kv_type elements */
+    uint8_t *v_cache;           /* FULL: [n_ctx][nkv] rows of D values */
 } qn_layer_state;
 
 /* Scratch for one forward pass of up to n_ubatch tokens, allocated once per session. */
@@ -153,6 +153,8 @@ struct qnext_session {
     int pos;                    /* tokens processed */
     qn_layer_state *ls;         /* [n_layers] */
     qn_scratch sc;
+    size_t kv_row_bytes;        /* bytes of one cached head vector (D elements of params.kv_type) */
+    size_t scratch_bytes;
     uint64_t clock;             /* increments on every feed, for snapshot validity */
     uint64_t *kv_written;       /* [n_ctx] clock at which each KV position was last written */
     float *rope_inv_freq;       /* [rotary_dim/2] */

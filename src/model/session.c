@@ -94,7 +94,8 @@ qnext_status qnext_session_new(qnext_model *m, const qnext_session_params *param
     if (!s) goto oom;
     s->m = m;
     if (params) s->params = *params;
-    if (s->params.n_ctx < 0 || s->params.n_ubatch < 0 || s->params.gdn_mode < 0 || s->params.gdn_mode > 2) {
+    if (s->params.n_ctx < 0 || s->params.n_ubatch < 0 || s->params.gdn_mode < 0 || s->params.gdn_mode > 2 ||
+        s->params.kv_type < 0 || s->params.kv_type > 2) {
         snprintf(err, errlen, "qnext_session_new: bad parameters (n_ctx %d, n_ubatch %d, gdn_mode %d)",
                  s->params.n_ctx, s->params.n_ubatch, s->params.gdn_mode);
         free(s);
@@ -108,6 +109,7 @@ qnext_status qnext_session_new(qnext_model *m, const qnext_session_params *param
     const int64_t conv_dim = 2 * nk * dk + nv * dv, D = c->head_dim;
     const int64_t nthreads = omp_get_max_threads();
 
+    s->kv_row_bytes = s->params.kv_type == QNEXT_KV_F32 ? (size_t)D * 4 : s->params.kv_type == QNEXT_KV_BF16 ? (size_t)D * 2 : (size_t)D + 4;
     s->ls = calloc(c->n_layers, sizeof *s->ls);
     if (!s->ls) goto oom;
     for (int i = 0; i < c->n_layers; i++) {
@@ -119,15 +121,15 @@ qnext_status qnext_session_new(qnext_model *m, const qnext_session_params *param
         } else {
             /* calloc of a large block maps zero pages lazily: a long context costs memory
              * only as it fills. */
-            st->k_cache = calloc((size_t)n_ctx * c->n_kv_heads * D, sizeof(float));
-            st->v_cache = calloc((size_t)n_ctx * c->n_kv_heads * D, sizeof(float));
+            st->k_cache = calloc((size_t)n_ctx * c->n_kv_heads, s->kv_row_bytes);
+            st->v_cache = calloc((size_t)n_ctx * c->n_kv_heads, s->kv_row_bytes);
             if (!st->k_cache || !st->v_cache) goto oom;
         }
     }
     qn_scratch *sc = &s->sc;
     int64_t E = c->n_experts, k = c->n_experts_per_tok > 0 ? c->n_experts_per_tok : 1;
     int64_t mlpw = imax(imax(c->moe_intermediate, c->shared_intermediate), c->intermediate_size);
-#define ALLOC(p, n) do { (p) = calloc((size_t)(n), sizeof(*(p))); if (!(p)) goto oom; } while (0)
+#define ALLOC(p, n) do { (p) = calloc((size_t)(n), sizeof(*(p))); if (!(p)) goto oom; s->scratch_bytes += (size_t)(n) * sizeof(*(p)); } while (0)
     ALLOC(sc->h, T * H);
     ALLOC(sc->x, T * H);
     ALLOC(sc->y, T * H);
@@ -168,7 +170,18 @@ oom:
     return QNEXT_ERR_MEMORY;
 }
 
+static size_t snapshot_floats(const qnext_config *c);
 int qnext_session_pos(const qnext_session *s) { return s->pos; }
+
+void qnext_session_get_memory(const qnext_session *s, qnext_session_memory *mem) {
+    const qnext_config *c = &s->m->cfg;
+    int n_full = 0;
+    for (int i = 0; i < c->n_layers; i++) n_full += c->layer_type[i] == QNEXT_LAYER_FULL;
+    mem->state_bytes = snapshot_floats(c) * sizeof(float);
+    mem->kv_bytes_per_token = (size_t)n_full * 2 * c->n_kv_heads * s->kv_row_bytes;
+    mem->kv_bytes_max = mem->kv_bytes_per_token * (size_t)s->params.n_ctx;
+    mem->scratch_bytes = s->scratch_bytes;
+}
 int qnext_session_n_ctx(const qnext_session *s) { return s->params.n_ctx; }
 
 void qnext_session_reset(qnext_session *s) {
