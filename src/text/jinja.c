@@ -1084,7 +1084,19 @@ static node *parse_postfix(parser *p, node *n) {
             size_t pos = cur(p)->pos;
             adv(p);
             node *sub = parse_subscribed(p);
-            if (is_op(p, ",")) perr_at(p, cur(p)->pos, "tuple subscripts are not supported");
+            if (is_op(p, ",")) { /* x[a, b] subscripts with a tuple */
+                nodelist l = {0};
+                nl_push(p, &l, sub, NULL, 0);
+                while (is_op(p, ",")) {
+                    adv(p);
+                    if (is_op(p, "]")) break;
+                    nl_push(p, &l, parse_subscribed(p), NULL, 0);
+                }
+                for (size_t i = 0; i < l.n; i++)
+                    if (l.v[i]->type == E_SLICE && !l.v[i]->a) perr_at(p, l.v[i]->pos, "slices inside tuple subscripts are not supported");
+                sub = new_node(p, E_TUPLE, pos);
+                nl_attach(sub, &l);
+            }
             expect_op(p, "]");
             if (sub->type == E_SLICE && !sub->a) {
                 sub->a = n;
