@@ -34,12 +34,38 @@ def check(cond, what):
         print("FAIL:", what, file=sys.stderr)
 
 
-pid, fd = pty.fork()
-if pid == 0:
-    env = dict(os.environ, TERM="dumb", OMP_NUM_THREADS="1")
-    os.execve(Q, [Q, "chat", "-m", M, "-n", str(story["n"]), "--temp", "0", "--verbose"], env)
+def spawn(model, *extra):
+    global pid, fd, buf
+    pid, fd = pty.fork()
+    if pid == 0:
+        env = {k: v for k, v in os.environ.items() if k != "NO_COLOR"}
+        env.update(TERM="dumb", OMP_NUM_THREADS="1")
+        os.execve(Q, [Q, "chat", "-m", model, "-n", str(story["n"]), "--temp", "0", "--verbose", *extra], env)
+    buf = b""
 
-buf = b""
+
+def finish():
+    """Sends /quit and returns the exit status (None if it did not exit)."""
+    send("/quit")
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        wpid, st = os.waitpid(pid, os.WNOHANG)
+        if wpid:
+            return st
+        try:
+            os.read(fd, 65536)
+        except OSError:
+            pass
+        time.sleep(0.05)
+    return None
+
+
+def kill():
+    try:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    except OSError:
+        pass
 
 
 def expect(pattern, timeout=30):
@@ -76,6 +102,7 @@ def saved(path):
         return json.load(f)
 
 
+spawn(M)
 try:
     expect(r">>> ")
     # turn 1
@@ -154,27 +181,60 @@ try:
     send("/help")
     expect(r"/save FILE")
     expect(r">>> ")
-    send("/quit")
-    deadline = time.time() + 10
-    status = None
-    while time.time() < deadline:
-        wpid, st = os.waitpid(pid, os.WNOHANG)
-        if wpid:
-            status = st
-            break
-        try:
-            os.read(fd, 65536)
-        except OSError:
-            pass
-        time.sleep(0.05)
+    status = finish()
     check(status is not None and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, "/quit exits 0: %r" % status)
 except (TimeoutError, EOFError) as e:
     check(False, str(e))
+    kill()
+
+# The Thinking template: the answer opens inside <think> (shown dimmed), and turn 2 renders
+# turn 1's answer without the "<think>\n" that the generation prompt had, so the session must
+# rewind to the snapshot before turn 1's "<|im_start|>assistant" and feed from there. The
+# answers must equal transformers' greedy answers for the conversation as rendered.
+think = json.load(open("tests/data/tok512/run_refs.json"))["thinking_chat"]
+MT = os.path.join(TMP, "think")
+os.makedirs(MT)
+for f in os.listdir(M):
+    os.symlink(os.path.join(M, f), os.path.join(MT, f))
+with open(os.path.join(MT, "chat_template.jinja"), "w") as f:
+    f.write(json.load(open("tests/data/qwen3-tokenizer/tokenizer_config.thinking.json"))["chat_template"])
+t1, t2 = think["turns"]
+assert think["n"] == story["n"]
+for hide in (False, True):
+    spawn(MT, *(["--hide-thinking"] if hide else []))
     try:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-    except OSError:
-        pass
+        expect(r">>> ")
+        send(t1["prompt"])
+        _, mt = expect(r"reused (\d+) tokens, fed (\d+)")
+        check(int(mt.group(2)) == len(t1["prompt_ids"]), "thinking turn 1 prompt: %r" % mt.group(0))
+        answer, _ = expect(r"(\x1b\[2m)?\[(\d+) tokens, [0-9.]+ tok/s\]")
+        piece = "ne\ufffd e lzero*%;in"  # a piece of turn 1's answer, all of it reasoning
+        assert piece in t1["text"] and "</think>" not in t1["text"]
+        if hide:
+            check("\x1b[2m" not in answer and piece not in answer, "--hide-thinking hides the reasoning: %r" % answer)
+        else:
+            check("\x1b[2m" + t1["text"] + "\x1b[0m" in answer.replace("\r\n", "\n"), "reasoning shown dimmed: %r" % answer)
+        expect(r">>> ")
+        send(t2["prompt"])
+        _, mt = expect(r"context: (\d+) tokens; reused (\d+) tokens, fed (\d+)(.*)\]")
+        ctx, reused, fed = (int(x) for x in mt.groups()[:3])
+        marker = max(i for i, t in enumerate(t1["prompt_ids"]) if t == 509)  # <|im_start|> of the assistant turn
+        check(ctx == len(t2["prompt_ids"]) and reused == marker and fed == ctx - marker and b"rewound" in mt.group(4),
+              "thinking turn 2 rewinds to turn 1's assistant header: %r (want reused %d)" % (mt.group(0), marker))
+        expect(r"tok/s\]")
+        expect(r">>> ")
+        p3 = os.path.join(TMP, "think%d.json" % hide)
+        send("/save " + p3)
+        expect(r"saved 4 messages")
+        expect(r">>> ")
+        msgs = saved(p3)
+        check(msgs[1]["content"] == t1["text"] and msgs[3]["content"] == t2["text"],
+              "thinking answers equal the references: %r" % [m["content"] for m in msgs])
+        status = finish()
+        check(status is not None and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, "thinking /quit")
+    except (TimeoutError, EOFError) as e:
+        check(False, str(e))
+        kill()
 
 print("test_chat_pty: %d passed, %d failed" % (passed, failed))
 sys.exit(1 if failed else 0)

@@ -8,6 +8,11 @@ picks the argmax token step by step (full forward each step, no cache) until the
 or n tokens, and the ids are decoded with skip_special_tokens=False. The smallest top-1/top-2
 logit margin is recorded so that a test failure can be told apart from a near-tie.
 
+"thinking_chat" is a two-turn conversation under the Qwen3-Next Thinking template (from
+tests/data/qwen3-tokenizer/tokenizer_config.thinking.json): each turn renders all messages so
+far (the earlier answers as assistant messages with the decoded text), which is what
+tests/test_chat_pty.sh checks `qnext chat` against.
+
 Usage: python3 tools/make_run_refs.py   (writes tests/data/tok512/run_refs.json)
 """
 import json
@@ -31,6 +36,8 @@ CASES = [
     {"mode": "chat", "system": "You are terse.", "prompt": "What is 2 + 2?", "n": 20},
     {"mode": "chat", "prompt": "Tell me a story.", "n": 20},
 ]
+THINKING_TURNS = ["Tell me a story.", "What is 2 + 2?"]
+THINKING_N = 20
 
 
 @torch.no_grad()
@@ -59,7 +66,7 @@ def main():
             shutil.copy(os.path.join(TOK, f), d)
         tok = AutoTokenizer.from_pretrained(d)
         model = Qwen3NextForCausalLM.from_pretrained(d, dtype=torch.float32, attn_implementation="eager").eval()
-        refs = []
+        refs, turns = [], []
         for c in CASES:
             if c["mode"] == "raw":
                 ids = tok(c["prompt"], add_special_tokens=False)["input_ids"]
@@ -77,10 +84,25 @@ def main():
             refs.append(r)
             print(c["mode"], len(ids), "prompt ids ->", len(out), "ids, min margin %.4g" % min(margins),
                   repr(r["text"][:60]))
+        thinking = json.load(open(os.path.join(ROOT, "tests", "data", "qwen3-tokenizer",
+                                               "tokenizer_config.thinking.json")))["chat_template"]
+        msgs, turns = [], []
+        for prompt in THINKING_TURNS:
+            msgs.append({"role": "user", "content": prompt})
+            ids = tok.apply_chat_template(msgs, chat_template=thinking, add_generation_prompt=True, tokenize=True)
+            if isinstance(ids, dict) or hasattr(ids, "keys"):
+                ids = ids["input_ids"]
+            out, margins = greedy(model, list(ids), THINKING_N)
+            text = tok.decode(out, skip_special_tokens=False)
+            turns.append({"prompt": prompt, "prompt_ids": list(ids), "ids": out, "text": text,
+                          "stopped_at_eos": len(out) < THINKING_N, "min_margin": min(margins)})
+            msgs.append({"role": "assistant", "content": text})
+            print("thinking", len(ids), "prompt ids ->", len(out), "ids, min margin %.4g" % min(margins))
     import transformers
     with open(OUT, "w") as f:
         json.dump({"notes": "greedy references from transformers %s / torch %s (float32), see tools/make_run_refs.py"
-                   % (transformers.__version__, torch.__version__), "cases": refs}, f, ensure_ascii=False, indent=1)
+                   % (transformers.__version__, torch.__version__), "cases": refs,
+                   "thinking_chat": {"n": THINKING_N, "turns": turns}}, f, ensure_ascii=False, indent=1)
         f.write("\n")
 
 

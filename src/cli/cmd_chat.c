@@ -228,18 +228,19 @@ static json *load_messages(const char *path) {
  * a tag cut across pieces is held until it is complete. */
 typedef struct {
     int in_think, hide, ansi;
+    int dimmed; /* the terminal is in the dim style now */
     strbuf pend;
 } display;
 
+static void set_dim(display *d, int on) {
+    if (d->ansi && d->dimmed != on) fputs(on ? "\033[2m" : "\033[0m", stdout);
+    d->dimmed = on;
+}
+
 static void show(display *d, const char *s, size_t n) {
-    if (!n) return;
-    if (d->in_think) {
-        if (d->hide) return;
-        if (d->ansi) fputs("\033[2m", stdout);
-        fwrite(s, 1, n, stdout);
-        if (d->ansi) fputs("\033[0m", stdout);
-    } else
-        fwrite(s, 1, n, stdout);
+    if (!n || (d->in_think && d->hide)) return;
+    set_dim(d, d->in_think);
+    fwrite(s, 1, n, stdout);
 }
 
 static void display_emit(void *ud, const char *s, size_t n) {
@@ -274,6 +275,7 @@ static void display_emit(void *ud, const char *s, size_t n) {
 static void display_flush(display *d) {
     show(d, d->pend.buf ? d->pend.buf : "", d->pend.len);
     d->pend.len = 0;
+    set_dim(d, 0);
     fflush(stdout);
 }
 
@@ -456,7 +458,6 @@ int cmd_chat(int argc, char **argv) {
         sigaction(SIGINT, &old_sa, NULL);
         display_flush(&d);
         free(d.pend.buf);
-        if (ansi && d.in_think) fputs("\033[0m", stdout);
         printf("\n");
         fflush(stdout);
         if (gr) fprintf(stderr, "qnext: %s\n", err);
