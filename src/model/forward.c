@@ -486,6 +486,45 @@ static void dense_block(qnext_session *s, const qn_layer *ly, int T) {
     swiglu(&ly->mlp_gate, &ly->mlp_up, &ly->mlp_down, sc->x, T, sc->mlp_a, sc->mlp_b, sc->y);
 }
 
+/* One token: the routed experts and the shared expert as two batches of products (gate
+ * and up of all of them, then down of all of them), each one parallel region. */
+static void moe_decode_one(qnext_session *s, const qn_layer *ly) {
+    const qnext_config *c = &s->m->cfg;
+    qn_scratch *sc = &s->sc;
+    const int k = c->n_experts_per_tok, H = c->hidden_size, I = c->moe_intermediate, Is = c->shared_intermediate;
+    const int ne = k + (Is > 0);
+    op_job jobs[64];
+    int nj = 0;
+    /* mlp_a holds gate outputs, mlp_b up outputs, expert j at offset j*I (shared at k*I) */
+    for (int j = 0; j < k; j++) {
+        int e = sc->top_idx[j];
+        jobs[nj++] = (op_job){&ly->exp_gate[e], sc->x, sc->mlp_a + (size_t)j * I};
+        jobs[nj++] = (op_job){&ly->exp_up[e], sc->x, sc->mlp_b + (size_t)j * I};
+    }
+    if (Is > 0) {
+        jobs[nj++] = (op_job){&ly->sh_gate, sc->x, sc->mlp_a + (size_t)k * I};
+        jobs[nj++] = (op_job){&ly->sh_up, sc->x, sc->mlp_b + (size_t)k * I};
+        jobs[nj++] = (op_job){&ly->sh_expert_gate, sc->x, sc->sg};
+    }
+    op_matvec_multi(jobs, nj);
+    for (int j = 0; j < ne; j++) {
+        int w = j < k ? I : Is;
+        float *a = sc->mlp_a + (size_t)j * I, *b = sc->mlp_b + (size_t)j * I;
+        for (int i = 0; i < w; i++) a[i] = qn_silu(a[i]) * b[i];
+    }
+    nj = 0;
+    for (int j = 0; j < ne; j++)
+        jobs[nj++] = (op_job){j < k ? &ly->exp_down[sc->top_idx[j]] : &ly->sh_down, sc->mlp_a + (size_t)j * I,
+                              sc->eo + (size_t)j * H};
+    op_matvec_multi(jobs, nj);
+    float g = Is > 0 ? qn_sigmoid(sc->sg[0]) : 0;
+    for (int d = 0; d < H; d++) {
+        float acc = 0;
+        for (int j = 0; j < k; j++) acc += sc->top_w[j] * sc->eo[(size_t)j * H + d];
+        sc->y[d] = Is > 0 ? acc + g * sc->eo[(size_t)k * H + d] : acc;
+    }
+}
+
 /* x[T,H] -> router softmax (fp32) -> top-k (renormalised) -> SwiGLU experts, tokens
  * grouped by expert -> + sigmoid(x . shared_gate) * shared expert -> y[T,H] */
 static void moe_block(qnext_session *s, const qn_layer *ly, int T) {
@@ -517,6 +556,7 @@ static void moe_block(qnext_session *s, const qn_layer *ly, int T) {
             for (int j = 0; j < k; j++) w[j] /= wsum;
     }
 
+    if (T == 1 && k <= 30) { moe_decode_one(s, ly); return; }
     memset(sc->y, 0, (size_t)T * H * sizeof(float));
     for (int e = 0; e < E; e++) {
         int n = 0;

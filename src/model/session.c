@@ -143,14 +143,16 @@ qnext_status qnext_session_new(qnext_model *m, const qnext_session_params *param
     ALLOC(sc->att_tile, (int64_t)sc->att_tile_stride * nthreads);
     sc->gdn_tmp_stride = gdn_tmp_floats((int)dk, (int)dv);
     ALLOC(sc->gdn_tmp, (int64_t)sc->gdn_tmp_stride * nthreads);
-    ALLOC(sc->mlp_a, T * mlpw);
-    ALLOC(sc->mlp_b, T * mlpw);
+    /* the one-token MoE path keeps all routed experts and the shared one side by side */
+    int64_t one_tok = k * c->moe_intermediate + imax(c->shared_intermediate, c->moe_intermediate);
+    ALLOC(sc->mlp_a, imax(T * mlpw, one_tok));
+    ALLOC(sc->mlp_b, imax(T * mlpw, one_tok));
     ALLOC(sc->router, T * imax(E, 1));
     ALLOC(sc->top_idx, T * k);
     ALLOC(sc->top_w, T * k);
     ALLOC(sc->tok_list, T * k);
     ALLOC(sc->xg, T * H);
-    ALLOC(sc->eo, T * H);
+    ALLOC(sc->eo, imax(T, k + 1) * H);
     ALLOC(sc->sg, T);
     ALLOC(sc->rope_cos, T * c->rotary_dim / 2);
     ALLOC(sc->rope_sin, T * c->rotary_dim / 2);

@@ -189,3 +189,62 @@ void op_matmul_to_rows(const qn_tensor *W, const float *x, int T, float *const *
         for (int t = 0; t < T; t++) y[t][r] = dot(w, act + astride * t, W->cols);
     }
 }
+
+/* Several matrix-vector products in one parallel region: the decode step of a MoE layer
+ * runs ~30 small products (gate, up and down of each routed expert and the shared one);
+ * one region over all their rows avoids paying a fork/join per product. */
+static _Thread_local uint8_t *tl_multi;
+static _Thread_local size_t tl_multi_cap;
+
+void op_matvec_multi(const op_job *jobs, int n) {
+    int fast = 1;
+    for (int i = 0; i < n && fast; i++) fast = kernel_for(jobs[i].W) != NULL;
+    if (!fast) {
+        for (int i = 0; i < n; i++) op_matmul_rows_ref(jobs[i].W, 0, jobs[i].W->rows, jobs[i].x, 1, jobs[i].W->cols, jobs[i].y, jobs[i].W->rows);
+        return;
+    }
+    size_t need = 0;
+    int64_t total = 0;
+    for (int i = 0; i < n; i++) {
+        int at = dot_act_type(jobs[i].W->dtype);
+        need += at == QUANT_F32 ? 0 : quant_row_bytes(at, jobs[i].W->cols);
+        total += jobs[i].W->rows;
+    }
+    if (need > tl_multi_cap) {
+        free(tl_multi);
+        tl_multi = malloc(need);
+        if (!tl_multi) abort();
+        tl_multi_cap = need;
+    }
+    const uint8_t *act[64];
+    dot_fn fn[64];
+    int64_t start[65];
+    if (n > 64) abort(); /* callers pass at most 2 * (top-k + 1) jobs */
+    size_t off = 0;
+    start[0] = 0;
+    for (int i = 0; i < n; i++) {
+        const qn_tensor *W = jobs[i].W;
+        int at = dot_act_type(W->dtype);
+        fn[i] = kernel_for(W);
+        if (at == QUANT_F32) act[i] = (const uint8_t *)jobs[i].x;
+        else {
+            quant_quantize_row(at, jobs[i].x, tl_multi + off, W->cols);
+            act[i] = tl_multi + off;
+            off += quant_row_bytes(at, W->cols);
+        }
+        start[i + 1] = start[i] + W->rows;
+    }
+#pragma omp parallel
+    {
+        int j = 0;
+#pragma omp for schedule(static)
+        for (int64_t g = 0; g < total; g++) {
+            while (g >= start[j + 1]) j++;
+            while (g < start[j]) j--;
+            const qn_tensor *W = jobs[j].W;
+            int64_t r = g - start[j];
+            const char *w = (const char *)W->data + (size_t)(W->row_map ? W->row_map[r] : r) * W->row_bytes;
+            jobs[j].y[r] = fn[j](w, act[j], W->cols);
+        }
+    }
+}

@@ -75,6 +75,14 @@ void op_matmul_to_rows_ref(const qn_tensor *W, const float *x, int T, float *con
 /* Name of the kernel set in use ("avx512-vnni", "avx2", "generic", "reference"). */
 const char *op_kernel_name(void);
 
+/* y[r] = W[r] . x for every row of W, for n independent jobs in one parallel region. */
+typedef struct {
+    const qn_tensor *W;
+    const float *x;
+    float *y;
+} op_job;
+void op_matvec_multi(const op_job *jobs, int n);
+
 /* Zero-centred RMSNorm: y = x * rsqrt(mean(x^2) + eps) * (1 + w), fp32. y may alias x. */
 void op_rmsnorm1p(const float *x, const float *w, float *y, int n, float eps);
 
