@@ -148,6 +148,14 @@ def cases():
                                                                "detailed": True, "station": None}}}]},
         {"role": "tool", "tool_call_id": "call_1", "content": "{\"temp\": 18.5, \"sky\": \"cloudy\"}"},
     ], [WEATHER_TOOL], {}
+    yield "tool_call_big_numbers", [
+        {"role": "user", "content": "Look up order 123456789012345678901234567890."},
+        {"role": "assistant", "content": "", "tool_calls": [
+            {"type": "function", "function": {"name": "search_documents", "arguments": {
+                "query": "order", "limit": -98765432109876543210,
+                "filters": {"score": 1e-300, "max": 1.7976931348623157e308, "ids": [123456789012345678901234567890, 0, -1]}}}}]},
+        {"role": "tool", "content": "found"},
+    ], [SEARCH_TOOL], {}
     yield "tool_call_string_args", [
         {"role": "user", "content": "Compute 2**10"},
         {"role": "assistant", "content": None, "tool_calls": [

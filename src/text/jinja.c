@@ -66,7 +66,10 @@ static void arena_free_all(arena *a) {
 
 /* ------------------------------------------------------------------ values */
 
-enum { V_UNDEF, V_NONE, V_BOOL, V_INT, V_FLOAT, V_STR, V_LIST, V_DICT, V_NS, V_LOOP, V_FUNC, V_MACRO };
+/* V_BIGINT: an integer from the input JSON beyond 64 bits (Python ints are unbounded). It
+ * keeps its decimal text (in u.s) and can be printed, serialised and compared for
+ * equality; arithmetic on it is an error. */
+enum { V_UNDEF, V_NONE, V_BOOL, V_INT, V_FLOAT, V_STR, V_LIST, V_DICT, V_NS, V_LOOP, V_FUNC, V_MACRO, V_BIGINT };
 /* Sequence kinds: they print differently (Python repr) and lists never equal tuples. */
 enum { SEQ_LIST, SEQ_TUPLE, SEQ_ITEMS, SEQ_KEYS, SEQ_VALUES, SEQ_ITER };
 
@@ -1677,7 +1680,7 @@ static const char *type_name(const val *v) {
     case V_UNDEF: return "Undefined";
     case V_NONE: return "NoneType";
     case V_BOOL: return "bool";
-    case V_INT: return "int";
+    case V_INT: case V_BIGINT: return "int";
     case V_FLOAT: return "float";
     case V_STR: return "str";
     case V_LIST: return v->kind == SEQ_TUPLE ? "tuple" : v->kind == SEQ_LIST ? "list" : "iterator";
@@ -1700,6 +1703,7 @@ static int truthy(const val *v) {
     case V_UNDEF: case V_NONE: return 0;
     case V_BOOL: return v->u.b;
     case V_INT: return v->u.i != 0;
+    case V_BIGINT: return 1;
     case V_FLOAT: return v->u.f != 0;
     case V_STR: return v->u.s.n != 0;
     case V_LIST: return v->u.l.n != 0;
@@ -1716,7 +1720,7 @@ static int py_eq(const val *a, const val *b) {
     if (a->t != b->t) return 0;
     switch (a->t) {
     case V_UNDEF: case V_NONE: return 1;
-    case V_STR: return a->u.s.n == b->u.s.n && !memcmp(a->u.s.p, b->u.s.p, a->u.s.n);
+    case V_STR: case V_BIGINT: return a->u.s.n == b->u.s.n && !memcmp(a->u.s.p, b->u.s.p, a->u.s.n);
     case V_LIST:
         if (a->kind != b->kind || a->u.l.n != b->u.l.n) return 0;
         for (size_t i = 0; i < a->u.l.n; i++)
@@ -1871,6 +1875,7 @@ static void to_str_into(ctx *c, size_t pos, sbuf *b, const val *v, int repr) {
     case V_NONE: sb_puts(c, b, "None"); return;
     case V_BOOL: sb_puts(c, b, v->u.b ? "True" : "False"); return;
     case V_INT: snprintf(tmp, sizeof tmp, "%" PRId64, v->u.i); sb_puts(c, b, tmp); return;
+    case V_BIGINT: sb_add(c, b, v->u.s.p, v->u.s.n); return;
     case V_FLOAT: py_float_repr(v->u.f, tmp); sb_puts(c, b, tmp); return;
     case V_STR:
         if (repr) repr_str(c, b, v->u.s.p, v->u.s.n);
@@ -1940,6 +1945,7 @@ static void json_dump(ctx *c, size_t pos, sbuf *b, const val *v, const json_opts
     case V_NONE: sb_puts(c, b, "null"); return;
     case V_BOOL: sb_puts(c, b, v->u.b ? "true" : "false"); return;
     case V_INT: snprintf(tmp, sizeof tmp, "%" PRId64, v->u.i); sb_puts(c, b, tmp); return;
+    case V_BIGINT: sb_add(c, b, v->u.s.p, v->u.s.n); return;
     case V_FLOAT:
         if (isnan(v->u.f)) sb_puts(c, b, "NaN");
         else if (isinf(v->u.f)) sb_puts(c, b, v->u.f < 0 ? "-Infinity" : "Infinity");
@@ -2004,7 +2010,12 @@ static val *from_json(ctx *c, const json *j, int depth) {
         if (j->is_int) {
             errno = 0;
             long long x = strtoll(j->str, NULL, 10);
-            if (errno == ERANGE) rerr(c, 0, "integer %s in the input does not fit in 64 bits", j->str);
+            if (errno == ERANGE) {
+                val *v = new_val(c, V_BIGINT);
+                v->u.s.p = j->str; /* JSON integers have no leading zeros: the text is canonical */
+                v->u.s.n = j->len;
+                return v;
+            }
             return mk_int(c, x);
         }
         return mk_float(c, j->num);
@@ -2373,6 +2384,7 @@ static val *arith(ctx *c, size_t pos, int op, val *a, val *b) {
     if (op == OP_MUL && (b->t == V_STR || b->t == V_LIST) && (a->t == V_INT || a->t == V_BOOL))
         return arith(c, pos, op, b, a);
     if (op == OP_MOD && a->t == V_STR) rerr(c, pos, "printf-style string formatting ('%%') is not supported");
+    if (a->t == V_BIGINT || b->t == V_BIGINT) goto overflow;
     rerr(c, pos, "unsupported operand type(s) for %s: '%s' and '%s'", opname[op], type_name(a), type_name(b));
 overflow:
     rerr(c, pos, "integer overflow (values beyond 64 bits are not supported)");
@@ -3286,9 +3298,9 @@ static int apply_test(ctx *c, size_t pos, const char *nm, val *v, args_t *a) {
     if (!strcmp(nm, "boolean")) return v->t == V_BOOL;
     if (!strcmp(nm, "true")) return v->t == V_BOOL && v->u.b;
     if (!strcmp(nm, "false")) return v->t == V_BOOL && !v->u.b;
-    if (!strcmp(nm, "integer")) return v->t == V_INT;
+    if (!strcmp(nm, "integer")) return v->t == V_INT || v->t == V_BIGINT;
     if (!strcmp(nm, "float")) return v->t == V_FLOAT;
-    if (!strcmp(nm, "number")) return is_num(v);
+    if (!strcmp(nm, "number")) return is_num(v) || v->t == V_BIGINT;
     if (!strcmp(nm, "string")) return v->t == V_STR;
     if (!strcmp(nm, "mapping")) return v->t == V_DICT;
     if (!strcmp(nm, "iterable")) return v->t == V_UNDEF || v->t == V_STR || v->t == V_LIST || v->t == V_DICT || v->t == V_LOOP;
