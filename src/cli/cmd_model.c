@@ -9,6 +9,7 @@
 #include "args.h"
 #include "cli.h"
 #include "qnext.h"
+#include "text/sampler.h"
 
 typedef struct {
     const char *model, *ids, *out;
@@ -191,7 +192,7 @@ int cmd_generate(int argc, char **argv) {
     int V = qnext_model_config(m)->vocab_size, rc = 1;
     float *lg = malloc((size_t)V * sizeof(float));
     char err[512];
-    uint64_t rng = (uint64_t)o.seed * 0x9E3779B97F4A7C15ull + 1;
+    sampler *smp = NULL;
     if (s && n + o.n_gen - 1 > qnext_session_n_ctx(s)) {
         snprintf(err, sizeof err, "context full: %d prompt tokens + %ld generated > n_ctx %d", n, o.n_gen,
                  qnext_session_n_ctx(s));
@@ -201,14 +202,14 @@ int cmd_generate(int argc, char **argv) {
         for (long i = 0; i < o.n_gen; i++) {
             int32_t tok;
             if (o.temp == 0) tok = argmax(lg, V);
-            else { /* plain temperature sampling; the full sampler lives in src/text */
-                float mx = lg[argmax(lg, V)];
-                double sum = 0;
-                for (int j = 0; j < V; j++) sum += exp((lg[j] - mx) / o.temp);
-                rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17;
-                double u = (rng >> 11) * (1.0 / 9007199254740992.0) * sum, acc = 0;
-                tok = V - 1;
-                for (int j = 0; j < V; j++) { acc += exp((lg[j] - mx) / o.temp); if (acc >= u) { tok = j; break; } }
+            else { /* temperature sampling with the sampler of src/text, seeded by --seed */
+                if (!smp) {
+                    sampler_params sp = sampler_params_default();
+                    sp.temperature = (float)o.temp;
+                    sp.seed = (uint64_t)o.seed;
+                    if (!(smp = sampler_new(V, &sp, err, sizeof err))) { fprintf(stderr, "qnext: %s\n", err); rc = 1; break; }
+                }
+                tok = sampler_sample(smp, lg, NULL);
             }
             printf("%s%d", i ? " " : "", tok);
             fflush(stdout);
@@ -222,6 +223,7 @@ int cmd_generate(int argc, char **argv) {
     } else if (s && lg) {
         fprintf(stderr, "qnext: %s\n", err);
     }
+    sampler_free(smp);
     free(lg);
     free(ids);
     qnext_session_free(s);
