@@ -96,7 +96,7 @@ static int64_t now_us(void) {
 
 /* ------------------------------------------------------------------ engine state */
 
-enum { FIN_NONE = 0, FIN_STOP, FIN_LENGTH, FIN_TOOLS, FIN_CANCEL, FIN_ERROR };
+enum { FIN_NONE = 0, FIN_STOP, FIN_LENGTH, FIN_TOOLS, FIN_CANCEL, FIN_ERROR, FIN_SHUTDOWN };
 
 typedef struct {
     qnext_snapshot *snap;
@@ -303,7 +303,7 @@ static const char *finish_str(int f) {
     switch (f) {
     case FIN_LENGTH: return "length";
     case FIN_TOOLS: return "tool_calls";
-    case FIN_CANCEL: return "abort";
+    case FIN_CANCEL: case FIN_SHUTDOWN: return "abort";
     case FIN_ERROR: return "error";
     default: return "stop";
     }
@@ -699,7 +699,7 @@ static void ctx_finish(serve_engine *e, context *c, int fin) {
     }
     pthread_mutex_lock(&e->mu);
     e->m_finished++;
-    if (fin == FIN_CANCEL) e->m_cancelled++;
+    if (fin == FIN_CANCEL || fin == FIN_SHUTDOWN) e->m_cancelled++;
     e->n_active--;
     pthread_cond_broadcast(&e->room_cv);
     pthread_mutex_unlock(&e->mu);
@@ -719,7 +719,7 @@ static void on_token(serve_engine *e, context *c, int32_t t, const sampler_resul
     req_extra *x = (req_extra *)r->priv;
     r->n_gen++;
     if (!r->t_first_us) r->t_first_us = now_us();
-    if (is_eos(e, t)) { ctx_finish(e, c, FIN_STOP); return; }
+    if (!r->ignore_eos && is_eos(e, t)) { ctx_finish(e, c, FIN_STOP); return; }
     if (r->logprobs) {
         if (x->lp.n == x->lp.cap) {
             int cap = x->lp.cap ? 2 * x->lp.cap : 32;
@@ -827,7 +827,7 @@ static void *engine_main(void *arg) {
             pthread_cond_broadcast(&e->room_cv);
         }
         if (e->n_active == 0) {
-            if (e->quit || (e->stopping && !e->q_head)) { pthread_mutex_unlock(&e->mu); break; }
+            if (e->quit && !e->q_head) { pthread_mutex_unlock(&e->mu); break; }
             struct timespec ts;
             clock_gettime(CLOCK_REALTIME, &ts);
             ts.tv_nsec += 100 * 1000000L;
@@ -841,8 +841,10 @@ static void *engine_main(void *arg) {
 
         /* cancellations (client gone, or shutdown past the drain time) free their slot now */
         for (int i = 0; i < e->max_ctxs; i++)
-            if (e->ctx[i].s && e->ctx[i].req && (atomic_load(&e->ctx[i].req->cancelled) || cancel_all))
-                ctx_finish(e, &e->ctx[i], FIN_CANCEL);
+            if (e->ctx[i].s && e->ctx[i].req) {
+                if (atomic_load(&e->ctx[i].req->cancelled)) ctx_finish(e, &e->ctx[i], FIN_CANCEL);
+                else if (cancel_all) ctx_finish(e, &e->ctx[i], FIN_SHUTDOWN); /* ends the stream properly */
+            }
 
         /* build one batch: decode tokens first, then prefill chunks in the room left */
         int n_items = 0, budget = e->ubatch;

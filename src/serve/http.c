@@ -179,6 +179,8 @@ static int parse_common(server *sv, const json *o, serve_req *r, int is_chat, ch
         sp.n_top_logprobs = i64 > 0 ? (int)i64 : 0;
     }
 
+    if (opt_bool(o, "ignore_eos", &r->ignore_eos, err, errlen, bad_param)) return -1;
+
     /* stream */
     if (opt_bool(o, "stream", &r->stream, err, errlen, bad_param)) return -1;
     json *so = json_get(o, "stream_options");
@@ -616,18 +618,22 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
         cs->fd = ci ? ci->connect_fd : -1;
         *con_cls = cs;
         const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Length");
-        if (cl && strtoll(cl, NULL, 10) > sv->o.max_body) cs->too_large = 1;
-        return MHD_YES;
-    }
-    if (*upload_size) {
-        if (!cs->too_large && cs->body.n + *upload_size > (size_t)sv->o.max_body) cs->too_large = 1;
-        if (!cs->too_large) sv_buf_add(&cs->body, upload, *upload_size);
-        *upload_size = 0;
-        if (cs->too_large) {
+        if (cl && strtoll(cl, NULL, 10) > sv->o.max_body) {
+            /* answered before the body is read (MHD then closes the connection) */
             char msg[128];
             snprintf(msg, sizeof msg, "the request body exceeds the limit of %ld bytes", sv->o.max_body);
             return send_error(sv, c, 413, "invalid_request_error", NULL, "request_too_large", msg);
         }
+        return MHD_YES;
+    }
+    if (*upload_size) {
+        /* a body without Content-Length (chunked) that grows too large is read and dropped */
+        if (!cs->too_large && cs->body.n + *upload_size > (size_t)sv->o.max_body) {
+            cs->too_large = 1;
+            sv_buf_free(&cs->body);
+        }
+        if (!cs->too_large && sv_buf_add(&cs->body, upload, *upload_size)) return MHD_NO;
+        *upload_size = 0;
         return MHD_YES;
     }
     if (cs->too_large) {

@@ -58,6 +58,7 @@ typedef struct serve_req {
     int logprobs, top_logprobs;      /* chat: logprobs bool + top_logprobs; completion: logprobs = N+1 when set */
     stop_matcher stop;
     int start_in_reasoning, parse_tools;
+    int ignore_eos;      /* vLLM extension: keep generating past end-of-sequence tokens */
     char id[48];
     int64_t created;
 

@@ -1,0 +1,120 @@
+"""Concurrency, client disconnects, the conversation cache and SIGTERM."""
+import signal
+import threading
+import time
+
+import openai
+import requests
+
+from conftest import SLOW, auth, metrics
+
+
+def wait_for(cond, timeout):
+    deadline = time.time() + timeout * SLOW
+    while time.time() < deadline:
+        if cond():
+            return True
+        time.sleep(0.05)
+    return cond()
+
+
+def test_32_concurrent_streams(url, client):
+    results, errors = [None] * 32, []
+
+    def run(i):
+        try:
+            text, n = "", 0
+            stream = client.chat.completions.create(
+                model="m", messages=[{"role": "user", "content": f"Request number {i}"}], max_tokens=12,
+                stream=True, stream_options={"include_usage": True}, extra_body={"ignore_eos": True})
+            for ch in stream:
+                if ch.choices:
+                    text += ch.choices[0].delta.content or ""
+                if ch.usage:
+                    n = ch.usage.completion_tokens
+            results[i] = n
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(32)]
+    t0 = time.time()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120 * SLOW)
+    assert not errors, errors[:3]
+    assert results == [12] * 32
+    assert time.time() - t0 < 120 * SLOW
+    assert wait_for(lambda: metrics(url)["qnext_slots_busy"] == 0, 10)
+
+
+def test_disconnect_frees_slot(url):
+    before = metrics(url)
+    r = requests.post(url + "/v1/chat/completions", headers=auth(), stream=True, timeout=60,
+                      json={"messages": [{"role": "user", "content": "go on forever"}], "max_tokens": 100000,
+                            "ignore_eos": True, "stream": True})
+    lines = r.iter_lines()
+    got = 0
+    for line in lines:
+        if line.startswith(b"data: "):
+            got += 1
+        if got >= 5:
+            break
+    assert metrics(url)["qnext_slots_busy"] >= 1
+    r.close()
+    assert wait_for(lambda: metrics(url)["qnext_slots_busy"] == 0, 5)
+    after = metrics(url)
+    assert after["qnext_requests_cancelled_total"] >= before["qnext_requests_cancelled_total"] + 1
+    # far fewer than max_tokens were generated
+    assert after["qnext_generated_tokens_total"] - before["qnext_generated_tokens_total"] < 20000
+
+
+def test_disconnect_non_streaming(url):
+    import socket
+    before = metrics(url)
+    host, port = url.split("//")[1].split(":")
+    s = socket.create_connection((host, int(port)))
+    body = b'{"messages": [{"role": "user", "content": "x"}], "max_tokens": 100000, "ignore_eos": true}'
+    head = ("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Authorization: {auth()['Authorization']}\r\nContent-Length: {len(body)}\r\n\r\n")
+    s.sendall(head.encode() + body)
+    assert wait_for(lambda: metrics(url)["qnext_slots_busy"] >= 1, 5)
+    s.close()
+    assert wait_for(lambda: metrics(url)["qnext_slots_busy"] == 0, 5)
+    assert metrics(url)["qnext_requests_cancelled_total"] >= before["qnext_requests_cancelled_total"] + 1
+
+
+def test_conversation_cache(url, client):
+    before = metrics(url)
+    msgs = [{"role": "system", "content": "You are a terse assistant for cache tests."},
+            {"role": "user", "content": "First question about caching, please answer."}]
+    r1 = client.chat.completions.create(model="m", messages=msgs, max_tokens=8, temperature=0)
+    assert r1.usage.prompt_tokens_details.cached_tokens == 0
+    msgs2 = msgs + [{"role": "assistant", "content": r1.choices[0].message.content},
+                    {"role": "user", "content": "And a second one."}]
+    r2 = client.chat.completions.create(model="m", messages=msgs2, max_tokens=8, temperature=0)
+    cached = r2.usage.prompt_tokens_details.cached_tokens
+    # at least the whole first prompt (system + user + the assistant header) came from the cache
+    assert cached >= r1.usage.prompt_tokens - 3, (cached, r1.usage.prompt_tokens)
+    assert cached < r2.usage.prompt_tokens
+    after = metrics(url)
+    assert after["qnext_cache_hits_total"] >= before["qnext_cache_hits_total"] + 1
+    assert after["qnext_cache_cached_tokens_total"] >= before["qnext_cache_cached_tokens_total"] + cached
+    # the cache must not change the answer: a fresh server-side prefill gives the same greedy text
+    r3 = client.chat.completions.create(model="m", messages=msgs2, max_tokens=8, temperature=0)
+    assert r3.choices[0].message.content == r2.choices[0].message.content
+
+
+def test_sigterm_clean_exit(start_server):
+    srv = start_server(["--drain", "1", "--parallel", "2"])
+    body = {"messages": [{"role": "user", "content": "long"}], "max_tokens": 100000, "ignore_eos": True,
+            "stream": True}
+    r = requests.post(srv.url + "/v1/chat/completions", json=body, stream=True, timeout=60 * SLOW)
+    it = r.iter_lines()
+    next(it)
+    t0 = time.time()
+    srv.proc.send_signal(signal.SIGTERM)
+    rest = b"\n".join(l for l in it)
+    assert rest.rstrip().endswith(b"data: [DONE]")  # the stream was ended properly, not cut
+    assert srv.proc.wait(30 * SLOW) == 0, srv.output()
+    assert time.time() - t0 < 15 * SLOW

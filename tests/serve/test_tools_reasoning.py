@@ -1,0 +1,121 @@
+"""Tool calls and reasoning through the whole server. A random model cannot be made to
+write a tool call, so these tests use the test hook QNEXT_SERVE_FAKE_OUTPUT: the engine
+still runs every forward pass but emits the scripted tokens instead of sampling. The parser
+itself is tested on crafted outputs in tests/test_output_parser.c."""
+import json
+import os
+import shutil
+
+import openai
+import pytest
+
+from conftest import MODEL_DIR, SLOW
+
+TOOLS = [
+    {"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
+                                      "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}},
+    {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}}},
+]
+TOOL_OUTPUT = ('I will check.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>\n'
+               '<tool_call>\n{"name": "get_time", "arguments": {}}\n</tool_call>')
+ASK = [{"role": "user", "content": "Weather and time in Paris?"}]
+
+
+def client_for(server):
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="none", timeout=60 * SLOW, max_retries=0)
+
+
+def test_tool_calls(start_server):
+    srv = start_server(env={"QNEXT_SERVE_FAKE_OUTPUT": TOOL_OUTPUT})
+    c = client_for(srv)
+    r = c.chat.completions.create(model="m", messages=ASK, tools=TOOLS)
+    ch = r.choices[0]
+    assert ch.finish_reason == "tool_calls"
+    assert ch.message.content == "I will check."
+    calls = ch.message.tool_calls
+    assert [t.function.name for t in calls] == ["get_weather", "get_time"]
+    assert json.loads(calls[0].function.arguments) == {"city": "Paris"}
+    assert json.loads(calls[1].function.arguments) == {}
+    assert all(t.type == "function" and t.id.startswith("call_") for t in calls)
+    assert len({t.id for t in calls}) == 2
+
+    # streamed: accumulate the deltas the way OpenAI clients do (by index)
+    acc, content, finish = {}, "", None
+    for chunk in c.chat.completions.create(model="m", messages=ASK, tools=TOOLS, stream=True):
+        if not chunk.choices:
+            continue
+        d = chunk.choices[0].delta
+        content += d.content or ""
+        for tc in d.tool_calls or []:
+            e = acc.setdefault(tc.index, {"id": None, "name": "", "arguments": ""})
+            if tc.id:
+                e["id"] = tc.id
+            if tc.function and tc.function.name:
+                e["name"] += tc.function.name
+            if tc.function and tc.function.arguments:
+                e["arguments"] += tc.function.arguments
+        finish = chunk.choices[0].finish_reason or finish
+    assert finish == "tool_calls" and content == "I will check."
+    assert [acc[i]["name"] for i in sorted(acc)] == ["get_weather", "get_time"]
+    assert json.loads(acc[0]["arguments"]) == {"city": "Paris"}
+    assert acc[0]["id"] and acc[1]["id"]
+
+    # tool_choice none, or no tools offered: the blocks are plain text
+    r = c.chat.completions.create(model="m", messages=ASK, tools=TOOLS, tool_choice="none")
+    assert r.choices[0].message.content == TOOL_OUTPUT and not r.choices[0].message.tool_calls
+    assert r.choices[0].finish_reason == "stop"
+
+    # a follow-up turn with the tool results renders and runs
+    msgs = ASK + [r.choices[0].message.model_dump(exclude_none=True) | {"content": "I will check.",
+                  "tool_calls": [t.model_dump() for t in calls]},
+                  {"role": "tool", "tool_call_id": calls[0].id, "content": "sunny"},
+                  {"role": "tool", "tool_call_id": calls[1].id, "content": "noon"}]
+    r = c.chat.completions.create(model="m", messages=msgs, tools=TOOLS)
+    assert r.choices[0].finish_reason == "tool_calls"
+
+
+def test_malformed_tool_call_kept_as_text(start_server):
+    bad = 'Sure. <tool_call>\n{"name": "get_weather", "arguments": {"city": }\n</tool_call>'
+    srv = start_server(env={"QNEXT_SERVE_FAKE_OUTPUT": bad})
+    c = client_for(srv)
+    r = c.chat.completions.create(model="m", messages=ASK, tools=TOOLS)
+    assert r.choices[0].message.content == bad
+    assert not r.choices[0].message.tool_calls and r.choices[0].finish_reason == "stop"
+    text = "".join(ch.choices[0].delta.content or "" for ch in
+                   c.chat.completions.create(model="m", messages=ASK, tools=TOOLS, stream=True) if ch.choices)
+    assert text == bad
+
+
+def test_reasoning_split(start_server, tmp_path):
+    # the Qwen3-Next Thinking template opens the assistant turn with "<think>\n" in the prompt
+    model = tmp_path / "thinking"
+    model.mkdir()
+    for f in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):
+        os.symlink(os.path.join(MODEL_DIR, f), model / f)
+    here = os.path.dirname(os.path.abspath(__file__))
+    cfg = json.load(open(os.path.join(here, "..", "data", "qwen3-tokenizer", "tokenizer_config.thinking.json")))
+    # plus the enable_thinking switch of Qwen3's hybrid templates, to test chat_template_kwargs
+    gen = "{{- '<|im_start|>assistant\\n<think>\\n' }}"
+    assert gen in cfg["chat_template"]
+    hybrid = ("{{- '<|im_start|>assistant\\n' }}{%- if enable_thinking is defined and enable_thinking is false %}"
+              "{{- '<think>\\n\\n</think>\\n\\n' }}{%- else %}{{- '<think>\\n' }}{%- endif %}")
+    (model / "chat_template.jinja").write_text(cfg["chat_template"].replace(gen, hybrid))
+    out = "The user greets me.\nI should greet back.\n</think>\n\nHello! Nice to meet you."
+    srv = start_server(env={"QNEXT_SERVE_FAKE_OUTPUT": out, "QNEXT_SERVE_MODEL": str(model)})
+    c = client_for(srv)
+    msgs = [{"role": "user", "content": "Hi!"}]
+    r = c.chat.completions.create(model="m", messages=msgs)
+    m = r.choices[0].message
+    assert m.content == "Hello! Nice to meet you."
+    assert m.reasoning_content == "The user greets me.\nI should greet back."
+    reasoning, content = "", ""
+    for ch in c.chat.completions.create(model="m", messages=msgs, stream=True):
+        if ch.choices:
+            d = ch.choices[0].delta
+            reasoning += getattr(d, "reasoning_content", None) or ""
+            content += d.content or ""
+    assert reasoning == m.reasoning_content and content == m.content
+    # enable_thinking=False closes the think block in the prompt: the output is all content
+    r = c.chat.completions.create(model="m", messages=msgs,
+                                  extra_body={"chat_template_kwargs": {"enable_thinking": False}})
+    assert r.choices[0].message.content == out
