@@ -176,6 +176,10 @@ static void test_expressions(void) {
                   "a,c|['user', 'bot']|[1, 2, 3]|['A', 'b']");
     expect_render("{{ 'hello world'|title }} {{ 'hELLO'|capitalize }} {{ 'a.b'.replace('.', '::') }} {{ 'x'|upper }}",
                   "{}", "Hello World Hello a::b X");
+    expect_render("{{ 'hello-world [x'|title }}|{{ {(1, 2): 'a'}[1, 2] }}|{{ 2.5 is odd }}{{ 3 is odd }}{{ 9 is divisibleby 3 }}"
+                  "|{{ none|select|list }}|{{ 1|safe is string }}|{{ big }}|{{ big|tojson }}",
+                  "{\"big\": 123456789012345678901234567890}",
+                  "Hello-World [X|a|FalseTrueTrue|[]|True|123456789012345678901234567890|123456789012345678901234567890");
     expect_render("{{ 'a\\nb\\n'|indent(2) }}|{{ 'a\\n\\nb'|indent(2, true) }}", "{}", "a\n  b\n|  a\n\n  b");
 }
 
