@@ -34,13 +34,13 @@ def check(cond, what):
         print("FAIL:", what, file=sys.stderr)
 
 
-def spawn(model, *extra):
+def spawn(model, *extra, n=story["n"]):
     global pid, fd, buf
     pid, fd = pty.fork()
     if pid == 0:
         env = {k: v for k, v in os.environ.items() if k != "NO_COLOR"}
         env.update(TERM="dumb", OMP_NUM_THREADS="1")
-        os.execve(Q, [Q, "chat", "-m", model, "-n", str(story["n"]), "--temp", "0", "--verbose", *extra], env)
+        os.execve(Q, [Q, "chat", "-m", model, "-n", str(n), "--temp", "0", "--verbose", *extra], env)
     buf = b""
 
 
@@ -235,6 +235,36 @@ for hide in (False, True):
     except (TimeoutError, EOFError) as e:
         check(False, str(e))
         kill()
+
+# Ctrl-C: stops the answer being generated (the greedy answer to this prompt runs for 1209
+# tokens before its end token; ^C is typed as soon as the first bytes of it arrive), and at the
+# prompt it does not end the program.
+spawn(M, "--ctx", "4096", n=-1)
+try:
+    expect(r">>> ")
+    send(story["prompt"])
+    expect(r"fed \d+.*\]\r\n")
+    while len(buf) < 4:
+        r, _, _ = select.select([fd], [], [], 10)
+        if not r:
+            break
+        buf += os.read(fd, 65536)
+    os.write(fd, b"\x03")
+    _, mt = expect(r"\(stopped\)\r\n(\x1b\[2m)?\[(\d+) tokens")
+    check(int(mt.group(2)) < 1209, "Ctrl-C stopped the answer after %s tokens" % mt.group(2))
+    expect(r">>> ")
+    os.write(fd, b"\x03")  # at the prompt: ignored
+    time.sleep(0.2)
+    p4 = os.path.join(TMP, "stopped.json")
+    send("/save " + p4)
+    expect(r"saved 2 messages")
+    msgs = saved(p4)
+    check(msgs[1]["role"] == "assistant" and len(msgs[1]["content"]) > 0, "the stopped answer is kept")
+    status = finish()
+    check(status is not None and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, "Ctrl-C did not end chat: %r" % status)
+except (TimeoutError, EOFError) as e:
+    check(False, str(e))
+    kill()
 
 print("test_chat_pty: %d passed, %d failed" % (passed, failed))
 sys.exit(1 if failed else 0)

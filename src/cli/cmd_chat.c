@@ -66,26 +66,39 @@ static int sb_add(strbuf *b, const char *s, size_t n) {
     return 1;
 }
 
-/* One line without its newline (malloc'd), or NULL at end of input. */
+/* One line without its newline (malloc'd), or NULL at end of input. A Ctrl-C at the prompt
+ * (which makes libedit or fgets give up on the line) just asks again. */
 static char *read_line(int use_edit, const char *prompt) {
+    for (;;) {
+        interrupted = 0;
 #ifdef QNEXT_HAVE_LIBEDIT
-    if (use_edit) return readline(prompt);
+        if (use_edit) {
+            char *l = readline(prompt);
+            if (!l && interrupted) { fputs("\n", stdout); continue; }
+            return l;
+        }
 #endif
-    (void)use_edit;
-    if (prompt && isatty(0)) {
-        fputs(prompt, stdout);
-        fflush(stdout);
+        (void)use_edit;
+        if (prompt && isatty(0)) {
+            fputs(prompt, stdout);
+            fflush(stdout);
+        }
+        strbuf b = {0};
+        char chunk[4096];
+        while (fgets(chunk, sizeof chunk, stdin)) {
+            size_t n = strlen(chunk);
+            if (!sb_add(&b, chunk, n)) break;
+            if (n && chunk[n - 1] == '\n') break;
+        }
+        if (!b.buf && interrupted && ferror(stdin)) {
+            clearerr(stdin);
+            fputs("\n", stdout);
+            continue;
+        }
+        if (!b.buf) return NULL;
+        while (b.len && (b.buf[b.len - 1] == '\n' || b.buf[b.len - 1] == '\r')) b.buf[--b.len] = 0;
+        return b.buf;
     }
-    strbuf b = {0};
-    char chunk[4096];
-    while (fgets(chunk, sizeof chunk, stdin)) {
-        size_t n = strlen(chunk);
-        if (!sb_add(&b, chunk, n)) break;
-        if (n && chunk[n - 1] == '\n') break;
-    }
-    if (!b.buf) return NULL;
-    while (b.len && (b.buf[b.len - 1] == '\n' || b.buf[b.len - 1] == '\r')) b.buf[--b.len] = 0;
-    return b.buf;
 }
 
 static int ends_with(const char *s, const char *suf) {
@@ -335,10 +348,14 @@ int cmd_chat(int argc, char **argv) {
         return 1;
     }
     if (isatty(0)) fprintf(stderr, "qnext chat: %s. /help for commands, Ctrl-D to leave.\n", o.model_dir);
-    struct sigaction sa, old_sa;
+    /* Ctrl-C only raises a flag: generation checks it after every token; at the prompt it is
+     * ignored (SA_RESTART resumes the read), so it never ends the program. */
+    struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_sigint;
+    sa.sa_flags = SA_RESTART;
     sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
     int rc = 0;
     char err[1024];
     strbuf sess = {0}; /* the text that the session's ids encode, when known */
@@ -422,6 +439,7 @@ int cmd_chat(int argc, char **argv) {
             free(prompt);
             continue;
         }
+        interrupted = 0; /* a Ctrl-C from here on stops this answer (after the prompt is read in) */
         double t0 = textgen_now();
         conversation_stats cs;
         qnext_status st = conversation_sync(g.conv, ids, (int)n_ids, g.logits, &cs, err, sizeof err);
@@ -451,11 +469,8 @@ int cmd_chat(int argc, char **argv) {
         d.in_think = pl >= 7 && !memcmp(prompt + pl - 7, "<think>", 7);
         free(prompt);
 
-        interrupted = 0;
-        sigaction(SIGINT, &sa, &old_sa);
         textgen_result res;
         int gr = textgen_generate(&g, &o, display_emit, &d, &interrupted, &res, err, sizeof err);
-        sigaction(SIGINT, &old_sa, NULL);
         display_flush(&d);
         free(d.pend.buf);
         printf("\n");
