@@ -320,21 +320,10 @@ int cmd_chat(int argc, char **argv) {
         fprintf(stderr, "qnext: chat needs -m MODEL_DIR\n%s", CHAT_USAGE_HEAD);
         return 2;
     }
+    /* each snapshot holds every DeltaNet layer's state (~80 MB for the 80B model): keep few */
+    o.max_snapshots = (int)max_snaps;
     textgen g;
     if (!textgen_open(&g, &o, 1, 1)) return 1;
-    /* the conversation that textgen_open made keeps 64 snapshots; a chat keeps fewer (each
-     * holds every DeltaNet layer's state: ~80 MB for the 80B model) */
-    {
-        char err[256];
-        conversation_params cp = {.snapshot_token = tokenizer_token_id(g.tok, "<|im_start|>"),
-                                  .max_snapshots = (int)max_snaps};
-        conversation_free(g.conv);
-        if (!(g.conv = conversation_new(g.model, g.session, &cp, err, sizeof err))) {
-            fprintf(stderr, "qnext: %s\n", err);
-            textgen_close(&g);
-            return 1;
-        }
-    }
     int use_edit = 0;
 #ifdef QNEXT_HAVE_LIBEDIT
     use_edit = isatty(0) && isatty(1);

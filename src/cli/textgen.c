@@ -169,7 +169,8 @@ int textgen_open(textgen *g, const textgen_opts *o, int need_template, int spinn
 
     qnext_session_params spar = {.n_ctx = (int)o->n_ctx};
     if (qnext_session_new(g->model, &spar, &g->session, err, sizeof err)) goto fail;
-    conversation_params cp = {.snapshot_token = tokenizer_token_id(g->tok, "<|im_start|>")};
+    conversation_params cp = {.snapshot_token = tokenizer_token_id(g->tok, "<|im_start|>"),
+                              .max_snapshots = o->max_snapshots};
     if (!(g->conv = conversation_new(g->model, g->session, &cp, err, sizeof err))) goto fail;
     if (!(g->logits = malloc((size_t)g->vocab * sizeof *g->logits))) {
         snprintf(err, sizeof err, "out of memory");

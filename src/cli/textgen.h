@@ -31,6 +31,7 @@ typedef struct {
     int think;               /* -1: not given; 0/1: enable_thinking for the template */
     const char *system;
     int verbose;
+    int max_snapshots;       /* for the conversation (0: its default) */
 } textgen_opts;
 
 void textgen_opts_init(textgen_opts *o);
