@@ -281,7 +281,7 @@ static int top_p_keep(const cand *c, int n, double z, float top_p) {
     double acc = 0;
     for (int i = 0; i < n; i++) {
         if (i > 0 && acc / z >= top_p) return i;
-        acc += exp((double)c[i].v - c[0].v);
+        acc += expf(c[i].v - c[0].v);
     }
     return n;
 }
@@ -302,13 +302,13 @@ static int filter_candidates(sampler *s, int *sorted) {
         /* The kept top-p set is a prefix of the rank order; any set of high-probability tokens
          * whose mass already reaches top_p contains it, so sort just that set when it does. */
         double z = 0;
-        for (int i = 0; i < V; i++) z += exp((double)w[i] - wmax);
+        for (int i = 0; i < V; i++) z += expf(w[i] - wmax);
         n = 0;
         double thresh = wmax - 9.21, mass = 0; /* prob >= 1e-4 * max prob */
         for (int i = 0; i < V; i++)
             if (w[i] >= thresh) {
                 s->cands[n++] = (cand){w[i], i};
-                mass += exp((double)w[i] - wmax);
+                mass += expf(w[i] - wmax);
             }
         if (mass / z < p->top_p) {
             n = 0;
@@ -330,7 +330,7 @@ static int filter_candidates(sampler *s, int *sorted) {
     }
     if (p->top_p < 1 && p->top_k > 0 && p->top_k < V) { /* over what top-k kept, renormalised */
         double z = 0;
-        for (int i = 0; i < n; i++) z += exp((double)s->cands[i].v - s->cands[0].v);
+        for (int i = 0; i < n; i++) z += expf(s->cands[i].v - s->cands[0].v);
         n = top_p_keep(s->cands, n, z, p->top_p);
     }
     if (p->min_p > 0) { /* p_i >= min_p * p_max  <=>  w_i >= w_max + log(min_p) */
@@ -340,6 +340,10 @@ static int filter_candidates(sampler *s, int *sorted) {
         n = keep;
     }
     return n;
+}
+
+static int has_penalties(const sampler *s) {
+    return s->n_seen && (s->p.repetition_penalty != 1 || s->p.presence_penalty != 0 || s->p.frequency_penalty != 0);
 }
 
 /* Penalties and temperature into s->work; returns 1 for greedy (temperature 0). */
@@ -365,19 +369,22 @@ int sampler_candidates(sampler *s, const float *logits, int32_t *ids) {
 
 int32_t sampler_sample(sampler *s, const float *logits, sampler_result *res) {
     int32_t tok;
-    if (prepare(s, logits)) {
+    if (s->p.temperature == 0 && !has_penalties(s)) {
+        tok = argmax(logits, s->V); /* plain greedy: no copy */
+    } else if (prepare(s, logits)) {
         tok = argmax(s->work, s->V);
     } else {
         int sorted, n = filter_candidates(s, &sorted);
         float top = s->cands[0].v;
         if (!sorted)
             for (int i = 1; i < n; i++) top = s->cands[i].v > top ? s->cands[i].v : top;
+        /* probabilities (unnormalised) computed once into work[], then one walk */
         double z = 0;
-        for (int i = 0; i < n; i++) z += exp((double)s->cands[i].v - top);
+        for (int i = 0; i < n; i++) z += (s->work[i] = expf(s->cands[i].v - top));
         double u = uniform01(s) * z, acc = 0;
         tok = s->cands[n - 1].id;
         for (int i = 0; i < n; i++) {
-            acc += exp((double)s->cands[i].v - top);
+            acc += s->work[i];
             if (u < acc) { tok = s->cands[i].id; break; }
         }
     }
@@ -385,7 +392,7 @@ int32_t sampler_sample(sampler *s, const float *logits, sampler_result *res) {
         /* log-softmax of the raw logits */
         float mx = logits[argmax(logits, s->V)];
         double z = 0;
-        for (int i = 0; i < s->V; i++) z += exp((double)logits[i] - mx);
+        for (int i = 0; i < s->V; i++) z += expf(logits[i] - mx);
         double lse = mx + log(z);
         res->token = tok;
         res->logprob = (float)(logits[tok] - lse);
