@@ -16,6 +16,27 @@
 
 #define GDN_CHUNK 64
 
+/* The delta rule and attention loops are plain C; these clones let the compiler vectorise
+ * them for AVX-512 and AVX2 machines while the default build stays baseline x86-64, and
+ * the loader picks one at run time. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
+#define QN_HOT __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define QN_HOT
+#endif
+
+/* Sixteen partial sums, as in op_dot_f32, but inlined into the cloned callers. */
+static inline float dotf(const float *a, const float *b, int n) {
+    float acc[16] = {0};
+    int i = 0;
+    for (; i + 16 <= n; i += 16)
+        for (int j = 0; j < 16; j++) acc[j] += a[i + j] * b[i + j];
+    float s = 0;
+    for (; i < n; i++) s += a[i] * b[i];
+    for (int j = 0; j < 16; j++) s += acc[j];
+    return s;
+}
+
 /* ---------------------------------------------------------------- RoPE tables */
 
 /* cos/sin for the rotary pairs at each row's position, as transformers computes them:
@@ -44,7 +65,7 @@ static void rope_apply(float *v, const float *cs, const float *sn, int half) {
 /* Recurrent delta rule for one value head over T tokens: the decode path. State S is
  * [dk][dv]; per token: decay, read kv = S^T k, delta = beta (v - kv), S += k delta^T,
  * then read out o = S^T q after the update. */
-static void gdn_recurrent_head(float *S, int dk, int dv, int T, const float *q, const float *k, int64_t ldqk,
+QN_HOT static void gdn_recurrent_head(float *S, int dk, int dv, int T, const float *q, const float *k, int64_t ldqk,
                                const float *v, int64_t ldv, const float *g, const float *beta, int64_t ldg,
                                float *o, int64_t ldo, float *tmp) {
     for (int t = 0; t < T; t++) {
@@ -75,7 +96,7 @@ static void gdn_recurrent_head(float *S, int dk, int dv, int T, const float *q, 
 /* Chunked delta rule for one value head (spec 3.3, chunk 64): within a chunk the
  * recurrence is solved as a unit lower-triangular system, then the state is carried
  * across chunks. Same result as the recurrence, with matrix-shaped work. */
-static void gdn_chunked_head(float *S, int dk, int dv, int T, const float *q, const float *k, int64_t ldqk,
+QN_HOT static void gdn_chunked_head(float *S, int dk, int dv, int T, const float *q, const float *k, int64_t ldqk,
                              const float *v, int64_t ldv, const float *g, const float *beta, int64_t ldg,
                              float *o, int64_t ldo, float *tmp) {
     const int C = GDN_CHUNK;
@@ -96,7 +117,7 @@ static void gdn_chunked_head(float *S, int dk, int dv, int T, const float *q, co
             const float *kr = k + (t0 + r) * ldqk;
             float br = beta[(t0 + r) * ldg];
             for (int s2 = 0; s2 < r; s2++)
-                Lm[r * C + s2] = br * op_dot_f32(kr, k + (t0 + s2) * ldqk, dk) * (float)exp(gam[r] - gam[s2]);
+                Lm[r * C + s2] = br * dotf(kr, k + (t0 + s2) * ldqk, dk) * (float)exp(gam[r] - gam[s2]);
         }
         /* Forward substitution: (I + L) U = beta V and (I + L) W = beta exp(gam) K. */
         for (int r = 0; r < n; r++) {
@@ -134,7 +155,7 @@ static void gdn_chunked_head(float *S, int dk, int dv, int T, const float *q, co
                 for (int j = 0; j < dv; j++) row[j] += qi * Si[j];
             }
             for (int s2 = 0; s2 <= r; s2++) {
-                float a = op_dot_f32(qr, k + (t0 + s2) * ldqk, dk) * (float)exp(gam[r] - gam[s2]);
+                float a = dotf(qr, k + (t0 + s2) * ldqk, dk) * (float)exp(gam[r] - gam[s2]);
                 const float *Vs = Vn + s2 * dv;
                 for (int j = 0; j < dv; j++) row[j] += a * Vs[j];
             }
@@ -319,7 +340,7 @@ static int attn_reference_path(void) {
 
 /* Rows r0..r0+nr-1 (one sequence, consecutive positions) and query heads
  * kvh*group..kvh*group+group-1 against the cached keys 0..pos(last row). */
-static void attn_tile(qn_scratch *sc, const qn_layer_state *st, int kv_type, size_t kv_rb, int r0, int nr, int kvh,
+QN_HOT static void attn_tile(qn_scratch *sc, const qn_layer_state *st, int kv_type, size_t kv_rb, int r0, int nr, int kvh,
                       int group, int nh, int nkv, int D, int64_t qw, float scale, float *tmp) {
     const int nq = nr * group;
     float *O = tmp, *S = O + (size_t)nq * D, *mx = S + (size_t)nq * ATT_KEYS, *sum = mx + nq;
@@ -340,7 +361,7 @@ static void attn_tile(qn_scratch *sc, const qn_layer_state *st, int kv_type, siz
         for (int j = 0; j < jn; j++) {
             const float *k = kv_get(kv_type, st->k_cache + ((size_t)(j0 + j) * nkv + kvh) * kv_rb, kbuf, D);
             for (int i = 0; i < nq; i++)
-                S[i * ATT_KEYS + j] = j0 + j <= qpos[i] ? op_dot_f32(Q[i], k, D) * scale : -INFINITY;
+                S[i * ATT_KEYS + j] = j0 + j <= qpos[i] ? dotf(Q[i], k, D) * scale : -INFINITY;
         }
         for (int i = 0; i < nq; i++) {
             float *Si = S + i * ATT_KEYS, m = mx[i];
