@@ -112,14 +112,15 @@ void qnext_model_get_stats(const qnext_model *m, qnext_model_stats *st);
 
 enum { QNEXT_GDN_AUTO = 0, QNEXT_GDN_RECURRENT = 1, QNEXT_GDN_CHUNKED = 2 };
 /* KV cache element type: f32 (exact), bf16 (half the memory), or 8-bit (int8 with one f32
- * scale per head vector: about a quarter). */
-enum { QNEXT_KV_F32 = 0, QNEXT_KV_BF16 = 1, QNEXT_KV_Q8 = 2 };
+ * scale per head vector: about a quarter). AUTO: f32 for models with float weights (so a
+ * checkpoint's logits stay exact), bf16 for quantized GGUF models (as llama.cpp's f16). */
+enum { QNEXT_KV_AUTO = 0, QNEXT_KV_F32 = 1, QNEXT_KV_BF16 = 2, QNEXT_KV_Q8 = 3 };
 
 typedef struct {
     int n_ctx;     /* context window in tokens; 0: min(max_position_embeddings, 4096) */
     int n_ubatch;  /* largest number of tokens processed in one forward pass (0: 512) */
     int gdn_mode;  /* QNEXT_GDN_AUTO: chunked for prompts, recurrent for single tokens */
-    int kv_type;   /* QNEXT_KV_F32 (default), QNEXT_KV_BF16 or QNEXT_KV_Q8 */
+    int kv_type;   /* QNEXT_KV_AUTO (default), QNEXT_KV_F32, QNEXT_KV_BF16 or QNEXT_KV_Q8 */
 } qnext_session_params;
 
 qnext_status qnext_session_new(qnext_model *m, const qnext_session_params *params, qnext_session **out,
@@ -130,6 +131,7 @@ int qnext_session_pos(const qnext_session *s);   /* tokens processed so far */
  * (pages are committed only as the context fills), and the scratch of one micro-batch. */
 typedef struct {
     size_t state_bytes, kv_bytes_per_token, kv_bytes_max, scratch_bytes;
+    const char *kv_name;  /* "f32", "bf16" or "q8" */
 } qnext_session_memory;
 void qnext_session_get_memory(const qnext_session *s, qnext_session_memory *mem);
 int qnext_session_n_ctx(const qnext_session *s);

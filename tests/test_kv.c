@@ -3,6 +3,7 @@
  * elements; 24 KiB at bf16 for the 80B model's 12 attention layers). */
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "qnext.h"
 #include "test_util.h"
@@ -28,7 +29,7 @@ int main(void) {
     int n_full = 0;
     for (int i = 0; i < c->n_layers; i++) n_full += c->layer_type[i] == QNEXT_LAYER_FULL;
     for (int kt = 0; kt < 3; kt++) {
-        qnext_session_params sp = {.n_ctx = 200, .kv_type = kt};
+        qnext_session_params sp = {.n_ctx = 200, .kv_type = kt + 1}; /* QNEXT_KV_F32, BF16, Q8 */
         qnext_session *s;
         CHECK(!qnext_session_new(m, &sp, &s, err, sizeof err), "%s", err);
         CHECK(!qnext_session_feed(s, ids, n, kt ? got : ref, QNEXT_LOGITS_ALL, err, sizeof err), "%s", err);
@@ -43,6 +44,16 @@ int main(void) {
         CHECK(mem.kv_bytes_per_token == want, "kv type %d: %zu bytes per token, want %zu", kt, mem.kv_bytes_per_token, want);
         CHECK(mem.kv_bytes_max == want * 200, "kv max");
         qnext_session_free(s);
+    }
+    /* auto on a safetensors model is the exact f32 cache */
+    {
+        qnext_session_params sp = {.n_ctx = 200};
+        qnext_session *s0;
+        qnext_session_new(m, &sp, &s0, err, sizeof err);
+        qnext_session_memory mem;
+        qnext_session_get_memory(s0, &mem);
+        CHECK(!strcmp(mem.kv_name, "f32"), "auto kv type is %s", mem.kv_name);
+        qnext_session_free(s0);
     }
     /* bad kv type */
     qnext_session_params bad = {.kv_type = 7};

@@ -70,9 +70,10 @@ const char *args_value(int argc, char **argv, int *i) {
 }
 
 int args_kv_type(const char *v) {
-    if (!strcmp(v, "f32")) return 0;
-    if (!strcmp(v, "bf16")) return 1;
-    if (!strcmp(v, "q8")) return 2;
-    fprintf(stderr, "qnext: --kv-type must be f32, bf16 or q8\n");
+    if (!strcmp(v, "auto")) return 0;
+    if (!strcmp(v, "f32")) return 1;
+    if (!strcmp(v, "bf16")) return 2;
+    if (!strcmp(v, "q8")) return 3;
+    fprintf(stderr, "qnext: --kv-type must be auto, f32, bf16 or q8\n");
     return -1;
 }

@@ -12,6 +12,6 @@ int args_int(const char *opt, const char *val, long lo, long hi, long *out);
 int args_float(const char *opt, const char *val, double *out);
 /* Returns the value following argv[*i] or NULL (and prints) when the option has none. */
 const char *args_value(int argc, char **argv, int *i);
-/* "f32" | "bf16" | "q8" -> QNEXT_KV_*, or -1 (printed). */
+/* "auto" | "f32" | "bf16" | "q8" -> QNEXT_KV_*, or -1 (printed). */
 int args_kv_type(const char *v);
 #endif

@@ -32,7 +32,7 @@ static void mean_sd(const double *v, int n, double *mean, double *sd) {
 }
 
 static const char *bench_usage =
-    "usage: qnext bench -m MODEL [-p 512] [-n 128] [-d DEPTH] [-t THREADS] [-r REPS] [--ubatch N] [--kv-type f32|bf16|q8]\n"
+    "usage: qnext bench -m MODEL [-p 512] [-n 128] [-d DEPTH] [-t THREADS] [-r REPS] [--ubatch N] [--kv-type auto|f32|bf16|q8]\n"
     "Prints prompt (ppP) and generation (tgN) tokens per second, mean +- sd over REPS runs,\n"
     "and for generation the bytes of weights read per token and the achieved GB/s.\n"
     "-p 0 or -n 0 skips that test; -d fills D tokens of context before generation.\n";
@@ -81,7 +81,7 @@ int cmd_bench(int argc, char **argv) {
     printf("threads: %d, kernels: %s, AMX prefill: %s, ubatch: %ld\n", op_get_threads(), op_kernel_name(),
            gemm_amx_mode() ? "on" : "off", ubatch);
     printf("session: state %.1f MiB, KV %.1f KiB/token (%s), scratch %.1f MiB\n\n", mem.state_bytes / 1048576.0,
-           mem.kv_bytes_per_token / 1024.0, kv_type == 0 ? "f32" : kv_type == 1 ? "bf16" : "q8",
+           mem.kv_bytes_per_token / 1024.0, mem.kv_name,
            mem.scratch_bytes / 1048576.0);
     printf("| test           |              t/s |  GB/s |\n");
     printf("| -------------- | ---------------- | ----- |\n");

@@ -137,7 +137,7 @@ static int write_npy(const char *path, const float *data, int rows, int cols) {
 
 static const char *logits_usage =
     "usage: qnext logits -m MODEL --ids \"1 2 3\" -o OUT.npy [-t THREADS] [--ubatch N] [--gdn auto|recurrent|chunked]\n"
-    "                    [--kv-type f32|bf16|q8]\n"
+    "                    [--kv-type auto|f32|bf16|q8]\n"
     "Writes float32 logits of shape [n_tokens, vocab_size], computed by the prompt path.\n";
 
 int cmd_logits(int argc, char **argv) {

@@ -95,7 +95,7 @@ qnext_status qnext_session_new(qnext_model *m, const qnext_session_params *param
     s->m = m;
     if (params) s->params = *params;
     if (s->params.n_ctx < 0 || s->params.n_ubatch < 0 || s->params.gdn_mode < 0 || s->params.gdn_mode > 2 ||
-        s->params.kv_type < 0 || s->params.kv_type > 2) {
+        s->params.kv_type < 0 || s->params.kv_type > 3) {
         snprintf(err, errlen, "qnext_session_new: bad parameters (n_ctx %d, n_ubatch %d, gdn_mode %d)",
                  s->params.n_ctx, s->params.n_ubatch, s->params.gdn_mode);
         free(s);
@@ -109,6 +109,7 @@ qnext_status qnext_session_new(qnext_model *m, const qnext_session_params *param
     const int64_t conv_dim = 2 * nk * dk + nv * dv, D = c->head_dim;
     const int64_t nthreads = omp_get_max_threads();
 
+    if (s->params.kv_type == QNEXT_KV_AUTO) s->params.kv_type = m->gguf ? QNEXT_KV_BF16 : QNEXT_KV_F32;
     s->kv_row_bytes = s->params.kv_type == QNEXT_KV_F32 ? (size_t)D * 4 : s->params.kv_type == QNEXT_KV_BF16 ? (size_t)D * 2 : (size_t)D + 4;
     s->ls = calloc(c->n_layers, sizeof *s->ls);
     if (!s->ls) goto oom;
@@ -183,6 +184,7 @@ void qnext_session_get_memory(const qnext_session *s, qnext_session_memory *mem)
     mem->kv_bytes_per_token = (size_t)n_full * 2 * c->n_kv_heads * s->kv_row_bytes;
     mem->kv_bytes_max = mem->kv_bytes_per_token * (size_t)s->params.n_ctx;
     mem->scratch_bytes = s->scratch_bytes;
+    mem->kv_name = s->params.kv_type == QNEXT_KV_F32 ? "f32" : s->params.kv_type == QNEXT_KV_BF16 ? "bf16" : "q8";
 }
 int qnext_session_n_ctx(const qnext_session *s) { return s->params.n_ctx; }
 
