@@ -20,5 +20,7 @@ int cmd_serve(int argc, char **argv);
 int cmd_template(int argc, char **argv);
 int cmd_run(int argc, char **argv);   /* cmd_run.c */
 int cmd_chat(int argc, char **argv);  /* cmd_chat.c */
+int cmd_quantize(int argc, char **argv); /* cmd_quantize.c */
+int cmd_eval(int argc, char **argv);     /* cmd_eval.c */
 
 #endif

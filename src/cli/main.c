@@ -15,6 +15,8 @@ static const cli_command commands[] = {
     {"run", cmd_run, "stream the answer to one prompt (chat template, or --raw completion)"},
     {"chat", cmd_chat, "interactive chat that keeps the session between turns"},
     {"template", cmd_template, "print the chat-template prompt for a JSON conversation"},
+    {"quantize", cmd_quantize, "write a llama.cpp-compatible qwen3next GGUF (Q8_0, Q6_K, Q5_K_M, Q4_K_M, BF16) from a checkpoint"},
+    {"eval", cmd_eval, "KL divergence, top-1 agreement and perplexity of a model against a reference model"},
 };
 
 static void usage(FILE *f) {

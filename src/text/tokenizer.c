@@ -378,10 +378,24 @@ static int check_pipeline(const json *root, qnext_tokenizer *t, char *err, size_
 
 static int build_word_map(qnext_tokenizer *t);
 
+static qnext_tokenizer *load_root(json *root, const char *path, char *err, size_t errlen);
+
 qnext_tokenizer *tokenizer_load(const char *path, char *err, size_t errlen) {
-    pthread_once(&ascii_class_once, init_ascii_class);
     json *root = json_parse_file(path, err, errlen);
     if (!root) return NULL;
+    return load_root(root, path, err, errlen);
+}
+
+/* tokenizer.json text held in memory (tokenizer_gguf.c builds one from GGUF metadata). */
+qnext_tokenizer *tokenizer_load_json_text(const char *text, size_t len, const char *name, char *err, size_t errlen) {
+    json *root = json_parse(text, len, err, errlen);
+    if (!root) return NULL;
+    return load_root(root, name, err, errlen);
+}
+
+/* Builds the tokenizer from a parsed tokenizer.json; frees root. */
+static qnext_tokenizer *load_root(json *root, const char *path, char *err, size_t errlen) {
+    pthread_once(&ascii_class_once, init_ascii_class);
     qnext_tokenizer *t = calloc(1, sizeof *t);
     bytebuf text = {0}, bytes = {0};
     if (!t) { set_err(err, errlen, "tokenizer: out of memory"); json_free(root); return NULL; }

@@ -23,6 +23,8 @@ typedef struct qnext_tokenizer qnext_tokenizer;
 
 /* Loads a tokenizer.json file. Returns NULL and writes a message into err on failure. */
 qnext_tokenizer *tokenizer_load(const char *path_to_tokenizer_json, char *err, size_t errlen);
+/* The same from tokenizer.json text in memory; name is used in messages. */
+qnext_tokenizer *tokenizer_load_json_text(const char *text, size_t len, const char *name, char *err, size_t errlen);
 /* Loads DIR/tokenizer.json (a model directory). */
 qnext_tokenizer *tokenizer_load_dir(const char *dir, char *err, size_t errlen);
 void tokenizer_free(qnext_tokenizer *tok);
