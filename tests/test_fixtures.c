@@ -117,7 +117,13 @@ static void test_fixture(const char *dir) {
         free(lg);
     }
     float *ub = feed_all(m, QNEXT_GDN_AUTO, 17, ids, n, NULL, 0);
-    if (ub && chunked) CHECK(max_rel_rows(ub, chunked, n, V) <= 1e-5, "%s: micro-batch 17 differs", dir);
+    if (ub && chunked) {
+        /* Pieces of 17 tokens cut every DeltaNet chunk differently (and mix in the
+         * recurrent path's order of operations), so fp32 rounding differs a little more
+         * than for one split; the recurrent-vs-chunked bound above is the tight one. */
+        double e = max_rel_rows(ub, chunked, n, V);
+        CHECK(e <= 2e-5, "%s: micro-batch 17 differs: rel L2 %.3e", dir, e);
+    }
     free(ub);
 
     /* 4. greedy continuation: prompt in one piece, then one token at a time */
