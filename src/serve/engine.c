@@ -19,6 +19,7 @@
 #include "serve/server.h"
 
 #include <math.h>
+#include <omp.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -780,6 +781,9 @@ static void rate_note(serve_engine *e, int64_t t, uint64_t toks) {
 
 static void *engine_main(void *arg) {
     serve_engine *e = arg;
+    /* OpenMP's thread count is per thread: the one model_open set on the main thread does not
+     * carry over to this one */
+    if (e->o.threads > 0) omp_set_num_threads(e->o.threads);
     qnext_batch_item *items = calloc((size_t)e->max_ctxs + 1, sizeof *items);
     int *item_ctx = calloc((size_t)e->max_ctxs + 1, sizeof *item_ctx);
     int *item_end = calloc((size_t)e->max_ctxs + 1, sizeof *item_end);
