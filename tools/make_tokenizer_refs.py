@@ -108,6 +108,9 @@ def hand_written():
           "\u0915\u093c", "\u0958", "\u05d0\u05b7", "\ufb2e", "\u0644\u0627", "\u2000", "\u2001", "\u1e9b\u0323",
           "x\u0300\u0301\u0302\u0303\u0304y", "\u0301 leading combining", "ﬁ ligature ﬀ ﬃ", "\u00bd \u2155",
           "\u0041\u030a\u0042", "\uac00\u11a8", "\u1100\u1100\u1161", "\u0f73 \u0f75", "\u0344", "\u0340\u0341"]
+    # marks newer than Unicode 9 (HF's NFC data): HF gives them class 0, so no reordering/composing
+    s += ["x\u07fd\u0334", "a\u0301\u1ac0\u0323", "\U00011935\U00011930", "e\u1df6\u0316",
+          "\u0915\u093c\u0c3c\u094d", "a\u0323\u0898\u0301", "o\u0302\U0001e4ec\u0301", "\U00011347\U0001133b\U0001133e"]
     # special-token text inside user content
     s += ["<|im_start|>", "<|im_end|>", "<|endoftext|>", "<think>", "</think>", "<tool_call>", "</tool_call>",
           "<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n",

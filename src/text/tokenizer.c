@@ -882,6 +882,34 @@ static void pre_tokenize(enc_state *st, const unsigned char *s, size_t n) {
 #undef IS_WS
 }
 
+/* Code points that HF's NFC leaves alone although utf8proc (Unicode 15) would reorder or compose
+ * them: HF's normalizer uses Unicode 9.0 data, so combining marks added later have combining
+ * class 0 there (they block reordering and composition like any starter), and the Unicode 13
+ * composition U+11935 U+11930 -> U+11938 is unknown to it. Measured by comparing HF's NFC with
+ * utf8proc's on every code point between marks and on every canonical decomposition. */
+static const struct { uint32_t lo, hi; } HF_NFC_OPAQUE[] = {
+    {0x7FD, 0x7FD},     {0x898, 0x89F},     {0x8CA, 0x8D3},     {0x9FE, 0x9FE},     {0xC3C, 0xC3C},
+    {0xD3B, 0xD3C},     {0xEBA, 0xEBA},     {0x1715, 0x1715},   {0x1ABF, 0x1ACE},   {0x1DF6, 0x1DFA},
+    {0xA82C, 0xA82C},   {0x10D24, 0x10D27}, {0x10EAB, 0x10EAC}, {0x10EFD, 0x10EFF}, {0x10F46, 0x10F50},
+    {0x10F82, 0x10F85}, {0x11070, 0x11070}, {0x1133B, 0x1133B}, {0x1145E, 0x1145E}, {0x11839, 0x1183A},
+    {0x11930, 0x11930}, {0x1193D, 0x1193E}, {0x11943, 0x11943}, {0x119E0, 0x119E0}, {0x11A34, 0x11A34},
+    {0x11A47, 0x11A47}, {0x11A99, 0x11A99}, {0x11D42, 0x11D42}, {0x11D44, 0x11D45}, {0x11D97, 0x11D97},
+    {0x11F41, 0x11F42}, {0x16FF0, 0x16FF1}, {0x1E08F, 0x1E08F}, {0x1E130, 0x1E136}, {0x1E2AE, 0x1E2AE},
+    {0x1E2EC, 0x1E2EF}, {0x1E4EC, 0x1E4EF},
+};
+
+static int hf_nfc_opaque(uint32_t cp) {
+    if (cp < 0x7FD) return 0;
+    size_t lo = 0, hi = sizeof HF_NFC_OPAQUE / sizeof HF_NFC_OPAQUE[0];
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (cp < HF_NFC_OPAQUE[mid].lo) hi = mid;
+        else if (cp > HF_NFC_OPAQUE[mid].hi) lo = mid + 1;
+        else return 1;
+    }
+    return 0;
+}
+
 /* 1 when NFC can neither change the code point nor combine it with what precedes it, so a
  * normalisation boundary lies just before it (UAX #15 quick-check idea, conservative): a starter
  * (ccc 0) without canonical decomposition that is not the second element of any composition.
@@ -909,13 +937,15 @@ static const unsigned char *normalize(enc_state *st, const unsigned char *s, siz
         if (s[i] < 0x80) { boundary = i++; continue; }
         size_t len; uint32_t c;
         int r8 = utf8_next(s + i, n - i, &len, &c);
-        if (r8 != U8_VALID) { i += len; boundary = i; continue; } /* nothing combines across it */
+        /* nothing combines across a stray byte or an HF-opaque code point: copy it, boundary after */
+        if (r8 != U8_VALID || hf_nfc_opaque(c)) { i += len; boundary = i; continue; }
         if (nfc_inert(c)) { boundary = i; i += len; continue; }
         /* Normalise from the last boundary to the next inert code point. */
         size_t j = i + len;
         while (j < n) {
             size_t l2; uint32_t c2;
-            if (s[j] < 0x80 || utf8_next(s + j, n - j, &l2, &c2) != U8_VALID || nfc_inert(c2)) break;
+            if (s[j] < 0x80 || utf8_next(s + j, n - j, &l2, &c2) != U8_VALID || nfc_inert(c2) || hf_nfc_opaque(c2))
+                break;
             j += l2;
         }
         utf8proc_uint8_t *res = NULL;
