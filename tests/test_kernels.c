@@ -12,6 +12,7 @@
 
 #include "kernels/cpu/dot.h"
 #include "kernels/cpu/gemm_amx.h"
+#include "kernels/cpu/gemm_float.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/quant.h"
 #include "test_util.h"
@@ -99,6 +100,18 @@ static void test_matmul(int wt) {
      * ~5% of sigma of rounding, so ~1-2% on the outputs is what llama.cpp's scheme gives. */
     double tol = dot_act_type(wt) == QUANT_F32 ? 1e-6 : 3e-2;
     CHECK(sqrt(num / den) < tol, "%s matmul fast vs reference rel L2 %.3e", quant_type_name(wt), sqrt(num / den));
+    /* the register-tiled float product (several tokens, row map, ragged edges) */
+    if (gemm_float_available() && dot_act_type(wt) == QUANT_F32) {
+        CHECK(gemm_float_rows(&W, 3, rows - 2, x, T, cols, y1, rows, NULL), "gemm_float declined");
+        num = den = 0;
+        for (int t = 0; t < T; t++)
+            for (int64_t r = 3; r < rows - 2; r++) {
+                double d = y1[t * rows + r] - y2[t * rows + r];
+                num += d * d;
+                den += (double)y2[t * rows + r] * y2[t * rows + r];
+            }
+        CHECK(sqrt(num / den) < 1e-6, "%s gemm_float vs reference rel L2 %.3e", quant_type_name(wt), sqrt(num / den));
+    }
     free(w); free(x); free(y1); free(y2); free(wq);
 }
 

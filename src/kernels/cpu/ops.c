@@ -6,6 +6,7 @@
 
 #include "kernels/cpu/dot.h"
 #include "kernels/cpu/gemm_amx.h"
+#include "kernels/cpu/gemm_float.h"
 #include "kernels/cpu/quant.h"
 
 void op_set_threads(int n) {
@@ -164,6 +165,7 @@ void op_matmul_rows(const qn_tensor *W, int64_t r0, int64_t r1, const float *x, 
     dot_fn dot = kernel_for(W);
     if (!dot) { op_matmul_rows_ref(W, r0, r1, x, T, ldx, y, ldy); return; }
     if (use_amx(W, T) && gemm_amx_rows(W, r0, r1, x, T, ldx, y, ldy, NULL)) return;
+    if (T >= 4 && gemm_float_rows(W, r0, r1, x, T, ldx, y, ldy, NULL)) return;
     size_t astride;
     const uint8_t *act = prepare_act(W->dtype, x, T, ldx, W->cols, &astride);
     int64_t work = (r1 - r0) * W->cols * (int64_t)T;
@@ -179,6 +181,7 @@ void op_matmul_to_rows(const qn_tensor *W, const float *x, int T, float *const *
     dot_fn dot = kernel_for(W);
     if (!dot) { op_matmul_to_rows_ref(W, x, T, y); return; }
     if (use_amx(W, T) && gemm_amx_rows(W, 0, W->rows, x, T, W->cols, NULL, 0, y)) return;
+    if (T >= 4 && gemm_float_rows(W, 0, W->rows, x, T, W->cols, NULL, 0, y)) return;
     size_t astride;
     const uint8_t *act = prepare_act(W->dtype, x, T, W->cols, W->cols, &astride);
     int64_t work = W->rows * W->cols * (int64_t)T;

@@ -1,0 +1,93 @@
+/* gemm_float.c - prompt processing for float weights (f32, f16, bf16) with AVX-512.
+ *
+ * The vector path dots one weight row with one token at a time, which is load-bound: two
+ * loads per fused multiply-add, and a bf16 row widened again for every token. Here a 4x4
+ * register tile (4 weight rows x 4 tokens, 16 accumulators) widens each weight vector
+ * once and reuses every loaded vector four times, so the loop is bound by the FMA units.
+ * Accumulation stays f32, so results match the reference to rounding (unlike the AMX path,
+ * whose bf16 activations are kept for quantized weights). */
+#include "kernels/cpu/gemm_float.h"
+
+#include <string.h>
+
+#if defined(__x86_64__) && defined(__AVX512F__) && defined(__AVX512BW__)
+#include <immintrin.h>
+#include <omp.h>
+
+static inline __m512 load_w(int dtype, const void *row, int64_t k) {
+    if (dtype == QN_F32) return _mm512_loadu_ps((const float *)row + k);
+    __m256i h = _mm256_loadu_si256((const __m256i *)((const uint16_t *)row + k));
+    if (dtype == QN_BF16) return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    return _mm512_cvtph_ps(h);
+}
+
+static inline float load_w1(int dtype, const void *row, int64_t k) {
+    if (dtype == QN_F32) return ((const float *)row)[k];
+    uint16_t h = ((const uint16_t *)row)[k];
+    return dtype == QN_BF16 ? qn_bf16_to_f32(h) : qn_f16_to_f32(h);
+}
+
+static inline void put(float *y, int64_t ldy, float *const *yrows, int t, int64_t r, float v) {
+    if (yrows) yrows[t][r] = v;
+    else y[(int64_t)t * ldy + r] = v;
+}
+
+int gemm_float_available(void) {
+    static int ok = -1;
+    if (ok < 0) {
+        __builtin_cpu_init();
+        ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("f16c");
+    }
+    return ok;
+}
+
+int gemm_float_rows(const qn_tensor *W, int64_t r0, int64_t r1, const float *x, int T, int64_t ldx, float *y,
+                    int64_t ldy, float *const *yrows) {
+    if (W->dtype != QN_F32 && W->dtype != QN_F16 && W->dtype != QN_BF16) return 0;
+    if (T < 4 || !gemm_float_available()) return 0;
+    const int64_t K = W->cols, Kv = K & ~(int64_t)15;
+    const int64_t nrb = (r1 - r0 + 3) / 4;
+#pragma omp parallel for schedule(static)
+    for (int64_t rb = 0; rb < nrb; rb++) {
+        const void *wr[4];
+        int64_t rr[4];
+        int nr = 0;
+        for (int i = 0; i < 4; i++) {
+            int64_t r = r0 + rb * 4 + i;
+            if (r >= r1) r = r1 - 1; /* duplicate the last row; its results are not stored */
+            else nr = i + 1;
+            rr[i] = r;
+            wr[i] = (const char *)W->data + (size_t)(W->row_map ? W->row_map[r] : r) * W->row_bytes;
+        }
+        for (int t0 = 0; t0 < T; t0 += 4) {
+            int nt = T - t0 < 4 ? T - t0 : 4;
+            const float *xr[4];
+            for (int j = 0; j < 4; j++) xr[j] = x + (int64_t)(t0 + (j < nt ? j : nt - 1)) * ldx;
+            __m512 acc[4][4];
+            for (int i = 0; i < 4; i++)
+                for (int j = 0; j < 4; j++) acc[i][j] = _mm512_setzero_ps();
+            for (int64_t k = 0; k < Kv; k += 16) {
+                __m512 xv[4], wv[4];
+                for (int j = 0; j < 4; j++) xv[j] = _mm512_loadu_ps(xr[j] + k);
+                for (int i = 0; i < 4; i++) wv[i] = load_w(W->dtype, wr[i], k);
+                for (int i = 0; i < 4; i++)
+                    for (int j = 0; j < 4; j++) acc[i][j] = _mm512_fmadd_ps(wv[i], xv[j], acc[i][j]);
+            }
+            for (int i = 0; i < nr; i++)
+                for (int j = 0; j < nt; j++) {
+                    float s = _mm512_reduce_add_ps(acc[i][j]);
+                    for (int64_t k = Kv; k < K; k++) s += load_w1(W->dtype, wr[i], k) * xr[j][k];
+                    put(y, ldy, yrows, t0 + j, rr[i], s);
+                }
+        }
+    }
+    return 1;
+}
+
+#else
+int gemm_float_available(void) { return 0; }
+int gemm_float_rows(const qn_tensor *W, int64_t r0, int64_t r1, const float *x, int T, int64_t ldx, float *y,
+                    int64_t ldy, float *const *yrows) {
+    return 0;
+}
+#endif
