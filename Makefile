@@ -16,11 +16,11 @@ deps:
 demo: deps all
 	@./tools/demo.sh
 
-test: all
+test: deps all
 	@cd $(BUILD) && ctest --output-on-failure -j 2
 
 # The same suite under AddressSanitizer and UndefinedBehaviorSanitizer.
-test-asan:
+test-asan: deps
 	@cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DQNEXT_SANITIZE=ON >/dev/null
 	@cmake --build build-asan -j $(JOBS)
 	@cd build-asan && QNEXT_ASAN=1 ctest --output-on-failure -j 2
