@@ -127,10 +127,13 @@ static const uint8_t *prepare_act(int wtype, const float *x, int T, int64_t ldx,
         if (!tl_act) abort();
         tl_act_cap = rb * T;
     }
+    /* tl_act is thread-local: the worker threads of the loop below must write through the
+     * calling thread's pointer, not their own (NULL) copy */
+    uint8_t *act = tl_act;
 #pragma omp parallel for schedule(static) if (T > 8)
-    for (int t = 0; t < T; t++) quant_quantize_row(at, x + (int64_t)t * ldx, tl_act + rb * t, n);
+    for (int t = 0; t < T; t++) quant_quantize_row(at, x + (int64_t)t * ldx, act + rb * t, n);
     *stride = rb;
-    return tl_act;
+    return act;
 }
 
 static const dot_kernels *g_kern;
