@@ -226,6 +226,7 @@ struct qnext_tokenizer {
     vocab_slot *wmap; size_t wmap_mask;
     int32_t byte_id[256];           /* id of each single byte; -1 if the vocabulary lacks it */
     added_token *added; size_t n_added;
+    int any_normalized_added;       /* some added token is matched in normalised text */
     unsigned char added_first[256]; /* bit 1: some raw-matched added token starts with this byte,
                                        bit 2: some normalized-matched one does */
     int nfc;
@@ -522,6 +523,7 @@ static qnext_tokenizer *load_root(json *root, const char *path, char *err, size_
         at->len = t->tok_len[id];
         /* tok_off[id] holds the added token's own spelling: added tokens were stored last. */
         t->added_first[at->content[0]] |= nm ? 2 : 1;
+        t->any_normalized_added |= nm;
         if (sp) t->is_special[id] = 1;
         t->n_added++;
     }
@@ -1031,21 +1033,15 @@ static void encode_plain(enc_state *st, const unsigned char *s, size_t n, int pa
     size_t nn;
     const unsigned char *ns = normalize(st, s, n, &nn);
     if (st->failed) return;
-    int any_norm = 0;
-    for (size_t k = 0; k < st->t->n_added; k++) any_norm |= st->t->added[k].normalized;
-    if (!any_norm) { pre_tokenize(st, ns, nn); return; }
-    /* st->norm may be reused by nothing below, but copy anyway to keep the pieces stable. */
-    unsigned char *copy = malloc(nn ? nn : 1);
-    if (!copy) { st->failed = 1; return; }
-    memcpy(copy, ns, nn);
+    /* ns may live in st->norm, which nothing below touches until the next piece. */
     size_t pos = 0, ms, me; int32_t id;
-    while (pos < nn && find_added(st->t, copy, pos, nn, 1, parse_special, &ms, &me, &id)) {
-        pre_tokenize(st, copy + pos, ms - pos);
+    while (pos < nn && st->t->any_normalized_added &&
+           find_added(st->t, ns, pos, nn, 1, parse_special, &ms, &me, &id)) {
+        pre_tokenize(st, ns + pos, ms - pos);
         if (ib_push(&st->out, id)) st->failed = 1;
         pos = me;
     }
-    pre_tokenize(st, copy + pos, nn - pos);
-    free(copy);
+    pre_tokenize(st, ns + pos, nn - pos);
 }
 
 int tokenizer_encode_ex(const qnext_tokenizer *t, const char *text, size_t len, int parse_special,
