@@ -234,7 +234,9 @@ def rel_rows(a, b):
 
 def main():
     os.makedirs(OUT, exist_ok=True)
-    refs = {"generator": f"gguf {gguf.__version__ if hasattr(gguf, '__version__') else '?'} / torch {torch.__version__}",
+    from importlib.metadata import version
+    refs = {"generator": f"tools/make_gguf_refs.py: gguf {version('gguf')}, torch {torch.__version__}, "
+                         f"transformers {version('transformers')}",
             "llama_cpp_commit": LLAMA_CPP_COMMIT, "files": []}
     for fixture, types, keep in JOBS:
         d = os.path.join(ROOT, "tests", "fixtures", fixture)

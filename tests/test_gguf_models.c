@@ -1,0 +1,415 @@
+/* test_gguf_models.c - qwen3next GGUF models: files written by the gguf Python package load
+ * and run in the engine, `qnext quantize` writes the same bytes as the package, malformed
+ * model files give clear errors, and the tokenizer rebuilt from GGUF metadata tokenizes
+ * like tokenizer.json.
+ *
+ * References (tests/data/gguf_models/, tools/make_gguf_refs.py):
+ *   <fixture>.<TYPE>.gguf     written by gguf.GGUFWriter + gguf.quants.quantize from a fixture;
+ *   <fixture>.<TYPE>.logits.npy  transformers' fp32 logits of the fixture prompt with the
+ *                             checkpoint's weights replaced by the values the GGUF stores.
+ * Checks:
+ *   1. the engine on each package file reproduces its .logits.npy: max rel L2 <= 1e-4 per
+ *      position on the reference kernels (QNEXT_KERNELS=reference: this program re-runs
+ *      itself with it), as for the fixtures. On the fast kernels, F16/BF16 stay <= 1e-4;
+ *      Q8_0 runs with activations quantized to Q8_0 (as ggml does) and AMX bf16 tiles, and
+ *      these random fixtures flip a router choice for small perturbations, so the check is
+ *      median rel L2 <= 0.1 and top-1 agreement >= 0.7 (measured: 0.044 / 0.82 on short_top1,
+ *      0.018 / 0.91 on base_gqa);
+ *   2. against the fixture's fp32 logits (unquantized weights): F16/BF16 max rel L2 <= 1e-4;
+ *      Q8_0 median <= 0.15 (the dequantized-weight transformers reference itself is at a
+ *      median of 0.068-0.077 from them: that is the quantization's effect on these models);
+ *   3. `qnext quantize --type Q8_0` of the same fixture: the same tensors, types, shapes and
+ *      data bytes as the package's Q8_0 file, and the same metadata values;
+ *   4. `qnext quantize --type BF16`: logits equal to running the safetensors (rel L2 <= 1e-6);
+ *   5. wrong architecture, missing key, missing tensor, wrong shape: an error naming it;
+ *   6. a GGUF carrying the tokenizer metadata of tests/data/qwen3-tokenizer (written by our
+ *      writer at test time, as the converter would write it) gives the ids of
+ *      tests/data/tokenizer_refs.json (HF tokenizers); the chat template and special ids
+ *      of models/qnext-tiny survive the round trip. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "kernels/cpu/quant.h"
+#include "model/gguf.h"
+#include "model/quantize.h"
+#include "npy.h"
+#include "qnext.h"
+#include "test_util.h"
+#include "text/tokenizer.h"
+#include "text/tokenizer_gguf.h"
+#include "util/json.h"
+
+static int g_reference;  /* running on QNEXT_KERNELS=reference */
+static char g_tmp[256];  /* scratch file prefix */
+
+static double rel_l2(const float *a, const float *b, int n) {
+    double num = 0, den = 0;
+    for (int i = 0; i < n; i++) { double d = (double)a[i] - b[i]; num += d * d; den += (double)b[i] * b[i]; }
+    return sqrt(num / (den > 0 ? den : 1e-30));
+}
+
+static int cmp_d(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+typedef struct { double max, median, top1; } cmp_stats;
+
+static cmp_stats compare(const float *got, const float *want, int rows, int V) {
+    cmp_stats s = {0};
+    double *e = malloc(rows * sizeof *e);
+    int agree = 0;
+    for (int r = 0; r < rows; r++) {
+        e[r] = rel_l2(got + (size_t)r * V, want + (size_t)r * V, V);
+        if (isnan(e[r])) e[r] = INFINITY;
+        if (e[r] > s.max) s.max = e[r];
+        int a = 0, b = 0;
+        for (int j = 1; j < V; j++) {
+            if (got[(size_t)r * V + j] > got[(size_t)r * V + a]) a = j;
+            if (want[(size_t)r * V + j] > want[(size_t)r * V + b]) b = j;
+        }
+        agree += a == b;
+    }
+    qsort(e, rows, sizeof *e, cmp_d);
+    s.median = e[rows / 2];
+    s.top1 = (double)agree / rows;
+    free(e);
+    return s;
+}
+
+/* Logits of ids at every position (f32 KV cache), or NULL with a message. */
+static float *run_model(const char *path, const int32_t *ids, int n, int *V_out) {
+    qnext_model *m;
+    qnext_session *s;
+    char err[512];
+    qnext_model_params mp = {.quiet = 1};
+    if (qnext_model_open(path, &mp, &m, err, sizeof err)) { fprintf(stderr, "%s\n", err); return NULL; }
+    int V = qnext_model_config(m)->vocab_size;
+    qnext_session_params sp = {.n_ctx = n + 8, .kv_type = QNEXT_KV_F32};
+    float *lg = malloc((size_t)n * V * sizeof(float));
+    if (qnext_session_new(m, &sp, &s, err, sizeof err)) { fprintf(stderr, "%s\n", err); qnext_model_close(m); free(lg); return NULL; }
+    if (qnext_session_feed(s, ids, n, lg, QNEXT_LOGITS_ALL, err, sizeof err)) { fprintf(stderr, "%s\n", err); free(lg); lg = NULL; }
+    qnext_session_free(s);
+    qnext_model_close(m);
+    *V_out = V;
+    return lg;
+}
+
+static int32_t *fixture_prompt(const char *fixture, int n, int *ok) {
+    char p[512], err[256];
+    snprintf(p, sizeof p, "tests/fixtures/%s/ref.json", fixture);
+    json *r = json_parse_file(p, err, sizeof err);
+    json *jp = r ? json_get(r, "prompt") : NULL;
+    *ok = jp && (int)jp->n >= n;
+    int32_t *ids = calloc(n, sizeof *ids);
+    for (int i = 0; *ok && i < n; i++) ids[i] = (int32_t)jp->items[i]->num;
+    json_free(r);
+    return ids;
+}
+
+/* 1 and 2: the package's files in the engine. */
+static void test_package_files(json *refs) {
+    json *files = json_get(refs, "files");
+    CHECK(files && files->n >= 4, "refs.json lists no files");
+    for (size_t i = 0; files && i < files->n; i++) {
+        json *f = files->items[i];
+        const char *gg = json_get_string(f, "gguf"), *fx = json_get_string(f, "fixture"), *ty = json_get_string(f, "type");
+        const char *lgn = json_get_string(f, "logits");
+        int64_t n;
+        json_get_int(f, "n_prompt", 0, &n);
+        int ok;
+        int32_t *ids = fixture_prompt(fx, (int)n, &ok);
+        CHECK(ok, "%s: fixture prompt shorter than %lld (regenerate with tools/make_gguf_refs.py)", gg, (long long)n);
+        char path[512];
+        snprintf(path, sizeof path, "tests/data/gguf_models/%s", gg);
+        int V = 0;
+        float *got = ok ? run_model(path, ids, (int)n, &V) : NULL;
+        CHECK(got != NULL, "%s: does not run", path);
+        int rr, rc;
+        snprintf(path, sizeof path, "tests/data/gguf_models/%s", lgn);
+        float *want = npy_load_f32(path, &rr, &rc);
+        snprintf(path, sizeof path, "tests/fixtures/%s/logits.npy", fx);
+        int fr, fc;
+        float *fp32 = npy_load_f32(path, &fr, &fc);
+        if (got && want && fp32 && rr == n && rc == V && fr >= n && fc == V) {
+            int is_float = !strcmp(ty, "F16") || !strcmp(ty, "BF16");
+            cmp_stats a = compare(got, want, (int)n, V), b = compare(got, fp32, (int)n, V);
+            printf("%-24s %-9s vs dequantized-weight reference: max %.2e median %.2e top-1 %.3f | vs fp32: max %.2e "
+                   "median %.2e top-1 %.3f\n", gg, g_reference ? "reference" : "fast", a.max, a.median, a.top1, b.max,
+                   b.median, b.top1);
+            if (g_reference || is_float) CHECK(a.max <= 1e-4, "%s: max rel L2 %.3e > 1e-4 vs its reference", gg, a.max);
+            else {
+                CHECK(a.median <= 0.1, "%s: median rel L2 %.3e > 0.1 vs its reference", gg, a.median);
+                CHECK(a.top1 >= 0.7, "%s: top-1 agreement %.3f < 0.7 vs its reference", gg, a.top1);
+            }
+            if (is_float) CHECK(b.max <= 1e-4, "%s: max rel L2 %.3e > 1e-4 vs fp32", gg, b.max);
+            else CHECK(b.median <= 0.15, "%s: median rel L2 %.3e > 0.15 vs fp32", gg, b.median);
+        } else {
+            CHECK(0, "%s: reference logits missing or of the wrong shape", gg);
+        }
+        free(got); free(want); free(fp32); free(ids);
+    }
+}
+
+static int kv_equal(const gguf_kv *a, const gguf_kv *b) {
+    if (a->type != b->type) return 0;
+    switch (a->type) {
+    case GGUF_TYPE_STRING: return a->str.len == b->str.len && !memcmp(a->str.str, b->str.str, a->str.len);
+    case GGUF_TYPE_ARRAY: return a->arr_type == b->arr_type && a->arr_n == b->arr_n;
+    case GGUF_TYPE_FLOAT32: return a->v.f32 == b->v.f32;
+    case GGUF_TYPE_UINT32: return a->v.u32 == b->v.u32;
+    case GGUF_TYPE_BOOL: case GGUF_TYPE_UINT8: return a->v.u8 == b->v.u8;
+    default: return !memcmp(&a->v, &b->v, sizeof a->v);
+    }
+}
+
+/* 3: qnext quantize Q8_0 == the package's Q8_0 file. */
+static void test_same_bytes(const char *fixture) {
+    char ours[512], theirs[512], dir[512], err[512];
+    snprintf(ours, sizeof ours, "%s_%s_q8.gguf", g_tmp, fixture);
+    snprintf(theirs, sizeof theirs, "tests/data/gguf_models/%s.Q8_0.gguf", fixture);
+    snprintf(dir, sizeof dir, "tests/fixtures/%s", fixture);
+    quantize_params p = {.input_dir = dir, .output_path = ours, .mix = QMIX_Q8_0, .quiet = 1};
+    CHECK(quantize_model(&p, err, sizeof err) == 0, "quantize %s: %s", dir, err);
+    gguf_file *a = NULL, *b = NULL;
+    CHECK(gguf_open(ours, &a, err, sizeof err) == 0, "%s", err);
+    CHECK(gguf_open(theirs, &b, err, sizeof err) == 0, "%s", err);
+    if (a && b) {
+        CHECK(a->n_tensors == b->n_tensors, "%s: %llu tensors, the package wrote %llu", fixture,
+              (unsigned long long)a->n_tensors, (unsigned long long)b->n_tensors);
+        int same = 0;
+        for (uint64_t i = 0; i < b->n_tensors; i++) {
+            const gguf_tensor *tb = &b->tensors[i], *ta = gguf_find_tensor(a, tb->name);
+            CHECK(ta != NULL, "%s: tensor %s missing", fixture, tb->name);
+            if (!ta) continue;
+            int ok = ta->type == tb->type && ta->n_dims == tb->n_dims && ta->nbytes == tb->nbytes;
+            for (int d = 0; ok && d < GGUF_MAX_DIMS; d++) ok = ta->ne[d] == tb->ne[d];
+            CHECK(ok, "%s: %s is %s [%lld, %lld, %lld], the package wrote %s [%lld, %lld, %lld]", fixture, tb->name,
+                  quant_type_name(ta->type), (long long)ta->ne[0], (long long)ta->ne[1], (long long)ta->ne[2],
+                  quant_type_name(tb->type), (long long)tb->ne[0], (long long)tb->ne[1], (long long)tb->ne[2]);
+            if (ok) {
+                int eq = !memcmp(ta->data, tb->data, ta->nbytes);
+                CHECK(eq, "%s: data of %s (%s) differs from the package's", fixture, tb->name, quant_type_name(tb->type));
+                same += eq;
+            }
+        }
+        printf("qnext quantize Q8_0 of %s: %d/%llu tensors byte-identical to the gguf package's\n", fixture, same,
+               (unsigned long long)b->n_tensors);
+        for (uint64_t i = 0; i < b->n_kv; i++) {
+            const gguf_kv *kb = &b->kv[i], *ka = gguf_find_key(a, kb->key);
+            if (!strcmp(kb->key, "general.name")) continue;
+            CHECK(ka && kv_equal(ka, kb), "%s: metadata %s missing or different", fixture, kb->key);
+        }
+    }
+    gguf_close(a);
+    gguf_close(b);
+    remove(ours);
+}
+
+/* 4: qnext quantize BF16 runs like the safetensors. */
+static void test_bf16_equals_safetensors(const char *fixture) {
+    char out[512], dir[512], err[512];
+    snprintf(out, sizeof out, "%s_%s_bf16.gguf", g_tmp, fixture);
+    snprintf(dir, sizeof dir, "tests/fixtures/%s", fixture);
+    quantize_params p = {.input_dir = dir, .output_path = out, .mix = QMIX_BF16, .quiet = 1};
+    CHECK(quantize_model(&p, err, sizeof err) == 0, "quantize %s: %s", dir, err);
+    int ok, n = 48, V1 = 0, V2 = 0;
+    int32_t *ids = fixture_prompt(fixture, 1, &ok);
+    free(ids);
+    char rp[512];
+    snprintf(rp, sizeof rp, "tests/fixtures/%s/ref.json", fixture);
+    json *r = json_parse_file(rp, err, sizeof err);
+    json *jp = r ? json_get(r, "prompt") : NULL;
+    if (jp && (int)jp->n < n) n = (int)jp->n;
+    json_free(r);
+    ids = fixture_prompt(fixture, n, &ok);
+    float *a = ok ? run_model(out, ids, n, &V1) : NULL, *b = ok ? run_model(dir, ids, n, &V2) : NULL;
+    CHECK(a && b && V1 == V2, "%s: BF16 GGUF or safetensors did not run", fixture);
+    if (a && b && V1 == V2) {
+        cmp_stats s = compare(a, b, n, V1);
+        printf("qnext quantize BF16 of %s vs safetensors: max rel L2 %.2e over %d positions\n", fixture, s.max, n);
+        CHECK(s.max <= 1e-6, "%s: BF16 GGUF logits differ from the safetensors run (%.3e)", fixture, s.max);
+    }
+    free(a); free(b); free(ids);
+    remove(out);
+}
+
+/* 5: malformed model files, rewritten from a good one with one thing changed. */
+enum { BAD_ARCH, BAD_NO_KEY, BAD_NO_TENSOR, BAD_SHAPE };
+
+static int write_variant(const gguf_file *g, const char *path, int what, const char *target) {
+    char err[256];
+    gguf_writer *w = gguf_writer_open(path, err, sizeof err);
+    if (!w) return 0;
+    for (uint64_t i = 0; i < g->n_kv; i++) {
+        const gguf_kv *kv = &g->kv[i];
+        if (what == BAD_NO_KEY && !strcmp(kv->key, target)) continue;
+        if (what == BAD_ARCH && !strcmp(kv->key, "general.architecture")) { gguf_writer_add_str(w, kv->key, "llama"); continue; }
+        switch (kv->type) {
+        case GGUF_TYPE_STRING: gguf_writer_add_str_len(w, kv->key, kv->str.str, kv->str.len); break;
+        case GGUF_TYPE_UINT32: gguf_writer_add_u32(w, kv->key, kv->v.u32); break;
+        case GGUF_TYPE_FLOAT32: gguf_writer_add_f32(w, kv->key, kv->v.f32); break;
+        case GGUF_TYPE_BOOL: gguf_writer_add_bool(w, kv->key, kv->v.u8); break;
+        default: break; /* the package's model files hold only these */
+        }
+    }
+    for (uint64_t i = 0; i < g->n_tensors; i++) {
+        const gguf_tensor *t = &g->tensors[i];
+        if (what == BAD_NO_TENSOR && !strcmp(t->name, target)) continue;
+        int64_t ne[4] = {t->ne[0], t->ne[1], t->ne[2], t->ne[3]};
+        if (what == BAD_SHAPE && !strcmp(t->name, target)) ne[1] -= 1;
+        gguf_writer_add_tensor(w, t->name, t->type, t->n_dims, ne);
+    }
+    gguf_writer_write_header(w);
+    for (uint64_t i = 0; i < g->n_tensors; i++) {
+        const gguf_tensor *t = &g->tensors[i];
+        if (what == BAD_NO_TENSOR && !strcmp(t->name, target)) continue;
+        size_t nb = t->nbytes;
+        if (what == BAD_SHAPE && !strcmp(t->name, target))
+            nb = quant_row_bytes(t->type, t->ne[0]) * (size_t)((t->ne[1] - 1) * t->ne[2] * t->ne[3]);
+        gguf_writer_write_tensor(w, t->data, nb);
+    }
+    return gguf_writer_close(w, err, sizeof err) == 0;
+}
+
+static void test_malformed(void) {
+    gguf_file *g;
+    char err[512], path[512];
+    snprintf(path, sizeof path, "%s_bad.gguf", g_tmp);
+    CHECK(gguf_open("tests/data/gguf_models/short_top1.BF16.gguf", &g, err, sizeof err) == 0, "%s", err);
+    if (!g) return;
+    struct { int what; const char *target; qnext_status want; const char *msg; } cases[] = {
+        {BAD_ARCH, "", QNEXT_ERR_CONFIG, "architecture 'llama' is not qwen3next"},
+        {BAD_NO_KEY, "qwen3next.embedding_length", QNEXT_ERR_CONFIG, "'qwen3next.embedding_length' is missing"},
+        {BAD_NO_KEY, "qwen3next.ssm.inner_size", QNEXT_ERR_CONFIG, "'qwen3next.ssm.inner_size' is missing"},
+        {BAD_NO_TENSOR, "blk.0.ssm_a", QNEXT_ERR_FORMAT, "tensor 'blk.0.ssm_a' is missing"},
+        {BAD_NO_TENSOR, "blk.3.ffn_down_exps.weight", QNEXT_ERR_FORMAT, "tensor 'blk.3.ffn_down_exps.weight' is missing"},
+        {BAD_NO_TENSOR, "output_norm.weight", QNEXT_ERR_FORMAT, "tensor 'output_norm.weight' is missing"},
+        {BAD_SHAPE, "blk.0.attn_qkv.weight", QNEXT_ERR_FORMAT, "tensor 'blk.0.attn_qkv.weight' has shape"},
+        {BAD_SHAPE, "blk.3.attn_q.weight", QNEXT_ERR_FORMAT, "tensor 'blk.3.attn_q.weight' has shape"},
+        {BAD_SHAPE, "blk.1.ffn_up_exps.weight", QNEXT_ERR_FORMAT, "tensor 'blk.1.ffn_up_exps.weight' has shape"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        CHECK(write_variant(g, path, cases[i].what, cases[i].target), "writing variant %zu", i);
+        qnext_model *m = NULL;
+        qnext_model_params mp = {.quiet = 1};
+        err[0] = 0;
+        qnext_status st = qnext_model_open(path, &mp, &m, err, sizeof err);
+        CHECK(st == cases[i].want && !m, "case %zu: status %d, want %d (%s)", i, st, cases[i].want, err);
+        CHECK(strstr(err, cases[i].msg) != NULL, "case %zu: message '%s' lacks '%s'", i, err, cases[i].msg);
+        qnext_model_close(m);
+    }
+    gguf_close(g);
+    remove(path);
+}
+
+/* 6: tokenizer from GGUF metadata. */
+static void test_tokenizer(void) {
+    char path[512], err[512];
+    snprintf(path, sizeof path, "%s_vocab.gguf", g_tmp);
+    CHECK(quantize_write_vocab_only("tests/data/qwen3-tokenizer", path, err, sizeof err) == 0, "%s", err);
+    gguf_file *g = NULL;
+    CHECK(gguf_open(path, &g, err, sizeof err) == 0, "%s", err);
+    qnext_tokenizer *tg = g ? tokenizer_load_gguf(g, err, sizeof err) : NULL;
+    CHECK(tg != NULL, "tokenizer from GGUF: %s", err);
+    qnext_tokenizer *tj = tokenizer_load_dir("tests/data/qwen3-tokenizer", err, sizeof err);
+    CHECK(tj != NULL, "%s", err);
+    json *refs = json_parse_file("tests/data/tokenizer_refs.json", err, sizeof err);
+    json *enc = refs ? json_get(refs, "encode") : NULL;
+    CHECK(enc && enc->n > 100, "tokenizer_refs.json: no encode cases");
+    if (tg && tj && enc) {
+        CHECK(tokenizer_vocab_size(tg) == tokenizer_vocab_size(tj), "vocab size %zu vs %zu", tokenizer_vocab_size(tg),
+              tokenizer_vocab_size(tj));
+        size_t same = 0;
+        for (size_t i = 0; i < enc->n; i++) {
+            json *c = enc->items[i], *t = json_get(c, "text"), *want = json_get(c, "ids");
+            int32_t *ids = NULL;
+            size_t n = 0;
+            int ok = tokenizer_encode(tg, t->str, t->len, &ids, &n) == 0 && n == want->n;
+            for (size_t k = 0; ok && k < n; k++) ok = ids[k] == (int32_t)want->items[k]->num;
+            CHECK(ok, "GGUF tokenizer, case %zu: ids differ from tokenizers'", i);
+            same += ok;
+            char *text = NULL;
+            size_t tl = 0;
+            if (ok && tokenizer_decode(tg, ids, n, &text, &tl) == 0) {
+                json *d = json_get(c, "decoded");
+                CHECK(!d || (d->len == tl && !memcmp(d->str, text, tl)), "GGUF tokenizer, case %zu: decode differs", i);
+            }
+            free(text);
+            free(ids);
+        }
+        printf("tokenizer from GGUF metadata: %zu/%zu reference strings give the tokenizers ids\n", same, enc->n);
+        /* the converter marks an added token CONTROL (special) when tokenizer.json does or when
+         * it looks like "<|...|>" (does_token_look_special): <|fim_prefix|> etc. become special */
+        for (int32_t id = 151643; id < (int32_t)tokenizer_vocab_size(tj); id++) {
+            const char *sp = tokenizer_id_to_token(tj, id);
+            size_t L = sp ? strlen(sp) : 0;
+            int looks = L >= 4 && !memcmp(sp, "<|", 2) && !memcmp(sp + L - 2, "|>", 2);
+            CHECK(tokenizer_is_special(tg, id) == (tokenizer_is_special(tj, id) || looks), "special flag of %d", id);
+        }
+    }
+    json_free(refs);
+    tokenizer_free(tg);
+    tokenizer_free(tj);
+    gguf_close(g);
+    remove(path);
+
+    /* chat template and special ids: a directory with tokenizer_config.json */
+    const char *dir = "models/qnext-tiny";
+    json *tc = json_parse_file("models/qnext-tiny/tokenizer_config.json", err, sizeof err);
+    if (!tc) { printf("(models/qnext-tiny has no tokenizer_config.json: template round trip not checked)\n"); return; }
+    CHECK(quantize_write_vocab_only(dir, path, err, sizeof err) == 0, "%s", err);
+    g = NULL;
+    CHECK(gguf_open(path, &g, err, sizeof err) == 0, "%s", err);
+    if (g) {
+        char *tmpl = tokenizer_gguf_chat_template(g);
+        const char *want = json_get_string(tc, "chat_template");
+        CHECK(tmpl && want && !strcmp(tmpl, want), "chat template not carried over");
+        free(tmpl);
+        qnext_tokenizer *a = tokenizer_load_gguf(g, err, sizeof err), *b = tokenizer_load_dir(dir, err, sizeof err);
+        CHECK(a && b, "qnext-tiny tokenizers: %s", err);
+        const char *eos = json_get_string(tc, "eos_token"), *pad = json_get_string(tc, "pad_token");
+        if (a && b && eos) CHECK(tokenizer_gguf_special_id(g, "eos") == tokenizer_token_id(b, eos), "eos id");
+        if (a && b && pad) CHECK(tokenizer_gguf_special_id(g, "padding") == tokenizer_token_id(b, pad), "padding id");
+        const char *s = "Call me Ishmael. Some years ago\xe2\x80\x94never mind how long precisely<|im_end|>\n";
+        int32_t *x = NULL, *y = NULL;
+        size_t nx = 0, ny = 0;
+        if (a && b) {
+            tokenizer_encode(a, s, strlen(s), &x, &nx);
+            tokenizer_encode(b, s, strlen(s), &y, &ny);
+            CHECK(nx == ny && (!nx || !memcmp(x, y, nx * sizeof *x)), "qnext-tiny: GGUF and json tokenizers differ");
+        }
+        free(x); free(y);
+        tokenizer_free(a);
+        tokenizer_free(b);
+        gguf_close(g);
+    }
+    json_free(tc);
+    remove(path);
+}
+
+int main(int argc, char **argv) {
+    const char *k = getenv("QNEXT_KERNELS");
+    g_reference = k && !strcmp(k, "reference");
+    snprintf(g_tmp, sizeof g_tmp, "/tmp/qnext_test_gguf_models_%d", (int)getpid());
+    char err[512];
+    json *refs = json_parse_file("tests/data/gguf_models/refs.json", err, sizeof err);
+    CHECK(refs != NULL, "%s", err);
+    if (refs) test_package_files(refs);
+    json_free(refs);
+    if (g_reference) return tu_finish("test_gguf_models (reference kernels)");
+    test_same_bytes("short_top1");
+    test_same_bytes("base_gqa");
+    test_bf16_equals_safetensors("short_top1");
+    test_bf16_equals_safetensors("base_gqa");
+    test_malformed();
+    test_tokenizer();
+    /* the package files once more on the plain C reference kernels, in a child process
+     * (the kernel choice is made once per process) */
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "QNEXT_KERNELS=reference '%s'", argc > 0 ? argv[0] : "build/test_gguf_models");
+    CHECK(system(cmd) == 0, "the reference-kernel run failed");
+    return tu_finish("test_gguf_models");
+}
