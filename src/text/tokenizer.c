@@ -634,7 +634,7 @@ typedef struct {
     int failed;
 } enc_state;
 
-enum { CACHE_MAX_WORD = 64, CACHE_MAX_ENTRIES = 1 << 16, BPE_HEAP_THRESHOLD = 96 };
+enum { CACHE_MAX_WORD = 64, CACHE_MAX_ENTRIES = 1 << 16, CACHE_MIN_INPUT = 4096, BPE_HEAP_THRESHOLD = 96 };
 
 static int ensure_sym(enc_state *st, size_t n) {
     if (n <= st->cap_sym) return 0;
@@ -1053,7 +1053,7 @@ int tokenizer_encode_ex(const qnext_tokenizer *t, const char *text, size_t len, 
     if (len >= UINT32_MAX) return -1; /* offsets inside a piece are 32-bit */
     enc_state st = {0};
     st.t = t;
-    if (len >= 4096) { /* a cache pays off only when words repeat */
+    if (len >= CACHE_MIN_INPUT) { /* a cache pays off only when words repeat */
         /* sized to the input (about one slot per 4 bytes), at most 2 * CACHE_MAX_ENTRIES */
         st.cache_mask = pow2_at_least(len / 4 < CACHE_MAX_ENTRIES * 2 ? len / 4 : CACHE_MAX_ENTRIES * 2) - 1;
         st.cache = calloc(st.cache_mask + 1, sizeof *st.cache);
