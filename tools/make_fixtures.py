@@ -614,7 +614,7 @@ def build_fixture(fx, outroot):
             "min_greedy_margin": round(min(margins), 6),
             "layer_zeroing_rel_l2": [round(e, 4) for e in effects],
             "cached_decode_vs_full_forward_rel_l2": decode_err,
-            "mtp_unexpected_keys_ignored_by_transformers": bool(fx["mtp"]),
+            "has_mtp_tensors": bool(fx["mtp"]),
         },
         "notes": ("Reference from transformers %s / torch %s, Qwen3NextForCausalLM loaded from this directory "
                   "with dtype=bfloat16 then .float(): weights are exactly the stored bf16 values, all compute fp32 "
