@@ -22,11 +22,12 @@
 
 static const char *eval_usage =
     "usage: qnext eval -m MODEL --ref REF_MODEL (--ids FILE | --text FILE) [--tokenizer DIR]\n"
-    "                  [-c CTX] [--chunks N] [--score-from K] [-t THREADS] [--json]\n"
+    "                  [-c CTX] [--chunks N] [--score-from K] [-t THREADS] [--kv-type f32|bf16|q8|auto] [--json]\n"
     "Compares MODEL (e.g. a quantized GGUF) with REF_MODEL (e.g. the bf16 safetensors) over the\n"
     "tokens of FILE, in chunks of CTX tokens (default 512) each starting from an empty state.\n"
     "Positions K.. of each chunk are scored (default 0; llama-perplexity scores from CTX/2).\n"
     "Reports mean/max/p99 KL(ref || model), top-1 agreement, and the perplexity of both.\n"
+    "Both models use an f32 KV cache unless --kv-type says otherwise, so only the weights differ.\n"
     "--text uses the tokenizer of --tokenizer DIR, else MODEL's or REF_MODEL's (tokenizer.json\n"
     "in a model directory, or the tokenizer metadata of a GGUF file).\n";
 
@@ -77,7 +78,7 @@ static int log_softmax(const float *x, int n, double *out) {
 int cmd_eval(int argc, char **argv) {
     const char *model = NULL, *ref = NULL, *ids_path = NULL, *text_path = NULL, *tok_dir = NULL;
     long ctx = 512, max_chunks = 0, score_from = 0, threads = 0;
-    int as_json = 0;
+    int as_json = 0, kv_type = QNEXT_KV_F32;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { printf("%s", eval_usage); return 0; }
@@ -91,6 +92,7 @@ int cmd_eval(int argc, char **argv) {
         else if (!strcmp(a, "--score-from")) { if (!(v = args_value(argc, argv, &i)) || !args_int(a, v, 0, 1 << 20, &score_from)) return 2; }
         else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) { if (!(v = args_value(argc, argv, &i)) || !args_int(a, v, 0, 4096, &threads)) return 2; }
         else if (!strcmp(a, "--json")) as_json = 1;
+        else if (!strcmp(a, "--kv-type")) { if (!(v = args_value(argc, argv, &i)) || (kv_type = args_kv_type(v)) < 0) return 2; }
         else { fprintf(stderr, "qnext: unknown option '%s'\n%s", a, eval_usage); return 2; }
     }
     if (!model || !ref || (!ids_path == !text_path)) {
@@ -136,7 +138,7 @@ int cmd_eval(int argc, char **argv) {
         qnext_model_close(mm); qnext_model_close(mr); free(ids);
         return 1;
     }
-    qnext_session_params sp = {.n_ctx = (int)ctx};
+    qnext_session_params sp = {.n_ctx = (int)ctx, .kv_type = kv_type};
     qnext_session *sm = NULL, *sr = NULL;
     int rc = 1;
     float *lm = malloc((size_t)ctx * V * sizeof(float)), *lr = malloc((size_t)ctx * V * sizeof(float));
