@@ -19,7 +19,9 @@
  *      Q8_0 median <= 0.15 (the dequantized-weight transformers reference itself is at a
  *      median of 0.068-0.077 from them: that is the quantization's effect on these models);
  *   3. `qnext quantize --type Q8_0` of the same fixture: the same tensors, types, shapes and
- *      data bytes as the package's Q8_0 file, and the same metadata values;
+ *      data bytes as the package's Q8_0 file, and the same metadata values; and the same
+ *      against a file written by llama.cpp's convert_hf_to_gguf.py itself (with a tokenizer:
+ *      tokens, types, merges, special ids and chat template compared too);
  *   4. `qnext quantize --type BF16`: logits equal to running the safetensors (rel L2 <= 1e-6);
  *   5. wrong architecture, missing key, missing tensor, wrong shape: an error naming it;
  *   6. a GGUF carrying the tokenizer metadata of tests/data/qwen3-tokenizer (written by our
@@ -29,6 +31,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "kernels/cpu/quant.h"
@@ -157,7 +160,21 @@ static int kv_equal(const gguf_kv *a, const gguf_kv *b) {
     if (a->type != b->type) return 0;
     switch (a->type) {
     case GGUF_TYPE_STRING: return a->str.len == b->str.len && !memcmp(a->str.str, b->str.str, a->str.len);
-    case GGUF_TYPE_ARRAY: return a->arr_type == b->arr_type && a->arr_n == b->arr_n;
+    case GGUF_TYPE_ARRAY:
+        if (a->arr_type != b->arr_type || a->arr_n != b->arr_n) return 0;
+        if (a->arr_type == GGUF_TYPE_STRING) {
+            const gguf_string *x = a->arr, *y = b->arr;
+            for (uint64_t i = 0; i < a->arr_n; i++)
+                if (x[i].len != y[i].len || memcmp(x[i].str, y[i].str, x[i].len)) return 0;
+            return 1;
+        } else {
+            size_t es = a->arr_type == GGUF_TYPE_UINT8 || a->arr_type == GGUF_TYPE_INT8 || a->arr_type == GGUF_TYPE_BOOL ? 1
+                      : a->arr_type == GGUF_TYPE_UINT16 || a->arr_type == GGUF_TYPE_INT16                              ? 2
+                      : a->arr_type == GGUF_TYPE_UINT64 || a->arr_type == GGUF_TYPE_INT64 ||
+                                a->arr_type == GGUF_TYPE_FLOAT64                                                         ? 8
+                                                                                                                         : 4;
+            return !memcmp(a->arr, b->arr, es * a->arr_n);
+        }
     case GGUF_TYPE_FLOAT32: return a->v.f32 == b->v.f32;
     case GGUF_TYPE_UINT32: return a->v.u32 == b->v.u32;
     case GGUF_TYPE_BOOL: case GGUF_TYPE_UINT8: return a->v.u8 == b->v.u8;
@@ -165,12 +182,12 @@ static int kv_equal(const gguf_kv *a, const gguf_kv *b) {
     }
 }
 
-/* 3: qnext quantize Q8_0 == the package's Q8_0 file. */
-static void test_same_bytes(const char *fixture) {
-    char ours[512], theirs[512], dir[512], err[512];
-    snprintf(ours, sizeof ours, "%s_%s_q8.gguf", g_tmp, fixture);
-    snprintf(theirs, sizeof theirs, "tests/data/gguf_models/%s.Q8_0.gguf", fixture);
-    snprintf(dir, sizeof dir, "tests/fixtures/%s", fixture);
+/* 3: qnext quantize Q8_0 of dir == the file `theirs` (tensors, types, shapes, bytes; every
+ * metadata key of theirs but general.name / general.size_label, with the same value). */
+static void test_same_bytes(const char *dir, const char *theirs, const char *label) {
+    char ours[512], err[512];
+    snprintf(ours, sizeof ours, "%s_q8.gguf", g_tmp);
+    const char *fixture = label;
     quantize_params p = {.input_dir = dir, .output_path = ours, .mix = QMIX_Q8_0, .quiet = 1};
     CHECK(quantize_model(&p, err, sizeof err) == 0, "quantize %s: %s", dir, err);
     gguf_file *a = NULL, *b = NULL;
@@ -195,13 +212,17 @@ static void test_same_bytes(const char *fixture) {
                 same += eq;
             }
         }
-        printf("qnext quantize Q8_0 of %s: %d/%llu tensors byte-identical to the gguf package's\n", fixture, same,
-               (unsigned long long)b->n_tensors);
+        int kv_same = 0;
         for (uint64_t i = 0; i < b->n_kv; i++) {
             const gguf_kv *kb = &b->kv[i], *ka = gguf_find_key(a, kb->key);
-            if (!strcmp(kb->key, "general.name")) continue;
+            if (!strcmp(kb->key, "general.name") || !strcmp(kb->key, "general.size_label")) continue;
             CHECK(ka && kv_equal(ka, kb), "%s: metadata %s missing or different", fixture, kb->key);
+            kv_same += ka && kv_equal(ka, kb);
         }
+        for (uint64_t i = 0; i < a->n_kv; i++)
+            CHECK(gguf_find_key(b, a->kv[i].key), "%s: metadata %s is not in %s", fixture, a->kv[i].key, theirs);
+        printf("qnext quantize Q8_0 of %s: %d/%llu tensors byte-identical to %s, %d metadata values equal\n", fixture,
+               same, (unsigned long long)b->n_tensors, theirs, kv_same);
     }
     gguf_close(a);
     gguf_close(b);
@@ -400,8 +421,26 @@ int main(int argc, char **argv) {
     if (refs) test_package_files(refs);
     json_free(refs);
     if (g_reference) return tu_finish("test_gguf_models (reference kernels)");
-    test_same_bytes("short_top1");
-    test_same_bytes("base_gqa");
+    test_same_bytes("tests/fixtures/short_top1", "tests/data/gguf_models/short_top1.Q8_0.gguf", "short_top1");
+    test_same_bytes("tests/fixtures/base_gqa", "tests/data/gguf_models/base_gqa.Q8_0.gguf", "base_gqa");
+    /* llama.cpp's own converter (convert_hf_to_gguf.py --no-mtp --outtype q8_0 at the commit in
+     * refs.json, pre-tokenizer forced to qwen2 for the test vocabulary; docs/QUANT.md) of base_gqa
+     * with the tok512 tokenizer: the same tensors and the same metadata, tokenizer included */
+    char dir[512], src[1024], dst[1024];
+    snprintf(dir, sizeof dir, "%s_bgtok", g_tmp);
+    mkdir(dir, 0755);
+    const char *links[][2] = {{"tests/fixtures/base_gqa", "config.json"}, {"tests/fixtures/base_gqa", "model.safetensors"},
+                              {"tests/data/tok512", "tokenizer.json"}, {"tests/data/tok512", "tokenizer_config.json"}};
+    char cwd[512];
+    CHECK(getcwd(cwd, sizeof cwd) != NULL, "getcwd");
+    for (int i = 0; i < 4; i++) {
+        snprintf(src, sizeof src, "%s/%s/%s", cwd, links[i][0], links[i][1]);
+        snprintf(dst, sizeof dst, "%s/%s", dir, links[i][1]);
+        CHECK(symlink(src, dst) == 0, "symlink %s", dst);
+    }
+    test_same_bytes(dir, "tests/data/gguf_models/base_gqa+tok512.llama-convert.Q8_0.gguf", "base_gqa+tok512");
+    for (int i = 0; i < 4; i++) { snprintf(dst, sizeof dst, "%s/%s", dir, links[i][1]); remove(dst); }
+    rmdir(dir);
     test_bf16_equals_safetensors("short_top1");
     test_bf16_equals_safetensors("base_gqa");
     test_malformed();
