@@ -132,6 +132,8 @@ struct serve_engine {
     int n_ctxs, max_ctxs;
     size_t session_bytes, snap_bytes;
     uint64_t tick;
+    char *piece;        /* detokenizer output, tokenizer_stream_out_max bytes */
+    size_t piece_cap;
     int32_t *fake;      /* QNEXT_SERVE_FAKE_OUTPUT (test hook) */
     size_t n_fake;
 
@@ -683,8 +685,9 @@ static void ctx_finish(serve_engine *e, context *c, int fin) {
     } else if (fin == FIN_ERROR) {
         fail_request(r, 500, "generation failed");
     } else {
-        char tail[16];
-        size_t n = tokenizer_stream_flush(&r->ts, tail, sizeof tail);
+        char *tail = e->piece;
+        size_t n = tokenizer_stream_flush(&r->ts, tail, e->piece_cap);
+        if (n == (size_t)-1) n = 0;
         size_t m2 = 0;
         const char *out = NULL;
         if (r->stop.stopped < 0) {
@@ -730,9 +733,9 @@ static void on_token(serve_engine *e, context *c, int32_t t, const sampler_resul
         if (x->lp.n < x->lp.cap) x->lp.v[x->lp.n++] = *res;
     }
     sampler_accept(r->smp, t);
-    char piece[64];
+    char *piece = e->piece;
     size_t n = 0;
-    if (!tokenizer_is_special(e->tok, t)) n = tokenizer_stream_put(&r->ts, t, piece, sizeof piece);
+    if (!tokenizer_is_special(e->tok, t)) n = tokenizer_stream_put(&r->ts, t, piece, e->piece_cap);
     if (n == (size_t)-1) n = 0;
     size_t m2 = 0;
     const char *out = stop_matcher_push(&r->stop, piece, n, &m2);
@@ -969,6 +972,9 @@ serve_engine *engine_start(qnext_model *m, const qnext_tokenizer *tok, const ser
     if (extra > 256) extra = 256;
     e->max_ctxs = o->parallel + (int)extra;
     e->ctx = calloc((size_t)e->max_ctxs, sizeof *e->ctx);
+    e->piece_cap = tokenizer_stream_out_max(tok);
+    e->piece = malloc(e->piece_cap);
+    if (!e->piece) { snprintf(err, errlen, "out of memory"); free(e->ctx); free(e); return NULL; }
     const char *fake = getenv("QNEXT_SERVE_FAKE_OUTPUT");
     if (fake && *fake) {
         /* TEST HOOK: every generation emits these tokens (then end of sequence) instead of
@@ -1020,6 +1026,7 @@ void engine_free(serve_engine *e) {
         free(c->logits);
     }
     free(e->ctx);
+    free(e->piece);
     free(e->fake);
     pthread_mutex_destroy(&e->mu);
     pthread_cond_destroy(&e->cv);

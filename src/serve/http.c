@@ -35,6 +35,7 @@ typedef struct {
     int vocab, n_ctx;
     sampler_params gen_defaults; /* generation_config.json over the sampler's defaults */
     int64_t started;
+    atomic_int inflight;       /* requests MHD has not completed yet (for a clean shutdown) */
 } server;
 
 typedef struct {
@@ -617,6 +618,7 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
         const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
         cs->fd = ci ? ci->connect_fd : -1;
         *con_cls = cs;
+        atomic_fetch_add(&sv->inflight, 1);
         const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Length");
         if (cl && strtoll(cl, NULL, 10) > sv->o.max_body) {
             /* answered before the body is read (MHD then closes the connection) */
@@ -702,8 +704,10 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
 }
 
 static void completed(void *cls, struct MHD_Connection *c, void **con_cls, enum MHD_RequestTerminationCode toe) {
+    server *sv = cls;
     conn_state *cs = *con_cls;
     if (!cs) return;
+    atomic_fetch_sub(&sv->inflight, 1);
     sv_buf_free(&cs->body);
     free(cs);
     *con_cls = NULL;
@@ -794,6 +798,8 @@ int serve_main(const serve_options *opts) {
     MHD_socket ls = MHD_quiesce_daemon(d);
     if (ls != MHD_INVALID_SOCKET) close(ls);
     engine_shutdown(sv.eng, opts->drain_s);
+    /* every request is finished in the engine; let the connections send what is left */
+    for (int i = 0; i < 500 && atomic_load(&sv.inflight) > 0; i++) usleep(20000);
     MHD_stop_daemon(d);
     d = NULL;
     code = 0;
