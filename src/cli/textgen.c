@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "args.h"
+#include "text/tokenizer_gguf.h"
 
 const char TEXTGEN_OPTIONS_HELP[] =
     "  -m, --model DIR          model directory (config.json, weights, tokenizer.json, template)\n"
@@ -137,13 +138,15 @@ int textgen_open(textgen *g, const textgen_opts *o, int need_template, int spinn
     if (st) { fprintf(stderr, "qnext: %s\n", err); return 0; }
     const qnext_config *c = qnext_model_config(g->model);
     g->vocab = c->vocab_size;
-    if (!(g->tok = tokenizer_load_dir(o->model_dir, err, sizeof err))) goto fail;
+    if (tokenizer_gguf_is_file(o->model_dir)) { /* a GGUF file: tokenizer and template from its metadata */
+        if (tokenizer_gguf_load_file(o->model_dir, &g->tok, need_template ? &g->tmpl : NULL, err, sizeof err)) goto fail;
+    } else if (!(g->tok = tokenizer_load_dir(o->model_dir, err, sizeof err))) goto fail;
     if (tokenizer_vocab_size(g->tok) > (size_t)g->vocab) {
         snprintf(err, sizeof err, "the tokenizer has %zu ids but the model only %d", tokenizer_vocab_size(g->tok),
                  g->vocab);
         goto fail;
     }
-    if (need_template && !(g->tmpl = chat_template_load_dir(o->model_dir, err, sizeof err))) goto fail;
+    if (need_template && !g->tmpl && !(g->tmpl = chat_template_load_dir(o->model_dir, err, sizeof err))) goto fail;
 
     /* sampling: generation_config.json, then the command line */
     g->sp = sampler_params_default();

@@ -16,6 +16,8 @@
 #include <string.h>
 
 #include "model/gguf.h"
+#include "text/chat_template.h"
+#include "util/json.h"
 
 static const char QWEN2_REGEX_JSON[] =
     "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\\\r\\\\n\\\\p{L}\\\\p{N}]?\\\\p{L}+|\\\\p{N}| ?[^\\\\s\\\\p{L}\\\\p{N}]+[\\\\r\\\\n]*|"
@@ -158,4 +160,55 @@ int tokenizer_gguf_special_id(const gguf_file *g, const char *name) {
     int64_t v;
     snprintf(key, sizeof key, "tokenizer.ggml.%s_token_id", name);
     return gguf_get_int(g, key, &v) == 1 && v >= 0 && v <= 0x7FFFFFFF ? (int)v : -1;
+}
+
+int tokenizer_gguf_is_file(const char *path) {
+    FILE *f = fopen(path, "rb");
+    char magic[4] = {0};
+    int r = f && fread(magic, 1, 4, f) == 4 && !memcmp(magic, "GGUF", 4);
+    if (f) fclose(f);
+    return r;
+}
+
+int tokenizer_gguf_load_file(const char *path, qnext_tokenizer **tok, chat_template **tmpl, char *err, size_t errlen) {
+    gguf_file *g;
+    char msg[512];
+    *tok = NULL;
+    if (tmpl) *tmpl = NULL;
+    if (gguf_open(path, &g, err, errlen)) return -1;
+    if (!(*tok = tokenizer_load_gguf(g, msg, sizeof msg))) {
+        snprintf(err, errlen, "%s: %s", path, msg);
+        gguf_close(g);
+        return -1;
+    }
+    if (tmpl) {
+        char *src = tokenizer_gguf_chat_template(g);
+        if (!src) snprintf(err, errlen, "%s: no tokenizer.chat_template in the metadata", path);
+        else if (!(*tmpl = chat_template_parse(src, strlen(src), msg, sizeof msg)))
+            snprintf(err, errlen, "%s: chat template: %s", path, msg);
+        free(src);
+        /* the special-token variables transformers would pass, from the ids in the metadata */
+        static const char *var[] = {"bos_token", "eos_token", "unk_token", "pad_token", "sep_token", "cls_token", "mask_token"};
+        static const char *key[] = {"bos", "eos", "unknown", "padding", "seperator", "cls", "mask"};
+        json *sp = *tmpl ? json_new(JSON_OBJECT) : NULL;
+        for (int i = 0; sp && i < 7; i++) {
+            int id = tokenizer_gguf_special_id(g, key[i]);
+            const char *text = id >= 0 ? tokenizer_id_to_token(*tok, id) : NULL;
+            if (text) json_object_set(sp, var[i], json_new_string(text, strlen(text)));
+        }
+        if (sp && chat_template_set_special_tokens(*tmpl, sp, msg, sizeof msg)) {
+            snprintf(err, errlen, "%s: %s", path, msg);
+            chat_template_free(*tmpl);
+            *tmpl = NULL;
+        }
+        json_free(sp);
+        if (!*tmpl) {
+            tokenizer_free(*tok);
+            *tok = NULL;
+            gguf_close(g);
+            return -1;
+        }
+    }
+    gguf_close(g);
+    return 0;
 }
