@@ -121,6 +121,8 @@ typedef struct {
     int n_ubatch;  /* largest number of tokens processed in one forward pass (0: 512) */
     int gdn_mode;  /* QNEXT_GDN_AUTO: chunked for prompts, recurrent for single tokens */
     int kv_type;   /* QNEXT_KV_AUTO (default), QNEXT_KV_F32, QNEXT_KV_BF16 or QNEXT_KV_Q8 */
+    int mtp;       /* 1: keep the MTP layer's KV cache up to date while feeding, so that
+                      qnext_session_mtp_draft can draft (needs a model with an MTP layer) */
 } qnext_session_params;
 
 qnext_status qnext_session_new(qnext_model *m, const qnext_session_params *params, qnext_session **out,
@@ -158,6 +160,12 @@ typedef struct {
     int logits_mode;     /* QNEXT_LOGITS_NONE / LAST / ALL */
 } qnext_batch_item;
 qnext_status qnext_batch_feed(qnext_batch_item *items, int n_items, char *err, size_t errlen);
+
+/* Multi-token prediction (sessions created with mtp = 1): given the token that will be fed
+ * next, the MTP head's logits for the token after it, from the main model's last hidden
+ * state. The session's position and main state do not change. */
+qnext_status qnext_session_mtp_draft(qnext_session *s, int32_t next_token, float *draft_logits, char *err,
+                                     size_t errlen);
 
 /* Snapshots hold the recurrent and conv states and the position. The KV cache is not
  * copied: restoring is valid while the session has not overwritten the KV entries below

@@ -395,9 +395,8 @@ QN_HOT static void attn_tile(qn_scratch *sc, const qn_layer_state *st, int kv_ty
 
 /* x[T,H] -> q|gate, k, v -> q_norm/k_norm -> partial RoPE -> KV cache -> causal GQA
  * softmax attention -> * sigmoid(gate) -> o_proj -> y[T,H] */
-static void attn_block(qnext_session *s, qn_seq *seqs, int n_seqs, int il, int T) {
+static void attn_block(qnext_session *s, const qn_layer *ly, qn_seq *seqs, int n_seqs, int il, int T) {
     const qnext_config *c = &s->m->cfg;
-    const qn_layer *ly = &s->m->layers[il];
     qn_scratch *sc = &s->sc;
     const int nh = c->n_heads, nkv = c->n_kv_heads, D = c->head_dim, half = c->rotary_dim / 2;
     const int64_t qw = 2 * (int64_t)nh * D, kvw = 2 * (int64_t)nkv * D;
@@ -514,7 +513,7 @@ static void moe_decode_one(qnext_session *s, const qn_layer *ly) {
     qn_scratch *sc = &s->sc;
     const int k = c->n_experts_per_tok, H = c->hidden_size, I = c->moe_intermediate, Is = c->shared_intermediate;
     const int ne = k + (Is > 0);
-    op_job jobs[64];
+    op_job jobs[64] = {{0}};
     int nj = 0;
     /* mlp_a holds gate outputs, mlp_b up outputs, expert j at offset j*I (shared at k*I) */
     for (int j = 0; j < k; j++) {
@@ -614,6 +613,87 @@ static void add_rows(float *h, const float *y, int64_t n) {
     for (int64_t i = 0; i < n; i++) h[i] += y[i];
 }
 
+/* ---------------------------------------------------------------- MTP head */
+
+/* Rows of the multi-token-prediction layer (spec section 4): row i combines the main
+ * model's final hidden state hprev[i] at position p with the token at p+1, runs
+ * fc([RMSNorm1p(embed(tok)), RMSNorm1p(hprev)]) -> one full-attention decoder layer with a
+ * MoE (its own KV cache, state index n_layers) -> RMSNorm1p(mtp.norm), and leaves the
+ * normed outputs in sc->x. seqs describe the rows (pos0 = p of the first row). hprev may
+ * alias sc->xg (it is consumed first). */
+static void mtp_rows(qnext_session *s, qn_seq *seqs, int n_seqs, const float *hprev, const int32_t *toks, int T) {
+    const qnext_model *m = s->m;
+    const qnext_config *c = &m->cfg;
+    const qn_mtp *mt = &m->mtp;
+    qn_scratch *sc = &s->sc;
+    const int H = c->hidden_size;
+    const float eps = (float)c->rms_eps;
+    float *cat = sc->proj; /* [T, 2H] */
+    for (int t = 0; t < T; t++) {
+        op_row_to_f32(&m->embed, toks[t], sc->y + (int64_t)t * H);
+        op_rmsnorm1p(sc->y + (int64_t)t * H, mt->pre_fc_norm_embedding, cat + (int64_t)t * 2 * H, H, eps);
+        op_rmsnorm1p(hprev + (int64_t)t * H, mt->pre_fc_norm_hidden, cat + (int64_t)t * 2 * H + H, H, eps);
+    }
+    op_matmul(&mt->fc, cat, T, sc->h);
+    for (int q = 0; q < n_seqs; q++)
+        for (int i = 0; i < seqs[q].n; i++) {
+            sc->row_pos[seqs[q].row0 + i] = seqs[q].pos0 + i;
+            sc->row_seq[seqs[q].row0 + i] = q;
+        }
+    rope_tables(s, T);
+    const qn_layer *ly = &mt->layer;
+    for (int t = 0; t < T; t++) op_rmsnorm1p(sc->h + (int64_t)t * H, ly->input_norm, sc->x + (int64_t)t * H, H, eps);
+    attn_block(s, ly, seqs, n_seqs, c->n_layers, T);
+    add_rows(sc->h, sc->y, (int64_t)T * H);
+    for (int t = 0; t < T; t++) op_rmsnorm1p(sc->h + (int64_t)t * H, ly->post_norm, sc->x + (int64_t)t * H, H, eps);
+    if (c->n_experts > 0) moe_block(s, ly, T);
+    else dense_block(s, ly, T);
+    add_rows(sc->h, sc->y, (int64_t)T * H);
+    for (int t = 0; t < T; t++) op_rmsnorm1p(sc->h + (int64_t)t * H, mt->norm, sc->x + (int64_t)t * H, H, eps);
+}
+
+/* After a main pass, feed the MTP layer the pairs (hidden at p, token at p+1) that became
+ * known, so its KV cache covers every position: the pending last hidden of the previous
+ * call with this call's first token, then this call's rows. hn holds the final-normed
+ * hidden states of all rows. */
+static void mtp_follow(qnext_session *s, qn_seq *seqs, int n_seqs, const float *hn) {
+    const int H = s->m->cfg.hidden_size;
+    qn_scratch *sc = &s->sc;
+    qn_seq ms[64];
+    int32_t *toks = sc->tok_list; /* [T] spare ints */
+    int nm = 0, row = 0;
+    for (int q = 0; q < n_seqs && nm < 64; q++) {
+        qnext_session *ss = seqs[q].s;
+        if (!ss->mtp_on) continue;
+        int first = ss->has_h_last ? 0 : 1; /* at position 0 there is no earlier hidden state */
+        int n = seqs[q].n - first;
+        if (n > 0) {
+            ms[nm] = (qn_seq){.s = ss, .tokens = NULL, .n = n, .row0 = row, .pos0 = seqs[q].pos0 - 1 + first};
+            for (int i = 0; i < n; i++) {
+                int j = first + i; /* token index in the sequence */
+                const float *hp = j == 0 ? ss->h_last : hn + (int64_t)(seqs[q].row0 + j - 1) * H;
+                memcpy(sc->xg + (int64_t)(row + i) * H, hp, H * sizeof(float));
+                toks[row + i] = seqs[q].tokens[j];
+            }
+            row += n;
+            nm++;
+        }
+        memcpy(ss->h_last, hn + (int64_t)(seqs[q].row0 + seqs[q].n - 1) * H, H * sizeof(float));
+        ss->has_h_last = 1;
+    }
+    if (row) mtp_rows(s, ms, nm, sc->xg, toks, row);
+}
+
+void forward_mtp_draft(qnext_session *s, int32_t token, float *logits) {
+    qn_scratch *sc = &s->sc;
+    const int H = s->m->cfg.hidden_size;
+    memcpy(sc->xg, s->h_last, H * sizeof(float));
+    qn_seq q = {.s = s, .n = 1, .row0 = 0, .pos0 = s->pos - 1};
+    mtp_rows(s, &q, 1, sc->xg, &token, 1);
+    float *out[1] = {logits};
+    op_matmul_to_rows(&s->m->lm_head, sc->x, 1, out);
+}
+
 void forward_batch(qnext_session *s, qn_seq *seqs, int n_seqs, int T) {
     const qnext_model *m = s->m;
     const qnext_config *c = &m->cfg;
@@ -633,7 +713,7 @@ void forward_batch(qnext_session *s, qn_seq *seqs, int n_seqs, int T) {
     for (int il = 0; il < c->n_layers; il++) {
         const qn_layer *ly = &m->layers[il];
         for (int t = 0; t < T; t++) op_rmsnorm1p(sc->h + (int64_t)t * H, ly->input_norm, sc->x + (int64_t)t * H, H, eps);
-        if (c->layer_type[il] == QNEXT_LAYER_FULL) attn_block(s, seqs, n_seqs, il, T);
+        if (c->layer_type[il] == QNEXT_LAYER_FULL) attn_block(s, ly, seqs, n_seqs, il, T);
         else gdn_block(s, seqs, n_seqs, il, T);
         add_rows(sc->h, sc->y, (int64_t)T * H);
 
@@ -642,6 +722,13 @@ void forward_batch(qnext_session *s, qn_seq *seqs, int n_seqs, int T) {
         else dense_block(s, ly, T);
         add_rows(sc->h, sc->y, (int64_t)T * H);
     }
+
+    /* The MTP layer needs every row's final hidden state; keep them before the rows for the
+     * logits overwrite sc->x. */
+    int any_mtp = 0;
+    for (int q = 0; q < n_seqs; q++) any_mtp |= seqs[q].s->mtp_on;
+    if (any_mtp)
+        for (int t = 0; t < T; t++) op_rmsnorm1p(sc->h + (int64_t)t * H, m->final_norm, sc->hn + (int64_t)t * H, H, eps);
 
     /* Final norm and lm_head for the rows whose logits are wanted, in one product so the
      * vocabulary matrix is read once for the whole batch. */
@@ -656,4 +743,5 @@ void forward_batch(qnext_session *s, qn_seq *seqs, int n_seqs, int T) {
         }
     }
     if (n_out) op_matmul_to_rows(&m->lm_head, sc->x, n_out, sc->row_out);
+    if (any_mtp) mtp_follow(s, seqs, n_seqs, sc->hn);
 }

@@ -132,6 +132,7 @@ typedef struct {
     float *eo;       /* [T, H] expert outputs */
     float *sg;       /* [T] shared-expert gate */
     float *rope_cos, *rope_sin; /* [T, rotary_dim/2] */
+    float *hn;       /* [T, H] final-normed hidden states (for the MTP layer), when MTP is on */
     int *row_pos;    /* [T] position of each row in its session */
     int *row_seq;    /* [T] which sequence of the batch each row belongs to */
     float **row_out; /* [T] logits destination of each row, for the lm_head product */
@@ -151,12 +152,15 @@ struct qnext_session {
     qnext_model *m;
     qnext_session_params params;
     int pos;                    /* tokens processed */
-    qn_layer_state *ls;         /* [n_layers] */
+    qn_layer_state *ls;         /* [n_layers (+1: the MTP layer's KV cache when mtp_on)] */
     qn_scratch sc;
     size_t kv_row_bytes;        /* bytes of one cached head vector (D elements of params.kv_type) */
     size_t scratch_bytes;
     uint64_t clock;             /* increments on every feed, for snapshot validity */
     uint64_t *kv_written;       /* [n_ctx] clock at which each KV position was last written */
+    int mtp_on;                 /* params.mtp and the model has an MTP layer */
+    float *h_last;              /* [H] final-normed hidden state of the last position (MTP input) */
+    int has_h_last;
     float *rope_inv_freq;       /* [rotary_dim/2] */
     float rope_mscale;          /* YaRN attention factor (1 without YaRN) */
 };
@@ -167,7 +171,8 @@ struct qnext_snapshot {
     int pos;
     uint64_t clock;
     size_t bytes;
-    float *data;                /* conv and ssm states of every LINEAR layer, concatenated */
+    float *data;                /* conv and ssm states of every LINEAR layer, concatenated, then h_last */
+    int has_h_last;
 };
 
 /* loader.c: shared by the safetensors and GGUF loaders */
@@ -185,5 +190,7 @@ qnext_status config_from_json(const void *json_root, const char *path, qnext_con
 /* forward.c: runs the rows of n_seqs sequences (T rows in all, T <= n_ubatch of the
  * session that owns sc) through the model in one pass. Positions are not advanced here. */
 void forward_batch(qnext_session *owner, qn_seq *seqs, int n_seqs, int T);
+/* Draft logits of the MTP head for (hidden state at pos-1, token at pos). */
+void forward_mtp_draft(qnext_session *s, int32_t token, float *logits);
 
 #endif

@@ -59,7 +59,7 @@ static void rope_init(qnext_session *s) {
 void qnext_session_free(qnext_session *s) {
     if (!s) return;
     if (s->ls) {
-        for (int i = 0; i < s->m->cfg.n_layers; i++) {
+        for (int i = 0; i <= s->m->cfg.n_layers; i++) {
             free(s->ls[i].conv_state);
             free(s->ls[i].ssm_state);
             free(s->ls[i].k_cache);
@@ -72,6 +72,8 @@ void qnext_session_free(qnext_session *s) {
                    sc->mlp_a, sc->mlp_b, sc->router, sc->top_w, sc->xg, sc->eo, sc->sg, sc->rope_cos, sc->rope_sin};
     for (size_t i = 0; i < sizeof fl / sizeof fl[0]; i++) free(fl[i]);
     free(sc->top_idx);
+    free(sc->hn);
+    free(s->h_last);
     free(sc->row_pos);
     free(sc->row_seq);
     free(sc->row_out);
@@ -111,11 +113,17 @@ qnext_status qnext_session_new(qnext_model *m, const qnext_session_params *param
 
     if (s->params.kv_type == QNEXT_KV_AUTO) s->params.kv_type = m->gguf ? QNEXT_KV_BF16 : QNEXT_KV_F32;
     s->kv_row_bytes = s->params.kv_type == QNEXT_KV_F32 ? (size_t)D * 4 : s->params.kv_type == QNEXT_KV_BF16 ? (size_t)D * 2 : (size_t)D + 4;
-    s->ls = calloc(c->n_layers, sizeof *s->ls);
+    if (s->params.mtp && c->n_mtp_layers != 1) {
+        snprintf(err, errlen, "qnext_session_new: mtp requested but the model has no MTP layer");
+        free(s);
+        return QNEXT_ERR_ARG;
+    }
+    s->mtp_on = s->params.mtp != 0;
+    s->ls = calloc(c->n_layers + 1, sizeof *s->ls);
     if (!s->ls) goto oom;
-    for (int i = 0; i < c->n_layers; i++) {
+    for (int i = 0; i < c->n_layers + s->mtp_on; i++) {
         qn_layer_state *st = &s->ls[i];
-        if (c->layer_type[i] == QNEXT_LAYER_LINEAR) {
+        if (i < c->n_layers && c->layer_type[i] == QNEXT_LAYER_LINEAR) {
             st->conv_state = calloc((size_t)(c->conv_kernel - 1 > 0 ? c->conv_kernel - 1 : 1) * conv_dim, sizeof(float));
             st->ssm_state = calloc((size_t)nv * dk * dv, sizeof(float));
             if (!st->conv_state || !st->ssm_state) goto oom;
@@ -134,7 +142,7 @@ qnext_status qnext_session_new(qnext_model *m, const qnext_session_params *param
     ALLOC(sc->h, T * H);
     ALLOC(sc->x, T * H);
     ALLOC(sc->y, T * H);
-    ALLOC(sc->proj, T * imax(2 * nk * dk + 2 * nv * dv, 2 * c->n_heads * D));
+    ALLOC(sc->proj, T * imax(imax(2 * nk * dk + 2 * nv * dv, 2 * c->n_heads * D), 2 * H));
     ALLOC(sc->proj2, T * imax(2 * nv, 2 * c->n_kv_heads * D));
     ALLOC(sc->conv, T * conv_dim);
     ALLOC(sc->core, T * imax(nv * dv, c->n_heads * D));
@@ -157,6 +165,10 @@ qnext_status qnext_session_new(qnext_model *m, const qnext_session_params *param
     ALLOC(sc->sg, T);
     ALLOC(sc->rope_cos, T * c->rotary_dim / 2);
     ALLOC(sc->rope_sin, T * c->rotary_dim / 2);
+    if (s->mtp_on) {
+        ALLOC(sc->hn, T * H);
+        ALLOC(s->h_last, H);
+    }
     ALLOC(sc->row_pos, T);
     ALLOC(sc->row_seq, T);
     ALLOC(sc->row_out, T);
@@ -198,6 +210,7 @@ void qnext_session_reset(qnext_session *s) {
                    (size_t)c->lin_n_v_heads * c->lin_k_dim * c->lin_v_dim * sizeof(float));
         }
     s->pos = 0;
+    s->has_h_last = 0;
     s->clock++; /* every earlier snapshot's KV prefix may now be overwritten */
 }
 
@@ -338,7 +351,7 @@ qnext_status qnext_session_snapshot(qnext_session *s, qnext_snapshot **out, char
     char local[256];
     if (!err || !errlen) { err = local; errlen = sizeof local; }
     if (!s || !out) { snprintf(err, errlen, "qnext_session_snapshot: NULL argument"); return QNEXT_ERR_ARG; }
-    size_t n = snapshot_floats(&s->m->cfg);
+    size_t n = snapshot_floats(&s->m->cfg) + (s->mtp_on ? (size_t)s->m->cfg.hidden_size : 0);
     qnext_snapshot *snap = calloc(1, sizeof *snap);
     float *data = malloc((n ? n : 1) * sizeof(float));
     if (!snap || !data) {
@@ -348,6 +361,8 @@ qnext_status qnext_session_snapshot(qnext_session *s, qnext_snapshot **out, char
         return QNEXT_ERR_MEMORY;
     }
     copy_states(s, data, 0);
+    if (s->mtp_on) memcpy(data + snapshot_floats(&s->m->cfg), s->h_last, s->m->cfg.hidden_size * sizeof(float));
+    snap->has_h_last = s->has_h_last;
     snap->m = s->m;
     snap->owner = s;
     snap->pos = s->pos;
@@ -374,6 +389,8 @@ qnext_status qnext_session_restore(qnext_session *s, const qnext_snapshot *snap,
             return QNEXT_ERR_SNAPSHOT;
         }
     copy_states(s, snap->data, 1);
+    if (s->mtp_on) memcpy(s->h_last, snap->data + snapshot_floats(&s->m->cfg), s->m->cfg.hidden_size * sizeof(float));
+    s->has_h_last = snap->has_h_last;
     s->pos = snap->pos;
     return QNEXT_OK;
 }
@@ -384,4 +401,21 @@ void qnext_snapshot_free(qnext_snapshot *snap) {
     if (!snap) return;
     free(snap->data);
     free(snap);
+}
+
+qnext_status qnext_session_mtp_draft(qnext_session *s, int32_t next_token, float *draft_logits, char *err,
+                                     size_t errlen) {
+    char local[256];
+    if (!err || !errlen) { err = local; errlen = sizeof local; }
+    if (!s || !draft_logits) { snprintf(err, errlen, "qnext_session_mtp_draft: NULL argument"); return QNEXT_ERR_ARG; }
+    if (!s->mtp_on) { snprintf(err, errlen, "qnext_session_mtp_draft: session created without mtp"); return QNEXT_ERR_ARG; }
+    if (!s->has_h_last || s->pos < 1) { snprintf(err, errlen, "qnext_session_mtp_draft: feed at least one token first"); return QNEXT_ERR_ARG; }
+    if (next_token < 0 || next_token >= s->m->cfg.vocab_size) {
+        snprintf(err, errlen, "token id %d is outside the vocabulary [0, %d)", next_token, s->m->cfg.vocab_size);
+        return QNEXT_ERR_ARG;
+    }
+    /* This writes the MTP layer's KV entry at pos-1. That entry is always pending: the next
+     * feed recomputes it from the token actually fed, so a draft never leaves a trace. */
+    forward_mtp_draft(s, next_token, draft_logits);
+    return QNEXT_OK;
 }
