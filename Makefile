@@ -1,5 +1,6 @@
 # Thin driver over CMake. `make` builds build/qnext and build/libqnext.a.
 BUILD ?= build
+MAKEFLAGS += --no-print-directory
 JOBS ?= $(shell nproc)
 
 .PHONY: all deps demo test test-asan clean
