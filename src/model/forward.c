@@ -25,17 +25,6 @@
 #define QN_HOT
 #endif
 
-/* Sixteen partial sums, as in op_dot_f32, but inlined into the cloned callers. */
-static inline float dotf(const float *a, const float *b, int n) {
-    float acc[16] = {0};
-    int i = 0;
-    for (; i + 16 <= n; i += 16)
-        for (int j = 0; j < 16; j++) acc[j] += a[i + j] * b[i + j];
-    float s = 0;
-    for (; i < n; i++) s += a[i] * b[i];
-    for (int j = 0; j < 16; j++) s += acc[j];
-    return s;
-}
 
 /* ---------------------------------------------------------------- RoPE tables */
 
@@ -117,7 +106,7 @@ QN_HOT static void gdn_chunked_head(float *S, int dk, int dv, int T, const float
             const float *kr = k + (t0 + r) * ldqk;
             float br = beta[(t0 + r) * ldg];
             for (int s2 = 0; s2 < r; s2++)
-                Lm[r * C + s2] = br * dotf(kr, k + (t0 + s2) * ldqk, dk) * (float)exp(gam[r] - gam[s2]);
+                Lm[r * C + s2] = br * qn_dot_f32(kr, k + (t0 + s2) * ldqk, dk) * (float)exp(gam[r] - gam[s2]);
         }
         /* Forward substitution: (I + L) U = beta V and (I + L) W = beta exp(gam) K. */
         for (int r = 0; r < n; r++) {
@@ -155,7 +144,7 @@ QN_HOT static void gdn_chunked_head(float *S, int dk, int dv, int T, const float
                 for (int j = 0; j < dv; j++) row[j] += qi * Si[j];
             }
             for (int s2 = 0; s2 <= r; s2++) {
-                float a = dotf(qr, k + (t0 + s2) * ldqk, dk) * (float)exp(gam[r] - gam[s2]);
+                float a = qn_dot_f32(qr, k + (t0 + s2) * ldqk, dk) * (float)exp(gam[r] - gam[s2]);
                 const float *Vs = Vn + s2 * dv;
                 for (int j = 0; j < dv; j++) row[j] += a * Vs[j];
             }
@@ -361,7 +350,7 @@ QN_HOT static void attn_tile(qn_scratch *sc, const qn_layer_state *st, int kv_ty
         for (int j = 0; j < jn; j++) {
             const float *k = kv_get(kv_type, st->k_cache + ((size_t)(j0 + j) * nkv + kvh) * kv_rb, kbuf, D);
             for (int i = 0; i < nq; i++)
-                S[i * ATT_KEYS + j] = j0 + j <= qpos[i] ? dotf(Q[i], k, D) * scale : -INFINITY;
+                S[i * ATT_KEYS + j] = j0 + j <= qpos[i] ? qn_dot_f32(Q[i], k, D) * scale : -INFINITY;
         }
         for (int i = 0; i < nq; i++) {
             float *Si = S + i * ATT_KEYS, m = mx[i];

@@ -39,18 +39,7 @@ void op_row_to_f32(const qn_tensor *W, int64_t r, float *dst) {
     op_convert_to_f32(W->dtype, (const char *)W->data + (size_t)sr * W->row_bytes, dst, W->cols);
 }
 
-float op_dot_f32(const float *a, const float *b, int64_t n) {
-    /* Sixteen independent partial sums let the compiler use full vector registers
-     * without reassociating a single running sum. */
-    float acc[16] = {0};
-    int64_t i = 0;
-    for (; i + 16 <= n; i += 16)
-        for (int j = 0; j < 16; j++) acc[j] += a[i + j] * b[i + j];
-    float s = 0;
-    for (; i < n; i++) s += a[i] * b[i];
-    for (int j = 0; j < 16; j++) s += acc[j];
-    return s;
-}
+float op_dot_f32(const float *a, const float *b, int64_t n) { return qn_dot_f32(a, b, n); }
 
 /* A per-thread buffer for one widened weight row; it grows to the widest matrix once
  * and is reused afterwards, so the forward pass allocates nothing per token. */

@@ -53,6 +53,19 @@ void op_convert_to_f32(int dtype, const void *src, float *dst, int64_t n);
 /* Reads logical row r of W (honouring row_map) as f32. */
 void op_row_to_f32(const qn_tensor *W, int64_t r, float *dst);
 
+/* f32 dot product with sixteen independent partial sums, so the compiler can fill vector
+ * registers without reassociating one running sum. Inline, so that callers compiled for a
+ * wider instruction set (target clones) get it vectorised for that set. */
+static inline float qn_dot_f32(const float *a, const float *b, int64_t n) {
+    float acc[16] = {0};
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16)
+        for (int j = 0; j < 16; j++) acc[j] += a[i + j] * b[i + j];
+    float s = 0;
+    for (; i < n; i++) s += a[i] * b[i];
+    for (int j = 0; j < 16; j++) s += acc[j];
+    return s;
+}
 float op_dot_f32(const float *a, const float *b, int64_t n);
 
 /* y[t*ldy + r] = sum_c W[r,c] * x[t*ldx + c] for t < T and r in [r0, r1).
