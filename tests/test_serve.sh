@@ -45,7 +45,7 @@ if [ "$up" -ne 1 ]; then
 fi
 
 export QNEXT_SERVE_URL="http://127.0.0.1:$PORT" QNEXT_SERVE_KEY="$KEY" QNEXT_SERVE_MODEL="$MODEL" QNEXT_BIN="$BIN"
-"$PY" -m pytest -q -p no:cacheprovider tests/serve 2>&1 | tail -n 40
+"$PY" -m pytest -q -p no:cacheprovider --durations=8 tests/serve 2>&1 | tail -n 40
 rc=${PIPESTATUS[0]}
 
 kill -TERM "$SERVER_PID"

@@ -151,6 +151,8 @@ struct serve_engine {
     uint64_t m_http, m_http_err, m_requests, m_finished, m_cancelled, m_prompt_toks, m_gen_toks, m_cache_hits,
         m_cache_misses, m_cached_toks, m_steps;
     int64_t m_t0;
+    size_t m_snap_bytes; /* copies of engine-thread state for /metrics, refreshed each step */
+    int m_n_ctxs;
     int64_t rate_t[64];
     uint64_t rate_tok[64];
     int rate_i;
@@ -834,6 +836,8 @@ static void *engine_main(void *arg) {
             pthread_cond_broadcast(&e->room_cv);
         }
         if (e->n_active == 0) {
+            e->m_snap_bytes = e->snap_bytes;
+            e->m_n_ctxs = e->n_ctxs;
             if (e->quit && !e->q_head) { pthread_mutex_unlock(&e->mu); break; }
             struct timespec ts;
             clock_gettime(CLOCK_REALTIME, &ts);
@@ -922,6 +926,8 @@ static void *engine_main(void *arg) {
         e->m_gen_toks += gen;
         e->m_steps++;
         rate_note(e, now_us(), e->m_gen_toks);
+        e->m_snap_bytes = e->snap_bytes;
+        e->m_n_ctxs = e->n_ctxs;
         pthread_mutex_unlock(&e->mu);
     }
     free(items);
@@ -1071,8 +1077,8 @@ char *engine_metrics(serve_engine *e) {
     COUNTER("qnext_cache_misses_total", "Requests prefilled from scratch.", e->m_cache_misses);
     COUNTER("qnext_cache_cached_tokens_total", "Prompt tokens taken from the cache instead of prefilled.",
             e->m_cached_toks);
-    GAUGE("qnext_cache_snapshot_bytes", "Bytes held by conversation snapshots.", "%zu", e->snap_bytes);
-    GAUGE("qnext_cache_contexts", "Contexts (sessions) alive, busy or idle.", "%d", e->n_ctxs);
+    GAUGE("qnext_cache_snapshot_bytes", "Bytes held by conversation snapshots.", "%zu", e->m_snap_bytes);
+    GAUGE("qnext_cache_contexts", "Contexts (sessions) alive, busy or idle.", "%d", e->m_n_ctxs);
     GAUGE("qnext_uptime_seconds", "Seconds since start.", "%.1f", (double)(t - e->m_t0) / 1e6);
 #undef GAUGE
 #undef COUNTER

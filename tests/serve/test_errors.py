@@ -124,3 +124,21 @@ def test_queue_full_429(start_server):
     e = check_error(r, 429)
     assert e["code"] == "queue_full"
     first.close()
+
+
+def test_queue_full_wait(start_server):
+    srv = start_server(["--parallel", "1", "--queue", "0", "--queue-full", "wait", "--ctx", "256"])
+    body = {"messages": MSG, "max_tokens": 30, "ignore_eos": True, "stream": True}
+    first = requests.post(srv.url + "/v1/chat/completions", json=body, stream=True, timeout=60 * SLOW)
+    it = first.iter_lines()
+    next(it)  # the only slot is busy
+    results = []
+    t = threading.Thread(target=lambda: results.append(requests.post(
+        srv.url + "/v1/chat/completions", json={"messages": MSG, "max_tokens": 2, "ignore_eos": True},
+        timeout=60 * SLOW)))
+    t.start()
+    rest = b"\n".join(it)  # the first finishes, then the waiting one gets the slot
+    t.join(60 * SLOW)
+    assert rest.rstrip().endswith(b"data: [DONE]")
+    assert results and results[0].status_code == 200, results and results[0].text
+    assert results[0].json()["usage"]["completion_tokens"] == 2
