@@ -167,6 +167,15 @@ qnext_status qnext_batch_feed(qnext_batch_item *items, int n_items, char *err, s
 qnext_status qnext_session_mtp_draft(qnext_session *s, int32_t next_token, float *draft_logits, char *err,
                                      size_t errlen);
 
+/* Speculative decoding. qnext_session_verify feeds n tokens (the last sampled token and up
+ * to QNEXT_MAX_VERIFY-1 drafts) and writes n rows of logits, keeping the state after each
+ * token; qnext_session_accept(s, k) then keeps the first k of them (1 <= k <= n) and drops
+ * the rest, without recomputing. Any other call on the session also accepts all n. */
+#define QNEXT_MAX_VERIFY 8
+qnext_status qnext_session_verify(qnext_session *s, const int32_t *tokens, int n, float *logits, char *err,
+                                  size_t errlen);
+qnext_status qnext_session_accept(qnext_session *s, int n_keep, char *err, size_t errlen);
+
 /* Snapshots hold the recurrent and conv states and the position. The KV cache is not
  * copied: restoring is valid while the session has not overwritten the KV entries below
  * the snapshot's position since it was taken (rewinding to an earlier turn always is). */

@@ -103,6 +103,42 @@ int main(void) {
     CHECK(rel_l2(d2, want + 100 * (size_t)V, V) < 1e-3, "draft after a rejected draft");
     qnext_snapshot_free(snap);
 
+    /* 5. verify + accept: dropping a rejected draft restores the exact state after the
+     * kept tokens (recurrent, conv, position, MTP input), checked against plain feeding */
+    {
+        qnext_session *a, *b;
+        qnext_session_new(m, &sp, &a, err, sizeof err);
+        qnext_session_new(m, &sp, &b, err, sizeof err);
+        qnext_session_feed(a, ids, 60, NULL, QNEXT_LOGITS_NONE, err, sizeof err);
+        qnext_session_feed(b, ids, 60, NULL, QNEXT_LOGITS_NONE, err, sizeof err);
+        float *la = malloc(sizeof(float) * V), *lb = malloc(sizeof(float) * V * QNEXT_MAX_VERIFY);
+        for (int round = 0; round < 6; round++) {
+            int p = qnext_session_pos(a);
+            int keep = 1 + round % 3;            /* keep 1, 2 or 3 of 4 fed tokens */
+            int32_t four[4] = {ids[p], ids[p + 1], ids[p + 2], (ids[p + 3] + 5) % V};
+            CHECK(!qnext_session_verify(b, four, 4, lb, err, sizeof err), "%s", err);
+            CHECK(!qnext_session_accept(b, keep, err, sizeof err), "%s", err);
+            for (int j = 0; j < keep; j++) {
+                qnext_session_feed(a, &four[j], 1, la, QNEXT_LOGITS_LAST, err, sizeof err);
+                CHECK(rel_l2(lb + (size_t)j * V, la, V) < 1e-5, "verify row %d differs from plain feeding", j);
+            }
+            CHECK(qnext_session_pos(a) == qnext_session_pos(b), "positions %d vs %d", qnext_session_pos(a),
+                  qnext_session_pos(b));
+            int32_t nx = ids[qnext_session_pos(a)];
+            qnext_session_mtp_draft(a, nx, la, err, sizeof err);
+            qnext_session_mtp_draft(b, nx, lb, err, sizeof err);
+            CHECK(rel_l2(lb, la, V) < 1e-5, "round %d: MTP draft after accept differs", round);
+            qnext_session_feed(a, &nx, 1, la, QNEXT_LOGITS_LAST, err, sizeof err);
+            qnext_session_feed(b, &nx, 1, lb, QNEXT_LOGITS_LAST, err, sizeof err);
+            CHECK(rel_l2(lb, la, V) < 1e-5, "round %d: logits after accept differ", round);
+        }
+        CHECK(qnext_session_accept(b, 1, err, sizeof err) == QNEXT_ERR_ARG, "accept without a verify accepted");
+        free(la);
+        free(lb);
+        qnext_session_free(a);
+        qnext_session_free(b);
+    }
+
     /* errors */
     qnext_session_params nomtp = {.n_ctx = 16};
     qnext_session *s2;

@@ -111,6 +111,49 @@ int main(void) {
         free(prompt);
         free(cont);
     }
+    /* speculative decoding with the MTP head: the same greedy tokens in fewer passes */
+    {
+        float *two = malloc(sizeof(float) * 2 * V);
+        long passes = 0, acc = 0;
+        for (size_t g = 0; g < 3; g++) {
+            int np, nc;
+            int32_t *prompt = ids_of(json_get(gr->items[g], "prompt_ids"), &np);
+            int32_t *cont = ids_of(json_get(gr->items[g], "continuation_ids"), &nc);
+            qnext_session_params gp = {.n_ctx = np + nc + 8, .mtp = 1};
+            CHECK(!qnext_session_new(m, &gp, &s, err, sizeof err), "%s", err);
+            qnext_session_feed(s, prompt, np, lg, QNEXT_LOGITS_LAST, err, sizeof err);
+            int32_t out[64];
+            int no = 0;
+            int32_t t = argmax(lg, V);
+            out[no++] = t;
+            while (no < nc) {
+                qnext_session_mtp_draft(s, t, d, err, sizeof err);
+                int32_t pair[2] = {t, argmax(d, V)};
+                CHECK(!qnext_session_verify(s, pair, 2, two, err, sizeof err), "%s", err);
+                passes++;
+                int32_t nx = argmax(two, V);
+                if (nx == pair[1]) {
+                    acc++;
+                    out[no++] = nx;
+                    if (no >= nc) break;
+                    t = argmax(two + V, V);
+                } else {
+                    qnext_session_accept(s, 1, err, sizeof err);
+                    t = nx;
+                }
+                out[no++] = t;
+            }
+            int same = 0;
+            while (same < nc && out[same] == cont[same]) same++;
+            CHECK(same == nc, "speculative greedy, prompt %zu: first difference at %d", g, same);
+            qnext_session_free(s);
+            free(prompt);
+            free(cont);
+        }
+        printf("speculative (MTP) greedy: %ld of %ld drafts accepted\n", acc, passes);
+        CHECK(acc > 0, "no MTP draft was ever accepted");
+        free(two);
+    }
     free(d);
     free(lg);
     free(ids);

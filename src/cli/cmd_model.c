@@ -15,7 +15,7 @@ typedef struct {
     const char *model, *ids, *out;
     long n_gen, threads, n_ctx, ubatch, seed;
     double temp;
-    int gdn_mode, kv_type;
+    int gdn_mode, kv_type, draft_mtp, verbose;
 } model_opts;
 
 static int parse_opts(int argc, char **argv, model_opts *o, const char *usage) {
@@ -41,6 +41,12 @@ static int parse_opts(int argc, char **argv, model_opts *o, const char *usage) {
             else if (!strcmp(v, "recurrent")) o->gdn_mode = QNEXT_GDN_RECURRENT;
             else if (!strcmp(v, "chunked")) o->gdn_mode = QNEXT_GDN_CHUNKED;
             else { fprintf(stderr, "qnext: --gdn must be auto, recurrent or chunked\n"); return 0; }
+        } else if (!strcmp(a, "--draft")) {
+            if (!(v = args_value(argc, argv, &i))) return 0;
+            if (strcmp(v, "mtp")) { fprintf(stderr, "qnext: --draft: only 'mtp' is supported\n"); return 0; }
+            o->draft_mtp = 1;
+        } else if (!strcmp(a, "-v") || !strcmp(a, "--verbose")) {
+            o->verbose = 1;
         } else if (!strcmp(a, "--kv-type")) {
             if (!(v = args_value(argc, argv, &i))) return 0;
             if ((o->kv_type = args_kv_type(v)) < 0) return 0;
@@ -61,7 +67,7 @@ static qnext_model *open_model(const model_opts *o) {
 
 static qnext_session *open_session(qnext_model *m, const model_opts *o, int need) {
     qnext_session_params sp = {.n_ctx = (int)o->n_ctx, .n_ubatch = (int)o->ubatch, .gdn_mode = o->gdn_mode,
-                               .kv_type = o->kv_type};
+                               .kv_type = o->kv_type, .mtp = o->draft_mtp};
     const qnext_config *c = qnext_model_config(m);
     if (!sp.n_ctx) sp.n_ctx = need > 4096 ? need : (c->max_position_embeddings < 4096 ? (need > c->max_position_embeddings ? need : c->max_position_embeddings) : 4096);
     qnext_session *s;
@@ -167,16 +173,60 @@ int cmd_logits(int argc, char **argv) {
     return rc;
 }
 
-static const char *generate_usage =
-    "usage: qnext generate -m MODEL_DIR --ids \"1 2 3\" [-n N] [--temp T] [--seed S] [-t THREADS]\n"
-    "Processes the prompt in one piece, then decodes one token at a time, and prints the N\n"
-    "generated ids on one line. --temp 0 (the default) is greedy.\n";
-
 static int argmax(const float *v, int n) {
     int b = 0;
     for (int i = 1; i < n; i++) if (v[i] > v[b]) b = i;
     return b;
 }
+
+static const char *generate_usage =
+    "usage: qnext generate -m MODEL_DIR --ids \"1 2 3\" [-n N] [--temp T] [--seed S] [-t THREADS] [--draft mtp] [-v]\n"
+    "Processes the prompt in one piece, then decodes one token at a time, and prints the N\n"
+    "generated ids on one line. --temp 0 (the default) is greedy. --draft mtp (greedy only)\n"
+    "drafts one token ahead with the model's MTP head and verifies it in the same forward\n"
+    "pass: the same ids, fewer passes when drafts are accepted; -v prints the acceptance.\n";
+
+/* Greedy speculative decoding with the MTP head: the last token t is fed together with
+ * the draft d for the token after it; if the model's own choice after t is d, both are
+ * kept and the logits after d give the next token for free. Output equals plain greedy. */
+static int generate_mtp(qnext_session *s, float *lg, int V, long n_gen, int verbose) {
+    char err[512];
+    float *two = malloc(sizeof(float) * 2 * (size_t)V), *dl = malloc(sizeof(float) * (size_t)V);
+    if (!two || !dl) { free(two); free(dl); fprintf(stderr, "qnext: out of memory\n"); return 1; }
+    long out = 0, passes = 0, accepted = 0;
+    int32_t t = argmax(lg, V);
+    int rc = 0;
+    printf("%d", t);
+    out = 1;
+    while (out < n_gen) {
+        if (qnext_session_mtp_draft(s, t, dl, err, sizeof err)) { rc = 1; break; }
+        int32_t pair[2] = {t, argmax(dl, V)};
+        if (qnext_session_verify(s, pair, 2, two, err, sizeof err)) { rc = 1; break; }
+        passes++;
+        int32_t next = argmax(two, V);
+        if (next == pair[1]) { /* draft accepted: it is the next token, and the one after comes free */
+            accepted++;
+            printf(" %d", next);
+            if (++out >= n_gen) break;
+            t = argmax(two + V, V);
+        } else {
+            if (qnext_session_accept(s, 1, err, sizeof err)) { rc = 1; break; }
+            t = next;
+        }
+        printf(" %d", t);
+        out++;
+        fflush(stdout);
+    }
+    printf("\n");
+    if (rc) fprintf(stderr, "qnext: %s\n", err);
+    if (verbose)
+        fprintf(stderr, "qnext: %ld tokens in %ld verify passes, %ld of %ld drafts accepted (%.1f%%)\n", out, passes,
+                accepted, passes, passes ? 100.0 * accepted / passes : 0.0);
+    free(two);
+    free(dl);
+    return rc;
+}
+
 
 int cmd_generate(int argc, char **argv) {
     model_opts o;
@@ -197,7 +247,11 @@ int cmd_generate(int argc, char **argv) {
         snprintf(err, sizeof err, "context full: %d prompt tokens + %ld generated > n_ctx %d", n, o.n_gen,
                  qnext_session_n_ctx(s));
         fprintf(stderr, "qnext: %s\n", err);
-    } else if (s && lg && !qnext_session_feed(s, ids, n, lg, QNEXT_LOGITS_LAST, err, sizeof err)) {
+    } else if (o.draft_mtp && o.temp != 0) {
+        fprintf(stderr, "qnext: --draft mtp needs --temp 0 (greedy)\n");
+    } else if (s && lg && o.draft_mtp && !qnext_session_feed(s, ids, n, lg, QNEXT_LOGITS_LAST, err, sizeof err)) {
+        rc = o.n_gen > 0 ? generate_mtp(s, lg, V, o.n_gen, o.verbose) : (printf("\n"), 0);
+    } else if (s && lg && !o.draft_mtp && !qnext_session_feed(s, ids, n, lg, QNEXT_LOGITS_LAST, err, sizeof err)) {
         rc = 0;
         for (long i = 0; i < o.n_gen; i++) {
             int32_t tok;

@@ -56,7 +56,7 @@ static void rope_apply(float *v, const float *cs, const float *sn, int half) {
  * then read out o = S^T q after the update. */
 QN_HOT static void gdn_recurrent_head(float *S, int dk, int dv, int T, const float *q, const float *k, int64_t ldqk,
                                const float *v, int64_t ldv, const float *g, const float *beta, int64_t ldg,
-                               float *o, int64_t ldo, float *tmp) {
+                               float *o, int64_t ldo, float *tmp, float *ckpt, size_t ckpt_stride, int n_ckpt) {
     for (int t = 0; t < T; t++) {
         const float *qt = q + t * ldqk, *kt = k + t * ldqk, *vt = v + t * ldv;
         float decay = expf(g[t * ldg]), b = beta[t * ldg];
@@ -79,6 +79,8 @@ QN_HOT static void gdn_recurrent_head(float *S, int dk, int dv, int T, const flo
                 ot[j] += Si[j] * qt[i];
             }
         }
+        /* speculative decoding: the state after each of the first n_ckpt tokens */
+        if (t < n_ckpt) memcpy(ckpt + (size_t)t * ckpt_stride, S, (size_t)dk * dv * sizeof(float));
     }
 }
 
@@ -200,9 +202,19 @@ static void gdn_block(qnext_session *s, qn_seq *seqs, int n_seqs, int il, int T)
         const float *P = sc->proj + (int64_t)seqs[q].row0 * n_qkvz;
         float *Y = sc->conv + (int64_t)seqs[q].row0 * conv_dim;
         const int n = seqs[q].n;
+        const int n_ckpt = seqs[q].s->ckpt_n;
+        float *ck = n_ckpt ? seqs[q].s->ckpt + seqs[q].s->ckpt_off[il] : NULL;
+        const size_t ck_stride = seqs[q].s->ckpt_stride;
 #pragma omp parallel for schedule(static) if (n * conv_dim > 65536)
         for (int64_t ch = 0; ch < conv_dim; ch++) {
             const float *w = ly->conv_w + ch * K;
+            /* speculative decoding: the conv state after each of the first n_ckpt rows */
+            for (int r = 0; r < n_ckpt; r++)
+                for (int i = 0; i < K - 1; i++) {
+                    int tau = r - (K - 2) + i;
+                    ck[(size_t)r * ck_stride + (size_t)i * conv_dim + ch] =
+                        tau >= 0 ? P[(int64_t)tau * n_qkvz + ch] : cs[(int64_t)(K - 1 + tau) * conv_dim + ch];
+                }
             for (int t = 0; t < n; t++) {
                 float acc = 0;
                 for (int j = 0; j < K; j++) {
@@ -249,7 +261,8 @@ static void gdn_block(qnext_session *s, qn_seq *seqs, int n_seqs, int il, int T)
         for (int h = 0; h < nv; h++) {
             const qn_seq *sq = &seqs[q];
             const int mode = sq->s->params.gdn_mode;
-            int recurrent = mode == QNEXT_GDN_RECURRENT || (mode == QNEXT_GDN_AUTO && sq->n == 1);
+            const int n_ckpt = sq->s->ckpt_n;
+            int recurrent = n_ckpt || mode == QNEXT_GDN_RECURRENT || (mode == QNEXT_GDN_AUTO && sq->n == 1);
             int kh = h / r; /* value head h reads key head h / (nv/nk) */
             const float *rows = sc->conv + (int64_t)sq->row0 * conv_dim;
             const float *qp = rows + (int64_t)kh * dk, *kp = rows + key_dim + (int64_t)kh * dk;
@@ -259,7 +272,11 @@ static void gdn_block(qnext_session *s, qn_seq *seqs, int n_seqs, int il, int T)
             float *o = sc->core + (int64_t)sq->row0 * val_dim + (int64_t)h * dv;
             float *tmp = sc->gdn_tmp + (size_t)omp_get_thread_num() * sc->gdn_tmp_stride;
             if (recurrent)
-                gdn_recurrent_head(S, dk, dv, sq->n, qp, kp, conv_dim, vp, conv_dim, g, beta, 2 * nv, o, val_dim, tmp);
+                gdn_recurrent_head(S, dk, dv, sq->n, qp, kp, conv_dim, vp, conv_dim, g, beta, 2 * nv, o, val_dim, tmp,
+                                   n_ckpt ? sq->s->ckpt + sq->s->ckpt_off[il] + (size_t)(K - 1) * conv_dim +
+                                                (size_t)h * dk * dv
+                                          : NULL,
+                                   sq->s->ckpt_stride, n_ckpt);
             else
                 gdn_chunked_head(S, dk, dv, sq->n, qp, kp, conv_dim, vp, conv_dim, g, beta, 2 * nv, o, val_dim, tmp);
         }
@@ -669,6 +686,9 @@ static void mtp_follow(qnext_session *s, qn_seq *seqs, int n_seqs, const float *
         }
         memcpy(ss->h_last, hn + (int64_t)(seqs[q].row0 + seqs[q].n - 1) * H, H * sizeof(float));
         ss->has_h_last = 1;
+        for (int r = 0; r < ss->ckpt_n; r++)
+            memcpy(ss->ckpt + (size_t)r * ss->ckpt_stride + ss->ckpt_stride - H, hn + (int64_t)(seqs[q].row0 + r) * H,
+                   H * sizeof(float));
     }
     if (row) mtp_rows(s, ms, nm, sc->xg, toks, row);
 }

@@ -159,6 +159,15 @@ struct qnext_session {
     uint64_t clock;             /* increments on every feed, for snapshot validity */
     uint64_t *kv_written;       /* [n_ctx] clock at which each KV position was last written */
     int mtp_on;                 /* params.mtp and the model has an MTP layer */
+    /* Speculative verification: while ckpt_n > 0, a feed keeps the recurrent and conv states
+     * (and the MTP input) after each of its first ckpt_n tokens, so that rejected drafts can
+     * be dropped without recomputing. ckpt holds up to QNEXT_MAX_VERIFY states of
+     * ckpt_stride floats: per LINEAR layer at ckpt_off[layer] its conv then ssm state, then
+     * H floats of h_last. */
+    int ckpt_n, ckpt_fed;
+    float *ckpt;
+    size_t ckpt_stride;
+    size_t *ckpt_off;           /* [n_layers] */
     float *h_last;              /* [H] final-normed hidden state of the last position (MTP input) */
     int has_h_last;
     float *rope_inv_freq;       /* [rotary_dim/2] */

@@ -79,6 +79,8 @@ void qnext_session_free(qnext_session *s) {
     free(sc->row_out);
     free(sc->tok_list);
     free(s->kv_written);
+    free(s->ckpt);
+    free(s->ckpt_off);
     free(s->rope_inv_freq);
     free(s);
 }
@@ -211,6 +213,7 @@ void qnext_session_reset(qnext_session *s) {
         }
     s->pos = 0;
     s->has_h_last = 0;
+    s->ckpt_fed = 0;
     s->clock++; /* every earlier snapshot's KV prefix may now be overwritten */
 }
 
@@ -246,6 +249,7 @@ qnext_status qnext_session_feed(qnext_session *s, const int32_t *tokens, int n, 
     char local[256];
     if (!err || !errlen) { err = local; errlen = sizeof local; }
     if (!s) { snprintf(err, errlen, "qnext_session_feed: NULL session"); return QNEXT_ERR_ARG; }
+    s->ckpt_fed = 0; /* a pending verify is accepted whole */
     qnext_status st = check_item(s, tokens, n, logits, logits_mode, err, errlen);
     if (st || n == 0) return st;
     const int V = s->m->cfg.vocab_size;
@@ -310,6 +314,7 @@ qnext_status qnext_batch_feed(qnext_batch_item *items, int n_items, char *err, s
                          .logits = items[i].logits_mode ? items[i].logits : NULL,
                          .all_logits = items[i].logits_mode == QNEXT_LOGITS_ALL};
         row += items[i].n_tokens;
+        s->ckpt_fed = 0;
         mark_written(s, items[i].n_tokens);
     }
     forward_batch(owner, sq, n_items, T);
@@ -392,6 +397,7 @@ qnext_status qnext_session_restore(qnext_session *s, const qnext_snapshot *snap,
     if (s->mtp_on) memcpy(s->h_last, snap->data + snapshot_floats(&s->m->cfg), s->m->cfg.hidden_size * sizeof(float));
     s->has_h_last = snap->has_h_last;
     s->pos = snap->pos;
+    s->ckpt_fed = 0;
     return QNEXT_OK;
 }
 
@@ -417,5 +423,61 @@ qnext_status qnext_session_mtp_draft(qnext_session *s, int32_t next_token, float
     /* This writes the MTP layer's KV entry at pos-1. That entry is always pending: the next
      * feed recomputes it from the token actually fed, so a draft never leaves a trace. */
     forward_mtp_draft(s, next_token, draft_logits);
+    return QNEXT_OK;
+}
+
+/* ---------------------------------------------------------------- speculative decoding */
+
+qnext_status qnext_session_verify(qnext_session *s, const int32_t *tokens, int n, float *logits, char *err,
+                                  size_t errlen) {
+    char local[256];
+    if (!err || !errlen) { err = local; errlen = sizeof local; }
+    if (!s || !logits || n < 1 || n > QNEXT_MAX_VERIFY) {
+        snprintf(err, errlen, "qnext_session_verify: bad arguments (1 <= n <= %d)", QNEXT_MAX_VERIFY);
+        return QNEXT_ERR_ARG;
+    }
+    const qnext_config *c = &s->m->cfg;
+    if (!s->ckpt) { /* allocated on first use, then reused */
+        size_t conv = (size_t)(c->conv_kernel - 1) *
+                      (2 * (size_t)c->lin_n_k_heads * c->lin_k_dim + (size_t)c->lin_n_v_heads * c->lin_v_dim);
+        size_t ssm = (size_t)c->lin_n_v_heads * c->lin_k_dim * c->lin_v_dim, off = 0;
+        s->ckpt_off = calloc(c->n_layers, sizeof *s->ckpt_off);
+        if (!s->ckpt_off) { snprintf(err, errlen, "out of memory"); return QNEXT_ERR_MEMORY; }
+        for (int i = 0; i < c->n_layers; i++)
+            if (c->layer_type[i] == QNEXT_LAYER_LINEAR) { s->ckpt_off[i] = off; off += conv + ssm; }
+        s->ckpt_stride = off + c->hidden_size;
+        s->ckpt = malloc(s->ckpt_stride * QNEXT_MAX_VERIFY * sizeof(float));
+        if (!s->ckpt) { snprintf(err, errlen, "out of memory"); return QNEXT_ERR_MEMORY; }
+    }
+    s->ckpt_n = n;
+    qnext_status st = qnext_session_feed(s, tokens, n, logits, QNEXT_LOGITS_ALL, err, errlen);
+    s->ckpt_n = 0;
+    s->ckpt_fed = st == QNEXT_OK ? n : 0;
+    return st;
+}
+
+qnext_status qnext_session_accept(qnext_session *s, int n_keep, char *err, size_t errlen) {
+    char local[256];
+    if (!err || !errlen) { err = local; errlen = sizeof local; }
+    if (!s || n_keep < 1 || n_keep > s->ckpt_fed) {
+        snprintf(err, errlen, "qnext_session_accept: %d is not in [1, %d] (tokens of the last verify)", n_keep,
+                 s ? s->ckpt_fed : 0);
+        return QNEXT_ERR_ARG;
+    }
+    if (n_keep < s->ckpt_fed) {
+        const qnext_config *c = &s->m->cfg;
+        const float *src = s->ckpt + (size_t)(n_keep - 1) * s->ckpt_stride;
+        size_t conv = (size_t)(c->conv_kernel - 1) *
+                      (2 * (size_t)c->lin_n_k_heads * c->lin_k_dim + (size_t)c->lin_n_v_heads * c->lin_v_dim);
+        size_t ssm = (size_t)c->lin_n_v_heads * c->lin_k_dim * c->lin_v_dim;
+        for (int i = 0; i < c->n_layers; i++)
+            if (c->layer_type[i] == QNEXT_LAYER_LINEAR) {
+                memcpy(s->ls[i].conv_state, src + s->ckpt_off[i], conv * sizeof(float));
+                memcpy(s->ls[i].ssm_state, src + s->ckpt_off[i] + conv, ssm * sizeof(float));
+            }
+        if (s->mtp_on) memcpy(s->h_last, src + s->ckpt_stride - c->hidden_size, c->hidden_size * sizeof(float));
+        s->pos -= s->ckpt_fed - n_keep;
+    }
+    s->ckpt_fed = 0;
     return QNEXT_OK;
 }
