@@ -763,10 +763,12 @@ static int admit(serve_engine *e, serve_req *r) {
     r->priv = x; /* engine-private; freed in ctx_finish */
     tokenizer_stream_init(&r->ts, e->tok);
     sampler_set_prompt(r->smp, r->prompt, r->n_prompt);
+    pthread_mutex_lock(&e->mu);
     if (r->n_cached > 0) e->m_cache_hits++;
     else e->m_cache_misses++;
     e->m_cached_toks += (uint64_t)r->n_cached;
     e->m_prompt_toks += (uint64_t)r->n_prompt;
+    pthread_mutex_unlock(&e->mu);
     if (r->stream && r->kind == REQ_CHAT) {
         sv_buf b = {0};
         chunk_head(e, r, &b);
