@@ -130,6 +130,23 @@ static void test_amx(int wt) {
     int32_t map[50];
     for (int r = 0; r < 50; r++) map[r] = (r * 7) % 50;
     qn_tensor W = {.data = wq, .dtype = wt, .rows = rows, .cols = cols, .row_bytes = rb, .row_map = map, .name = "t"};
+    /* the widening to bf16 equals the reference dequantization, to one bf16 rounding step */
+    {
+        uint16_t *wb = malloc(cols * 2);
+        float *ref = malloc(cols * 4);
+        int bad = 0;
+        for (int64_t r = 0; r < rows; r++) {
+            gemm_amx_widen_row(&W, r, wb);
+            quant_dequantize_row(wt, wq + (size_t)map[r] * rb, ref, cols);
+            for (int64_t i = 0; i < cols; i++) {
+                float got = quant_bf16_to_f32(wb[i]), want = ref[i];
+                if (fabsf(got - want) > fabsf(want) * (1.0f / 128) + 1e-30f) bad++;
+            }
+        }
+        CHECK(bad == 0, "%s: %d widened values off by more than one bf16 step", quant_type_name(wt), bad);
+        free(wb);
+        free(ref);
+    }
     CHECK(gemm_amx_rows(&W, 0, rows, x, T, cols, y1, rows, NULL), "amx declined");
     op_matmul_rows_ref(&W, 0, rows, x, T, cols, y2, rows);
     double num = 0, den = 0;

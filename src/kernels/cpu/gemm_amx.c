@@ -62,6 +62,72 @@ static inline void f32_to_bf16_16(const float *src, uint16_t *dst) {
     _mm256_storeu_si256((__m256i *)dst, (__m256i)v);
 }
 
+/* 16 f32 = scale * u8 + bias -> bf16 pairs: the K formats' (d*sc) * q - dmin*m. */
+static inline void put16(uint16_t *dst, __m128i q8, float scale, float bias) {
+    __m512 v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(q8)), _mm512_set1_ps(scale), _mm512_set1_ps(bias));
+    f32_to_bf16_16((const float *)&v, dst);
+}
+
+static inline float h2f(const uint8_t *p) {
+    uint16_t h;
+    memcpy(&h, p, 2);
+    return _cvtsh_ss(h);
+}
+
+static inline void scale_min_k4(int j, const uint8_t *q, int *sc, int *m) {
+    if (j < 4) { *sc = q[j] & 63; *m = q[j + 4] & 63; }
+    else { *sc = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4); *m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4); }
+}
+
+/* Q4_K / Q5_K super-blocks (256 values) widened to bf16 with AVX-512: each 64-value step
+ * takes 32 bytes of nibbles (low half, then high half), plus one bit each from qh for Q5_K. */
+static void qk45_to_bf16(const uint8_t *b, uint16_t *dst, int five) {
+    const float d = h2f(b), dmin = h2f(b + 2);
+    const uint8_t *qs = b + (five ? 48 : 16), *qh = b + 16;
+    const __m256i m4 = _mm256_set1_epi8(0x0F), one = _mm256_set1_epi8(1);
+    __m256i hb = five ? _mm256_loadu_si256((const __m256i *)qh) : _mm256_setzero_si256();
+    for (int j = 0; j < 4; j++) {
+        int sc0, m0, sc1, m1;
+        scale_min_k4(2 * j, b + 4, &sc0, &m0);
+        scale_min_k4(2 * j + 1, b + 4, &sc1, &m1);
+        __m256i q = _mm256_loadu_si256((const __m256i *)(qs + 32 * j));
+        __m256i lo = _mm256_and_si256(q, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+        if (five) {
+            lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2 * j), one), 4));
+            hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2 * j + 1), one), 4));
+        }
+        uint16_t *o = dst + 64 * j;
+        put16(o, _mm256_castsi256_si128(lo), d * sc0, -dmin * m0);
+        put16(o + 16, _mm256_extracti128_si256(lo, 1), d * sc0, -dmin * m0);
+        put16(o + 32, _mm256_castsi256_si128(hi), d * sc1, -dmin * m1);
+        put16(o + 48, _mm256_extracti128_si256(hi, 1), d * sc1, -dmin * m1);
+    }
+}
+
+/* Q6_K super-blocks: 6-bit codes from ql (4 bits) and qh (2 bits), minus 32, times d*sc. */
+static void q6k_to_bf16(const uint8_t *b, uint16_t *dst) {
+    const float d = h2f(b + 208);
+    const int8_t *sc = (const int8_t *)(b + 192);
+    const __m256i m4 = _mm256_set1_epi8(0x0F), m3 = _mm256_set1_epi8(3);
+    for (int half = 0; half < 2; half++) {
+        const uint8_t *ql = b + 64 * half, *qhp = b + 128 + 32 * half;
+        const int8_t *s8 = sc + 8 * half;
+        __m256i l0 = _mm256_loadu_si256((const __m256i *)ql), l1 = _mm256_loadu_si256((const __m256i *)(ql + 32));
+        __m256i h = _mm256_loadu_si256((const __m256i *)qhp);
+        __m256i q[4];
+        q[0] = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_slli_epi16(_mm256_and_si256(h, m3), 4));
+        q[1] = _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 2), m3), 4));
+        q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 4), m3), 4));
+        q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 6), m3), 4));
+        for (int k = 0; k < 4; k++) {
+            uint16_t *o = dst + 128 * half + 32 * k;
+            float a = d * s8[2 * k], c = d * s8[2 * k + 1];
+            put16(o, _mm256_castsi256_si128(q[k]), a, -32.0f * a);
+            put16(o + 16, _mm256_extracti128_si256(q[k], 1), c, -32.0f * c);
+        }
+    }
+}
+
 static void row_to_bf16(const qn_tensor *W, int64_t r, uint16_t *dst, float *tmp) {
     int64_t sr = W->row_map ? W->row_map[r] : r;
     const char *src = (const char *)W->data + (size_t)sr * W->row_bytes;
@@ -78,8 +144,24 @@ static void row_to_bf16(const qn_tensor *W, int64_t r, uint16_t *dst, float *tmp
         }
         return;
     }
+    if (W->dtype == QN_Q4_K || W->dtype == QN_Q5_K) {
+        size_t bs = W->dtype == QN_Q4_K ? 144 : 176;
+        for (int64_t b = 0; b < W->cols / 256; b++) qk45_to_bf16((const uint8_t *)src + bs * b, dst + 256 * b, W->dtype == QN_Q5_K);
+        return;
+    }
+    if (W->dtype == QN_Q6_K) {
+        for (int64_t b = 0; b < W->cols / 256; b++) q6k_to_bf16((const uint8_t *)src + 210 * b, dst + 256 * b);
+        return;
+    }
     op_convert_to_f32(W->dtype, src, tmp, W->cols);
     for (int64_t i = 0; i < W->cols; i += 16) f32_to_bf16_16(tmp + i, dst + i);
+}
+
+void gemm_amx_widen_row(const qn_tensor *W, int64_t r, uint16_t *dst) {
+    float *tmp = malloc((size_t)W->cols * sizeof(float));
+    if (!tmp) abort();
+    row_to_bf16(W, r, dst, tmp);
+    free(tmp);
 }
 
 static _Thread_local uint16_t *tl_xb;
@@ -185,6 +267,7 @@ int gemm_amx_rows(const qn_tensor *W, int64_t r0, int64_t r1, const float *x, in
 
 #else
 int gemm_amx_mode(void) { return 0; }
+void gemm_amx_widen_row(const qn_tensor *W, int64_t r, uint16_t *dst) { (void)W; (void)r; (void)dst; }
 int gemm_amx_rows(const qn_tensor *W, int64_t r0, int64_t r1, const float *x, int T, int64_t ldx, float *y,
                   int64_t ldy, float *const *yrows) {
     return 0;

@@ -10,4 +10,6 @@ int gemm_amx_mode(void);
  * shape does not suit the tiles (cols not a multiple of 32, fewer than 16 tokens). */
 int gemm_amx_rows(const qn_tensor *W, int64_t r0, int64_t r1, const float *x, int T, int64_t ldx, float *y,
                   int64_t ldy, float *const *yrows);
+/* Logical row r of W widened to bf16 as the tiles see it (exposed for tests). */
+void gemm_amx_widen_row(const qn_tensor *W, int64_t r, uint16_t *dst);
 #endif
