@@ -205,30 +205,33 @@ static void gdn_block(qnext_session *s, qn_seq *seqs, int n_seqs, int il, int T)
         const int n_ckpt = seqs[q].s->ckpt_n;
         float *ck = n_ckpt ? seqs[q].s->ckpt + seqs[q].s->ckpt_off[il] : NULL;
         const size_t ck_stride = seqs[q].s->ckpt_stride;
+        /* Channels in blocks, tokens inside: each row of P is read contiguously. */
+        const int64_t CB = 256, nblk = (conv_dim + CB - 1) / CB;
 #pragma omp parallel for schedule(static) if (n * conv_dim > 65536)
-        for (int64_t ch = 0; ch < conv_dim; ch++) {
-            const float *w = ly->conv_w + ch * K;
+        for (int64_t blk = 0; blk < nblk; blk++) {
+            const int64_t c0 = blk * CB, c1 = c0 + CB < conv_dim ? c0 + CB : conv_dim;
             /* speculative decoding: the conv state after each of the first n_ckpt rows */
             for (int r = 0; r < n_ckpt; r++)
                 for (int i = 0; i < K - 1; i++) {
                     int tau = r - (K - 2) + i;
-                    ck[(size_t)r * ck_stride + (size_t)i * conv_dim + ch] =
-                        tau >= 0 ? P[(int64_t)tau * n_qkvz + ch] : cs[(int64_t)(K - 1 + tau) * conv_dim + ch];
+                    const float *src = tau >= 0 ? P + (int64_t)tau * n_qkvz : cs + (int64_t)(K - 1 + tau) * conv_dim;
+                    memcpy(ck + (size_t)r * ck_stride + (size_t)i * conv_dim + c0, src + c0, (c1 - c0) * sizeof(float));
                 }
             for (int t = 0; t < n; t++) {
-                float acc = 0;
+                float *yt = Y + (int64_t)t * conv_dim;
+                for (int64_t ch = c0; ch < c1; ch++) yt[ch] = 0;
                 for (int j = 0; j < K; j++) {
                     int tau = t - (K - 1) + j;
-                    float xv = tau >= 0 ? P[(int64_t)tau * n_qkvz + ch] : cs[(int64_t)(K - 1 + tau) * conv_dim + ch];
-                    acc += w[j] * xv;
+                    const float *x = tau >= 0 ? P + (int64_t)tau * n_qkvz : cs + (int64_t)(K - 1 + tau) * conv_dim;
+                    for (int64_t ch = c0; ch < c1; ch++) yt[ch] += ly->conv_w[ch * K + j] * x[ch];
                 }
-                Y[(int64_t)t * conv_dim + ch] = qn_silu(acc);
+                for (int64_t ch = c0; ch < c1; ch++) yt[ch] = qn_silu(yt[ch]);
             }
             /* Keep the last K-1 inputs. Ascending i only reads rows not yet overwritten. */
             for (int i = 0; i < K - 1; i++) {
                 int tau = n - (K - 1) + i;
-                cs[(int64_t)i * conv_dim + ch] =
-                    tau >= 0 ? P[(int64_t)tau * n_qkvz + ch] : cs[(int64_t)(K - 1 + tau) * conv_dim + ch];
+                const float *src = tau >= 0 ? P + (int64_t)tau * n_qkvz : cs + (int64_t)(K - 1 + tau) * conv_dim;
+                memmove(cs + (int64_t)i * conv_dim + c0, src + c0, (c1 - c0) * sizeof(float));
             }
         }
     }
