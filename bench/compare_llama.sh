@@ -15,11 +15,12 @@
 # Expected output formats (parsing is tolerant):
 #   llama-bench -o json: a JSON array of objects with n_prompt, n_gen, avg_ts, stddev_ts (one per test).
 #   qnext bench: either the same JSON, or a llama-bench-like markdown table in which each result row holds a
-#   test name `ppN` / `tgN` (optionally `pp512 @ d0` style suffixes) followed somewhere later on the row by
-#   `T/S ± STDDEV` (`+-` and `+/-` are also accepted; the stddev may be missing), e.g.
-#     | model          |  size | params | backend | threads |  test |          t/s |
-#     | qwen3next Q8_0 | 7.9 G | 7.3 B  | CPU     |       2 | pp512 | 45.12 ± 0.31 |
-#     | qwen3next Q8_0 | 7.9 G | 7.3 B  | CPU     |       2 | tg128 |  6.02 ± 0.05 |
+#   test name `ppN` / `tgN` followed somewhere later on the row by `T/S ± STDDEV` (`+-` and `+/-` are also
+#   accepted; the stddev may be missing). qnext bench prints (2026-11-26):
+#     | test           |              t/s |  GB/s |
+#     | -------------- | ---------------- | ----- |
+#     | pp512          |   45.12 ±   0.31 |       |
+#     | tg128          |    6.02 ±   0.05 |  22.4 |
 #   Lines that are not result rows (headers, logs on stderr) are ignored; the t/s value is the first number
 #   after the test-name cell.
 set -euo pipefail
