@@ -90,25 +90,27 @@ QN_HOT static void gdn_recurrent_head(float *S, int dk, int dv, int T, const flo
 QN_HOT static void gdn_chunked_head(float *S, int dk, int dv, int T, const float *q, const float *k, int64_t ldqk,
                              const float *v, int64_t ldv, const float *g, const float *beta, int64_t ldg,
                              float *o, int64_t ldo, float *tmp) {
-    const int C = GDN_CHUNK;
+    const int C = GDN_CHUNK, RB = 8;
     /* The within-chunk cumulative log decay reaches -100s over 64 tokens; in fp32 its
      * differences gam_r - gam_s would lose ~1e-5 absolute precision (and exp() turns that
      * into relative error), so it is kept in double. */
     double *gam = (double *)tmp;   /* [C] within-chunk cumulative log decay */
-    float *Lm = tmp + 2 * C;       /* [C][C] beta_r (k_r . k_s) exp(gam_r - gam_s), s < r */
+    float *Dm = tmp + 2 * C;       /* [C][C] exp(gam_r - gam_s), s <= r */
+    float *Lm = Dm + C * C;        /* [C][C] beta_r (k_r . k_s) exp(gam_r - gam_s), s < r */
     float *U = Lm + C * C;         /* [C][dv] pseudo values */
     float *W = U + C * dv;         /* [C][dk] decayed keys */
     float *Vn = W + C * dk;        /* [C][dv] */
-    float *row = Vn + C * dv;      /* [max(dk, dv)] */
+    float *Ob = Vn + C * dv;       /* [RB][dv] output accumulators */
     for (int t0 = 0; t0 < T; t0 += C) {
         int n = T - t0 < C ? T - t0 : C;
         double acc = 0;
         for (int r = 0; r < n; r++) { acc += g[(t0 + r) * ldg]; gam[r] = acc; }
+        for (int r = 0; r < n; r++)
+            for (int s2 = 0; s2 <= r; s2++) Dm[r * C + s2] = (float)exp(gam[r] - gam[s2]);
         for (int r = 0; r < n; r++) {
             const float *kr = k + (t0 + r) * ldqk;
             float br = beta[(t0 + r) * ldg];
-            for (int s2 = 0; s2 < r; s2++)
-                Lm[r * C + s2] = br * qn_dot_f32(kr, k + (t0 + s2) * ldqk, dk) * (float)exp(gam[r] - gam[s2]);
+            for (int s2 = 0; s2 < r; s2++) Lm[r * C + s2] = br * qn_dot_f32(kr, k + (t0 + s2) * ldqk, dk) * Dm[r * C + s2];
         }
         /* Forward substitution: (I + L) U = beta V and (I + L) W = beta exp(gam) K. */
         for (int r = 0; r < n; r++) {
@@ -124,33 +126,38 @@ QN_HOT static void gdn_chunked_head(float *S, int dk, int dv, int T, const float
                 for (int i = 0; i < dk; i++) Wr[i] -= l * Ws[i];
             }
         }
-        /* Vn = U - W S, then outputs O = exp(gam) (Q S) + (Q K^T masked decay) Vn. */
-        for (int r = 0; r < n; r++) {
-            float *Vr = Vn + r * dv;
-            memcpy(Vr, U + r * dv, dv * sizeof(float));
-            const float *Wr = W + r * dk;
-            for (int i = 0; i < dk; i++) {
-                float w = Wr[i];
-                const float *Si = S + (int64_t)i * dv;
-                for (int j = 0; j < dv; j++) Vr[j] -= w * Si[j];
+        /* Vn = U - W S and the inter-chunk part of the outputs, exp(gam) (Q S), for RB rows
+         * at a time, so each row of S is read once per block of rows. */
+        for (int r0 = 0; r0 < n; r0 += RB) {
+            int nr = n - r0 < RB ? n - r0 : RB;
+            float qe[RB];
+            for (int rr = 0; rr < nr; rr++) {
+                memcpy(Vn + (r0 + rr) * dv, U + (r0 + rr) * dv, dv * sizeof(float));
+                memset(Ob + rr * dv, 0, dv * sizeof(float));
+                qe[rr] = (float)exp(gam[r0 + rr]);
             }
+            for (int i = 0; i < dk; i++) {
+                const float *Si = S + (int64_t)i * dv;
+                for (int rr = 0; rr < nr; rr++) {
+                    float w = W[(r0 + rr) * dk + i], qi = q[(t0 + r0 + rr) * ldqk + i] * qe[rr];
+                    float *Vr = Vn + (r0 + rr) * dv, *Or = Ob + rr * dv;
+                    for (int j = 0; j < dv; j++) {
+                        Vr[j] -= w * Si[j];
+                        Or[j] += qi * Si[j];
+                    }
+                }
+            }
+            for (int rr = 0; rr < nr; rr++) memcpy(o + (t0 + r0 + rr) * ldo, Ob + rr * dv, dv * sizeof(float));
         }
+        /* The intra-chunk part: O_r += sum_{s<=r} (q_r . k_s) exp(gam_r - gam_s) Vn_s. */
         for (int r = 0; r < n; r++) {
             const float *qr = q + (t0 + r) * ldqk;
             float *orow = o + (t0 + r) * ldo;
-            float eg = (float)exp(gam[r]);
-            for (int j = 0; j < dv; j++) row[j] = 0;
-            for (int i = 0; i < dk; i++) {
-                float qi = qr[i] * eg;
-                const float *Si = S + (int64_t)i * dv;
-                for (int j = 0; j < dv; j++) row[j] += qi * Si[j];
-            }
             for (int s2 = 0; s2 <= r; s2++) {
-                float a = qn_dot_f32(qr, k + (t0 + s2) * ldqk, dk) * (float)exp(gam[r] - gam[s2]);
+                float a = qn_dot_f32(qr, k + (t0 + s2) * ldqk, dk) * Dm[r * C + s2];
                 const float *Vs = Vn + s2 * dv;
-                for (int j = 0; j < dv; j++) row[j] += a * Vs[j];
+                for (int j = 0; j < dv; j++) orow[j] += a * Vs[j];
             }
-            memcpy(orow, row, dv * sizeof(float));
         }
         /* Carry the state: S = exp(gam_last) S + sum_s exp(gam_last - gam_s) k_s Vn_s^T. */
         double glast = gam[n - 1];
@@ -161,7 +168,7 @@ QN_HOT static void gdn_chunked_head(float *S, int dk, int dv, int T, const float
         }
         for (int s2 = 0; s2 < n; s2++) {
             const float *ks = k + (t0 + s2) * ldqk, *Vs = Vn + s2 * dv;
-            float d = (float)exp(glast - gam[s2]);
+            float d = Dm[(n - 1) * C + s2];
             for (int i = 0; i < dk; i++) {
                 float ki = ks[i] * d;
                 float *Si = S + (int64_t)i * dv;
@@ -174,7 +181,7 @@ QN_HOT static void gdn_chunked_head(float *S, int dk, int dv, int T, const float
 size_t gdn_tmp_floats(int dk, int dv) {
     const int C = GDN_CHUNK;
     int mx = dk > dv ? dk : dv;
-    return (size_t)2 * C + C * C + C * dv + C * dk + C * dv + mx + 16;
+    return (size_t)2 * C + 2 * C * C + C * dv + C * dk + C * dv + 8 * (size_t)mx + 16;
 }
 
 /* x[T,H] -> in_proj_qkvz, in_proj_ba -> causal conv + SiLU -> L2-norm q,k -> gates ->
