@@ -28,6 +28,7 @@ const char TEXTGEN_OPTIONS_HELP[] =
     "  --think / --no-think     enable_thinking = true / false for the chat template\n"
     "  -t, --threads N          CPU threads (default: all cores)\n"
     "  -c, --ctx N              context window in tokens (default: min(model maximum, 4096))\n"
+    "  --kv-type T              KV cache: auto (f32 for checkpoints, bf16 for GGUF), f32, bf16, q8\n"
     "  -v, --verbose            print prompt/cache statistics to stderr\n";
 
 double textgen_now(void) {
@@ -64,6 +65,8 @@ int textgen_parse_option(int argc, char **argv, int *i, textgen_opts *o) {
     }
     if (!strcmp(a, "-t") || !strcmp(a, "--threads"))
         return (v = args_value(argc, argv, i)) && args_int(a, v, 0, 4096, &o->threads) ? 1 : -1;
+    if (!strcmp(a, "--kv-type"))
+        return (v = args_value(argc, argv, i)) && (o->kv_type = args_kv_type(v)) >= 0 ? 1 : -1;
     if (!strcmp(a, "-c") || !strcmp(a, "--ctx"))
         return (v = args_value(argc, argv, i)) && args_int(a, v, 0, 1 << 30, &o->n_ctx) ? 1 : -1;
     if (!strcmp(a, "--seed")) return (v = args_value(argc, argv, i)) && args_int(a, v, 0, 0x7fffffffL, &o->seed) ? 1 : -1;
@@ -170,8 +173,17 @@ int textgen_open(textgen *g, const textgen_opts *o, int need_template, int spinn
     }
     if (!(g->smp = sampler_new(g->vocab, &g->sp, err, sizeof err))) goto fail;
 
-    qnext_session_params spar = {.n_ctx = (int)o->n_ctx};
+    qnext_session_params spar = {.n_ctx = (int)o->n_ctx, .kv_type = o->kv_type};
     if (qnext_session_new(g->model, &spar, &g->session, err, sizeof err)) goto fail;
+    if (o->verbose || qnext_session_n_ctx(g->session) > 32768) {
+        /* long contexts: say what the session will cost as it fills (pages are committed lazily) */
+        qnext_session_memory mem;
+        qnext_session_get_memory(g->session, &mem);
+        fprintf(stderr, "qnext: context %d tokens: KV cache %s %.1f KiB/token, up to %.2f GiB as it fills; "
+                        "recurrent state %.1f MiB; scratch %.1f MiB\n",
+                qnext_session_n_ctx(g->session), mem.kv_name, mem.kv_bytes_per_token / 1024.0,
+                mem.kv_bytes_max / 1073741824.0, mem.state_bytes / 1048576.0, mem.scratch_bytes / 1048576.0);
+    }
     conversation_params cp = {.snapshot_token = tokenizer_token_id(g->tok, "<|im_start|>"),
                               .max_snapshots = o->max_snapshots};
     if (!(g->conv = conversation_new(g->model, g->session, &cp, err, sizeof err))) goto fail;
