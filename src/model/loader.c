@@ -362,6 +362,7 @@ void qnext_model_get_stats(const qnext_model *m, qnext_model_stats *st) {
         double x = 0, y = 0;
         layer_stats(c, &m->mtp.layer, c->n_experts > 0, &mp, &mb, &x, &y);
         mp += tparams(&m->mtp.fc); mb += tbytes(&m->mtp.fc);
+        mp += 5 * (int64_t)c->hidden_size + 2 * (int64_t)c->head_dim; /* its norms, kept as f32 */
         st->n_params_mtp = mp;
         p += mp; b += mb;
     }
