@@ -29,7 +29,7 @@ PORT=$("$PY" -c "import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); pri
 KEY="test-key-$RANDOM$RANDOM"
 # the timeouts inside the tests are generous for ASan builds (QNEXT_ASAN=1)
 "$BIN" serve -m "$MODEL" --port "$PORT" --parallel 4 --ctx 1024 --api-key "$KEY" --queue 64 \
-    --max-body 65536 --cache-mb 64 -t 2 > "$TMP/server.log" 2>&1 &
+    --max-body 65536 --cache-mb 64 -t 1 > "$TMP/server.log" 2>&1 &
 SERVER_PID=$!
 up=0
 for i in $(seq 1 150); do

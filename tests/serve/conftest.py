@@ -58,7 +58,7 @@ class Server:
         full_env.update(env or {})
         self.log = open(os.path.join(os.environ.get("TMPDIR", "/tmp"), f"qnext_serve_{self.port}.log"), "w+")
         model = full_env.pop("QNEXT_SERVE_MODEL", MODEL_DIR) if env and "QNEXT_SERVE_MODEL" in env else MODEL_DIR
-        self.proc = subprocess.Popen([BIN, "serve", "-m", model, "--port", str(self.port), "-t", "2", *args],
+        self.proc = subprocess.Popen([BIN, "serve", "-m", model, "--port", str(self.port), "-t", "1", *args],
                                      stdout=self.log, stderr=subprocess.STDOUT, env=full_env)
         deadline = time.time() + 30 * SLOW
         while time.time() < deadline:

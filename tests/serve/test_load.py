@@ -118,3 +118,34 @@ def test_sigterm_clean_exit(start_server):
     assert rest.rstrip().endswith(b"data: [DONE]")  # the stream was ended properly, not cut
     assert srv.proc.wait(30 * SLOW) == 0, srv.output()
     assert time.time() - t0 < 15 * SLOW
+
+
+def test_batched_equals_sequential(url, client):
+    """Requests decoded together in one batch give the same tokens as one at a time (up to
+    float-rounding near-ties, which are allowed only where the top two logprobs are within 1e-3)."""
+    prompts = [f"Prompt {i}: " + "abc " * (3 + 5 * i) for i in range(6)]
+
+    def run(p):
+        r = client.completions.create(model="m", prompt=p, max_tokens=40, temperature=0, logprobs=2,
+                                      extra_body={"ignore_eos": True})
+        lp = r.choices[0].logprobs
+        return lp.tokens, lp.token_logprobs, lp.top_logprobs
+
+    seq = [run(p) for p in prompts]
+    steps0 = metrics(url)["qnext_engine_steps_total"]
+    par = [None] * len(prompts)
+    threads = [threading.Thread(target=lambda i=i: par.__setitem__(i, run(prompts[i]))) for i in range(len(prompts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60 * SLOW)
+    steps = metrics(url)["qnext_engine_steps_total"] - steps0
+    assert all(p is not None for p in par)
+    assert steps < len(prompts) * 40, steps  # one at a time would take 40 steps each: they were batched
+    for (t1, l1, top1), (t2, l2, _) in zip(seq, par):
+        for k in range(len(t1)):
+            if t1[k] != t2[k]:
+                lps = sorted(top1[k].values(), reverse=True)
+                assert len(lps) == 2 and lps[0] - lps[1] < 1e-3, (k, t1, t2)
+                break
+            assert abs(l1[k] - l2[k]) < 1e-3, (k, l1[k], l2[k])
