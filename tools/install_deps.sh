@@ -12,9 +12,9 @@ if [ -n "$missing" ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing >/dev/null
 fi
-if ! python3 -c "import numpy, openai, pytest, requests" 2>/dev/null; then
-  echo "installing Python packages: numpy openai pytest requests"
+if ! python3 -c "import numpy, openai, pytest, requests, tokenizers, jinja2" 2>/dev/null; then
+  echo "installing Python packages: numpy openai pytest requests tokenizers jinja2"
   # Debian's own python3 refuses system-wide pip installs (PEP 668) unless told otherwise.
-  python3 -m pip install -q numpy openai pytest requests 2>/dev/null ||
-    python3 -m pip install -q --break-system-packages numpy openai pytest requests
+  python3 -m pip install -q numpy openai pytest requests tokenizers jinja2 2>/dev/null ||
+    python3 -m pip install -q --break-system-packages numpy openai pytest requests tokenizers jinja2
 fi
