@@ -864,6 +864,7 @@ static void *engine_main(void *arg) {
         for (int i = 0; i < e->max_ctxs; i++) {
             context *c = &e->ctx[i];
             if (!c->s || !c->req || !c->has_next) continue;
+            if (budget <= 0) break; /* more slots than the batch holds (tiny --ctx): the rest go next step */
             items[n_items] = (qnext_batch_item){c->s, &c->next_tok, 1, c->logits, QNEXT_LOGITS_LAST};
             item_ctx[n_items] = i;
             item_end[n_items] = -1;

@@ -742,6 +742,10 @@ int serve_main(const serve_options *opts) {
     int max_pos = qnext_model_config(sv.m)->max_position_embeddings;
     if (max_pos > 0 && sv.o.n_ctx > max_pos) sv.o.n_ctx = max_pos;
     sv.n_ctx = sv.o.n_ctx;
+    if (sv.o.parallel > sv.n_ctx / 2) {
+        fprintf(stderr, "qnext serve: --parallel %d is too large for a context of %d tokens\n", sv.o.parallel, sv.n_ctx);
+        goto out;
+    }
     sv.gen_defaults = sampler_params_default();
     sv.gen_defaults.temperature = 1.0f; /* OpenAI's default when neither request nor model says */
     int32_t gen_eos[SAMPLER_MAX_EOS];
