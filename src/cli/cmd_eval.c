@@ -5,7 +5,9 @@
  * llama-perplexity does, and every position from --score-from on (predicting the next token
  * of the chunk) is scored:
  *   - KL(P_ref || P_model) of the next-token distributions (mean, max, 99th percentile),
- *   - top-1 agreement (argmax of the model == argmax of the reference),
+ *   - top-1 agreement (argmax of the model == argmax of the reference), over all positions and
+ *     over the "decisive" ones where the reference's top-1 probability leads the second by at
+ *     least 0.01 (near-ties flip on any perturbation and dominate the disagreements),
  *   - perplexity exp(mean NLL of the actual next token) of each model.
  * All sums are in double; the softmaxes are taken in double from the f32 logits. */
 #include <math.h>
@@ -58,6 +60,8 @@ static qnext_tokenizer *load_tokenizer(const char *path, char *err, size_t errle
     gguf_close(g);
     return t;
 }
+
+#define DECISIVE_GAP 0.01
 
 static int cmp_double(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
@@ -151,7 +155,7 @@ int cmd_eval(int argc, char **argv) {
         goto out;
     }
     double nll_m = 0, nll_r = 0, kl_sum = 0, kl_max = 0;
-    long agree = 0, k = 0;
+    long agree = 0, k = 0, n_decisive = 0, agree_decisive = 0;
     for (long c = 0; c < n_chunks; c++) {
         const int32_t *t = ids + c * ctx;
         qnext_session_reset(sm);
@@ -170,6 +174,11 @@ int cmd_eval(int argc, char **argv) {
             kl_sum += kl;
             if (kl > kl_max) kl_max = kl;
             agree += am == ar;
+            /* positions where the reference is not near a tie: top-1 probability at least
+             * DECISIVE_GAP above the second (near-ties flip on any perturbation) */
+            double p1 = exp(pr[ar]), p2 = 0;
+            for (int j = 0; j < V; j++) if (j != ar && exp(pr[j]) > p2) p2 = exp(pr[j]);
+            if (p1 - p2 >= DECISIVE_GAP) { n_decisive++; agree_decisive += am == ar; }
             nll_m -= pm[t[i + 1]];
             nll_r -= pr[t[i + 1]];
         }
@@ -181,14 +190,17 @@ int cmd_eval(int argc, char **argv) {
     double p99 = kls[(size_t)((k - 1) * 0.99)];
     if (as_json)
         printf("{\"tokens_scored\": %ld, \"chunks\": %ld, \"ctx\": %ld, \"score_from\": %ld, \"kl_mean\": %.9g, "
-               "\"kl_max\": %.9g, \"kl_p99\": %.9g, \"top1_agree\": %.9g, \"ppl_model\": %.9g, \"ppl_ref\": %.9g}\n",
-               k, n_chunks, ctx, score_from, kl_sum / k, kl_max, p99, (double)agree / k, exp(nll_m / k),
-               exp(nll_r / k));
+               "\"kl_max\": %.9g, \"kl_p99\": %.9g, \"top1_agree\": %.9g, \"decisive_positions\": %ld, "
+               "\"top1_agree_decisive\": %.9g, \"ppl_model\": %.9g, \"ppl_ref\": %.9g}\n",
+               k, n_chunks, ctx, score_from, kl_sum / k, kl_max, p99, (double)agree / k, n_decisive,
+               n_decisive ? (double)agree_decisive / n_decisive : 1.0, exp(nll_m / k), exp(nll_r / k));
     else {
         printf("model:          %s\nreference:      %s\n", model, ref);
         printf("tokens scored:  %ld (%ld chunks of %ld, from position %ld)\n", k, n_chunks, ctx, score_from);
         printf("KL(ref||model): mean %.6f  p99 %.6f  max %.6f\n", kl_sum / k, p99, kl_max);
-        printf("top-1 agree:    %.4f%% (%ld/%ld)\n", 100.0 * agree / k, agree, k);
+        printf("top-1 agree:    %.4f%% (%ld/%ld); where the reference's top-1 leads by >= %.2f: %.4f%% (%ld/%ld)\n",
+               100.0 * agree / k, agree, k, DECISIVE_GAP, n_decisive ? 100.0 * agree_decisive / n_decisive : 100.0,
+               agree_decisive, n_decisive);
         printf("perplexity:     model %.4f  reference %.4f\n", exp(nll_m / k), exp(nll_r / k));
     }
     rc = 0;
