@@ -454,6 +454,26 @@ static int add_hparams(gguf_writer *w, const plan *P, const quantize_params *p) 
     ok &= !gguf_writer_add_str(w, "general.architecture", "qwen3next");
     ok &= !gguf_writer_add_str(w, "general.type", "model");
     ok &= !gguf_writer_add_str(w, "general.name", name);
+    /* sampling defaults from generation_config.json, as the converter's gguf.Metadata takes them */
+    char gpath[4096];
+    snprintf(gpath, sizeof gpath, "%s/generation_config.json", p->input_dir);
+    FILE *gf = fopen(gpath, "rb");
+    json *gc = NULL;
+    if (gf) { fclose(gf); gc = json_parse_file(gpath, NULL, 0); }
+    if (gc && gc->type == JSON_OBJECT) {
+        int64_t iv;
+        double dv;
+        const json *j;
+        if ((j = json_get(gc, "top_k")) && j->type == JSON_NUMBER && json_as_int64(j, &iv))
+            ok &= !gguf_writer_add_i32(w, "general.sampling.top_k", (int32_t)iv);
+        if ((j = json_get(gc, "top_p")) && j->type == JSON_NUMBER && json_as_double(j, &dv))
+            ok &= !gguf_writer_add_f32(w, "general.sampling.top_p", (float)dv);
+        if ((j = json_get(gc, "min_p")) && j->type == JSON_NUMBER && json_as_double(j, &dv))
+            ok &= !gguf_writer_add_f32(w, "general.sampling.min_p", (float)dv);
+        if ((j = json_get(gc, "temperature")) && j->type == JSON_NUMBER && json_as_double(j, &dv))
+            ok &= !gguf_writer_add_f32(w, "general.sampling.temp", (float)dv);
+    }
+    json_free(gc);
     ok &= !gguf_writer_add_u32(w, "qwen3next.block_count", (uint32_t)P->n_blocks);
     ok &= !gguf_writer_add_u32(w, "qwen3next.context_length", (uint32_t)c->max_position_embeddings);
     ok &= !gguf_writer_add_u32(w, "qwen3next.embedding_length", (uint32_t)c->hidden_size);
@@ -805,8 +825,12 @@ int quantize_model(const quantize_params *p, char *err, size_t errlen) {
         else if (r == 0 && !p->quiet)
             fprintf(stderr, "quantize: no tokenizer.json in %s: the file gets no tokenizer metadata\n", p->input_dir);
     }
+    /* llama-quantize writes each tensor with ggml_n_dims dimensions (trailing 1s dropped: the
+     * shared-expert gate [H, 1] becomes [H]); the converter keeps the PyTorch rank. The K mixes
+     * are llama-quantize's output, F32/F16/BF16/Q8_0 the converter's. */
+    int trim = p->mix == QMIX_Q6_K || p->mix == QMIX_Q5_K_M || p->mix == QMIX_Q4_K_M;
     for (size_t i = 0; ok && i < P.n; i++)
-        ok = !gguf_writer_add_tensor(w, P.t[i].name, P.t[i].type, P.t[i].n_dims, P.t[i].ne);
+        ok = !gguf_writer_add_tensor(w, P.t[i].name, P.t[i].type, trim ? ggml_ndims(&P.t[i]) : P.t[i].n_dims, P.t[i].ne);
     if (ok) ok = !gguf_writer_write_header(w);
 
     /* blocks of rows: about 4M values (16 MB of f32) per block */
