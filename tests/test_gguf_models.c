@@ -21,7 +21,9 @@
  *   3. `qnext quantize --type Q8_0` of the same fixture: the same tensors, types, shapes and
  *      data bytes as the package's Q8_0 file, and the same metadata values; and the same
  *      against a file written by llama.cpp's convert_hf_to_gguf.py itself (with a tokenizer:
- *      tokens, types, merges, special ids and chat template compared too);
+ *      tokens, types, merges, special ids and chat template compared too); `--type Q6_K /
+ *      Q5_K_M / Q4_K_M` of base_gqa and models/qnext-tiny: every tensor's type, shape and bytes
+ *      as llama-quantize wrote them (tests/data/gguf_models/llama_quantize_refs.json);
  *   4. `qnext quantize --type BF16`: logits equal to running the safetensors (rel L2 <= 1e-6);
  *   5. wrong architecture, missing key, missing tensor, wrong shape: an error naming it;
  *   6. a GGUF carrying the tokenizer metadata of tests/data/qwen3-tokenizer (written by our
@@ -227,6 +229,60 @@ static void test_same_bytes(const char *dir, const char *theirs, const char *lab
     gguf_close(a);
     gguf_close(b);
     remove(ours);
+}
+
+static uint32_t crc32_bytes(const uint8_t *p, size_t n) {
+    static uint32_t table[256];
+    if (!table[1])
+        for (uint32_t i = 0; i < 256; i++) {
+            uint32_t c = i;
+            for (int k = 0; k < 8; k++) c = c & 1 ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+            table[i] = c;
+        }
+    uint32_t c = 0xFFFFFFFFu;
+    for (size_t i = 0; i < n; i++) c = table[(c ^ p[i]) & 0xFF] ^ (c >> 8);
+    return c ^ 0xFFFFFFFFu;
+}
+
+/* 3b: the K mixes against llama-quantize's own output (tools/make_llama_quant_refs.py: per
+ * tensor type, shape, size and CRC-32 of the bytes llama.cpp wrote). */
+static void test_llama_quantize(const json *models, const char *name, const char *dir) {
+    const json *mixes = json_get(models, name);
+    CHECK(mixes != NULL, "llama_quantize_refs.json has no %s", name);
+    for (size_t m = 0; mixes && m < mixes->n; m++) {
+        const char *mix = mixes->keys[m];
+        const json *want = mixes->items[m];
+        char out[512], err[512];
+        snprintf(out, sizeof out, "%s_lq.gguf", g_tmp);
+        quantize_params p = {.input_dir = dir, .output_path = out, .mix = quantize_mix_from_name(mix), .quiet = 1};
+        CHECK(quantize_model(&p, err, sizeof err) == 0, "quantize %s %s: %s", dir, mix, err);
+        gguf_file *g = NULL;
+        if (gguf_open(out, &g, err, sizeof err)) { CHECK(0, "%s", err); continue; }
+        CHECK(g->n_tensors == want->n, "%s %s: %llu tensors, llama-quantize wrote %zu", name, mix,
+              (unsigned long long)g->n_tensors, want->n);
+        int same = 0;
+        for (size_t i = 0; i < want->n; i++) {
+            const char *tn = want->keys[i];
+            const json *w = want->items[i], *ne = json_get(w, "ne");
+            const gguf_tensor *t = gguf_find_tensor(g, tn);
+            int64_t nb;
+            json_get_int(w, "bytes", -1, &nb);
+            char crc[16];
+            int ok = t && !strcmp(quant_type_name(t->type), json_get_string(w, "type")) && ne && (int)ne->n == t->n_dims;
+            for (size_t d = 0; ok && d < ne->n; d++) ok = t->ne[d] == (int64_t)ne->items[d]->num;
+            if (ok) {
+                snprintf(crc, sizeof crc, "%08x", crc32_bytes(t->data, t->nbytes));
+                ok = (int64_t)t->nbytes == nb && !strcmp(crc, json_get_string(w, "crc32"));
+            }
+            CHECK(ok, "%s %s: tensor %s differs from llama-quantize's (%s, want %s)", name, mix, tn,
+                  t ? quant_type_name(t->type) : "missing", json_get_string(w, "type"));
+            same += ok;
+        }
+        printf("qnext quantize %-6s of %s: %d/%zu tensors identical to llama-quantize's (type, shape, bytes)\n", mix,
+               name, same, want->n);
+        gguf_close(g);
+        remove(out);
+    }
 }
 
 /* 4: qnext quantize BF16 runs like the safetensors. */
@@ -439,6 +495,13 @@ int main(int argc, char **argv) {
         CHECK(symlink(src, dst) == 0, "symlink %s", dst);
     }
     test_same_bytes(dir, "tests/data/gguf_models/base_gqa+tok512.llama-convert.Q8_0.gguf", "base_gqa+tok512");
+    json *lq = json_parse_file("tests/data/gguf_models/llama_quantize_refs.json", err, sizeof err);
+    CHECK(lq != NULL, "%s", err);
+    if (lq) {
+        test_llama_quantize(json_get(lq, "models"), "base_gqa+tok512", dir);
+        test_llama_quantize(json_get(lq, "models"), "qnext-tiny", "models/qnext-tiny");
+    }
+    json_free(lq);
     for (int i = 0; i < 4; i++) { snprintf(dst, sizeof dst, "%s/%s", dir, links[i][1]); remove(dst); }
     rmdir(dir);
     test_bf16_equals_safetensors("short_top1");
