@@ -2,7 +2,7 @@
  * conversation cache, and the formatting of each request's output (SSE chunks or JSON).
  *
  * Contexts. A context is one qnext_session plus the token history its KV cache and
- * recurrent states hold, and snapshots taken at message boundaries (before each
+ * recurrent states hold, and snapshots taken at message boundaries (before the prompt's last
  * <|im_start|>, at the end of the prompt and at the end of the generation). At most
  * --parallel contexts serve requests at once; idle ones keep their history, and more idle
  * contexts than --parallel are kept while the --cache-mb budget allows. A new request goes
@@ -13,7 +13,7 @@
  * snapshots past the restore point are dropped then.
  *
  * Steps. Each step is ONE qnext_batch_feed: one token for every generating slot plus
- * prefill chunks of new prompts (--prefill-chunk tokens at most, cut at snapshot points),
+ * prefill chunks of new prompts (--prefill-chunk tokens at most, cut at the snapshot point),
  * so a long prompt never stalls the running streams for more than one chunk. */
 #define _GNU_SOURCE
 #include "serve/server.h"
@@ -402,6 +402,7 @@ static void completion_logprobs(serve_engine *e, sv_buf *b, const sampler_result
 typedef struct {
     lp_list lp;
     size_t text_sent;   /* completion: bytes of text already streamed (for text_offset) */
+    int snap_at;        /* prompt position of the snapshot taken on the way (see is_boundary), or -1 */
 } req_extra;
 
 static void chunk_head(serve_engine *e, serve_req *r, sv_buf *b) {
@@ -749,10 +750,14 @@ static void on_token(serve_engine *e, context *c, int32_t t, const sampler_resul
     c->has_next = 1;
 }
 
-/* Is pos (a prompt index) a snapshot point: just before an <|im_start|>, or the prompt's end? */
+/* Is pos (a prompt index) a snapshot point? The end of the prompt, and just before its last
+ * <|im_start|> (where the assistant turn begins: the point a follow-up turn diverges from when
+ * the template rewrites the previous answer, e.g. drops its reasoning). Earlier message
+ * boundaries are not cut: every cut is one more forward pass, a full read of the weights on a
+ * memory-bound model, and a follow-up reuses the end of the previous turn anyway. */
 static int is_boundary(const serve_engine *e, const serve_req *r, int pos) {
-    if (pos == r->n_prompt) return 1;
-    return e->im_start >= 0 && pos > 0 && pos < r->n_prompt && r->prompt[pos] == e->im_start;
+    const req_extra *x = r->priv;
+    return pos == r->n_prompt || pos == x->snap_at;
 }
 
 static int admit(serve_engine *e, serve_req *r) {
@@ -761,6 +766,9 @@ static int admit(serve_engine *e, serve_req *r) {
     int ci = ctx_acquire(e, r);
     if (ci < 0) { free(x); return -1; }
     r->priv = x; /* engine-private; freed in ctx_finish */
+    x->snap_at = -1;
+    for (int p = r->n_prompt - 1; e->im_start >= 0 && p > r->n_cached; p--)
+        if (r->prompt[p] == e->im_start) { x->snap_at = p; break; }
     tokenizer_stream_init(&r->ts, e->tok);
     sampler_set_prompt(r->smp, r->prompt, r->n_prompt);
     pthread_mutex_lock(&e->mu);
