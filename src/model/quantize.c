@@ -22,7 +22,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
+#include <unistd.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -826,9 +828,9 @@ int quantize_model(const quantize_params *p, char *err, size_t errlen) {
             fprintf(stderr, "quantize: no tokenizer.json in %s: the file gets no tokenizer metadata\n", p->input_dir);
     }
     /* llama-quantize writes each tensor with ggml_n_dims dimensions (trailing 1s dropped: the
-     * shared-expert gate [H, 1] becomes [H]); the converter keeps the PyTorch rank. The K mixes
-     * are llama-quantize's output, F32/F16/BF16/Q8_0 the converter's. */
-    int trim = p->mix == QMIX_Q6_K || p->mix == QMIX_Q5_K_M || p->mix == QMIX_Q4_K_M;
+     * shared-expert gate [H, 1] becomes [H]); the converter keeps the PyTorch rank. The quantized
+     * mixes are llama-quantize's output, F32/F16/BF16 the converter's. */
+    int trim = mix_is_quantized(p->mix);
     for (size_t i = 0; ok && i < P.n; i++)
         ok = !gguf_writer_add_tensor(w, P.t[i].name, P.t[i].type, trim ? ggml_ndims(&P.t[i]) : P.t[i].n_dims, P.t[i].ne);
     if (ok) ok = !gguf_writer_write_header(w);
@@ -861,6 +863,15 @@ int quantize_model(const quantize_params *p, char *err, size_t errlen) {
             } else if (gguf_writer_write_tensor_part(w, out, (size_t)n * rb)) {
                 ok = 0;
             }
+        }
+        /* the source pages of this tensor are not needed again (but for the qkvz tensor, read
+         * twice, which then faults them back from the page cache): drop them from the process so
+         * that its resident size stays small on a 160 GB model */
+        long pg = sysconf(_SC_PAGESIZE);
+        for (int k = 0; k < t->n_src && pg > 0; k++) {
+            uintptr_t a = (uintptr_t)t->src[k]->data, e = a + t->src[k]->nbytes;
+            a &= ~(uintptr_t)(pg - 1);
+            if (e > a) madvise((void *)a, e - a, MADV_DONTNEED);
         }
         uint64_t in_b = (uint64_t)t->rows * quant_row_bytes(t->src[0]->dtype, t->cols);
         in_total += in_b;
