@@ -33,8 +33,8 @@ int main(void) {
     CHECK(ref != NULL, "%s", err);
     int rows, cols;
     float *want = npy_load_f32("tests/fixtures/mha_sharded_mtp/mtp_logits.npy", &rows, &cols);
-    float *main_ref = npy_load_f32("tests/fixtures/mha_sharded_mtp/logits.npy", &rows, &cols);
-    want = npy_load_f32("tests/fixtures/mha_sharded_mtp/mtp_logits.npy", &rows, &cols);
+    int mrows, mcols;
+    float *main_ref = npy_load_f32("tests/fixtures/mha_sharded_mtp/logits.npy", &mrows, &mcols);
     if (!ref || !want || !main_ref) return tu_finish("test_mtp");
     json *jp = json_get(ref, "prompt");
     int n = (int)jp->n;
