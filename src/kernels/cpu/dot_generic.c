@@ -13,29 +13,24 @@ static float h2f(const uint8_t *p) { uint16_t h; memcpy(&h, p, 2); return qn_f16
 
 static float g_f32(const void *w, const void *a, int64_t n) { return op_dot_f32(w, a, n); }
 
-static float g_bf16(const void *w_, const void *a_, int64_t n) {
+/* 16-bit float weights (bf16 or f16) against f32 activations; inlined into the two
+ * kernels below with a constant flag, so the format test disappears from the loop. */
+static inline float g_half(const void *w_, const void *a_, int64_t n, int bf16) {
     const uint16_t *w = w_;
     const float *a = a_;
     float acc[16] = {0}, s = 0;
     int64_t i = 0;
+#define WIDEN(h) (bf16 ? qn_bf16_to_f32(h) : qn_f16_to_f32(h))
     for (; i + 16 <= n; i += 16)
-        for (int j = 0; j < 16; j++) acc[j] += qn_bf16_to_f32(w[i + j]) * a[i + j];
-    for (; i < n; i++) s += qn_bf16_to_f32(w[i]) * a[i];
+        for (int j = 0; j < 16; j++) acc[j] += WIDEN(w[i + j]) * a[i + j];
+    for (; i < n; i++) s += WIDEN(w[i]) * a[i];
+#undef WIDEN
     for (int j = 0; j < 16; j++) s += acc[j];
     return s;
 }
 
-static float g_f16(const void *w_, const void *a_, int64_t n) {
-    const uint16_t *w = w_;
-    const float *a = a_;
-    float acc[16] = {0}, s = 0;
-    int64_t i = 0;
-    for (; i + 16 <= n; i += 16)
-        for (int j = 0; j < 16; j++) acc[j] += qn_f16_to_f32(w[i + j]) * a[i + j];
-    for (; i < n; i++) s += qn_f16_to_f32(w[i]) * a[i];
-    for (int j = 0; j < 16; j++) s += acc[j];
-    return s;
-}
+static float g_bf16(const void *w, const void *a, int64_t n) { return g_half(w, a, n, 1); }
+static float g_f16(const void *w, const void *a, int64_t n) { return g_half(w, a, n, 0); }
 
 /* Q8_0: 34-byte blocks of f16 d + 32 int8. */
 static float g_q8_0(const void *w_, const void *a_, int64_t n) {
