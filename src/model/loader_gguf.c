@@ -7,6 +7,7 @@
  *     attn_gate (z); the older ones keep it fused as ssm_in in the checkpoint's grouped
  *     order, read through the same row map as safetensors;
  *   - experts are stacked [E, rows, cols] (ggml ne [cols, rows, E]); each expert is a view.
+ *   - the MTP layer is block n_layers (block_count - nextn_predict_layers), see load_mtp.
  * Tensors keep their GGUF type (F32/F16/BF16/Q8_0/Q4_0/Q4_K/Q5_K/Q6_K, ...) and are read in
  * place from the mapping. */
 #include <fcntl.h>
@@ -122,7 +123,7 @@ static int get_u(gl *L, const char *key, int *out, int required, int def) {
     return 0;
 }
 
-static qnext_status read_config(gl *L) {
+static qnext_status read_config(gl *L, int *nextn_out) {
     qnext_config *c = &L->m->cfg;
     gguf_file *g = L->m->gguf;
     const char *arch;
@@ -157,6 +158,7 @@ static qnext_status read_config(gl *L) {
         !get_u(L, "qwen3next.full_attention_interval", &interval, 0, 4))
         return QNEXT_ERR_CONFIG;
     c->n_layers = blocks - nextn;
+    *nextn_out = nextn;
     if (c->n_layers < 1 || c->n_layers > QNEXT_MAX_LAYERS || !c->lin_n_v_heads || !c->lin_n_k_heads || !interval ||
         ssm_inner % c->lin_n_v_heads || c->n_heads % c->n_kv_heads || c->lin_n_v_heads % c->lin_n_k_heads ||
         c->n_experts_per_tok > c->n_experts || c->rotary_dim % 2 || c->rotary_dim > c->head_dim ||
@@ -192,7 +194,7 @@ static qnext_status read_config(gl *L) {
     int64_t id;
     c->bos_token_id = gguf_get_int(g, "tokenizer.ggml.bos_token_id", &id) == 1 ? (int)id : -1;
     if (gguf_get_int(g, "tokenizer.ggml.eos_token_id", &id) == 1) c->eos_token_ids[c->n_eos++] = (int)id;
-    c->n_mtp_layers = 0; /* nextn blocks are kept in the file but not read yet */
+    c->n_mtp_layers = 0; /* set by load_mtp once the nextn block is read */
     return QNEXT_OK;
 }
 
@@ -237,11 +239,80 @@ static int load_mlp(gl *L, qn_layer *ly, int il) {
     return 1;
 }
 
+static int load_attention(gl *L, qn_layer *ly, int il) {
+    const qnext_config *c = &L->m->cfg;
+    char nm[128];
+    int64_t H = c->hidden_size, D = c->head_dim;
+    if (!mat(L, &ly->q_proj, NAME("blk.%d.attn_q.weight", il), c->n_heads * 2 * D, H, 1)) return 0;
+    ly->q_proj.row_map = L->m->q_map;
+    if (!mat(L, &ly->k_proj, NAME("blk.%d.attn_k.weight", il), c->n_kv_heads * D, H, 1) ||
+        !mat(L, &ly->v_proj, NAME("blk.%d.attn_v.weight", il), c->n_kv_heads * D, H, 1) ||
+        !mat(L, &ly->o_proj, NAME("blk.%d.attn_output.weight", il), H, c->n_heads * D, 1))
+        return 0;
+    if (!(ly->q_norm = vec(L, NAME("blk.%d.attn_q_norm.weight", il), D, 1))) return 0;
+    if (!(ly->k_norm = vec(L, NAME("blk.%d.attn_k_norm.weight", il), D, 1))) return 0;
+    return 1;
+}
+
+/* The MTP layer, as llama.cpp's converter writes it (conversion/qwen.py, _QwenMtpMixin):
+ * block n_layers holds mtp.layers.0.* under the standard names (a full-attention layer
+ * with the MoE), plus mtp.fc -> nextn.eh_proj, pre_fc_norm_embedding -> nextn.enorm,
+ * pre_fc_norm_hidden -> nextn.hnorm, mtp.norm -> nextn.shared_head_norm, norms stored
+ * as 1 + w. llama.cpp's graph concatenates [enorm(embedding) | hnorm(hidden)] before
+ * eh_proj, the same column order as mtp.fc. A file that declares the block but carries
+ * no eh_proj (tensors stripped) is opened without MTP. */
+static qnext_status load_mtp(gl *L, int nextn) {
+    qnext_model *m = L->m;
+    qnext_config *c = &m->cfg;
+    c->n_mtp_layers = 0;
+    if (nextn == 0) return QNEXT_OK;
+    char nm[128];
+    const int b = c->n_layers;
+    if (!gguf_find_tensor(m->gguf, NAME("blk.%d.nextn.eh_proj.weight", b))) {
+        if (!m->params.quiet)
+            fprintf(stderr, "qnext: warning: %s: nextn_predict_layers = %d but no '%s'; MTP is off\n", L->path,
+                    nextn, nm);
+        return QNEXT_OK;
+    }
+    if (nextn > 1) {
+        snprintf(L->err, L->errlen, "%s: %d MTP (nextn) layers declared; qnext supports one", L->path, nextn);
+        return QNEXT_ERR_CONFIG;
+    }
+    /* a separate MTP embedding or head (other architectures' nextn blocks) is not what
+     * Qwen3-Next has: the head shares token_embd and output */
+    if (gguf_find_tensor(m->gguf, NAME("blk.%d.nextn.embed_tokens.weight", b)) ||
+        gguf_find_tensor(m->gguf, NAME("blk.%d.nextn.shared_head_head.weight", b))) {
+        snprintf(L->err, L->errlen, "%s: '%s': an MTP block with its own embedding or head is not supported",
+                 L->path, nm);
+        return QNEXT_ERR_FORMAT;
+    }
+    const int64_t H = c->hidden_size;
+    qn_mtp *t = &m->mtp;
+    qn_layer *ly = &t->layer;
+    if (!mat(L, &t->fc, NAME("blk.%d.nextn.eh_proj.weight", b), H, 2 * H, 1)) return QNEXT_ERR_FORMAT;
+    if (!(t->pre_fc_norm_embedding = vec(L, NAME("blk.%d.nextn.enorm.weight", b), H, 1)) ||
+        !(t->pre_fc_norm_hidden = vec(L, NAME("blk.%d.nextn.hnorm.weight", b), H, 1)))
+        return QNEXT_ERR_FORMAT;
+    /* llama.cpp falls back to output_norm when shared_head_norm is absent */
+    if (gguf_find_tensor(m->gguf, NAME("blk.%d.nextn.shared_head_norm.weight", b))) {
+        if (!(t->norm = vec(L, nm, H, 1))) return QNEXT_ERR_FORMAT;
+    } else {
+        t->norm = m->final_norm;
+    }
+    if (!(ly->input_norm = vec(L, NAME("blk.%d.attn_norm.weight", b), H, 1)) ||
+        !(ly->post_norm = vec(L, NAME("blk.%d.post_attention_norm.weight", b), H, 1)))
+        return QNEXT_ERR_FORMAT;
+    if (!load_attention(L, ly, b) || !load_mlp(L, ly, b)) return QNEXT_ERR_FORMAT;
+    c->n_mtp_layers = 1;
+    return QNEXT_OK;
+}
+
 qnext_status gguf_model_load(qnext_model *m, const char *path, char *err, size_t errlen) {
     if (gguf_open(path, &m->gguf, err, errlen) != 0) return QNEXT_ERR_FORMAT;
     gl L = {m, path, err, errlen};
     err[0] = 0;
-    qnext_status rc = read_config(&L);
+    int nextn = 0;
+    qnext_status rc = read_config(&L, &nextn);
     if (rc) return rc;
     qnext_config *c = &m->cfg;
     char nm[128];
@@ -263,21 +334,14 @@ qnext_status gguf_model_load(qnext_model *m, const char *path, char *err, size_t
     if (!(m->final_norm = vec(&L, "output_norm.weight", H, 1))) return QNEXT_ERR_FORMAT;
     m->layers = calloc(c->n_layers, sizeof *m->layers);
     if (!m->layers) return QNEXT_ERR_MEMORY;
-    const int64_t nk = c->lin_n_k_heads, nv = c->lin_n_v_heads, dk = c->lin_k_dim, dv = c->lin_v_dim, D = c->head_dim;
+    const int64_t nk = c->lin_n_k_heads, nv = c->lin_n_v_heads, dk = c->lin_k_dim, dv = c->lin_v_dim;
     const int64_t conv_dim = 2 * nk * dk + nv * dv;
     for (int il = 0; il < c->n_layers; il++) {
         qn_layer *ly = &m->layers[il];
         if (!(ly->input_norm = vec(&L, NAME("blk.%d.attn_norm.weight", il), H, 1))) return QNEXT_ERR_FORMAT;
         if (!(ly->post_norm = vec(&L, NAME("blk.%d.post_attention_norm.weight", il), H, 1))) return QNEXT_ERR_FORMAT;
         if (c->layer_type[il] == QNEXT_LAYER_FULL) {
-            if (!mat(&L, &ly->q_proj, NAME("blk.%d.attn_q.weight", il), c->n_heads * 2 * D, H, 1)) return QNEXT_ERR_FORMAT;
-            ly->q_proj.row_map = m->q_map;
-            if (!mat(&L, &ly->k_proj, NAME("blk.%d.attn_k.weight", il), c->n_kv_heads * D, H, 1) ||
-                !mat(&L, &ly->v_proj, NAME("blk.%d.attn_v.weight", il), c->n_kv_heads * D, H, 1) ||
-                !mat(&L, &ly->o_proj, NAME("blk.%d.attn_output.weight", il), H, c->n_heads * D, 1))
-                return QNEXT_ERR_FORMAT;
-            if (!(ly->q_norm = vec(&L, NAME("blk.%d.attn_q_norm.weight", il), D, 1))) return QNEXT_ERR_FORMAT;
-            if (!(ly->k_norm = vec(&L, NAME("blk.%d.attn_k_norm.weight", il), D, 1))) return QNEXT_ERR_FORMAT;
+            if (!load_attention(&L, ly, il)) return QNEXT_ERR_FORMAT;
         } else {
             if (gguf_find_tensor(m->gguf, NAME("blk.%d.attn_qkv.weight", il))) {
                 if (!mat(&L, &ly->qkvz, nm, conv_dim, H, 1)) return QNEXT_ERR_FORMAT;
@@ -301,5 +365,5 @@ qnext_status gguf_model_load(qnext_model *m, const char *path, char *err, size_t
         }
         if (!load_mlp(&L, ly, il)) return QNEXT_ERR_FORMAT;
     }
-    return QNEXT_OK;
+    return load_mtp(&L, nextn);
 }
