@@ -1,0 +1,67 @@
+/* attn.h - attention kernels of the fast CPU path: one tile of queries that share a KV
+ * head against a range of cached keys, with an online softmax.
+ *
+ * The cache holds one row per (key, KV head) as f32, bf16 or int8 + f32 scale (the
+ * QNEXT_KV_* types, see kv_put in forward.c). The kernels read those rows in place and
+ * widen them in registers, fused into the Q.K dot products and the P.V sums; all products
+ * and sums are f32.
+ *
+ * Each kernel exists as portable C (attn_generic.c) and, on x86-64, compiled for AVX2+FMA
+ * (attn_avx2.c) and AVX-512 (attn_avx512.c); attn_select() follows dot_select()'s choice,
+ * so QNEXT_KERNELS=generic|avx2 selects them too. */
+#ifndef QNEXT_ATTN_H
+#define QNEXT_ATTN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define ATTN_KEYS 64 /* keys per step of the online softmax */
+
+/* One tile: nq queries against the keys of one KV head. */
+typedef struct {
+    int nq, D, kv_type;      /* kv_type: QNEXT_KV_F32, QNEXT_KV_BF16 or QNEXT_KV_Q8 */
+    const float *const *q;   /* nq query vectors of D floats */
+    const int *qpos;         /* key j is visible to query i when j <= qpos[i]; non-decreasing in i */
+    float scale;             /* score = scale * q.k */
+    const uint8_t *k, *v;    /* cached key / value row of key 0 for this KV head */
+    size_t stride;           /* bytes from the row of key j to that of key j+1 */
+} attn_tile_args;
+
+/* Partial attention over keys [j0, j1): for every query i,
+ *     mx[i]  = max of its visible scores in the range (-FLT_MAX when none is visible),
+ *     sum[i] = sum_j exp(s_ij - mx[i]),   O[i*D + d] = sum_j exp(s_ij - mx[i]) v_j[d]
+ * (unnormalised). work holds attn_work_floats(nq) floats. */
+typedef void (*attn_partial_fn)(const attn_tile_args *a, int j0, int j1, float *O, float *mx, float *sum,
+                                float *work);
+
+typedef struct {
+    const char *name;
+    attn_partial_fn partial;
+    int d_multiple; /* the kernel needs D % d_multiple == 0; else use attn_generic */
+} attn_kernels;
+
+extern const attn_kernels attn_generic;
+#if defined(__x86_64__) || defined(_M_X64)
+extern const attn_kernels attn_avx2;
+extern const attn_kernels attn_avx512;
+#endif
+
+/* Floats of work space a partial needs for nq queries. */
+size_t attn_work_floats(int nq);
+
+/* The kernel set matching dot_select() (QNEXT_KERNELS=generic|avx2 overrides). */
+const attn_kernels *attn_select(void);
+
+/* Runs the tile over keys [j0, j1) with the selected kernel (the generic one when D does
+ * not suit the SIMD kernel). */
+void attn_partial(const attn_tile_args *a, int j0, int j1, float *O, float *mx, float *sum, float *work);
+
+/* Combines n partials of the same nq queries (O_p, mx_p, sum_p, laid out as
+ * part + p*pstride: O[nq*D], then mx[nq], then sum[nq]) in order p = 0..n-1 and writes the
+ * normalised output of query i to out[i]. */
+void attn_merge(int n, const float *part, size_t pstride, int nq, int D, float *const *out);
+
+/* Floats of one partial in the layout attn_merge reads. */
+static inline size_t attn_part_floats(int nq, int D) { return (size_t)nq * D + 2 * (size_t)nq; }
+
+#endif

@@ -1,0 +1,136 @@
+/* attn_generic.c - portable C attention tile (the same algorithm as the SIMD kernels of
+ * attn_x86.inc, written plainly), the merge of key-range partials, and run-time selection.
+ *
+ * Cached rows are widened element by element inside the dot product and the value sum
+ * (no copy of the row); the kernel type is a constant in each instantiation, so the
+ * compiler drops the type test from the loops. */
+#include <float.h>
+#include <math.h>
+#include <string.h>
+
+#include "attn.h"
+#include "dot.h"
+#include "qnext.h"
+
+size_t attn_work_floats(int nq) { return (size_t)nq * ATTN_KEYS + (size_t)nq + 2 * ATTN_KEYS + 64; }
+
+static inline float g_widen(int kt, const uint8_t *row, int d) {
+    if (kt == QNEXT_KV_F32) { float f; memcpy(&f, row + 4 * (size_t)d, 4); return f; }
+    if (kt == QNEXT_KV_BF16) {
+        uint16_t h;
+        memcpy(&h, row + 2 * (size_t)d, 2);
+        uint32_t u = (uint32_t)h << 16;
+        float f;
+        memcpy(&f, &u, 4);
+        return f;
+    }
+    return (float)(int8_t)row[d];
+}
+
+/* The per-row scale of int8 rows (1 for the float types). */
+static inline float g_row_scale(int kt, const uint8_t *row, int D) {
+    if (kt != QNEXT_KV_Q8) return 1.0f;
+    float s;
+    memcpy(&s, row + D, 4);
+    return s;
+}
+
+static inline void g_partial_t(int kt, const attn_tile_args *a, int j0, int j1, float *O, float *mx, float *sum,
+                               float *work) {
+    const int nq = a->nq, D = a->D;
+    float *S = work;
+    for (int i = 0; i < nq; i++) { mx[i] = -FLT_MAX; sum[i] = 0; }
+    memset(O, 0, (size_t)nq * D * sizeof(float));
+    for (int jb = j0; jb < j1; jb += ATTN_KEYS) {
+        const int jn = j1 - jb < ATTN_KEYS ? j1 - jb : ATTN_KEYS;
+        int i0 = 0; /* queries before i0 see none of these keys (qpos is non-decreasing) */
+        while (i0 < nq && a->qpos[i0] < jb) i0++;
+        if (i0 == nq) break;
+        for (int j = 0; j < jn; j++) {
+            const uint8_t *k = a->k + (size_t)(jb + j) * a->stride;
+            float ks = g_row_scale(kt, k, D) * a->scale;
+            for (int i = i0; i < nq; i++) {
+                if (jb + j > a->qpos[i]) { S[i * ATTN_KEYS + j] = -INFINITY; continue; }
+                const float *q = a->q[i];
+                float acc[16] = {0}, s = 0;
+                int d = 0;
+                for (; d + 16 <= D; d += 16)
+                    for (int u = 0; u < 16; u++) acc[u] += q[d + u] * g_widen(kt, k, d + u);
+                for (; d < D; d++) s += q[d] * g_widen(kt, k, d);
+                for (int u = 0; u < 16; u++) s += acc[u];
+                S[i * ATTN_KEYS + j] = s * ks;
+            }
+        }
+        for (int i = i0; i < nq; i++) {
+            float *Si = S + i * ATTN_KEYS, m = mx[i];
+            for (int j = 0; j < jn; j++) m = Si[j] > m ? Si[j] : m;
+            float corr = expf(mx[i] - m), l = 0;
+            for (int j = 0; j < jn; j++) { Si[j] = expf(Si[j] - m); l += Si[j]; }
+            sum[i] = sum[i] * corr + l;
+            mx[i] = m;
+            if (corr != 1.0f) {
+                float *Oi = O + (size_t)i * D;
+                for (int d = 0; d < D; d++) Oi[d] *= corr;
+            }
+        }
+        for (int j = 0; j < jn; j++) {
+            const uint8_t *v = a->v + (size_t)(jb + j) * a->stride;
+            float vs = g_row_scale(kt, v, D);
+            for (int i = i0; i < nq; i++) {
+                float p = S[i * ATTN_KEYS + j] * vs;
+                if (p == 0.0f) continue;
+                float *Oi = O + (size_t)i * D;
+                for (int d = 0; d < D; d++) Oi[d] += p * g_widen(kt, v, d);
+            }
+        }
+    }
+}
+
+static void g_partial(const attn_tile_args *a, int j0, int j1, float *O, float *mx, float *sum, float *work) {
+    if (a->kv_type == QNEXT_KV_F32) g_partial_t(QNEXT_KV_F32, a, j0, j1, O, mx, sum, work);
+    else if (a->kv_type == QNEXT_KV_BF16) g_partial_t(QNEXT_KV_BF16, a, j0, j1, O, mx, sum, work);
+    else g_partial_t(QNEXT_KV_Q8, a, j0, j1, O, mx, sum, work);
+}
+
+const attn_kernels attn_generic = {"generic", g_partial, 1};
+
+void attn_merge(int n, const float *part, size_t pstride, int nq, int D, float *const *out) {
+    for (int i = 0; i < nq; i++) {
+        float m = -FLT_MAX, l = 0;
+        for (int p = 0; p < n; p++) {
+            const float *mx = part + p * pstride + (size_t)nq * D;
+            if (mx[i] > m) m = mx[i];
+        }
+        float *o = out[i];
+        memset(o, 0, (size_t)D * sizeof(float));
+        for (int p = 0; p < n; p++) {
+            const float *O = part + p * pstride, *mx = O + (size_t)nq * D, *sum = mx + nq;
+            if (sum[i] == 0.0f) continue; /* no key of this range was visible to query i */
+            float w = expf(mx[i] - m);
+            l += sum[i] * w;
+            const float *Oi = O + (size_t)i * D;
+            for (int d = 0; d < D; d++) o[d] += w * Oi[d];
+        }
+        float inv = 1.0f / l;
+        for (int d = 0; d < D; d++) o[d] *= inv;
+    }
+}
+
+const attn_kernels *attn_select(void) {
+    static const attn_kernels *chosen;
+    if (chosen) return chosen;
+    const attn_kernels *k = &attn_generic;
+#if defined(__x86_64__) || defined(_M_X64)
+    const dot_kernels *d = dot_select();
+    if (d == &dot_avx512) k = &attn_avx512;
+    else if (d == &dot_avx2) k = &attn_avx2;
+#endif
+    chosen = k;
+    return k;
+}
+
+void attn_partial(const attn_tile_args *a, int j0, int j1, float *O, float *mx, float *sum, float *work) {
+    const attn_kernels *k = attn_select();
+    if (a->D % k->d_multiple) k = &attn_generic;
+    k->partial(a, j0, j1, O, mx, sum, work);
+}
