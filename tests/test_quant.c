@@ -4,6 +4,7 @@
  *     bytes must equal the package's (F16, BF16, Q4_0..Q8_0) and ggml's own
  *     quantize_row_*_ref (all quantized types, K quants included; the committed files
  *     were made with ggml's libggml-base.so, see docs/GGUF.md);
+ *     IQ4_NL, IQ4_XS and MXFP4 are read only: dequantization checks only;
  *   - tests/data/quant/types.txt: the type table (block size, bytes per block) of ggml;
  *   - f16/bf16 conversions against closed forms (exhaustive for 16-bit -> f32, nearest-
  *     even property in exact double arithmetic for a large f32 sample);
@@ -274,6 +275,16 @@ static void check_file(const char *tname) {
         }
     }
 
+    /* read-only formats (IQ4_NL, IQ4_XS, MXFP4): the file holds no quantization rows */
+    if (!t->can_quantize) {
+        CHECK(nq == 0 && !(flags & 3), "%s: quantization data for a read-only format", tname);
+        uint8_t blk[256];
+        CHECK(quant_quantize_row(type, deq, blk, t->block_size) == -1, "%s: quantize accepted", tname);
+        free(deq);
+        free(buf);
+        return;
+    }
+
     /* (b) quantization bytes */
     uint8_t *q = malloc(qbytes);
     CHECK(quant_quantize_row(type, x, q, nq) == 0, "%s quantize failed", tname);
@@ -358,7 +369,8 @@ static void check_api_errors(void) {
 int main(void) {
     check_type_table();
     check_half_conversions();
-    const char *names[] = {"F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K", "Q8_K"};
+    const char *names[] = {"F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K", "Q8_K",
+                           "IQ4_NL", "IQ4_XS", "MXFP4"};
     for (size_t i = 0; i < sizeof names / sizeof *names; i++) check_file(names[i]);
     check_api_errors();
     return tu_finish("test_quant");

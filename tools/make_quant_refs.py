@@ -25,7 +25,10 @@ File layout (little-endian):
   ggml quant           row bytes        (flags & 2)
   ggml dequant         n_deq_blocks * block_size f32   (flags & 4)
 
-Usage: python3 tools/make_quant_refs.py [outdir]    (default tests/data/quant)
+The read-only formats (IQ4_NL, IQ4_XS, MXFP4) have n_q_elems = 0: blocks and their
+dequantization only (the MXFP4 E8M0 exponent byte takes all 256 values at random).
+
+Usage: python3 tools/make_quant_refs.py [outdir] [--types T1,T2,...]   (default tests/data/quant, all)
 """
 import ctypes
 import glob
@@ -38,13 +41,16 @@ from gguf import GGMLQuantizationType as QT
 from gguf.constants import GGML_QUANT_SIZES
 import gguf.quants
 
-TYPES = ["F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K", "Q8_K"]
+TYPES = ["F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K", "Q8_K",
+         "IQ4_NL", "IQ4_XS", "MXFP4"]
 PKG_QUANT = {"F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"}
+# formats qnext only reads: random blocks and their dequantization, no quantization rows
+DEQ_ONLY = {"IQ4_NL", "IQ4_XS", "MXFP4"}
 
 # byte offsets of the f16 scale fields in each block (Q8_K has an f32 at 0)
 F16_FIELDS = {
     "Q4_0": [0], "Q4_1": [0, 2], "Q5_0": [0], "Q5_1": [0, 2], "Q8_0": [0],
-    "Q4_K": [0, 2], "Q5_K": [0, 2], "Q6_K": [208],
+    "Q4_K": [0, 2], "Q5_K": [0, 2], "Q6_K": [208], "IQ4_NL": [0], "IQ4_XS": [0],
 }
 
 
@@ -169,12 +175,20 @@ def ggml_dequant(lib, name, raw):
 
 
 def main():
-    outdir = sys.argv[1] if len(sys.argv) > 1 else "tests/data/quant"
+    args = sys.argv[1:]
+    only = None
+    if "--types" in args:
+        i = args.index("--types")
+        only = set(args[i + 1].split(","))
+        del args[i:i + 2]
+    outdir = args[0] if args else "tests/data/quant"
     os.makedirs(outdir, exist_ok=True)
     lib = load_ggml()
     print("ggml library:", "found" if lib else "not found (K-quant byte references skipped)")
     total = 0
     for ti, name in enumerate(TYPES):
+        if only is not None and name not in only:
+            continue
         rng = np.random.default_rng(1000 + ti)
         qt = QT[name]
         bs, ts = GGML_QUANT_SIZES[qt]
@@ -188,7 +202,7 @@ def main():
         else:
             deq = gguf.quants.dequantize(raw.reshape(-1).copy() if bs == 1 else raw, qt)
             deq = np.asarray(deq, dtype=np.float32).reshape(-1)
-        x = test_rows(rng, name)
+        x = np.zeros(0, dtype=np.float32) if name in DEQ_ONLY else test_rows(rng, name)
         assert len(x) % bs == 0
         flags = 0
         parts = [raw.tobytes(), deq.tobytes(), x.tobytes()]
@@ -200,8 +214,9 @@ def main():
             flags |= 1
         has_ggml_q = lib is not None and name not in ("F32", "F16", "BF16")
         if has_ggml_q:
-            parts.append(ggml_quant(lib, name, x).tobytes())
-            flags |= 2
+            if len(x):
+                parts.append(ggml_quant(lib, name, x).tobytes())
+                flags |= 2
             parts.append(ggml_dequant(lib, name, raw).tobytes())
             flags |= 4
         head = b"QNQREF1\0" + struct.pack("<IIII", int(qt), nblocks, len(x), flags)
@@ -211,6 +226,9 @@ def main():
             f.write(data)
         total += len(data)
         print("%-5s %7d bytes  flags=%d" % (name, len(data), flags))
+    if only is not None:  # a partial run leaves the type tables alone
+        print("total", total, "bytes")
+        return
     # the whole ggml type table (id, block size, type size), to check quant.c's table
     with open(os.path.join(outdir, "types.txt"), "w") as f:
         for qt, (bs, ts) in sorted(GGML_QUANT_SIZES.items(), key=lambda kv: int(kv[0])):

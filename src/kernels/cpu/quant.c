@@ -41,10 +41,10 @@ static const quant_type_info quant_types[QUANT_TYPE_LIMIT] = {
     T(QUANT_IQ2_XS, "IQ2_XS", 256, 74, 0, 0),
     T(QUANT_IQ3_XXS, "IQ3_XXS", 256, 98, 0, 0),
     T(QUANT_IQ1_S, "IQ1_S", 256, 50, 0, 0),
-    T(QUANT_IQ4_NL, "IQ4_NL", 32, 18, 0, 0),
+    T(QUANT_IQ4_NL, "IQ4_NL", 32, 18, 1, 0),
     T(QUANT_IQ3_S, "IQ3_S", 256, 110, 0, 0),
     T(QUANT_IQ2_S, "IQ2_S", 256, 82, 0, 0),
-    T(QUANT_IQ4_XS, "IQ4_XS", 256, 136, 0, 0),
+    T(QUANT_IQ4_XS, "IQ4_XS", 256, 136, 1, 0),
     T(QUANT_I8, "I8", 1, 1, 0, 0),
     T(QUANT_I16, "I16", 1, 2, 0, 0),
     T(QUANT_I32, "I32", 1, 4, 0, 0),
@@ -54,7 +54,7 @@ static const quant_type_info quant_types[QUANT_TYPE_LIMIT] = {
     T(QUANT_BF16, "BF16", 1, 2, 1, 1),
     T(QUANT_TQ1_0, "TQ1_0", 256, 54, 0, 0),
     T(QUANT_TQ2_0, "TQ2_0", 256, 66, 0, 0),
-    T(QUANT_MXFP4, "MXFP4", 32, 17, 0, 0),
+    T(QUANT_MXFP4, "MXFP4", 32, 17, 1, 0),
     T(QUANT_NVFP4, "NVFP4", 64, 36, 0, 0),
     T(QUANT_Q1_0, "Q1_0", 128, 18, 0, 0),
     T(QUANT_Q2_0, "Q2_0", 64, 18, 0, 0),
@@ -626,6 +626,59 @@ static void quant_q8_k(const float *x, uint8_t *b) {
     memcpy(b, &d, 4);
 }
 
+/* ---------------------------------------------------------------- non-linear 4-bit codes */
+
+/* IQ4_NL / IQ4_XS: a 4-bit code indexes this table of int8 levels (denser near zero),
+ * times the block (or sub-block) scale. The values are ggml's kvalues_iq4nl. */
+const int8_t quant_iq4nl_values[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
+
+/* MXFP4: e2m1 (FP4) values doubled to integers; the E8M0 block exponent is read as half
+ * its power of two to compensate. ggml's kvalues_mxfp4. */
+const int8_t quant_mxfp4_values[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
+
+float quant_e8m0_to_f32_half(uint8_t e) {
+    /* 2^(e-128): e = 0 and 1 give the subnormals 2^-128 and 2^-127 */
+    return bits_f32(e < 2 ? 0x00200000u << e : (uint32_t)(e - 1) << 23);
+}
+
+/* IQ4_NL (32 el, 18 B): d:f16 @0, qs[16] @2; byte j holds element j (low) and j+16 (high). */
+static void dequant_iq4_nl(const uint8_t *b, float *y) {
+    const float d = rd_f16(b);
+    for (int j = 0; j < 16; j++) {
+        y[j] = d * quant_iq4nl_values[b[2 + j] & 0xf];
+        y[j + 16] = d * quant_iq4nl_values[b[2 + j] >> 4];
+    }
+}
+
+/* The 6-bit scale of sub-block ib of an IQ4_XS block, minus its offset 32. */
+static inline int iq4_xs_scale(const uint8_t *b, int ib) {
+    uint16_t h = (uint16_t)(b[2] | (b[3] << 8));
+    return (((b[4 + ib / 2] >> (4 * (ib % 2))) & 0xf) | (((h >> (2 * ib)) & 3) << 4)) - 32;
+}
+
+/* IQ4_XS (256 el, 136 B): d:f16 @0, scales_h:u16 @2, scales_l[4] @4, qs[128] @8. Eight
+ * sub-blocks of 32: 16 bytes of qs each (nibble order as IQ4_NL), scale d * (ls - 32). */
+static void dequant_iq4_xs(const uint8_t *b, float *y) {
+    const float d = rd_f16(b);
+    for (int ib = 0; ib < 8; ib++, y += 32) {
+        const float dl = d * (float)iq4_xs_scale(b, ib);
+        const uint8_t *qs = b + 8 + 16 * ib;
+        for (int j = 0; j < 16; j++) {
+            y[j] = dl * quant_iq4nl_values[qs[j] & 0xf];
+            y[j + 16] = dl * quant_iq4nl_values[qs[j] >> 4];
+        }
+    }
+}
+
+/* MXFP4 (32 el, 17 B): e:E8M0 @0, qs[16] @1; nibble order as IQ4_NL. */
+static void dequant_mxfp4(const uint8_t *b, float *y) {
+    const float d = quant_e8m0_to_f32_half(b[0]);
+    for (int j = 0; j < 16; j++) {
+        y[j] = d * quant_mxfp4_values[b[1 + j] & 0xf];
+        y[j + 16] = d * quant_mxfp4_values[b[1 + j] >> 4];
+    }
+}
+
 /* ---------------------------------------------------------------- row entry points */
 
 typedef void (*dequant_fn)(const uint8_t *, float *);
@@ -642,6 +695,9 @@ static dequant_fn dequant_for(int type) {
     case QUANT_Q5_K: return dequant_q5_k;
     case QUANT_Q6_K: return dequant_q6_k;
     case QUANT_Q8_K: return dequant_q8_k;
+    case QUANT_IQ4_NL: return dequant_iq4_nl;
+    case QUANT_IQ4_XS: return dequant_iq4_xs;
+    case QUANT_MXFP4: return dequant_mxfp4;
     default: return NULL;
     }
 }

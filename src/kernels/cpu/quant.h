@@ -1,5 +1,6 @@
 /* quant.h - ggml's tensor element formats (F32, F16, BF16 and the block quantizations
- * Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, Q8_K), bit-compatible with ggml/llama.cpp.
+ * Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, Q8_K, and read-only IQ4_NL, IQ4_XS,
+ * MXFP4), bit-compatible with ggml/llama.cpp.
  *
  * A GGUF file stores each tensor row as a run of fixed-size blocks: `block_size` elements
  * packed into `type_size` bytes. This module knows the sizes of every ggml type id (so a
@@ -23,6 +24,14 @@
  *   Q6_K (256 el, 210 B): ql[128] @0, qh[64] @128, scales:int8[16] @192, d:f16 @208
  *                          x = d * sc[j] * (q6 - 32)
  *   Q8_K (256 el, 292 B): d:f32 @0, qs:int8[256] @4, bsums:int16[16] @260 (activations)
+ *   IQ4_NL (32 el, 18 B): d:f16 @0, qs[16] @2        x = d * kv[nibble]
+ *   IQ4_XS (256 el, 136 B): d:f16 @0, scales_h:u16 @2, scales_l[4] @4, qs[128] @8;
+ *                          sub-block ib (32 el, qs[16*ib..]) has the 6-bit scale
+ *                          ls = scales_l nibble ib | 2 bits ib of scales_h << 4,
+ *                          x = d * (ls - 32) * kv[nibble]    (kv = quant_iq4nl_values)
+ *   MXFP4 (32 el, 17 B):  e:E8M0 @0, qs[16] @1      x = 2^(e-128) * mx[nibble]
+ *                          (mx = quant_mxfp4_values, e2m1 values doubled)
+ * IQ4_NL, IQ4_XS and MXFP4 are read only (no quantizer here).
  * In Q4_0/Q4_1/Q5_x byte j of qs holds element j (low nibble) and element j+16 (high).
  * docs/GGUF.md has the nibble orders of the K formats in full. */
 #ifndef QNEXT_QUANT_H
@@ -75,6 +84,13 @@ int quant_quantize_row(int type, const float *src, void *dst, int64_t n);
  * block at a time and accumulating in fp32 (the reference the SIMD kernels are held
  * to). Returns NaN for an unsupported type or a bad n. */
 float quant_dot_row_f32(int type, const void *w_row, const float *x, int64_t n);
+
+/* The 16 int8 levels of the IQ4_NL/IQ4_XS codes and of the MXFP4 codes (doubled e2m1),
+ * and the MXFP4 block scale: E8M0 exponent e as 2^(e-128) (half of 2^(e-127), which
+ * undoes the doubling), as ggml's GGML_E8M0_TO_FP32_HALF. */
+extern const int8_t quant_iq4nl_values[16];
+extern const int8_t quant_mxfp4_values[16];
+float quant_e8m0_to_f32_half(uint8_t e);
 
 /* Scalar conversions, as ggml does them: f32->f16 and f32->bf16 round to nearest even;
  * a NaN becomes a quiet NaN (f16: sign|0x7E00, bf16: the top half with the quiet bit
