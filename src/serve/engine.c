@@ -465,7 +465,7 @@ static void stream_delta(serve_engine *e, serve_req *r, req_extra *x, const char
         op_delta d;
         output_parser_take(r->parser, &d);
         int has_lp = r->logprobs && x->lp.sent < x->lp.n;
-        if (d.reasoning_len || d.content_len || (has_lp && (final || d.n_calls))) {
+        if (d.reasoning_len || d.content_len || (has_lp && (final || d.n_tool_deltas))) {
             chunk_head(e, r, &b);
             SV_LIT(&b, ",\"choices\":[{\"index\":0,\"delta\":{");
             int comma = 0;
@@ -486,22 +486,27 @@ static void stream_delta(serve_engine *e, serve_req *r, req_extra *x, const char
             } else SV_LIT(&b, "null");
             SV_LIT(&b, ",\"finish_reason\":null}]}\n\n");
         }
-        /* tool calls as OpenAI streams them: id, type and name first, then the arguments */
-        for (int i = 0; i < d.n_calls; i++) {
-            const op_tool_call *tc = &d.calls[d.first_call + i];
-            char cid[40];
-            random_id(cid, sizeof cid, "call_");
-            chunk_head(e, r, &b);
-            sv_buf_addf(&b, ",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":%d,\"id\":\"%s\","
-                            "\"type\":\"function\",\"function\":{\"name\":",
-                        d.first_call + i, cid);
-            sv_json_str(&b, tc->name, strlen(tc->name));
-            SV_LIT(&b, ",\"arguments\":\"\"}}]},\"logprobs\":null,\"finish_reason\":null}]}\n\n");
-            chunk_head(e, r, &b);
-            sv_buf_addf(&b, ",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":%d,\"function\":{\"arguments\":",
-                        d.first_call + i);
-            sv_json_str(&b, tc->arguments, strlen(tc->arguments));
-            SV_LIT(&b, "}}]},\"logprobs\":null,\"finish_reason\":null}]}\n\n");
+        /* tool calls as OpenAI streams them: id, type and name (arguments "") once the name is
+         * known, then the arguments string piece by piece as the model writes it */
+        for (int i = 0; i < d.n_tool_deltas; i++) {
+            const op_tool_delta *td = &d.tool_deltas[i];
+            if (td->name) {
+                char cid[40];
+                random_id(cid, sizeof cid, "call_");
+                chunk_head(e, r, &b);
+                sv_buf_addf(&b, ",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":%d,\"id\":\"%s\","
+                                "\"type\":\"function\",\"function\":{\"name\":",
+                            td->index, cid);
+                sv_json_str(&b, td->name, strlen(td->name));
+                SV_LIT(&b, ",\"arguments\":\"\"}}]},\"logprobs\":null,\"finish_reason\":null}]}\n\n");
+            }
+            if (td->args_len) {
+                chunk_head(e, r, &b);
+                sv_buf_addf(&b, ",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":%d,\"function\":{\"arguments\":",
+                            td->index);
+                sv_json_str(&b, td->args, td->args_len);
+                SV_LIT(&b, "}}]},\"logprobs\":null,\"finish_reason\":null}]}\n\n");
+            }
         }
     }
     if (b.n) req_publish(r, &b, 0, 0);

@@ -74,6 +74,50 @@ def test_tool_calls(start_server):
     assert r.choices[0].finish_reason == "tool_calls"
 
 
+def collect_stream(c, **kw):
+    """Content, finish reason and, per tool-call index, the deltas as a client sees them."""
+    calls, content, finish = {}, "", None
+    for chunk in c.chat.completions.create(stream=True, **kw):
+        if not chunk.choices:
+            continue
+        d = chunk.choices[0].delta
+        content += d.content or ""
+        for tc in d.tool_calls or []:
+            e = calls.setdefault(tc.index, {"ids": [], "name": "", "pieces": []})
+            if tc.id:
+                e["ids"].append(tc.id)
+                assert not e["pieces"], "id/name after arguments"
+            if tc.function and tc.function.name:
+                e["name"] += tc.function.name
+            if tc.function and tc.function.arguments:
+                e["pieces"].append(tc.function.arguments)
+        finish = chunk.choices[0].finish_reason or finish
+    return content, finish, calls
+
+
+def test_tool_call_arguments_streamed(start_server):
+    # a long call whose argument strings hold braces, quotes, backslashes and non-ASCII text
+    args = {"city": "Paris", "unit": "celsius", "days": [1, 2, 3],
+            "note": 'braces {} [x] and "quotes" and \\ backslash, caf\u00e9 \u6771\u4eac',
+            "nested": {"a": {"b": None, "ok": True}, "n": -2.5}}
+    text = json.dumps(args, indent=1)  # whitespace and newlines inside the JSON, as models write it
+    out = 'Let me look.\n<tool_call>\n{"name": "get_weather", "arguments": ' + text + '}\n</tool_call>'
+    srv = start_server(env={"QNEXT_SERVE_FAKE_OUTPUT": out})
+    c = client_for(srv)
+    full = c.chat.completions.create(model="m", messages=ASK, tools=TOOLS)
+    final = full.choices[0].message.tool_calls[0].function.arguments
+    # the arguments string is the compact JSON of the object (closed form: Python's compact dump)
+    assert final == json.dumps(args, separators=(",", ":"), ensure_ascii=False)
+    content, finish, calls = collect_stream(c, model="m", messages=ASK, tools=TOOLS)
+    assert content == "Let me look." and finish == "tool_calls"
+    assert list(calls) == [0]
+    e = calls[0]
+    assert e["name"] == "get_weather" and len(e["ids"]) == 1 and e["ids"][0].startswith("call_")
+    assert len(e["pieces"]) > 10, e["pieces"]  # streamed as the tokens came, not in one piece
+    assert "".join(e["pieces"]) == final
+    assert json.loads("".join(e["pieces"])) == args
+
+
 def test_malformed_tool_call_kept_as_text(start_server):
     bad = 'Sure. <tool_call>\n{"name": "get_weather", "arguments": {"city": }\n</tool_call>'
     srv = start_server(env={"QNEXT_SERVE_FAKE_OUTPUT": bad})
@@ -81,9 +125,12 @@ def test_malformed_tool_call_kept_as_text(start_server):
     r = c.chat.completions.create(model="m", messages=ASK, tools=TOOLS)
     assert r.choices[0].message.content == bad
     assert not r.choices[0].message.tool_calls and r.choices[0].finish_reason == "stop"
-    text = "".join(ch.choices[0].delta.content or "" for ch in
-                   c.chat.completions.create(model="m", messages=ASK, tools=TOOLS, stream=True) if ch.choices)
-    assert text == bad
+    content, finish, calls = collect_stream(c, model="m", messages=ASK, tools=TOOLS)
+    assert content == bad and finish == "stop"
+    # the name was known before the JSON broke: the call was announced, and its arguments stop
+    # where the JSON broke (docs/SERVER.md)
+    assert [calls[i]["name"] for i in calls] == ["get_weather"]
+    assert '{"city":'.startswith("".join(calls[0]["pieces"]))
 
 
 def test_reasoning_split(start_server, tmp_path):
