@@ -62,11 +62,13 @@ static void test_greedy(void) {
 
 /* 100k draws against softmax(logits / T) over the kept set (renormalised). Critical value of
  * chi-square at p = 1e-4 is 27.9 for 7 degrees of freedom; we use 35 for df <= 7. */
-static void check_distribution(const char *what, sampler_params p, const float *lg, int V, const double *want) {
+static void check_distribution_bias(const char *what, sampler_params p, const float *lg, int V, const double *want,
+                                    const int32_t *bias_ids, const float *bias, int n_bias) {
     enum { DRAWS = 100000 };
     sampler *s = mk(V, p);
     if (!s) { CHECK(0, "%s: sampler", what); return; }
     long count[16] = {0};
+    if (n_bias) CHECK(sampler_set_logit_bias(s, bias_ids, bias, n_bias, NULL, 0) == 0, "%s: set bias", what);
     for (int i = 0; i < DRAWS; i++) count[sampler_sample(s, lg, NULL)]++;
     double maxdiff = 0;
     for (int i = 0; i < V; i++) maxdiff = fmax(maxdiff, fabs((double)count[i] / DRAWS - want[i]));
@@ -74,6 +76,10 @@ static void check_distribution(const char *what, sampler_params p, const float *
     CHECK(x2 < 35, "%s: chi-square %.2f", what, x2);
     CHECK(maxdiff < 0.006, "%s: max |freq - p| %.4f", what, maxdiff);
     sampler_free(s);
+}
+
+static void check_distribution(const char *what, sampler_params p, const float *lg, int V, const double *want) {
+    check_distribution_bias(what, p, lg, V, want, NULL, NULL, 0);
 }
 
 static void test_distribution(void) {
@@ -229,6 +235,69 @@ static void test_penalties(void) {
     sampler_free(s);
 }
 
+/* Logit bias (OpenAI's logit_bias): added to the raw logits before the penalties, as vLLM. */
+static void test_logit_bias(void) {
+    char err[256];
+    const float lg[4] = {1.0f, 2.0f, 0.5f, 3.0f};
+    sampler_params p = sampler_params_default();
+    p.n_top_logprobs = 2;
+    sampler *s = mk(4, p);
+    int32_t up[1] = {2};
+    float plus[1] = {100};
+    CHECK(sampler_set_logit_bias(s, up, plus, 1, err, sizeof err) == 0, "%s", err);
+    sampler_result r;
+    CHECK(sampler_sample(s, lg, &r) == 2, "greedy with +100 on id 2");
+    /* logprobs stay those of the raw logits */
+    double z = 0;
+    for (int i = 0; i < 4; i++) z += exp((double)lg[i] - 3.0);
+    CHECK(fabs(r.logprob - (0.5 - 3.0 - log(z))) < 1e-5 && r.top_ids[0] == 3, "logprobs ignore the bias");
+    int32_t down[1] = {3};
+    float minus[1] = {-100};
+    CHECK(sampler_set_logit_bias(s, down, minus, 1, err, sizeof err) == 0, "%s", err);
+    CHECK(sampler_sample(s, lg, NULL) == 1, "greedy with -100 on the argmax: the runner-up (id 1)");
+    /* the same id twice: the last bias counts */
+    int32_t twice[2] = {3, 3};
+    float b2[2] = {-100, 0};
+    CHECK(sampler_set_logit_bias(s, twice, b2, 2, err, sizeof err) == 0, "%s", err);
+    CHECK(sampler_sample(s, lg, NULL) == 3, "a repeated id keeps its last bias");
+    CHECK(sampler_set_logit_bias(s, NULL, NULL, 0, err, sizeof err) == 0 && sampler_sample(s, lg, NULL) == 3,
+          "an empty list clears the bias");
+    int32_t bad[1] = {4};
+    CHECK(sampler_set_logit_bias(s, bad, plus, 1, err, sizeof err) == -1 && strstr(err, "vocabulary"),
+          "an id outside the vocabulary is refused");
+    float nan_bias[1] = {NAN};
+    CHECK(sampler_set_logit_bias(s, up, nan_bias, 1, err, sizeof err) == -1, "a NaN bias is refused");
+    sampler_free(s);
+
+    /* bias before the repetition penalty: id 0 (in the prompt, logit 4) biased by -3 is
+     * (4 - 3) / 2 = 0.5 > 0 = id 1; the other order would give 4 / 2 - 3 = -1 < 0 */
+    const float two[2] = {4.0f, 0.0f};
+    p = sampler_params_default();
+    p.repetition_penalty = 2;
+    s = mk(2, p);
+    int32_t prompt[1] = {0}, id0[1] = {0};
+    float m3[1] = {-3};
+    sampler_set_prompt(s, prompt, 1);
+    CHECK(sampler_set_logit_bias(s, id0, m3, 1, err, sizeof err) == 0, "%s", err);
+    CHECK(sampler_sample(s, two, NULL) == 0, "bias is applied before the repetition penalty");
+    sampler_free(s);
+
+    /* sampling at T = 0.8 follows softmax((logits + bias) / T) */
+    const float lg8[8] = {1.0f, 2.0f, 0.5f, -1.0f, 3.0f, 2.5f, 0.0f, -0.5f};
+    int32_t ids[3] = {6, 4, 3};
+    float bias[3] = {2.0f, -1.5f, 1.0f};
+    float biased[8];
+    memcpy(biased, lg8, sizeof biased);
+    for (int k = 0; k < 3; k++) biased[ids[k]] += bias[k];
+    double want[8], zz = 0;
+    for (int i = 0; i < 8; i++) zz += exp(biased[i] / 0.8);
+    for (int i = 0; i < 8; i++) want[i] = exp(biased[i] / 0.8) / zz;
+    p = sampler_params_default();
+    p.temperature = 0.8f;
+    p.seed = 7;
+    check_distribution_bias("softmax of biased logits", p, lg8, 8, want, ids, bias, 3);
+}
+
 static void test_seed_and_logprobs(void) {
     enum { V = 300, N = 2000 };
     float lg[V];
@@ -339,6 +408,7 @@ int main(void) {
     test_filters();
     test_top_p_large();
     test_penalties();
+    test_logit_bias();
     test_seed_and_logprobs();
     test_params();
     return tu_finish("test_sampler");

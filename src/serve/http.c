@@ -127,6 +127,56 @@ static int opt_bool(const json *o, const char *key, int *out, char *err, size_t 
     return 0;
 }
 
+/* logit_bias (OpenAI): {"token id": bias in [-100, 100], ...}, added to the logits before
+ * sampling. Keys are decimal token ids inside the model's vocabulary. */
+static int parse_logit_bias(server *sv, const json *o, serve_req *r, char *err, size_t errlen, const char **bad_param) {
+    json *lb = json_get(o, "logit_bias");
+    if (!lb || lb->type == JSON_NULL) return 0;
+    if (lb->type != JSON_OBJECT) BAD("logit_bias", "'logit_bias' must be an object mapping token ids to biases");
+    if (lb->n == 0) return 0;
+    int32_t *ids = malloc(lb->n * sizeof *ids);
+    float *bias = malloc(lb->n * sizeof *bias);
+    int rc = -1;
+    if (!ids || !bias) { snprintf(err, errlen, "out of memory"); goto done; }
+    for (size_t k = 0; k < lb->n; k++) {
+        const char *key = lb->keys[k];
+        size_t kl = lb->key_lens[k];
+        int64_t id = 0;
+        int ok = kl > 0 && kl <= 10;
+        for (size_t i = 0; ok && i < kl; i++) {
+            if (key[i] < '0' || key[i] > '9') ok = 0;
+            else id = id * 10 + (key[i] - '0');
+        }
+        if (!ok) {
+            snprintf(err, errlen, "'logit_bias' keys must be token ids, got \"%.40s\"", key);
+            if (bad_param) *bad_param = "logit_bias";
+            goto done;
+        }
+        if (id >= sv->vocab) {
+            snprintf(err, errlen, "'logit_bias': token id %lld is outside the vocabulary [0, %d)", (long long)id, sv->vocab);
+            if (bad_param) *bad_param = "logit_bias";
+            goto done;
+        }
+        double d;
+        if (!json_as_double(lb->items[k], &d) || !(d >= -100 && d <= 100)) {
+            snprintf(err, errlen, "'logit_bias' values must be numbers between -100 and 100 (token id %lld)", (long long)id);
+            if (bad_param) *bad_param = "logit_bias";
+            goto done;
+        }
+        ids[k] = (int32_t)id;
+        bias[k] = (float)d;
+    }
+    if (sampler_set_logit_bias(r->smp, ids, bias, (int)lb->n, err, errlen)) {
+        if (bad_param) *bad_param = "logit_bias";
+        goto done;
+    }
+    rc = 0;
+done:
+    free(ids);
+    free(bias);
+    return rc;
+}
+
 /* The fields chat and completions share: sampling, stop, limits, stream. */
 static int parse_common(server *sv, const json *o, serve_req *r, int is_chat, char *err, size_t errlen,
                         const char **bad_param) {
@@ -206,7 +256,7 @@ static int parse_common(server *sv, const json *o, serve_req *r, int is_chat, ch
 
     r->smp = sampler_new(sv->vocab, &sp, err, errlen);
     if (!r->smp) { if (bad_param) *bad_param = NULL; return -1; }
-    return 0;
+    return parse_logit_bias(sv, o, r, err, errlen, bad_param);
 }
 
 /* Content given as a list of parts ([{type: "text", text}]) becomes one string. */

@@ -27,6 +27,9 @@ struct sampler {
     int32_t *out_count;   /* occurrences of the id in the output */
     int32_t *seen;        /* distinct ids with in_prompt or out_count set, in first-seen order */
     int n_seen;
+    int32_t *bias_ids;    /* logit bias: a sparse list, distinct ids */
+    float *bias;
+    int n_bias;
 };
 
 /* ------------------------------------------------------------------ PRNG */
@@ -186,7 +189,66 @@ void sampler_free(sampler *s) {
     free(s->in_prompt);
     free(s->out_count);
     free(s->seen);
+    free(s->bias_ids);
+    free(s->bias);
     free(s);
+}
+
+typedef struct {
+    int32_t id;
+    int pos; /* in the caller's list */
+} bias_entry;
+
+/* By id, then by position. */
+static int bias_order_cmp(const void *x, const void *y) {
+    const bias_entry *a = x, *b = y;
+    if (a->id != b->id) return a->id < b->id ? -1 : 1;
+    return a->pos < b->pos ? -1 : a->pos > b->pos;
+}
+
+int sampler_set_logit_bias(sampler *s, const int32_t *ids, const float *bias, int n, char *err, size_t errlen) {
+    char local[128];
+    if (!err || !errlen) { err = local; errlen = sizeof local; }
+    if (n < 0) n = 0;
+    for (int i = 0; i < n; i++) {
+        if (ids[i] < 0 || ids[i] >= s->V) {
+            snprintf(err, errlen, "sampler: logit bias for id %d outside the vocabulary [0, %d)", (int)ids[i], s->V);
+            return -1;
+        }
+        if (!isfinite(bias[i])) { snprintf(err, errlen, "sampler: logit bias for id %d is not finite", (int)ids[i]); return -1; }
+    }
+    int32_t *ni = NULL;
+    float *nb = NULL;
+    bias_entry *order = NULL;
+    if (n) {
+        ni = malloc((size_t)n * sizeof *ni);
+        nb = malloc((size_t)n * sizeof *nb);
+        order = malloc((size_t)n * sizeof *order);
+        if (!ni || !nb || !order) {
+            free(ni);
+            free(nb);
+            free(order);
+            snprintf(err, errlen, "sampler: out of memory for %d logit biases", n);
+            return -1;
+        }
+    }
+    /* distinct ids, the last bias given for each: sort (id, position) pairs */
+    for (int i = 0; i < n; i++) order[i] = (bias_entry){ids[i], i};
+    if (n) qsort(order, (size_t)n, sizeof *order, bias_order_cmp);
+    int m = 0;
+    for (int i = 0; i < n; i++) {
+        if (i + 1 < n && order[i + 1].id == order[i].id) continue; /* a later one of the same id follows */
+        ni[m] = order[i].id;
+        nb[m] = bias[order[i].pos];
+        m++;
+    }
+    free(order);
+    free(s->bias_ids);
+    free(s->bias);
+    s->bias_ids = ni;
+    s->bias = nb;
+    s->n_bias = m;
+    return 0;
 }
 
 const sampler_params *sampler_get_params(const sampler *s) { return &s->p; }
@@ -346,9 +408,10 @@ static int has_penalties(const sampler *s) {
     return s->n_seen && (s->p.repetition_penalty != 1 || s->p.presence_penalty != 0 || s->p.frequency_penalty != 0);
 }
 
-/* Penalties and temperature into s->work; returns 1 for greedy (temperature 0). */
+/* Bias, penalties and temperature into s->work; returns 1 for greedy (temperature 0). */
 static int prepare(sampler *s, const float *logits) {
     memcpy(s->work, logits, (size_t)s->V * sizeof *s->work);
+    for (int i = 0; i < s->n_bias; i++) s->work[s->bias_ids[i]] += s->bias[i];
     sampler_apply_penalties(s, s->work);
     if (s->p.temperature == 0) return 1;
     float inv = 1.0f / s->p.temperature;
@@ -369,7 +432,7 @@ int sampler_candidates(sampler *s, const float *logits, int32_t *ids) {
 
 int32_t sampler_sample(sampler *s, const float *logits, sampler_result *res) {
     int32_t tok;
-    if (s->p.temperature == 0 && !has_penalties(s)) {
+    if (s->p.temperature == 0 && !has_penalties(s) && !s->n_bias) {
         tok = argmax(logits, s->V); /* plain greedy: no copy */
     } else if (prepare(s, logits)) {
         tok = argmax(s->work, s->V);

@@ -3,7 +3,9 @@
  * penalties, with a seeded PRNG of its own so that a seed always gives the same tokens.
  *
  * Semantics follow vLLM (and Hugging Face transformers' logits processors):
- *   1. penalties, on the raw logits:
+ *   0. logit bias (OpenAI's logit_bias, sampler_set_logit_bias): bias[id] is added to the
+ *      logit of id, before everything else (vLLM applies it before the penalties);
+ *   1. penalties, on the (biased) logits:
  *      - repetition_penalty r (1 = off) for every token seen in the prompt or the output:
  *        a positive logit is divided by r, a negative one multiplied by r;
  *      - presence_penalty a: logit -= a for every token that occurs in the output so far;
@@ -80,6 +82,13 @@ void sampler_reset_history(sampler *s);
 void sampler_set_prompt(sampler *s, const int32_t *ids, int n);
 /* Records a token appended to the output (call it with each generated token). */
 void sampler_accept(sampler *s, int32_t token);
+
+/* Sets the logit bias (step 0): bias[k] is added to the logit of ids[k]. Replaces any earlier
+ * bias; n == 0 clears it. An id given twice keeps its last bias (as a JSON object's last key
+ * wins). The list is copied once here (a sparse list: sampling stays allocation-free and
+ * touches only these ids). Returns 0, or -1 with a message in err for an id outside the
+ * vocabulary, a non-finite bias, or no memory. */
+int sampler_set_logit_bias(sampler *s, const int32_t *ids, const float *bias, int n, char *err, size_t errlen);
 
 /* Applies the penalties of the current history to logits[0..vocab) in place; exposed for tests
  * and for callers that want the processed logits. */

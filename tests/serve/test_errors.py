@@ -54,6 +54,15 @@ def check_error(r, status, param=None):
     ({"messages": MSG, "tools": [{"type": "function"}]}, "tools"),
     ({"messages": MSG, "tool_choice": 3}, "tool_choice"),
     ({"messages": MSG, "chat_template_kwargs": [1]}, "chat_template_kwargs"),
+    ({"messages": MSG, "logit_bias": [5, 1]}, "logit_bias"),
+    ({"messages": MSG, "logit_bias": {"abc": 1}}, "logit_bias"),
+    ({"messages": MSG, "logit_bias": {"": 1}}, "logit_bias"),
+    ({"messages": MSG, "logit_bias": {"-1": 1}}, "logit_bias"),
+    ({"messages": MSG, "logit_bias": {"512": 1}}, "logit_bias"),  # the fixture's vocabulary is 512
+    ({"messages": MSG, "logit_bias": {"99999999999": 1}}, "logit_bias"),
+    ({"messages": MSG, "logit_bias": {"5": 100.5}}, "logit_bias"),
+    ({"messages": MSG, "logit_bias": {"5": -101}}, "logit_bias"),
+    ({"messages": MSG, "logit_bias": {"5": "up"}}, "logit_bias"),
 ])
 def test_chat_bad_request(url, body, param):
     e = check_error(post(url, "/v1/chat/completions", body), 400, param)
@@ -73,6 +82,9 @@ def test_completions_bad_request(url):
     check_error(post(url, "/v1/completions", {"prompt": [100000]}), 400, "prompt")
     check_error(post(url, "/v1/completions", {"prompt": ""}), 400, "prompt")
     check_error(post(url, "/v1/completions", {}), 400, "prompt")
+    check_error(post(url, "/v1/completions", {"prompt": "hi", "logit_bias": {"7x": 1}}), 400, "logit_bias")
+    check_error(post(url, "/v1/completions", {"prompt": "hi", "logit_bias": {"600": 1}}), 400, "logit_bias")
+    check_error(post(url, "/v1/completions", {"prompt": "hi", "logit_bias": {"5": 200}}), 400, "logit_bias")
     check_error(post(url, "/detokenize", {"tokens": [-1]}), 400, "tokens")
     check_error(post(url, "/tokenize", {"nothing": 1}), 400)
 
