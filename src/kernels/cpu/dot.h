@@ -2,8 +2,9 @@
  *
  * Float weights (F32, F16, BF16) are dotted with f32 activations, widening the weights in
  * registers. Quantized weights are dotted with activations quantized per block as
- * llama.cpp does it: Q8_0 activations for Q8_0/Q4_0 weights, Q8_K activations for the K
- * formats; the integer products are exact and the scales are applied per block.
+ * llama.cpp does it: Q8_0 activations for Q8_0/Q4_0/IQ4_NL/MXFP4 weights, Q8_K activations
+ * for the K formats and IQ4_XS; the integer products are exact and the scales are applied
+ * per block.
  *
  * Each kernel exists as portable C (dot_generic.c) and, on x86-64, compiled for AVX2+FMA
  * (dot_avx2.c) and for AVX-512 with VNNI (dot_avx512.c); dot_select() picks one set at run
@@ -23,6 +24,8 @@ typedef struct {
     dot_fn q8_0, q4_0;       /* activations: Q8_0 blocks */
     dot_fn q4_k, q5_k, q6_k; /* activations: Q8_K blocks */
 } dot_kernels;
+/* IQ4_NL and MXFP4 (Q8_0 activations) and IQ4_XS (Q8_K activations) have only portable
+ * kernels: dot_for_type returns those for every set. */
 
 extern const dot_kernels dot_generic;
 #if defined(__x86_64__) || defined(_M_X64)
@@ -34,7 +37,8 @@ extern const dot_kernels dot_avx512;
 const dot_kernels *dot_select(void);
 /* Activation type (a quant_type id) that weights of type wtype are dotted with. */
 int dot_act_type(int wtype);
-/* The kernel for weights of type wtype, or NULL when there is none. */
+/* The kernel for weights of type wtype, or NULL when there is none (the caller then takes
+ * the dequantizing reference path). */
 dot_fn dot_for_type(const dot_kernels *k, int wtype);
 
 #endif

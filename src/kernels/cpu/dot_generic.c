@@ -147,15 +147,72 @@ static float g_q6_k(const void *w_, const void *a_, int64_t n) {
     return s;
 }
 
+/* IQ4_NL: 18-byte blocks of f16 d + 16 bytes of 4-bit indices into the int8 level table
+ * (nibble order as Q4_0); the levels are integers, so the block sum stays exact. */
+static float g_iq4_nl(const void *w_, const void *a_, int64_t n) {
+    const uint8_t *w = w_, *a = a_;
+    const int8_t *kv = quant_iq4nl_values;
+    float s = 0;
+    for (int64_t b = 0; b < n / 32; b++, w += 18, a += 34) {
+        int32_t sum = 0;
+        for (int j = 0; j < 16; j++)
+            sum += kv[w[2 + j] & 0xF] * (int8_t)a[2 + j] + kv[w[2 + j] >> 4] * (int8_t)a[2 + 16 + j];
+        s += h2f(w) * h2f(a) * (float)sum;
+    }
+    return s;
+}
+
+/* MXFP4: 17-byte blocks of an E8M0 exponent + 16 bytes of doubled-e2m1 indices. */
+static float g_mxfp4(const void *w_, const void *a_, int64_t n) {
+    const uint8_t *w = w_, *a = a_;
+    const int8_t *kv = quant_mxfp4_values;
+    float s = 0;
+    for (int64_t b = 0; b < n / 32; b++, w += 17, a += 34) {
+        int32_t sum = 0;
+        for (int j = 0; j < 16; j++)
+            sum += kv[w[1 + j] & 0xF] * (int8_t)a[2 + j] + kv[w[1 + j] >> 4] * (int8_t)a[2 + 16 + j];
+        s += quant_e8m0_to_f32_half(w[0]) * h2f(a) * (float)sum;
+    }
+    return s;
+}
+
+/* IQ4_XS: 136-byte super-blocks (f16 d, 8 six-bit sub-block scales stored - 32 as
+ * scales_h/scales_l, 128 bytes of IQ4_NL-style indices) against Q8_K. The sub-block
+ * scales are integers too, so the whole super-block is one exact integer sum (at most
+ * 8 * 32 * 32 * 127 * 127 in magnitude, well inside int32). */
+static float g_iq4_xs(const void *w_, const void *a_, int64_t n) {
+    const uint8_t *w = w_, *a = a_;
+    const int8_t *kv = quant_iq4nl_values;
+    float s = 0;
+    for (int64_t b = 0; b < n / 256; b++, w += 136, a += 292) {
+        const int8_t *x = Q8K_QS(a);
+        const unsigned h = (unsigned)w[2] | ((unsigned)w[3] << 8);
+        int32_t isum = 0;
+        for (int ib = 0; ib < 8; ib++) {
+            int ls = (((w[4 + ib / 2] >> (4 * (ib % 2))) & 0xF) | (((h >> (2 * ib)) & 3) << 4)) - 32;
+            const uint8_t *qs = w + 8 + 16 * ib;
+            const int8_t *xs = x + 32 * ib;
+            int32_t sum = 0;
+            for (int j = 0; j < 16; j++) sum += kv[qs[j] & 0xF] * xs[j] + kv[qs[j] >> 4] * xs[16 + j];
+            isum += ls * sum;
+        }
+        s += h2f(w) * Q8K_D(a) * (float)isum;
+    }
+    return s;
+}
+
 const dot_kernels dot_generic = {"generic", g_f32, g_f16, g_bf16, g_q8_0, g_q4_0, g_q4_k, g_q5_k, g_q6_k};
 
 int dot_act_type(int wtype) {
     switch (wtype) {
     case QUANT_Q8_0:
-    case QUANT_Q4_0: return QUANT_Q8_0;
+    case QUANT_Q4_0:
+    case QUANT_IQ4_NL:
+    case QUANT_MXFP4: return QUANT_Q8_0;
     case QUANT_Q4_K:
     case QUANT_Q5_K:
-    case QUANT_Q6_K: return QUANT_Q8_K;
+    case QUANT_Q6_K:
+    case QUANT_IQ4_XS: return QUANT_Q8_K;
     default: return QUANT_F32;
     }
 }
@@ -170,6 +227,10 @@ dot_fn dot_for_type(const dot_kernels *k, int wtype) {
     case QUANT_Q4_K: return k->q4_k;
     case QUANT_Q5_K: return k->q5_k;
     case QUANT_Q6_K: return k->q6_k;
+    /* portable kernels only, whatever the set (see dot.h) */
+    case QUANT_IQ4_NL: return g_iq4_nl;
+    case QUANT_MXFP4: return g_mxfp4;
+    case QUANT_IQ4_XS: return g_iq4_xs;
     default: return NULL;
     }
 }
