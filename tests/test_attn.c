@@ -5,9 +5,13 @@
  * weighted sum of the values, with the cached rows widened exactly as stored (f32, bf16,
  * int8 times the row scale). Every kernel this CPU can run (portable C, AVX2, AVX-512) is
  * run over the whole key range at once and split into key ranges merged with
- * attn_merge(), for head sizes 256, 64, 32, 16 and 40 (not a multiple of the AVX-512
- * width), GQA groups 8 and 1, KV lengths 1..1100, several rows at arbitrary positions,
- * and scores with a realistic spread plus a few dominant "sink" keys. */
+ * attn_merge(), for head sizes 256, 64, 96, 48, 32, 16 and 40 (those that are not a
+ * multiple of a SIMD kernel's block are skipped for it), GQA groups 8 and 1, KV lengths 1..1100, several rows at arbitrary positions,
+ * and scores with a realistic spread plus a few dominant "sink" keys.
+ *
+ * Then the model: decode steps past 1024 cached tokens, whose attention tiles forward.c
+ * splits into key ranges computed in parallel and merged, against the same positions
+ * computed as rows of one prompt (tiles not split), for the three KV cache types. */
 #include <float.h>
 #include <math.h>
 #include <stdint.h>
@@ -56,7 +60,10 @@ static const char *kv_name(int kt) { return kt == QNEXT_KV_F32 ? "f32" : kt == Q
 
 /* One case: nr rows at positions pos[] (non-decreasing), group query heads per row,
  * n_keys = pos[nr-1] + 1 cached keys interleaved with a second KV head (stride 2 rows). */
-static void run_case(const attn_kernels *kern, int kt, int D, int group, int nr, const int *pos) {
+static const attn_kernels *kerns[3];
+static int n_kerns;
+
+static void run_case(int kt, int D, int group, int nr, const int *pos) {
     const int nq = nr * group, n_keys = pos[nr - 1] + 1;
     const size_t rb = row_bytes(kt, D), stride = 2 * rb;
     uint8_t *kc = calloc((size_t)n_keys, stride), *vc = calloc((size_t)n_keys, stride);
@@ -108,72 +115,113 @@ static void run_case(const attn_kernels *kern, int kt, int D, int group, int nr,
     /* the kernel: whole range as one partial, and split into up to 4 ranges at
      * arbitrary (not block-aligned) cut points */
     const size_t ps = attn_part_floats(nq, D);
-    float *part = malloc(4 * ps * sizeof(float)), *work = malloc(attn_work_floats(nq) * sizeof(float));
+    float *part = malloc(4 * ps * sizeof(float)), *work = malloc(attn_work_floats(nq, D) * sizeof(float));
     float *out = malloc((size_t)nq * D * sizeof(float));
     float **outp = malloc((size_t)nq * sizeof(*outp));
     for (int i = 0; i < nq; i++) outp[i] = out + (size_t)i * D;
-    for (int split = 1; split <= 4; split += 3) {
-        int cuts[5] = {0, n_keys / 3, n_keys / 2 + 1, (n_keys * 5) / 6, n_keys};
-        if (split == 1) { cuts[1] = n_keys; }
-        for (int c = 1; c <= split; c++) if (cuts[c] < cuts[c - 1]) cuts[c] = cuts[c - 1];
-        for (int p = 0; p < split; p++) {
-            float *P = part + p * ps;
-            kern->partial(&a, cuts[p], cuts[p + 1], P, P + (size_t)nq * D, P + (size_t)nq * D + nq, work);
-        }
-        attn_merge(split, part, ps, nq, D, outp);
-        double worst = 0;
-        int bad_i = -1;
-        for (int i = 0; i < nq; i++) {
-            double amax = 0, err = 0;
-            for (int d = 0; d < D; d++) {
-                double r = ref[(size_t)i * D + d];
-                amax = fabs(r) > amax ? fabs(r) : amax;
-                double e = fabs(out[(size_t)i * D + d] - r);
-                err = e > err ? e : err;
+    for (int kk = 0; kk < n_kerns; kk++) {
+        const attn_kernels *kern = kerns[kk];
+        if (D % kern->d_multiple) continue;
+        for (int split = 1; split <= 4; split += 3) {
+            int cuts[5] = {0, n_keys / 3, n_keys / 2 + 1, (n_keys * 5) / 6, n_keys};
+            if (split == 1) { cuts[1] = n_keys; }
+            for (int c = 1; c <= split; c++) if (cuts[c] < cuts[c - 1]) cuts[c] = cuts[c - 1];
+            for (int p = 0; p < split; p++) {
+                float *P = part + p * ps;
+                kern->partial(&a, cuts[p], cuts[p + 1], P, P + (size_t)nq * D, P + (size_t)nq * D + nq, work);
             }
-            double rel = err / (amax > 0 ? amax : 1);
-            if (!(rel <= worst)) { worst = rel; bad_i = i; }
+            attn_merge(split, part, ps, nq, D, outp);
+            double worst = 0;
+            int bad_i = -1;
+            for (int i = 0; i < nq; i++) {
+                double amax = 0, err = 0;
+                for (int d = 0; d < D; d++) {
+                    double r = ref[(size_t)i * D + d];
+                    amax = fabs(r) > amax ? fabs(r) : amax;
+                    double e = fabs(out[(size_t)i * D + d] - r);
+                    err = e > err ? e : err;
+                }
+                double rel = err / (amax > 0 ? amax : 1);
+                if (!(rel <= worst)) { worst = rel; bad_i = i; }
+            }
+            CHECK(worst < 1e-5, "%s kv=%s D=%d group=%d rows=%d keys=%d split=%d: rel err %.3g (query %d)", kern->name,
+                  kv_name(kt), D, group, nr, n_keys, split, worst, bad_i);
         }
-        CHECK(worst < 1e-5, "%s kv=%s D=%d group=%d rows=%d keys=%d split=%d: rel err %.3g (query %d)", kern->name,
-              kv_name(kt), D, group, nr, n_keys, split, worst, bad_i);
     }
     free(kc); free(vc); free(qv); free(x); free(qp); free(qpos); free(dir); free(ref); free(sc);
     free(part); free(work); free(out); free(outp);
 }
 
+static double rel_l2(const float *a, const float *b, size_t n) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) { double d = (double)a[i] - b[i]; num += d * d; den += (double)b[i] * b[i]; }
+    return sqrt(num / den);
+}
+
+static void test_model_split(void) {
+    qnext_model *m;
+    char err[512];
+    qnext_model_params mp = {.quiet = 1};
+    if (qnext_model_open("tests/fixtures/base_gqa", &mp, &m, err, sizeof err)) { CHECK(0, "%s", err); return; }
+    const int V = qnext_model_config(m)->vocab_size, n0 = 1040, n = 1064;
+    int32_t *ids = malloc(n * sizeof(int32_t));
+    for (int i = 0; i < n; i++) ids[i] = (int32_t)((i * 131 + 17) % V);
+    float *all = malloc(sizeof(float) * V * (n - n0)), *one = malloc(sizeof(float) * V);
+    for (int kt = QNEXT_KV_F32; kt <= QNEXT_KV_Q8; kt++) {
+        qnext_session_params sp = {.n_ctx = n, .kv_type = kt};
+        qnext_session *a, *b;
+        CHECK(!qnext_session_new(m, &sp, &a, err, sizeof err), "%s", err);
+        CHECK(!qnext_session_new(m, &sp, &b, err, sizeof err), "%s", err);
+        /* a: the whole text as a prompt, logits of its last n - n0 rows */
+        CHECK(!qnext_session_feed(a, ids, n0, NULL, QNEXT_LOGITS_NONE, err, sizeof err), "%s", err);
+        CHECK(!qnext_session_feed(a, ids + n0, n - n0, all, QNEXT_LOGITS_ALL, err, sizeof err), "%s", err);
+        /* b: the same rows as decode steps */
+        CHECK(!qnext_session_feed(b, ids, n0, NULL, QNEXT_LOGITS_NONE, err, sizeof err), "%s", err);
+        double worst = 0;
+        for (int t = n0; t < n; t++) {
+            CHECK(!qnext_session_feed(b, ids + t, 1, one, QNEXT_LOGITS_LAST, err, sizeof err), "%s", err);
+            double e = rel_l2(one, all + (size_t)(t - n0) * V, V);
+            worst = e > worst ? e : worst;
+        }
+        printf("kv %s: decode at depth %d..%d vs prompt rows: rel L2 %.2e\n", kv_name(kt), n0, n - 1, worst);
+        CHECK(worst < 1e-5, "kv %s: split decode vs prompt rows rel L2 %.3e", kv_name(kt), worst);
+        qnext_session_free(a);
+        qnext_session_free(b);
+    }
+    free(ids); free(all); free(one);
+    qnext_model_close(m);
+}
+
 int main(void) {
-    const attn_kernels *kerns[3];
-    int nk = 0;
-    kerns[nk++] = &attn_generic;
+    kerns[n_kerns++] = &attn_generic;
 #if defined(__x86_64__)
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) kerns[nk++] = &attn_avx2;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) kerns[n_kerns++] = &attn_avx2;
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
         __builtin_cpu_supports("avx512vl"))
-        kerns[nk++] = &attn_avx512;
+        kerns[n_kerns++] = &attn_avx512;
 #endif
     const int kts[3] = {QNEXT_KV_F32, QNEXT_KV_BF16, QNEXT_KV_Q8};
     /* decode: one row at the last position */
     const int decode_keys[] = {1, 63, 64, 65, 1100};
-    const int dims[] = {256, 64, 32, 16, 40};
-    for (int k = 0; k < nk; k++)
-        for (int t = 0; t < 3; t++)
-            for (int di = 0; di < 5; di++) {
-                int D = dims[di];
-                if (D % kerns[k]->d_multiple) continue;
-                for (int g = 8; g >= 1; g -= 7) {
-                    for (int n = 0; n < 5; n++) {
-                        int pos = decode_keys[n] - 1;
-                        run_case(kerns[k], kts[t], D, g, 1, &pos);
-                    }
-                    /* prefill tiles: consecutive rows (one block of 16 at 1000, a short one
-                     * across a 64-key boundary), and scattered non-decreasing positions */
-                    int cons[16], cross[5] = {60, 61, 62, 63, 64}, scat[6] = {0, 5, 5, 63, 64, 700};
-                    for (int r = 0; r < 16; r++) cons[r] = 1000 + r;
-                    if (D >= 64) run_case(kerns[k], kts[t], D, g, 16, cons);
-                    run_case(kerns[k], kts[t], D, g, 5, cross);
-                    run_case(kerns[k], kts[t], D, g, 6, scat);
+    const int dims[] = {256, 64, 96, 48, 32, 16, 40};
+    for (int t = 0; t < 3; t++)
+        for (int di = 0; di < 7; di++) {
+            int D = dims[di];
+            for (int g = 8; g >= 1; g -= 7) {
+                for (int n = 0; n < 5; n++) {
+                    int pos = decode_keys[n] - 1;
+                    run_case(kts[t], D, g, 1, &pos);
                 }
+                /* prefill tiles: consecutive rows (one block of 16 at 1000, a short one
+                 * across a 64-key boundary), and scattered non-decreasing positions */
+                int cons[16], cross[5] = {60, 61, 62, 63, 64}, scat[6] = {0, 5, 5, 63, 64, 700};
+                for (int r = 0; r < 16; r++) cons[r] = 1000 + r;
+                if (D >= 64) run_case(kts[t], D, g, 16, cons);
+                run_case(kts[t], D, g, 5, cross);
+                run_case(kts[t], D, g, 6, scat);
             }
+        }
+    test_model_split();
     return tu_finish("test_attn");
 }

@@ -11,6 +11,7 @@
 #include <omp.h>
 #include <string.h>
 
+#include "kernels/cpu/attn.h"
 #include "kernels/cpu/ops.h"
 #include "model.h"
 
@@ -341,12 +342,23 @@ static inline const float *kv_get(int type, const uint8_t *src, float *buf, int 
 }
 
 #define ATT_ROWS 16 /* query rows per attention tile */
-#define ATT_KEYS 64 /* keys per step of the online softmax */
+/* Decode-like tiles (up to ATT_SPLIT_ROWS rows) with at least 2*ATT_PART_MIN keys are split
+ * into up to ATT_MAX_PARTS key ranges computed in parallel and merged in order
+ * (flash-decoding): a decode step has only nkv tiles. The split depends on the tile alone,
+ * not on the batch or the thread count, so results do not either. */
+#define ATT_SPLIT_ROWS 4
+#define ATT_PART_MIN 512
+#define ATT_MAX_PARTS 16
+#define ATT_PART_CAP 64 /* partials held at once (attn_parts_floats) */
 
+/* Per thread: one tile's partial output (attn.h layout) and the kernel's work space. */
 size_t attn_tile_floats(int group, int D) {
     int nq = ATT_ROWS * group;
-    return (size_t)nq * D + (size_t)nq * ATT_KEYS + 2 * (size_t)nq + 2 * (size_t)D + 16;
+    return attn_part_floats(nq, D) + attn_work_floats(nq, D);
 }
+
+/* The partials of split tiles: ATT_PART_CAP of them, each of a decode-like tile. */
+size_t attn_parts_floats(int group, int D) { return ATT_PART_CAP * attn_part_floats(ATT_SPLIT_ROWS * group, D); }
 
 static int attn_reference_path(void) {
     static int ref = -1;
@@ -355,57 +367,50 @@ static int attn_reference_path(void) {
 }
 
 /* Rows r0..r0+nr-1 (one sequence, consecutive positions) and query heads
- * kvh*group..kvh*group+group-1 against the cached keys 0..pos(last row). */
-QN_HOT static void attn_tile(qn_scratch *sc, const qn_layer_state *st, int kv_type, size_t kv_rb, int r0, int nr, int kvh,
-                      int group, int nh, int nkv, int D, int64_t qw, float scale, float *tmp) {
+ * kvh*group..kvh*group+group-1 against the cached keys [j0, j1) (j1 <= pos(last row) + 1):
+ * the tile kernel of attn.h writes the unnormalised partial to part (attn_part_floats). */
+static void attn_tile(qn_scratch *sc, const qn_layer_state *st, int kv_type, size_t kv_rb, int r0, int nr, int kvh,
+                      int group, int nkv, int D, int64_t qw, float scale, int j0, int j1, float *part, float *work) {
     const int nq = nr * group;
-    float *O = tmp, *S = O + (size_t)nq * D, *mx = S + (size_t)nq * ATT_KEYS, *sum = mx + nq;
-    float *kbuf = sum + nq, *vbuf = kbuf + D;
     const float *Q[ATT_ROWS * 64];
     int qpos[ATT_ROWS * 64];
     for (int i = 0; i < nq; i++) {
         int t = r0 + i / group, h = kvh * group + i % group;
         Q[i] = sc->proj + t * qw + (int64_t)h * D;
         qpos[i] = sc->row_pos[t];
-        mx[i] = -FLT_MAX;
-        sum[i] = 0;
     }
-    memset(O, 0, (size_t)nq * D * sizeof(float));
-    const int n_keys = sc->row_pos[r0 + nr - 1] + 1;
-    for (int j0 = 0; j0 < n_keys; j0 += ATT_KEYS) {
-        int jn = n_keys - j0 < ATT_KEYS ? n_keys - j0 : ATT_KEYS;
-        for (int j = 0; j < jn; j++) {
-            const float *k = kv_get(kv_type, st->k_cache + ((size_t)(j0 + j) * nkv + kvh) * kv_rb, kbuf, D);
-            for (int i = 0; i < nq; i++)
-                S[i * ATT_KEYS + j] = j0 + j <= qpos[i] ? qn_dot_f32(Q[i], k, D) * scale : -INFINITY;
-        }
-        for (int i = 0; i < nq; i++) {
-            float *Si = S + i * ATT_KEYS, m = mx[i];
-            for (int j = 0; j < jn; j++) m = Si[j] > m ? Si[j] : m;
-            float corr = expf(mx[i] - m), l = 0;
-            for (int j = 0; j < jn; j++) { Si[j] = expf(Si[j] - m); l += Si[j]; }
-            sum[i] = sum[i] * corr + l;
-            mx[i] = m;
-            if (corr != 1.0f) {
-                float *Oi = O + (size_t)i * D;
-                for (int d = 0; d < D; d++) Oi[d] *= corr;
-            }
-        }
-        for (int j = 0; j < jn; j++) {
-            const float *v = kv_get(kv_type, st->v_cache + ((size_t)(j0 + j) * nkv + kvh) * kv_rb, vbuf, D);
-            for (int i = 0; i < nq; i++) {
-                float p = S[i * ATT_KEYS + j];
-                if (p == 0.0f) continue;
-                float *Oi = O + (size_t)i * D;
-                for (int d = 0; d < D; d++) Oi[d] += p * v[d];
-            }
-        }
-    }
-    for (int i = 0; i < nq; i++) {
+    attn_tile_args a = {.nq = nq, .D = D, .kv_type = kv_type, .q = Q, .qpos = qpos, .scale = scale,
+                        .k = st->k_cache + (size_t)kvh * kv_rb, .v = st->v_cache + (size_t)kvh * kv_rb,
+                        .stride = (size_t)nkv * kv_rb};
+    float *O = part, *mx = O + (size_t)nq * D, *sum = mx + nq;
+    attn_partial(&a, j0, j1, O, mx, sum, work);
+}
+
+/* Tile number `tile` of the batch (tiles in order of sequence, row block, KV head): its
+ * sequence q, rows r0..r0+nr-1, KV head, and its keys cut into `parts` ranges of `chunk`
+ * keys (a multiple of ATTN_KEYS); parts > 1 only for decode-like tiles. */
+typedef struct { int q, r0, nr, kvh, n_keys, parts, chunk; } attn_tile_geom;
+
+static attn_tile_geom attn_tile_at(const qn_scratch *sc, const qn_seq *seqs, int tile, int nkv) {
+    attn_tile_geom g = {.kvh = tile % nkv};
+    int blk = tile / nkv;
+    while (blk >= (seqs[g.q].n + ATT_ROWS - 1) / ATT_ROWS) { blk -= (seqs[g.q].n + ATT_ROWS - 1) / ATT_ROWS; g.q++; }
+    g.r0 = seqs[g.q].row0 + blk * ATT_ROWS;
+    g.nr = seqs[g.q].row0 + seqs[g.q].n - g.r0 < ATT_ROWS ? seqs[g.q].row0 + seqs[g.q].n - g.r0 : ATT_ROWS;
+    g.n_keys = sc->row_pos[g.r0 + g.nr - 1] + 1;
+    g.parts = g.nr <= ATT_SPLIT_ROWS ? g.n_keys / ATT_PART_MIN : 1;
+    if (g.parts > ATT_MAX_PARTS) g.parts = ATT_MAX_PARTS;
+    if (g.parts < 1) g.parts = 1;
+    g.chunk = ((g.n_keys + g.parts - 1) / g.parts + ATTN_KEYS - 1) / ATTN_KEYS * ATTN_KEYS;
+    g.parts = (g.n_keys + g.chunk - 1) / g.chunk;
+    return g;
+}
+
+/* Where the outputs of a tile go: core rows of its (row, query head) pairs. */
+static void attn_tile_outputs(qn_scratch *sc, int r0, int nr, int kvh, int group, int nh, int D, float **out) {
+    for (int i = 0; i < nr * group; i++) {
         int t = r0 + i / group, h = kvh * group + i % group;
-        float inv = 1.0f / sum[i], *o = sc->core + (int64_t)t * nh * D + (int64_t)h * D;
-        const float *Oi = O + (size_t)i * D;
-        for (int d = 0; d < D; d++) o[d] = Oi[d] * inv;
+        out[i] = sc->core + (int64_t)t * nh * D + (int64_t)h * D;
     }
 }
 
@@ -479,20 +484,53 @@ static void attn_block(qnext_session *s, const qn_layer *ly, qn_seq *seqs, int n
     } else {
         /* Tiled: a block of up to 16 rows of one sequence and the `group` query heads that
          * share a KV head form up to 16*group queries; keys and values are read once per
-         * block of 64 keys for all of them, with an online softmax. Each cached K/V byte
-         * is then read T/16 times per layer instead of T*group times. */
-        int n_items = 0;
-        for (int q = 0; q < n_seqs; q++) n_items += (seqs[q].n + ATT_ROWS - 1) / ATT_ROWS;
-        n_items *= nkv;
+         * block of 64 keys for all of them, with an online softmax (kernels: attn.h).
+         * Each cached K/V byte is then read T/16 times per layer instead of T*group times.
+         * Tiles that are split (see ATT_SPLIT_ROWS) go in a second pass. */
+        int n_tiles = 0, n_split = 0;
+        for (int q = 0; q < n_seqs; q++) n_tiles += (seqs[q].n + ATT_ROWS - 1) / ATT_ROWS;
+        n_tiles *= nkv;
+        for (int tile = 0; tile < n_tiles; tile++) n_split += attn_tile_at(sc, seqs, tile, nkv).parts > 1;
+        const size_t pstride = attn_part_floats(ATT_ROWS * group, D), sstride = attn_part_floats(ATT_SPLIT_ROWS * group, D);
+        if (n_split < n_tiles) {
 #pragma omp parallel for schedule(dynamic, 1) if (max_keys * nh * D > 65536)
-        for (int it = 0; it < n_items; it++) {
-            int kvh = it % nkv, blk = it / nkv, q = 0;
-            while (blk >= (seqs[q].n + ATT_ROWS - 1) / ATT_ROWS) { blk -= (seqs[q].n + ATT_ROWS - 1) / ATT_ROWS; q++; }
-            const qn_layer_state *st = &seqs[q].s->ls[il];
-            int r0 = seqs[q].row0 + blk * ATT_ROWS;
-            int nr = seqs[q].row0 + seqs[q].n - r0 < ATT_ROWS ? seqs[q].row0 + seqs[q].n - r0 : ATT_ROWS;
-            attn_tile(sc, st, seqs[q].s->params.kv_type, seqs[q].s->kv_row_bytes, r0, nr, kvh, group, nh, nkv, D, qw, scale,
-                      sc->att_tile + (size_t)omp_get_thread_num() * sc->att_tile_stride);
+            for (int tile = 0; tile < n_tiles; tile++) {
+                const attn_tile_geom g = attn_tile_at(sc, seqs, tile, nkv);
+                if (g.parts > 1) continue;
+                const qnext_session *owner = seqs[g.q].s;
+                float *part = sc->att_tile + (size_t)omp_get_thread_num() * sc->att_tile_stride, *out[ATT_ROWS * 64];
+                attn_tile(sc, &owner->ls[il], owner->params.kv_type, owner->kv_row_bytes, g.r0, g.nr, g.kvh, group, nkv, D,
+                          qw, scale, 0, g.n_keys, part, part + pstride);
+                attn_tile_outputs(sc, g.r0, g.nr, g.kvh, group, nh, D, out);
+                attn_merge(1, part, pstride, g.nr * group, D, out);
+            }
+        }
+        /* Split tiles, in rounds of at most ATT_PART_CAP parts: every part in parallel,
+         * then each tile's parts merged in key order. */
+        for (int next = 0; n_split > 0 && next < n_tiles;) {
+            int w_tile[ATT_PART_CAP], w_part[ATT_PART_CAP], n_work = 0;
+            for (; next < n_tiles; next++) {
+                const attn_tile_geom g = attn_tile_at(sc, seqs, next, nkv);
+                if (g.parts == 1) continue;
+                if (n_work + g.parts > ATT_PART_CAP) break;
+                for (int p = 0; p < g.parts; p++, n_work++) { w_tile[n_work] = next; w_part[n_work] = p; }
+            }
+#pragma omp parallel for schedule(dynamic, 1)
+            for (int w = 0; w < n_work; w++) {
+                const attn_tile_geom g = attn_tile_at(sc, seqs, w_tile[w], nkv);
+                const qnext_session *owner = seqs[g.q].s;
+                int j0 = w_part[w] * g.chunk, j1 = j0 + g.chunk < g.n_keys ? j0 + g.chunk : g.n_keys;
+                float *work = sc->att_tile + (size_t)omp_get_thread_num() * sc->att_tile_stride + pstride;
+                attn_tile(sc, &owner->ls[il], owner->params.kv_type, owner->kv_row_bytes, g.r0, g.nr, g.kvh, group, nkv, D,
+                          qw, scale, j0, j1, sc->att_part + (size_t)w * sstride, work);
+            }
+            for (int w = 0; w < n_work;) {
+                const attn_tile_geom g = attn_tile_at(sc, seqs, w_tile[w], nkv);
+                float *out[ATT_ROWS * 64];
+                attn_tile_outputs(sc, g.r0, g.nr, g.kvh, group, nh, D, out);
+                attn_merge(g.parts, sc->att_part + (size_t)w * sstride, sstride, g.nr * group, D, out);
+                w += g.parts;
+            }
         }
     }
     for (int t = 0; t < T; t++)

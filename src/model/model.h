@@ -119,8 +119,9 @@ typedef struct {
     float *core;     /* [T, max(nv*dv, nh*D)] DeltaNet/attention output before out_proj */
     float *gates;    /* [T, 2*nv]: g (log decay) then beta */
     float *att;      /* [n_threads][n_ctx] attention scores (reference path) */
-    float *att_tile; /* [n_threads][att_tile_stride] tiled attention: outputs, scores, max, sum */
+    float *att_tile; /* [n_threads][att_tile_stride] tiled attention: partial outputs, kernel work space */
     size_t att_tile_stride;
+    float *att_part; /* key-range partials of split attention tiles (decode), attn_parts_floats */
     float *gdn_tmp;  /* per value head chunk scratch, [nv][gdn_tmp_stride] */
     size_t gdn_tmp_stride;
     float *mlp_a, *mlp_b;   /* [T, max(I, Is, intermediate)] */

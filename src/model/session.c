@@ -11,6 +11,7 @@
 
 size_t gdn_tmp_floats(int dk, int dv); /* forward.c */
 size_t attn_tile_floats(int group, int D);
+size_t attn_parts_floats(int group, int D);
 
 const char *qnext_status_str(qnext_status st) {
     switch (st) {
@@ -68,7 +69,7 @@ void qnext_session_free(qnext_session *s) {
     }
     free(s->ls);
     qn_scratch *sc = &s->sc;
-    float *fl[] = {sc->h, sc->x, sc->y, sc->proj, sc->proj2, sc->conv, sc->core, sc->gates, sc->att, sc->att_tile, sc->gdn_tmp,
+    float *fl[] = {sc->h, sc->x, sc->y, sc->proj, sc->proj2, sc->conv, sc->core, sc->gates, sc->att, sc->att_tile, sc->att_part, sc->gdn_tmp,
                    sc->mlp_a, sc->mlp_b, sc->router, sc->top_w, sc->xg, sc->eo, sc->sg, sc->rope_cos, sc->rope_sin};
     for (size_t i = 0; i < sizeof fl / sizeof fl[0]; i++) free(fl[i]);
     free(sc->top_idx);
@@ -152,6 +153,7 @@ qnext_status qnext_session_new(qnext_model *m, const qnext_session_params *param
     ALLOC(sc->att, nthreads * n_ctx);
     sc->att_tile_stride = attn_tile_floats(c->n_heads / c->n_kv_heads, (int)D);
     ALLOC(sc->att_tile, (int64_t)sc->att_tile_stride * nthreads);
+    ALLOC(sc->att_part, attn_parts_floats(c->n_heads / c->n_kv_heads, (int)D));
     sc->gdn_tmp_stride = gdn_tmp_floats((int)dk, (int)dv);
     ALLOC(sc->gdn_tmp, (int64_t)sc->gdn_tmp_stride * nthreads);
     /* the one-token MoE path keeps all routed experts and the shared one side by side */

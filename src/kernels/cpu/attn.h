@@ -30,14 +30,14 @@ typedef struct {
 /* Partial attention over keys [j0, j1): for every query i,
  *     mx[i]  = max of its visible scores in the range (-FLT_MAX when none is visible),
  *     sum[i] = sum_j exp(s_ij - mx[i]),   O[i*D + d] = sum_j exp(s_ij - mx[i]) v_j[d]
- * (unnormalised). work holds attn_work_floats(nq) floats. */
+ * (unnormalised). work holds attn_work_floats(nq, D) floats. */
 typedef void (*attn_partial_fn)(const attn_tile_args *a, int j0, int j1, float *O, float *mx, float *sum,
                                 float *work);
 
 typedef struct {
     const char *name;
     attn_partial_fn partial;
-    int d_multiple; /* the kernel needs D % d_multiple == 0; else use attn_generic */
+    int d_multiple; /* the kernel needs D % d_multiple == 0; else a narrower one is used */
 } attn_kernels;
 
 extern const attn_kernels attn_generic;
@@ -46,14 +46,14 @@ extern const attn_kernels attn_avx2;
 extern const attn_kernels attn_avx512;
 #endif
 
-/* Floats of work space a partial needs for nq queries. */
-size_t attn_work_floats(int nq);
+/* Floats of work space a partial needs for nq queries of D values. */
+size_t attn_work_floats(int nq, int D);
 
 /* The kernel set matching dot_select() (QNEXT_KERNELS=generic|avx2 overrides). */
 const attn_kernels *attn_select(void);
 
-/* Runs the tile over keys [j0, j1) with the selected kernel (the generic one when D does
- * not suit the SIMD kernel). */
+/* Runs the tile over keys [j0, j1) with the selected kernel (AVX2 or the generic one when
+ * D is not a multiple of the selected kernel's block). */
 void attn_partial(const attn_tile_args *a, int j0, int j1, float *O, float *mx, float *sum, float *work);
 
 /* Combines n partials of the same nq queries (O_p, mx_p, sum_p, laid out as

@@ -12,7 +12,9 @@
 #include "dot.h"
 #include "qnext.h"
 
-size_t attn_work_floats(int nq) { return (size_t)nq * ATTN_KEYS + (size_t)nq + 2 * ATTN_KEYS + 64; }
+size_t attn_work_floats(int nq, int D) {
+    return (size_t)nq * ATTN_KEYS + (size_t)nq + ATTN_KEYS + (size_t)nq * D + 64;
+}
 
 static inline float g_widen(int kt, const uint8_t *row, int d) {
     if (kt == QNEXT_KV_F32) { float f; memcpy(&f, row + 4 * (size_t)d, 4); return f; }
@@ -131,6 +133,9 @@ const attn_kernels *attn_select(void) {
 
 void attn_partial(const attn_tile_args *a, int j0, int j1, float *O, float *mx, float *sum, float *work) {
     const attn_kernels *k = attn_select();
+#if defined(__x86_64__) || defined(_M_X64)
+    if (a->D % k->d_multiple && k == &attn_avx512) k = &attn_avx2;
+#endif
     if (a->D % k->d_multiple) k = &attn_generic;
     k->partial(a, j0, j1, O, mx, sum, work);
 }

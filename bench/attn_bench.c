@@ -1,0 +1,160 @@
+/* attn_bench.c - micro-benchmark of one full-attention layer's attention at depth N
+ * (Qwen3-Next-80B-A3B shapes by default: 16 query heads, 2 KV heads, head_dim 256), the
+ * tiled attention as it was before the SIMD kernels (scalar kv_get widening, one dot per
+ * query and key, one axpy per query and key) against the attention kernels of attn.h.
+ *
+ * Not part of the CMake build; after `make`:
+ *   cc -O3 -march=native -fopenmp -Isrc -Iinclude bench/attn_bench.c build/libqnext.a -lutf8proc -lm \
+ *      -o build/attn_bench && build/attn_bench [-n keys] [-r rows] [-t kv_type 1|2|3] [-i iters]
+ * Prints ms per layer for decode-like (1 row) or prefill-like (-r 16) tiles, single thread
+ * per KV head (as attn_block runs them) and with the key range split over all threads. */
+#include <float.h>
+#include <math.h>
+#include <omp.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "kernels/cpu/attn.h"
+#include "kernels/cpu/ops.h"
+#include "qnext.h"
+
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* ---- the tile as forward.c had it before attn.h (kept here as the baseline) ---- */
+static inline const float *old_kv_get(int type, const uint8_t *src, float *buf, int D) {
+    if (type == QNEXT_KV_F32) return (const float *)src;
+    if (type == QNEXT_KV_BF16) {
+        const uint16_t *h = (const uint16_t *)src;
+        for (int i = 0; i < D; i++) buf[i] = qn_bf16_to_f32(h[i]);
+        return buf;
+    }
+    float d;
+    memcpy(&d, src + D, 4);
+    for (int i = 0; i < D; i++) buf[i] = d * (float)(int8_t)src[i];
+    return buf;
+}
+
+static void old_tile(const attn_tile_args *a, float *out, float *tmp) {
+    const int nq = a->nq, D = a->D;
+    float *O = tmp, *S = O + (size_t)nq * D, *mx = S + (size_t)nq * ATTN_KEYS, *sum = mx + nq;
+    float *kbuf = sum + nq, *vbuf = kbuf + D;
+    for (int i = 0; i < nq; i++) { mx[i] = -FLT_MAX; sum[i] = 0; }
+    memset(O, 0, (size_t)nq * D * sizeof(float));
+    const int n_keys = a->qpos[nq - 1] + 1;
+    for (int j0 = 0; j0 < n_keys; j0 += ATTN_KEYS) {
+        int jn = n_keys - j0 < ATTN_KEYS ? n_keys - j0 : ATTN_KEYS;
+        for (int j = 0; j < jn; j++) {
+            const float *k = old_kv_get(a->kv_type, a->k + (size_t)(j0 + j) * a->stride, kbuf, D);
+            for (int i = 0; i < nq; i++)
+                S[i * ATTN_KEYS + j] = j0 + j <= a->qpos[i] ? qn_dot_f32(a->q[i], k, D) * a->scale : -INFINITY;
+        }
+        for (int i = 0; i < nq; i++) {
+            float *Si = S + i * ATTN_KEYS, m = mx[i];
+            for (int j = 0; j < jn; j++) m = Si[j] > m ? Si[j] : m;
+            float corr = expf(mx[i] - m), l = 0;
+            for (int j = 0; j < jn; j++) { Si[j] = expf(Si[j] - m); l += Si[j]; }
+            sum[i] = sum[i] * corr + l;
+            mx[i] = m;
+            if (corr != 1.0f) {
+                float *Oi = O + (size_t)i * D;
+                for (int d = 0; d < D; d++) Oi[d] *= corr;
+            }
+        }
+        for (int j = 0; j < jn; j++) {
+            const float *v = old_kv_get(a->kv_type, a->v + (size_t)(j0 + j) * a->stride, vbuf, D);
+            for (int i = 0; i < nq; i++) {
+                float p = S[i * ATTN_KEYS + j];
+                if (p == 0.0f) continue;
+                float *Oi = O + (size_t)i * D;
+                for (int d = 0; d < D; d++) Oi[d] += p * v[d];
+            }
+        }
+    }
+    for (int i = 0; i < nq; i++)
+        for (int d = 0; d < D; d++) out[(size_t)i * D + d] = O[(size_t)i * D + d] / sum[i];
+}
+
+int main(int argc, char **argv) {
+    int n_keys = 16384, rows = 1, kt = QNEXT_KV_BF16, iters = 10, nh = 16, nkv = 2, D = 256;
+    for (int i = 1; i + 1 < argc; i += 2) {
+        if (!strcmp(argv[i], "-n")) n_keys = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "-r")) rows = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "-t")) kt = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "-i")) iters = atoi(argv[i + 1]);
+    }
+    const int group = nh / nkv, nq = rows * group, nth = omp_get_max_threads();
+    const size_t rb = kt == QNEXT_KV_F32 ? (size_t)D * 4 : kt == QNEXT_KV_BF16 ? (size_t)D * 2 : (size_t)D + 4;
+    uint8_t *kc = malloc((size_t)n_keys * nkv * rb), *vc = malloc((size_t)n_keys * nkv * rb);
+    srand(1);
+    /* rows of uniform values in [-1, 1) in the cache format (no denormals: they would
+     * measure the CPU's microcode assists, not the kernels) */
+    for (size_t r = 0; r < (size_t)n_keys * nkv * 2; r++) {
+        uint8_t *row = (r & 1 ? vc : kc) + (r >> 1) * rb;
+        for (int d = 0; d < D; d++) {
+            float x = 2.0f * rand() / RAND_MAX - 1.0f;
+            uint32_t u;
+            memcpy(&u, &x, 4);
+            if (kt == QNEXT_KV_F32) memcpy(row + 4 * d, &x, 4);
+            else if (kt == QNEXT_KV_BF16) { uint16_t h = (uint16_t)(u >> 16); memcpy(row + 2 * d, &h, 2); }
+            else row[d] = (uint8_t)(int8_t)lrintf(x * 127);
+        }
+        if (kt == QNEXT_KV_Q8) { float sc = 1.0f / 127; memcpy(row + D, &sc, 4); }
+    }
+    float *q = malloc((size_t)nkv * nq * D * sizeof(float)), *out = malloc((size_t)nkv * nq * D * sizeof(float));
+    for (size_t i = 0; i < (size_t)nkv * nq * D; i++) q[i] = (float)rand() / RAND_MAX - 0.5f;
+    const float **qp = malloc((size_t)nkv * nq * sizeof(*qp));
+    int *qpos = malloc((size_t)nq * sizeof(int));
+    for (int i = 0; i < nkv * nq; i++) qp[i] = q + (size_t)i * D;
+    for (int i = 0; i < nq; i++) qpos[i] = n_keys - rows + i / group;
+    size_t tile = (size_t)nq * D + (size_t)nq * ATTN_KEYS + 2 * (size_t)nq + 2 * (size_t)D + 16;
+    float *tmp = malloc(tile * nth * sizeof(float));
+    size_t ps = attn_part_floats(nq, D), ws = attn_work_floats(nq, D);
+    const int max_split = 64;
+    float *part = malloc(ps * nkv * max_split * sizeof(float)), *work = malloc(ws * nth * sizeof(float));
+    attn_tile_args args[8];
+    for (int h = 0; h < nkv; h++)
+        args[h] = (attn_tile_args){.nq = nq, .D = D, .kv_type = kt, .q = qp + h * nq, .qpos = qpos,
+                                   .scale = 1.0f / 16, .k = kc + h * rb, .v = vc + h * rb, .stride = nkv * rb};
+    float **outp = malloc((size_t)nkv * nq * sizeof(*outp));
+    for (int i = 0; i < nkv * nq; i++) outp[i] = out + (size_t)i * D;
+
+    printf("attention of one layer: %d keys, %d rows, %d heads / %d kv heads, D %d, kv %s, %d threads, kernel %s\n",
+           n_keys, rows, nh, nkv, D, kt == 1 ? "f32" : kt == 2 ? "bf16" : "q8", nth, attn_select()->name);
+    for (int mode = 0; mode < 3; mode++) {
+        double best = 1e30;
+        for (int it = 0; it < iters; it++) {
+            double t0 = now();
+            if (mode == 0) {
+#pragma omp parallel for schedule(dynamic, 1)
+                for (int h = 0; h < nkv; h++) old_tile(&args[h], out + (size_t)h * nq * D, tmp + tile * omp_get_thread_num());
+            } else {
+                int split = mode == 1 ? 1 : (nth + nkv - 1) / nkv * 4;
+                if (split > max_split) split = max_split;
+                int chunk = (n_keys + split - 1) / split;
+                chunk = (chunk + ATTN_KEYS - 1) / ATTN_KEYS * ATTN_KEYS;
+#pragma omp parallel for schedule(dynamic, 1)
+                for (int w = 0; w < nkv * split; w++) {
+                    int h = w / split, s = w % split, j0 = s * chunk, j1 = j0 + chunk < n_keys ? j0 + chunk : n_keys;
+                    float *P = part + (size_t)w * ps;
+                    attn_partial(&args[h], j0 < j1 ? j0 : j1, j1, P, P + (size_t)nq * D, P + (size_t)nq * D + nq,
+                                 work + ws * omp_get_thread_num());
+                }
+                for (int h = 0; h < nkv; h++) attn_merge(split, part + (size_t)h * split * ps, ps, nq, D, outp + h * nq);
+            }
+            double t = now() - t0;
+            if (t < best) best = t;
+        }
+        static const char *names[3] = {"before (scalar tile)", "kernel, one item per kv head", "kernel, keys split"};
+        double bytes = 2.0 * n_keys * nkv * rb;
+        printf("%-30s %8.3f ms  (%.1f GB/s of K/V, %.1f GFLOP/s)\n", names[mode], best * 1e3, bytes / best * 1e-9,
+               4.0 * nkv * nq * (double)n_keys * D / best * 1e-9);
+    }
+    return 0;
+}
