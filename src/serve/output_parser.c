@@ -575,7 +575,9 @@ static void process(output_parser *p, int final) {
             sb_drop_front(&p->pending, n - hold);
             return;
         } else { /* ST_TOOL: scan the body as it comes; the block ends at the closing tag */
-            long ie = find(s, n, TAG_END_TOOL);
+            /* the bytes already scanned hold no start of a closing tag */
+            long ie = find(s + p->tool_fed, n - p->tool_fed, TAG_END_TOOL);
+            if (ie >= 0) ie += (long)p->tool_fed;
             /* bytes certainly inside the body: not part of a closing tag that may be arriving */
             size_t body = ie >= 0 ? (size_t)ie : final ? n : n - partial_suffix(s, n, TAG_END_TOOL);
             for (; p->tool_fed < body; p->tool_fed++) scan_byte(p, (unsigned char)s[p->tool_fed]);
