@@ -9,7 +9,9 @@
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
+#include "kernels/cpu/actq.h"
 #include "kernels/cpu/dot.h"
 #include "kernels/cpu/gemm_amx.h"
 #include "kernels/cpu/gemm_float.h"
@@ -156,6 +158,48 @@ static void test_amx(int wt) {
     free(w); free(x); free(y1); free(y2); free(wq);
 }
 
+/* The SIMD activation quantizers must write the reference quantizer's bytes: on hidden-
+ * state-like rows, on rows of exact ties (values whose scaled magnitude ends in .5, where
+ * Q8_0 rounds away from zero and Q8_K to even), on tiny values (subnormal f16 scales),
+ * and on all-zero blocks. */
+static void test_actq(void) {
+#if defined(__x86_64__)
+    const actq_kernels *sets[2];
+    int ns = 0;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")) sets[ns++] = &actq_avx2;
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+        __builtin_cpu_supports("avx512vnni"))
+        sets[ns++] = &actq_avx512;
+    const int64_t n = 2048;
+    float *x = malloc(n * 4);
+    uint8_t *ref = malloc(quant_row_bytes(QUANT_Q8_K, n) + 64), *got = malloc(quant_row_bytes(QUANT_Q8_K, n) + 64);
+    for (int trial = 0; trial < 40; trial++) {
+        int kind = trial % 5;
+        if (kind == 0) fill(x, n, 1.0f);
+        else if (kind == 1) fill(x, n, 1e-6f);
+        else if (kind == 2) for (int64_t i = 0; i < n; i++) x[i] = 0;
+        else /* ties: k/2 for integer k, with a block maximum of 127 or -127 so the scale is 1 */
+            for (int64_t i = 0; i < n; i++) x[i] = (i % 32 == 5) ? (kind == 3 ? 127.0f : -127.0f) : (float)((int)(urand() * 509) - 254) * 0.5f;
+        if (kind == 2 && trial > 20) x[777] = -3.0f; /* one nonzero block among zeros */
+        for (int at = 0; at < 2; at++) {
+            int type = at ? QUANT_Q8_K : QUANT_Q8_0;
+            size_t rb = quant_row_bytes(type, n);
+            quant_quantize_row(type, x, ref, n);
+            for (int k = 0; k < ns; k++) {
+                memset(got, 0xAB, rb);
+                (at ? sets[k]->q8_k : sets[k]->q8_0)(x, got, n);
+                CHECK(!memcmp(ref, got, rb), "actq set %d %s trial %d: bytes differ from quant_quantize_row", k,
+                      quant_type_name(type), trial);
+            }
+            memset(got, 0xAB, rb);
+            actq_quantize_row(type, x, got, n);
+            CHECK(!memcmp(ref, got, rb), "actq_quantize_row %s trial %d differs", quant_type_name(type), trial);
+        }
+    }
+    free(x); free(ref); free(got);
+#endif
+}
+
 int main(void) {
     int types[] = {QUANT_F32, QUANT_F16, QUANT_BF16, QUANT_Q8_0, QUANT_Q4_0, QUANT_Q4_K, QUANT_Q5_K, QUANT_Q6_K};
     int64_t lens[] = {256, 512, 2048, 4096};
@@ -164,6 +208,7 @@ int main(void) {
         test_matmul(types[i]);
         test_amx(types[i]);
     }
+    test_actq();
     /* float kernels also take lengths that are not a multiple of the vector width */
     test_type(QUANT_BF16, 100);
     test_type(QUANT_F32, 37);

@@ -4,6 +4,7 @@
 #include <omp.h>
 #include <stdlib.h>
 
+#include "kernels/cpu/actq.h"
 #include "kernels/cpu/dot.h"
 #include "kernels/cpu/gemm_amx.h"
 #include "kernels/cpu/gemm_float.h"
@@ -120,7 +121,7 @@ static const uint8_t *prepare_act(int wtype, const float *x, int T, int64_t ldx,
      * calling thread's pointer, not their own (NULL) copy */
     uint8_t *act = tl_act;
 #pragma omp parallel for schedule(static) if (T > 8)
-    for (int t = 0; t < T; t++) quant_quantize_row(at, x + (int64_t)t * ldx, act + rb * t, n);
+    for (int t = 0; t < T; t++) actq_quantize_row(at, x + (int64_t)t * ldx, act + rb * t, n);
     *stride = rb;
     return act;
 }
@@ -223,7 +224,7 @@ void op_matvec_multi(const op_job *jobs, int n) {
         fn[i] = kernel_for(W);
         if (at == QUANT_F32) act[i] = (const uint8_t *)jobs[i].x;
         else {
-            quant_quantize_row(at, jobs[i].x, tl_multi + off, W->cols);
+            actq_quantize_row(at, jobs[i].x, tl_multi + off, W->cols);
             act[i] = tl_multi + off;
             off += quant_row_bytes(at, W->cols);
         }

@@ -1,0 +1,21 @@
+/* actq.c - picks the activation quantizer that matches the selected dot kernel set
+ * (see actq.h); the portable set and any other type use quant.c's reference code. */
+#include "actq.h"
+
+#include "dot.h"
+#include "quant.h"
+
+void actq_quantize_row(int at, const float *x, void *dst, int64_t n) {
+    static const actq_kernels *k;
+    static int chosen;
+    if (!chosen) {
+#if defined(__x86_64__) || defined(_M_X64)
+        const dot_kernels *d = dot_select();
+        k = d == &dot_avx512 ? &actq_avx512 : d == &dot_avx2 ? &actq_avx2 : NULL;
+#endif
+        chosen = 1;
+    }
+    if (k && at == QUANT_Q8_0 && n % 32 == 0) k->q8_0(x, dst, n);
+    else if (k && at == QUANT_Q8_K && n % 256 == 0) k->q8_k(x, dst, n);
+    else quant_quantize_row(at, x, dst, n);
+}
