@@ -10,6 +10,12 @@ seen the history) versus warm (turn 1 was just served, so only the new turn is p
 
   python3 bench/serve_load.py -m MODEL_DIR [--bin build/qnext] [--levels 1,4,16]
         [--requests-per-client 4] [--max-tokens 32] [--history 4096] [--threads 0]
+        [--soak SECONDS --soak-streams N] [--no-cache-bench]
+
+--soak keeps N streaming clients busy for SECONDS after the levels and samples the server's
+memory every 30 s: VmRSS (which includes the memory-mapped weights once they are touched)
+and RssAnon (the server's own heap: KV caches, states, conversation cache), so growth over
+time shows up as RssAnon climbing after the first minutes.
 
 Only the Python standard library and `requests` are used."""
 import argparse
@@ -34,12 +40,50 @@ def free_port():
     return port
 
 
-def rss_mb(pid):
+def rss_mb(pid, key="VmRSS"):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(key + ":"):
                 return int(line.split()[1]) / 1024.0
     return float("nan")
+
+
+def soak(url, pid, streams, seconds, max_tokens, timeout):
+    """streams clients send requests back to back until the deadline; memory sampled every 30 s."""
+    stop = time.time() + seconds
+    done, toks, errors = [0], [0], []
+    lock = threading.Lock()
+
+    def client(ci):
+        k = 0
+        while time.time() < stop:
+            msgs = [{"role": "user", "content": f"Soak client {ci} request {k}: write about the number {ci * 31 + k}."}]
+            k += 1
+            try:
+                _, _, n, _ = stream_chat(url, msgs, max_tokens, timeout)
+            except Exception as e:  # noqa: BLE001
+                with lock:
+                    errors.append(repr(e))
+                continue
+            with lock:
+                done[0] += 1
+                toks[0] += n
+
+    samples = [{"t_s": 0, "rss_mb": rss_mb(pid), "anon_mb": rss_mb(pid, "RssAnon")}]
+    t0 = time.time()
+    th = [threading.Thread(target=client, args=(i,)) for i in range(streams)]
+    for t in th:
+        t.start()
+    while any(t.is_alive() for t in th):
+        time.sleep(1)
+        if time.time() - t0 >= 30 * len(samples):
+            samples.append({"t_s": round(time.time() - t0), "rss_mb": rss_mb(pid), "anon_mb": rss_mb(pid, "RssAnon")})
+            print(json.dumps({"soak": samples[-1], "requests": done[0], "tokens": toks[0]}), flush=True)
+    for t in th:
+        t.join()
+    samples.append({"t_s": round(time.time() - t0), "rss_mb": rss_mb(pid), "anon_mb": rss_mb(pid, "RssAnon")})
+    return {"streams": streams, "seconds": seconds, "requests": done[0], "errors": len(errors),
+            "out_tokens": toks[0], "samples": samples}
 
 
 def pct(values, p):
@@ -136,6 +180,9 @@ def main():
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--timeout", type=float, default=600)
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--soak", type=float, default=0, help="seconds of sustained load after the levels")
+    ap.add_argument("--soak-streams", type=int, default=16)
+    ap.add_argument("--no-cache-bench", action="store_true")
     a = ap.parse_args()
 
     levels = [int(x) for x in a.levels.split(",")]
@@ -164,6 +211,15 @@ def main():
             results["levels"].append(r)
             print(json.dumps(r), flush=True)
         results["rss_after_load_mb"] = rss_mb(proc.pid)
+        if a.soak > 0:
+            results["soak"] = soak(url, proc.pid, a.soak_streams, a.soak, a.max_tokens, a.timeout)
+            print(json.dumps({"soak_summary": {k: v for k, v in results["soak"].items() if k != "samples"}}), flush=True)
+        if a.no_cache_bench:
+            results["rss_end_mb"] = rss_mb(proc.pid)
+            if a.json:
+                with open(a.json, "w") as f:
+                    json.dump(results, f, indent=1)
+            return
 
         # conversation cache: turn 2 on a long history, cold vs warm
         tok = requests.post(url + "/tokenize", json={"messages": history_messages("X", 100)}, timeout=60).json()
