@@ -3,9 +3,8 @@
  * tiled attention as it was before the SIMD kernels (scalar kv_get widening, one dot per
  * query and key, one axpy per query and key) against the attention kernels of attn.h.
  *
- * Not part of the CMake build; after `make`:
- *   cc -O3 -march=native -fopenmp -Isrc -Iinclude bench/attn_bench.c build/libqnext.a -lutf8proc -lm \
- *      -o build/attn_bench && build/attn_bench [-n keys] [-r rows] [-t kv_type 1|2|3] [-i iters]
+ * Not part of the CMake build: bench/run_attn_bench.sh [-n keys] [-r rows] [-t kv_type 1|2|3]
+ * [-i iters] builds it from the attention kernel sources and runs it.
  * Prints ms per layer for decode-like (1 row) or prefill-like (-r 16) tiles, single thread
  * per KV head (as attn_block runs them) and with the key range split over all threads. */
 #include <float.h>
@@ -116,7 +115,7 @@ int main(int argc, char **argv) {
     size_t tile = (size_t)nq * D + (size_t)nq * ATTN_KEYS + 2 * (size_t)nq + 2 * (size_t)D + 16;
     float *tmp = malloc(tile * nth * sizeof(float));
     size_t ps = attn_part_floats(nq, D), ws = attn_work_floats(nq, D);
-    const int max_split = 64;
+    const int max_split = 16;
     float *part = malloc(ps * nkv * max_split * sizeof(float)), *work = malloc(ws * nth * sizeof(float));
     attn_tile_args args[8];
     for (int h = 0; h < nkv; h++)
@@ -135,10 +134,13 @@ int main(int argc, char **argv) {
 #pragma omp parallel for schedule(dynamic, 1)
                 for (int h = 0; h < nkv; h++) old_tile(&args[h], out + (size_t)h * nq * D, tmp + tile * omp_get_thread_num());
             } else {
-                int split = mode == 1 ? 1 : (nth + nkv - 1) / nkv * 4;
-                if (split > max_split) split = max_split;
+                /* forward.c's split: up to 16 ranges of at least 512 keys, decode-like tiles only */
+                int split = mode == 1 || rows > 4 ? 1 : n_keys / 512;
+                if (split > 16) split = 16;
+                if (split < 1) split = 1;
                 int chunk = (n_keys + split - 1) / split;
                 chunk = (chunk + ATTN_KEYS - 1) / ATTN_KEYS * ATTN_KEYS;
+                split = (n_keys + chunk - 1) / chunk;
 #pragma omp parallel for schedule(dynamic, 1)
                 for (int w = 0; w < nkv * split; w++) {
                     int h = w / split, s = w % split, j0 = s * chunk, j1 = j0 + chunk < n_keys ? j0 + chunk : n_keys;
@@ -151,7 +153,7 @@ int main(int argc, char **argv) {
             double t = now() - t0;
             if (t < best) best = t;
         }
-        static const char *names[3] = {"before (scalar tile)", "kernel, one item per kv head", "kernel, keys split"};
+        static const char *names[3] = {"before (scalar tile)", "kernel, one item per kv head", "kernel, forward.c's split"};
         double bytes = 2.0 * n_keys * nkv * rb;
         printf("%-30s %8.3f ms  (%.1f GB/s of K/V, %.1f GFLOP/s)\n", names[mode], best * 1e3, bytes / best * 1e-9,
                4.0 * nkv * nq * (double)n_keys * D / best * 1e-9);

@@ -7,7 +7,7 @@
  * and sums are f32.
  *
  * Each kernel exists as portable C (attn_generic.c) and, on x86-64, compiled for AVX2+FMA
- * (attn_avx2.c) and AVX-512 (attn_avx512.c); attn_select() follows dot_select()'s choice,
+ * (attn_avx2.c) and AVX-512 (attn_avx512.c); attn_select() makes dot_select()'s choice,
  * so QNEXT_KERNELS=generic|avx2 selects them too. */
 #ifndef QNEXT_ATTN_H
 #define QNEXT_ATTN_H
@@ -49,7 +49,8 @@ extern const attn_kernels attn_avx512;
 /* Floats of work space a partial needs for nq queries of D values. */
 size_t attn_work_floats(int nq, int D);
 
-/* The kernel set matching dot_select() (QNEXT_KERNELS=generic|avx2 overrides). */
+/* The kernel set for this CPU, chosen as dot_select() chooses (QNEXT_KERNELS=generic|avx2
+ * overrides). */
 const attn_kernels *attn_select(void);
 
 /* Runs the tile over keys [j0, j1) with the selected kernel (AVX2 or the generic one when

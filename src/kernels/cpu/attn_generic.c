@@ -6,10 +6,10 @@
  * compiler drops the type test from the loops. */
 #include <float.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "attn.h"
-#include "dot.h"
 #include "qnext.h"
 
 size_t attn_work_floats(int nq, int D) {
@@ -121,12 +121,20 @@ void attn_merge(int n, const float *part, size_t pstride, int nq, int D, float *
 const attn_kernels *attn_select(void) {
     static const attn_kernels *chosen;
     if (chosen) return chosen;
+    const char *env = getenv("QNEXT_KERNELS");
     const attn_kernels *k = &attn_generic;
 #if defined(__x86_64__) || defined(_M_X64)
-    const dot_kernels *d = dot_select();
-    if (d == &dot_avx512) k = &attn_avx512;
-    else if (d == &dot_avx2) k = &attn_avx2;
+    /* the same choice as dot_select() (dot_generic.c) */
+    __builtin_cpu_init();
+    int has_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    int has_512 = has_avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                  __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+                  __builtin_cpu_supports("avx512vnni");
+    if (has_512) k = &attn_avx512;
+    else if (has_avx2) k = &attn_avx2;
+    if (env && !strcmp(env, "avx2") && has_avx2) k = &attn_avx2;
 #endif
+    if (env && !strcmp(env, "generic")) k = &attn_generic;
     chosen = k;
     return k;
 }
