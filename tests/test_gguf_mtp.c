@@ -9,9 +9,9 @@
  *   - tests/fixtures/mha_sharded_mtp/mtp_logits.npy: transformers' MTP drafts (test_mtp.c).
  *     Its weights are bf16, so the BF16 GGUF stores the same values: drafts token by token
  *     within 1e-3 of transformers (the bound of test_mtp) and within 1e-6 of the
- *     safetensors run of the same weights;
+ *     safetensors run of the same weights (the first 100 drafts);
  *   - tests/data/tiny_refs.json: transformers' draft argmax and margin of models/qnext-tiny
- *     over its validation text. BF16 GGUF: drafts within 1e-6 of the safetensors run and
+ *     over the first 256 tokens of its validation text. BF16 GGUF: drafts within 1e-6 of the safetensors run and
  *     every argmax with margin > 0.01 equal to transformers'. Q8_0 GGUF: the draft argmax
  *     agrees with transformers' on >= 90% of those positions (quantization moves logits);
  *   - greedy generation: `qnext generate --draft mtp` on the GGUFs prints the same ids as
@@ -99,10 +99,11 @@ static void test_fixture(void) {
     if (!ref || !want || !quantize_to(dir, out, QMIX_BF16)) { json_free(ref); free(want); return; }
     int n;
     int32_t *ids = ids_of(json_get(ref, "prompt"), &n);
+    if (n > 101) n = 101; /* 100 drafts keep the test short under the sanitizers */
     int V1 = 0, V2 = 0;
     float *a = drafts(out, ids, n, 1, &V1), *b = drafts(dir, ids, n, 1, &V2);
-    CHECK(a && b && V1 == V2 && V1 == cols && rows == n - 1, "MTP fixture: BF16 GGUF or safetensors did not run");
-    if (a && b && V1 == V2 && V1 == cols && rows == n - 1) {
+    CHECK(a && b && V1 == V2 && V1 == cols && rows >= n - 1, "MTP fixture: BF16 GGUF or safetensors did not run");
+    if (a && b && V1 == V2 && V1 == cols && rows >= n - 1) {
         double vs_tf = 0, vs_st = 0;
         for (int p = 0; p < n - 1; p++) {
             double e = rel_l2(a + (size_t)p * V1, want + (size_t)p * V1, V1);
@@ -124,7 +125,7 @@ static void test_fixture(void) {
 static void test_tiny(const json *tref, const char *bf16, const char *q8) {
     int n;
     int32_t *ids = ids_of(json_get(json_get(tref, "val"), "ids"), &n);
-    if (n > 513) n = 513; /* 512 draft positions keep the test short */
+    if (n > 257) n = 257; /* 256 draft positions keep the test short */
     const int piece = 4;
     json *da = json_get(json_get(tref, "mtp"), "draft_argmax"), *dm = json_get(json_get(tref, "mtp"), "draft_margin");
     int V0 = 0, V1 = 0, V2 = 0;
@@ -153,7 +154,7 @@ static void test_tiny(const json *tref, const char *bf16, const char *q8) {
                "at %d/%d (margin > 0.01)\n", worst, all, bf_agree, checked);
         printf("qnext-tiny Q8_0 GGUF drafts: argmax = transformers' at %d/%d (margin > 0.01), = safetensors' at %d/%d\n",
                q_agree, checked, q_vs_st, all);
-        CHECK(checked > 50, "only %d reference drafts with margin > 0.01", checked);
+        CHECK(checked > 30, "only %d reference drafts with margin > 0.01", checked);
         CHECK(worst <= 1e-6, "BF16 GGUF drafts differ from the safetensors drafts (%.3e)", worst);
         CHECK(bf_agree == checked, "BF16 GGUF: %d of %d draft argmax differ from transformers", checked - bf_agree, checked);
         CHECK(q_agree >= 0.9 * checked, "Q8_0 GGUF: draft argmax agrees at only %d of %d", q_agree, checked);
@@ -185,7 +186,7 @@ static void test_generate(const json *tref, const char *bf16, const char *q8) {
         int32_t *prompt = ids_of(json_get(gr->items[g], "prompt_ids"), &np);
         int32_t *cont = ids_of(json_get(gr->items[g], "continuation_ids"), &nc);
         json *margins = json_get(gr->items[g], "margins");
-        if (nc > 48) nc = 48;
+        if (nc > 24) nc = 24;
         for (int f = 0; f < 2; f++) {
             int32_t plain[64], spec[64];
             int a = generate_cli(files[f], prompt, np, nc, 0, plain), b = generate_cli(files[f], prompt, np, nc, 1, spec);
