@@ -24,8 +24,14 @@ typedef struct {
     dot_fn q8_0, q4_0;       /* activations: Q8_0 blocks */
     dot_fn q4_k, q5_k, q6_k; /* activations: Q8_K blocks */
 } dot_kernels;
-/* IQ4_NL and MXFP4 (Q8_0 activations) and IQ4_XS (Q8_K activations) have only portable
- * kernels: dot_for_type returns those for every set. */
+/* IQ4_NL and MXFP4 (Q8_0 activations) and IQ4_XS (Q8_K activations) are not in the sets:
+ * dot_for_type returns the portable kernels for dot_generic and the AVX2 ones of
+ * dot_iq4_x86.c (same results bit for bit) for the SIMD sets. */
+#if defined(__x86_64__) && defined(__GNUC__)
+float dot_iq4_nl_avx2(const void *w, const void *a, int64_t n);
+float dot_mxfp4_avx2(const void *w, const void *a, int64_t n);
+float dot_iq4_xs_avx2(const void *w, const void *a, int64_t n);
+#endif
 
 extern const dot_kernels dot_generic;
 #if defined(__x86_64__) || defined(_M_X64)

@@ -227,10 +227,16 @@ dot_fn dot_for_type(const dot_kernels *k, int wtype) {
     case QUANT_Q4_K: return k->q4_k;
     case QUANT_Q5_K: return k->q5_k;
     case QUANT_Q6_K: return k->q6_k;
-    /* portable kernels only, whatever the set (see dot.h) */
+#if defined(__x86_64__) && defined(__GNUC__)
+    /* the SIMD sets are only chosen on CPUs with AVX2 (see dot.h) */
+    case QUANT_IQ4_NL: return k == &dot_generic ? g_iq4_nl : dot_iq4_nl_avx2;
+    case QUANT_MXFP4: return k == &dot_generic ? g_mxfp4 : dot_mxfp4_avx2;
+    case QUANT_IQ4_XS: return k == &dot_generic ? g_iq4_xs : dot_iq4_xs_avx2;
+#else
     case QUANT_IQ4_NL: return g_iq4_nl;
     case QUANT_MXFP4: return g_mxfp4;
     case QUANT_IQ4_XS: return g_iq4_xs;
+#endif
     default: return NULL;
     }
 }
