@@ -27,6 +27,7 @@ static double now(void) {
 }
 
 /* ---- the tile as forward.c had it before attn.h (kept here as the baseline) ---- */
+#define OLD_KEYS 64
 static inline const float *old_kv_get(int type, const uint8_t *src, float *buf, int D) {
     if (type == QNEXT_KV_F32) return (const float *)src;
     if (type == QNEXT_KV_BF16) {
@@ -42,20 +43,20 @@ static inline const float *old_kv_get(int type, const uint8_t *src, float *buf, 
 
 static void old_tile(const attn_tile_args *a, float *out, float *tmp) {
     const int nq = a->nq, D = a->D;
-    float *O = tmp, *S = O + (size_t)nq * D, *mx = S + (size_t)nq * ATTN_KEYS, *sum = mx + nq;
+    float *O = tmp, *S = O + (size_t)nq * D, *mx = S + (size_t)nq * OLD_KEYS, *sum = mx + nq;
     float *kbuf = sum + nq, *vbuf = kbuf + D;
     for (int i = 0; i < nq; i++) { mx[i] = -FLT_MAX; sum[i] = 0; }
     memset(O, 0, (size_t)nq * D * sizeof(float));
     const int n_keys = a->qpos[nq - 1] + 1;
-    for (int j0 = 0; j0 < n_keys; j0 += ATTN_KEYS) {
-        int jn = n_keys - j0 < ATTN_KEYS ? n_keys - j0 : ATTN_KEYS;
+    for (int j0 = 0; j0 < n_keys; j0 += OLD_KEYS) {
+        int jn = n_keys - j0 < OLD_KEYS ? n_keys - j0 : OLD_KEYS;
         for (int j = 0; j < jn; j++) {
             const float *k = old_kv_get(a->kv_type, a->k + (size_t)(j0 + j) * a->stride, kbuf, D);
             for (int i = 0; i < nq; i++)
-                S[i * ATTN_KEYS + j] = j0 + j <= a->qpos[i] ? qn_dot_f32(a->q[i], k, D) * a->scale : -INFINITY;
+                S[i * OLD_KEYS + j] = j0 + j <= a->qpos[i] ? qn_dot_f32(a->q[i], k, D) * a->scale : -INFINITY;
         }
         for (int i = 0; i < nq; i++) {
-            float *Si = S + i * ATTN_KEYS, m = mx[i];
+            float *Si = S + i * OLD_KEYS, m = mx[i];
             for (int j = 0; j < jn; j++) m = Si[j] > m ? Si[j] : m;
             float corr = expf(mx[i] - m), l = 0;
             for (int j = 0; j < jn; j++) { Si[j] = expf(Si[j] - m); l += Si[j]; }
@@ -69,7 +70,7 @@ static void old_tile(const attn_tile_args *a, float *out, float *tmp) {
         for (int j = 0; j < jn; j++) {
             const float *v = old_kv_get(a->kv_type, a->v + (size_t)(j0 + j) * a->stride, vbuf, D);
             for (int i = 0; i < nq; i++) {
-                float p = S[i * ATTN_KEYS + j];
+                float p = S[i * OLD_KEYS + j];
                 if (p == 0.0f) continue;
                 float *Oi = O + (size_t)i * D;
                 for (int d = 0; d < D; d++) Oi[d] += p * v[d];
@@ -112,7 +113,7 @@ int main(int argc, char **argv) {
     int *qpos = malloc((size_t)nq * sizeof(int));
     for (int i = 0; i < nkv * nq; i++) qp[i] = q + (size_t)i * D;
     for (int i = 0; i < nq; i++) qpos[i] = n_keys - rows + i / group;
-    size_t tile = (size_t)nq * D + (size_t)nq * ATTN_KEYS + 2 * (size_t)nq + 2 * (size_t)D + 16;
+    size_t tile = (size_t)nq * D + (size_t)nq * OLD_KEYS + 2 * (size_t)nq + 2 * (size_t)D + 16;
     float *tmp = malloc(tile * nth * sizeof(float));
     size_t ps = attn_part_floats(nq, D), ws = attn_work_floats(nq, D);
     const int max_split = 16;

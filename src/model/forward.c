@@ -484,7 +484,7 @@ static void attn_block(qnext_session *s, const qn_layer *ly, qn_seq *seqs, int n
     } else {
         /* Tiled: a block of up to 16 rows of one sequence and the `group` query heads that
          * share a KV head form up to 16*group queries; keys and values are read once per
-         * block of 64 keys for all of them, with an online softmax (kernels: attn.h).
+         * block of 32 keys for all of them, with an online softmax (kernels: attn.h).
          * Each cached K/V byte is then read T/16 times per layer instead of T*group times.
          * Tiles that are split (see ATT_SPLIT_ROWS) go in a second pass. */
         int n_tiles = 0, n_split = 0;

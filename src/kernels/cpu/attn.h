@@ -15,7 +15,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define ATTN_KEYS 64 /* keys per step of the online softmax */
+#define ATTN_KEYS 32 /* keys per step of the online softmax (64 rows of a 1 KB stride, two KV heads of
+                        * bf16 D=256, would not stay in the few L1 sets they map to) */
 
 /* One tile: nq queries against the keys of one KV head. */
 typedef struct {
