@@ -34,8 +34,8 @@ static void mean_sd(const double *v, int n, double *mean, double *sd) {
 static const char *bench_usage =
     "usage: qnext bench -m MODEL [-p 512] [-n 128] [-d DEPTH] [-t THREADS] [-r REPS] [--ubatch N] [--kv-type auto|f32|bf16|q8]\n"
     "Prints prompt (ppP) and generation (tgN) tokens per second, mean +- sd over REPS runs,\n"
-    "and for generation the bytes of weights read per token and the achieved GB/s.\n"
-    "-p 0 or -n 0 skips that test; -d fills D tokens of context before generation.\n";
+    "and for generation the bytes read per token (weights, plus the KV cache at depth) and the achieved GB/s.\n"
+    "-p 0 or -n 0 skips that test; -d fills D tokens of context once (timed: fill dD) before generation.\n";
 
 int cmd_bench(int argc, char **argv) {
     const char *model = NULL;
@@ -104,20 +104,37 @@ int cmd_bench(int argc, char **argv) {
         fflush(stdout);
     }
     if (n > 0) {
-        for (int k = 0; k < reps; k++) {
+        /* The context is filled once (timed: prompt speed at this depth) and snapshotted;
+         * each repeat restores it, so -r does not multiply a long fill. */
+        qnext_snapshot *filled = NULL;
+        if (d > 0) {
             qnext_session_reset(s);
-            if (d > 0 && qnext_session_feed(s, toks, (int)d, NULL, QNEXT_LOGITS_NONE, err, sizeof err)) { fprintf(stderr, "qnext: %s\n", err); rc = 1; goto done; }
+            double t0 = now_s();
+            if (qnext_session_feed(s, toks, (int)d, NULL, QNEXT_LOGITS_NONE, err, sizeof err) ||
+                qnext_session_snapshot(s, &filled, err, sizeof err)) { fprintf(stderr, "qnext: %s\n", err); rc = 1; goto done; }
+            char name[48];
+            snprintf(name, sizeof name, "fill d%ld", d);
+            printf("| %-14s | %7.2f ± %6.2f |       |\n", name, d / (now_s() - t0), 0.0);
+            fflush(stdout);
+        }
+        for (int k = 0; k < reps; k++) {
+            if (filled) {
+                if (qnext_session_restore(s, filled, err, sizeof err)) { fprintf(stderr, "qnext: %s\n", err); qnext_snapshot_free(filled); rc = 1; goto done; }
+            } else qnext_session_reset(s);
             double t0 = now_s();
             for (long i = 0; i < n; i++)
-                if (qnext_session_feed(s, &toks[(d + i) % n_ctx], 1, lg, QNEXT_LOGITS_LAST, err, sizeof err)) { fprintf(stderr, "qnext: %s\n", err); rc = 1; goto done; }
+                if (qnext_session_feed(s, &toks[(d + i) % n_ctx], 1, lg, QNEXT_LOGITS_LAST, err, sizeof err)) { fprintf(stderr, "qnext: %s\n", err); qnext_snapshot_free(filled); rc = 1; goto done; }
             v[k] = n / (now_s() - t0);
         }
+        qnext_snapshot_free(filled);
         double mu, sd;
         mean_sd(v, (int)reps, &mu, &sd);
         char name[48];
         if (d) snprintf(name, sizeof name, "tg%ld @ d%ld", n, d);
         else snprintf(name, sizeof name, "tg%ld", n);
-        printf("| %-14s | %7.2f ± %6.2f | %5.1f |\n", name, mu, sd, mu * st.bytes_per_token / 1e9);
+        /* bytes per token: the weights, plus at depth the KV cache rows every token reads */
+        double bytes = (double)st.bytes_per_token + (double)mem.kv_bytes_per_token * (double)(d + n / 2);
+        printf("| %-14s | %7.2f ± %6.2f | %5.1f |\n", name, mu, sd, mu * bytes / 1e9);
     }
 done:
     free(v);
