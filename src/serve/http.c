@@ -23,6 +23,7 @@
 
 #include "serve/output_parser.h"
 #include "text/chat_template.h"
+#include "text/tokenizer_gguf.h"
 #include "util/json.h"
 
 typedef struct {
@@ -784,10 +785,23 @@ int serve_main(const serve_options *opts) {
 
     qnext_model_params mp = {.n_threads = opts->threads, .quiet = 1};
     if (qnext_model_open(opts->model_dir, &mp, &sv.m, err, sizeof err)) { fprintf(stderr, "qnext serve: %s\n", err); return 1; }
-    sv.tok = tokenizer_load_dir(opts->model_dir, err, sizeof err);
-    if (!sv.tok) { fprintf(stderr, "qnext serve: %s\n", err); goto out; }
-    sv.tmpl = chat_template_load_dir(opts->model_dir, err, sizeof err);
-    if (!sv.tmpl) fprintf(stderr, "qnext serve: no chat template (%s); /v1/chat/completions is disabled\n", err);
+    if (tokenizer_gguf_is_file(opts->model_dir)) {
+        /* a GGUF file: tokenizer and chat template from its metadata (a missing template
+         * only disables the chat endpoint, as for a directory) */
+        char terr[512];
+        if (tokenizer_gguf_load_file(opts->model_dir, &sv.tok, &sv.tmpl, terr, sizeof terr)) {
+            if (tokenizer_gguf_load_file(opts->model_dir, &sv.tok, NULL, err, sizeof err)) {
+                fprintf(stderr, "qnext serve: %s\n", err);
+                goto out;
+            }
+            fprintf(stderr, "qnext serve: no chat template (%s); /v1/chat/completions is disabled\n", terr);
+        }
+    } else {
+        sv.tok = tokenizer_load_dir(opts->model_dir, err, sizeof err);
+        if (!sv.tok) { fprintf(stderr, "qnext serve: %s\n", err); goto out; }
+        sv.tmpl = chat_template_load_dir(opts->model_dir, err, sizeof err);
+        if (!sv.tmpl) fprintf(stderr, "qnext serve: no chat template (%s); /v1/chat/completions is disabled\n", err);
+    }
     sv.vocab = qnext_model_config(sv.m)->vocab_size;
     int max_pos = qnext_model_config(sv.m)->max_position_embeddings;
     if (max_pos > 0 && sv.o.n_ctx > max_pos) sv.o.n_ctx = max_pos;
