@@ -200,6 +200,50 @@ static void test_actq(void) {
 #endif
 }
 
+/* Multi-row kernels: T activation rows against one weight row must give what T calls of
+ * the same set's single-row kernel give, to float rounding (same integer sums, the block
+ * scales applied in the same order per row). */
+static void test_dotm(int wt) {
+    const dot_kernels *sets[2];
+    int ns = 0;
+#if defined(__x86_64__)
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) sets[ns++] = &dot_avx2;
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+        __builtin_cpu_supports("avx512vnni"))
+        sets[ns++] = &dot_avx512;
+#endif
+    const int64_t lens[] = {256, 512, 2048, 800};
+    for (int li = 0; li < 4; li++) {
+        int64_t n = lens[li];
+        if (n % 256 && wt != QUANT_Q8_0) continue; /* 800 = 25 Q8_0 blocks: the unrolled loop's tail */
+        int at = dot_act_type(wt);
+        size_t rb = quant_row_bytes(at, n);
+        float *x = malloc(n * 4);
+        uint8_t *wq = malloc(quant_row_bytes(wt, n)), *xq = malloc(rb * DOTM_MAX_T);
+        fill(x, n, 0.02f);
+        quant_quantize_row(wt, x, wq, n);
+        for (int t = 0; t < DOTM_MAX_T; t++) {
+            fill(x, n, t % 2 ? 1.0f : 0.1f);
+            quant_quantize_row(at, x, xq + rb * t, n);
+        }
+        for (int k = 0; k < ns; k++) {
+            dotm_fn m = dotm_for_type(sets[k], wt);
+            CHECK(m != NULL, "%s has no multi-row %s kernel", sets[k]->name, quant_type_name(wt));
+            if (!m) continue;
+            for (int T = 1; T <= DOTM_MAX_T; T++) {
+                float o[DOTM_MAX_T];
+                m(wq, xq, rb, T, n, o);
+                for (int t = 0; t < T; t++) {
+                    float ref = dot_for_type(sets[k], wt)(wq, xq + rb * t, n);
+                    CHECK(fabsf(o[t] - ref) <= 1e-5f * (fabsf(ref) + 1e-3f), "%s multi %s n %ld T %d row %d: %g vs %g",
+                          sets[k]->name, quant_type_name(wt), (long)n, T, t, o[t], ref);
+                }
+            }
+        }
+        free(x); free(wq); free(xq);
+    }
+}
+
 int main(void) {
     int types[] = {QUANT_F32, QUANT_F16, QUANT_BF16, QUANT_Q8_0, QUANT_Q4_0, QUANT_Q4_K, QUANT_Q5_K, QUANT_Q6_K};
     int64_t lens[] = {256, 512, 2048, 4096};
@@ -209,6 +253,9 @@ int main(void) {
         test_amx(types[i]);
     }
     test_actq();
+    test_dotm(QUANT_Q8_0);
+    test_dotm(QUANT_Q4_K);
+    test_dotm(QUANT_Q6_K);
     /* float kernels also take lengths that are not a multiple of the vector width */
     test_type(QUANT_BF16, 100);
     test_type(QUANT_F32, 37);

@@ -18,11 +18,19 @@
 /* sum over n elements of w[i] * a[i]; w is one weight row, a one prepared activation row. */
 typedef float (*dot_fn)(const void *w, const void *a, int64_t n);
 
+/* One weight row against T <= DOTM_MAX_T prepared activation rows (row t at a + t * astride):
+ * out[t] = dot(w, a_t). Each weight block is unpacked once for all T rows, which is what
+ * batched decoding (several streams, or the few tokens an expert gets in a small batch)
+ * spends its time on; the result equals T calls of the single-row kernel to rounding. */
+#define DOTM_MAX_T 4
+typedef void (*dotm_fn)(const void *w, const void *a, size_t astride, int T, int64_t n, float *out);
+
 typedef struct {
     const char *name;
     dot_fn f32, f16, bf16;   /* activations: f32 */
     dot_fn q8_0, q4_0;       /* activations: Q8_0 blocks */
     dot_fn q4_k, q5_k, q6_k; /* activations: Q8_K blocks */
+    dotm_fn m_q8_0, m_q4_k, m_q6_k; /* multi-row kernels where a set has them, else NULL */
 } dot_kernels;
 /* IQ4_NL and MXFP4 (Q8_0 activations) and IQ4_XS (Q8_K activations) are not in the sets:
  * dot_for_type returns the portable kernels for dot_generic and the AVX2 ones of
@@ -46,5 +54,7 @@ int dot_act_type(int wtype);
 /* The kernel for weights of type wtype, or NULL when there is none (the caller then takes
  * the dequantizing reference path). */
 dot_fn dot_for_type(const dot_kernels *k, int wtype);
+/* The multi-row kernel for weights of type wtype, or NULL (then loop over dot_for_type). */
+dotm_fn dotm_for_type(const dot_kernels *k, int wtype);
 
 #endif

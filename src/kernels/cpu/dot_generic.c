@@ -217,6 +217,15 @@ int dot_act_type(int wtype) {
     }
 }
 
+dotm_fn dotm_for_type(const dot_kernels *k, int wtype) {
+    switch (wtype) {
+    case QUANT_Q8_0: return k->m_q8_0;
+    case QUANT_Q4_K: return k->m_q4_k;
+    case QUANT_Q6_K: return k->m_q6_k;
+    default: return NULL;
+    }
+}
+
 dot_fn dot_for_type(const dot_kernels *k, int wtype) {
     switch (wtype) {
     case QUANT_F32: return k->f32;

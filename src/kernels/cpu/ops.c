@@ -163,10 +163,18 @@ void op_matmul_rows(const qn_tensor *W, int64_t r0, int64_t r1, const float *x, 
     const uint8_t *act = prepare_act(W->dtype, x, T, ldx, W->cols, &astride);
     int64_t work = (r1 - r0) * W->cols * (int64_t)T;
     const char *base = W->data;
+    dotm_fn dotm = T > 1 ? dotm_for_type(g_kern, W->dtype) : NULL;
 #pragma omp parallel for schedule(static) if (work > 32768)
     for (int64_t r = r0; r < r1; r++) {
         const char *w = base + (size_t)(W->row_map ? W->row_map[r] : r) * W->row_bytes;
-        for (int t = 0; t < T; t++) y[(int64_t)t * ldy + r] = dot(w, act + astride * t, W->cols);
+        int t = 0;
+        if (dotm) /* several rows per weight block unpacked (batched decode, small expert groups) */
+            for (float o[DOTM_MAX_T]; t < T; t += DOTM_MAX_T) {
+                int nt = T - t < DOTM_MAX_T ? T - t : DOTM_MAX_T;
+                dotm(w, act + astride * t, astride, nt, W->cols, o);
+                for (int i = 0; i < nt; i++) y[(int64_t)(t + i) * ldy + r] = o[i];
+            }
+        for (; t < T; t++) y[(int64_t)t * ldy + r] = dot(w, act + astride * t, W->cols);
     }
 }
 
@@ -179,10 +187,18 @@ void op_matmul_to_rows(const qn_tensor *W, const float *x, int T, float *const *
     const uint8_t *act = prepare_act(W->dtype, x, T, W->cols, W->cols, &astride);
     int64_t work = W->rows * W->cols * (int64_t)T;
     const char *base = W->data;
+    dotm_fn dotm = T > 1 ? dotm_for_type(g_kern, W->dtype) : NULL;
 #pragma omp parallel for schedule(static) if (work > 32768)
     for (int64_t r = 0; r < W->rows; r++) {
         const char *w = base + (size_t)(W->row_map ? W->row_map[r] : r) * W->row_bytes;
-        for (int t = 0; t < T; t++) y[t][r] = dot(w, act + astride * t, W->cols);
+        int t = 0;
+        if (dotm)
+            for (float o[DOTM_MAX_T]; t < T; t += DOTM_MAX_T) {
+                int nt = T - t < DOTM_MAX_T ? T - t : DOTM_MAX_T;
+                dotm(w, act + astride * t, astride, nt, W->cols, o);
+                for (int i = 0; i < nt; i++) y[t + i][r] = o[i];
+            }
+        for (; t < T; t++) y[t][r] = dot(w, act + astride * t, W->cols);
     }
 }
 
