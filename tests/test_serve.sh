@@ -48,6 +48,42 @@ export QNEXT_SERVE_URL="http://127.0.0.1:$PORT" QNEXT_SERVE_KEY="$KEY" QNEXT_SER
 "$PY" -m pytest -q -p no:cacheprovider --durations=8 tests/serve 2>&1 | tail -n 40
 rc=${PIPESTATUS[0]}
 
+# The same model as a GGUF file (qnext quantize --type BF16 embeds the tokenizer and chat
+# template): served straight from the file, it must answer exactly as the directory does
+# (BF16 of bf16 weights is lossless; the directory's answers are checked by pytest above).
+if "$BIN" quantize -m "$MODEL" -o "$TMP/model.gguf" --type BF16 > "$TMP/quantize.log" 2>&1; then
+    PORT2=$("$PY" -c "import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
+    "$BIN" serve -m "$TMP/model.gguf" --port "$PORT2" --parallel 2 --ctx 1024 -t 1 --kv-type f32 > "$TMP/server2.log" 2>&1 &
+    PID2=$!
+    "$PY" - "$PORT" "$PORT2" "$KEY" <<'PYEOF'
+import sys, time, requests
+p1, p2, key = sys.argv[1], sys.argv[2], sys.argv[3]
+for _ in range(300):
+    try:
+        if requests.get(f"http://127.0.0.1:{p2}/health", timeout=1).status_code == 200:
+            break
+    except requests.RequestException:
+        time.sleep(0.1)
+def ask(port, path, body):
+    r = requests.post(f"http://127.0.0.1:{port}{path}", json=body, headers={"Authorization": f"Bearer {key}"}, timeout=120)
+    r.raise_for_status()
+    return r.json()
+comp = {"prompt": "The quick brown fox", "max_tokens": 12, "temperature": 0}
+chat = {"messages": [{"role": "user", "content": "Say something."}], "max_tokens": 12, "temperature": 0}
+a, b = ask(p1, "/v1/completions", comp), ask(p2, "/v1/completions", comp)
+assert a["choices"][0]["text"] == b["choices"][0]["text"], (a, b)
+assert a["usage"] == b["usage"], (a["usage"], b["usage"])
+a, b = ask(p1, "/v1/chat/completions", chat), ask(p2, "/v1/chat/completions", chat)
+assert a["choices"][0]["message"] == b["choices"][0]["message"], (a, b)
+assert a["usage"] == b["usage"], (a["usage"], b["usage"])
+print("test_serve: the GGUF file answers as the model directory does")
+PYEOF
+    [ $? -eq 0 ] || { echo "test_serve: GGUF serving differs"; tail -n 20 "$TMP/server2.log"; rc=1; }
+    kill -TERM "$PID2"; wait "$PID2"
+else
+    echo "test_serve: qnext quantize failed"; cat "$TMP/quantize.log"; rc=1
+fi
+
 kill -TERM "$SERVER_PID"
 wait "$SERVER_PID"
 src=$?

@@ -20,6 +20,7 @@ static const char serve_usage[] =
     "  --queue-full MODE    429 (answer 'too many requests', default) or wait\n"
     "  --max-body BYTES     largest request body (default 8 MiB)\n"
     "  --prefill-chunk N    prompt tokens prefilled per engine step (default 256)\n"
+    "  --kv-type T          KV cache: auto (f32 for checkpoints, bf16 for GGUF), f32, bf16, q8\n"
     "  --drain S            seconds SIGTERM lets running requests finish (default 5)\n"
     "  --alias NAME         model name reported by the API (default: the directory's name)\n"
     "  -t, --threads N      compute threads (default: all cores)\n";
@@ -52,6 +53,7 @@ int cmd_serve(int argc, char **argv) {
         else if (!strcmp(a, "--cache-mb")) { if (!(v = args_value(argc, argv, &i)) || !args_int(a, v, 0, 1L << 30, &n)) return 2; o.cache_mb = n; }
         else if (!strcmp(a, "--queue")) { if (!(v = args_value(argc, argv, &i)) || !args_int(a, v, 0, 1 << 20, &n)) return 2; o.queue_max = (int)n; }
         else if (!strcmp(a, "--max-body")) { if (!(v = args_value(argc, argv, &i)) || !args_int(a, v, 1024, 1L << 32, &n)) return 2; o.max_body = n; }
+        else if (!strcmp(a, "--kv-type")) { if (!(v = args_value(argc, argv, &i)) || (o.kv_type = args_kv_type(v)) < 0) return 2; }
         else if (!strcmp(a, "--prefill-chunk")) { if (!(v = args_value(argc, argv, &i)) || !args_int(a, v, 1, 1 << 16, &n)) return 2; o.prefill_chunk = (int)n; }
         else if (!strcmp(a, "--drain")) { if (!(v = args_value(argc, argv, &i)) || !args_int(a, v, 0, 3600, &n)) return 2; o.drain_s = (int)n; }
         else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) { if (!(v = args_value(argc, argv, &i)) || !args_int(a, v, 0, 4096, &n)) return 2; o.threads = (int)n; }

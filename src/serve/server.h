@@ -40,6 +40,7 @@ typedef struct {
     long max_body;       /* bytes */
     int threads;         /* compute threads (0: all cores) */
     int prefill_chunk;   /* tokens of a prompt per engine step */
+    int kv_type;         /* QNEXT_KV_* of every slot's cache (QNEXT_KV_AUTO: the model's default) */
     int drain_s;         /* seconds SIGTERM lets running requests finish before cancelling them */
     const char *model_name; /* reported in /v1/models and responses */
 } serve_options;
