@@ -126,7 +126,7 @@ int main(int argc, char **argv) {
     for (int i = 0; i < nkv * nq; i++) outp[i] = out + (size_t)i * D;
 
     printf("attention of one layer: %d keys, %d rows, %d heads / %d kv heads, D %d, kv %s, %d threads, kernel %s\n",
-           n_keys, rows, nh, nkv, D, kt == 1 ? "f32" : kt == 2 ? "bf16" : "q8", nth, attn_select()->name);
+           n_keys, rows, nh, nkv, D, kt == 1 ? "f32" : kt == 2 ? "bf16" : "q8", nth, attn_select_kv(kt)->name);
     for (int mode = 0; mode < 3; mode++) {
         double best = 1e30;
         for (int it = 0; it < iters; it++) {

@@ -8,7 +8,10 @@
  *
  * Each kernel exists as portable C (attn_generic.c) and, on x86-64, compiled for AVX2+FMA
  * (attn_avx2.c) and AVX-512 (attn_avx512.c); attn_select() makes dot_select()'s choice,
- * so QNEXT_KERNELS=generic|avx2 selects them too. */
+ * so QNEXT_KERNELS=generic|avx2 selects them too. On CPUs with AVX512_BF16, bf16 caches
+ * use attn_avx512bf16 instead: its Q.K products are bf16 x bf16 (queries rounded to bf16,
+ * relative score error ~2^-9 |q||k| / |q.k|), summed in f32; QNEXT_ATTN_BF16=0 keeps
+ * attn_avx512 (f32 products) for them. */
 #ifndef QNEXT_ATTN_H
 #define QNEXT_ATTN_H
 
@@ -45,6 +48,7 @@ extern const attn_kernels attn_generic;
 #if defined(__x86_64__) || defined(_M_X64)
 extern const attn_kernels attn_avx2;
 extern const attn_kernels attn_avx512;
+extern const attn_kernels attn_avx512bf16; /* bf16 Q.K: for QNEXT_KV_BF16 (the others as attn_avx512) */
 #endif
 
 /* Floats of work space a partial needs for nq queries of D values. */
@@ -54,8 +58,13 @@ size_t attn_work_floats(int nq, int D);
  * overrides). */
 const attn_kernels *attn_select(void);
 
-/* Runs the tile over keys [j0, j1) with the selected kernel (AVX2 or the generic one when
- * D is not a multiple of the selected kernel's block). */
+/* The kernel set attn_partial() uses for a cache of type kv_type (attn_select()'s, or
+ * attn_avx512bf16 for bf16 caches where the CPU has AVX512_BF16 and QNEXT_ATTN_BF16 is
+ * not 0). */
+const attn_kernels *attn_select_kv(int kv_type);
+
+/* Runs the tile over keys [j0, j1) with attn_select_kv()'s kernel (AVX2 or the generic one
+ * when D is not a multiple of the selected kernel's block). */
 void attn_partial(const attn_tile_args *a, int j0, int j1, float *O, float *mx, float *sum, float *work);
 
 /* Combines n partials of the same nq queries (O_p, mx_p, sum_p, laid out as

@@ -139,10 +139,26 @@ const attn_kernels *attn_select(void) {
     return k;
 }
 
-void attn_partial(const attn_tile_args *a, int j0, int j1, float *O, float *mx, float *sum, float *work) {
+const attn_kernels *attn_select_kv(int kv_type) {
     const attn_kernels *k = attn_select();
 #if defined(__x86_64__) || defined(_M_X64)
-    if (a->D % k->d_multiple && k == &attn_avx512) k = &attn_avx2;
+    static int bf16dot = -1; /* AVX512_BF16 present and QNEXT_ATTN_BF16 not 0 */
+    if (bf16dot < 0) {
+        const char *env = getenv("QNEXT_ATTN_BF16");
+        __builtin_cpu_init();
+        bf16dot = __builtin_cpu_supports("avx512bf16") && !(env && !strcmp(env, "0"));
+    }
+    if (kv_type == QNEXT_KV_BF16 && k == &attn_avx512 && bf16dot) k = &attn_avx512bf16;
+#else
+    (void)kv_type;
+#endif
+    return k;
+}
+
+void attn_partial(const attn_tile_args *a, int j0, int j1, float *O, float *mx, float *sum, float *work) {
+    const attn_kernels *k = attn_select_kv(a->kv_type);
+#if defined(__x86_64__) || defined(_M_X64)
+    if (a->D % k->d_multiple && (k == &attn_avx512 || k == &attn_avx512bf16)) k = &attn_avx2;
 #endif
     if (a->D % k->d_multiple) k = &attn_generic;
     k->partial(a, j0, j1, O, mx, sum, work);
