@@ -17,7 +17,7 @@ K=src/kernels/cpu
 $CC $F -c $K/attn_generic.c -o $OUT/attn_generic.o
 $CC $F $AVX2 -c $K/attn_avx2.c -o $OUT/attn_avx2.o
 $CC $F $AVX512 -c $K/attn_avx512.c -o $OUT/attn_avx512.o
-$CC $F $AVX512 -mavx512bf16 -c $K/attn_avx512bf16.c -o $OUT/attn_avx512bf16.o
+$CC $F $AVX512 -mavx512bf16 -mamx-tile -mamx-bf16 -c $K/attn_avx512bf16.c -o $OUT/attn_avx512bf16.o
 $CC $F -march=native bench/attn_bench.c $OUT/attn_*.o -lm -o build/attn_bench
 echo "cpu: $(lscpu | sed -n 's/^Model name:[[:space:]]*//p'), load average: $(cut -d' ' -f1-3 /proc/loadavg)"
 build/attn_bench "$@"

@@ -13,7 +13,9 @@
 #include "qnext.h"
 
 size_t attn_work_floats(int nq, int D) {
-    return (size_t)nq * ATTN_KEYS + (size_t)nq + ATTN_KEYS + (size_t)nq * D + 64;
+    /* 8 D + 512 more for the AMX scores (attn_x86.inc): query tiles padded to 16 queries and
+     * the tile output */
+    return (size_t)nq * ATTN_KEYS + (size_t)nq + ATTN_KEYS + (size_t)nq * D + 64 + 8 * (size_t)D + 512;
 }
 
 static inline float g_widen(int kt, const uint8_t *row, int d) {
