@@ -48,6 +48,19 @@ def rss_mb(pid, key="VmRSS"):
     return float("nan")
 
 
+def cache_metrics(url):
+    """The server's conversation-cache gauges from /metrics (bytes of snapshots, idle contexts)."""
+    out = {}
+    try:
+        for line in requests.get(url + "/metrics", timeout=10).text.splitlines():
+            for k in ("qnext_cache_snapshot_bytes", "qnext_cache_contexts"):
+                if line.startswith(k + " "):
+                    out[k] = float(line.split()[1])
+    except requests.RequestException:
+        pass
+    return out
+
+
 def soak(url, pid, streams, seconds, max_tokens, timeout):
     """streams clients send requests back to back until the deadline; memory sampled every 30 s."""
     stop = time.time() + seconds
@@ -69,7 +82,10 @@ def soak(url, pid, streams, seconds, max_tokens, timeout):
                 done[0] += 1
                 toks[0] += n
 
-    samples = [{"t_s": 0, "rss_mb": rss_mb(pid), "anon_mb": rss_mb(pid, "RssAnon")}]
+    def sample(t):
+        return {"t_s": t, "rss_mb": rss_mb(pid), "anon_mb": rss_mb(pid, "RssAnon"), **cache_metrics(url)}
+
+    samples = [sample(0)]
     t0 = time.time()
     th = [threading.Thread(target=client, args=(i,)) for i in range(streams)]
     for t in th:
@@ -77,11 +93,11 @@ def soak(url, pid, streams, seconds, max_tokens, timeout):
     while any(t.is_alive() for t in th):
         time.sleep(1)
         if time.time() - t0 >= 30 * len(samples):
-            samples.append({"t_s": round(time.time() - t0), "rss_mb": rss_mb(pid), "anon_mb": rss_mb(pid, "RssAnon")})
+            samples.append(sample(round(time.time() - t0)))
             print(json.dumps({"soak": samples[-1], "requests": done[0], "tokens": toks[0]}), flush=True)
     for t in th:
         t.join()
-    samples.append({"t_s": round(time.time() - t0), "rss_mb": rss_mb(pid), "anon_mb": rss_mb(pid, "RssAnon")})
+    samples.append(sample(round(time.time() - t0)))
     return {"streams": streams, "seconds": seconds, "requests": done[0], "errors": len(errors),
             "out_tokens": toks[0], "samples": samples}
 
@@ -183,6 +199,7 @@ def main():
     ap.add_argument("--soak", type=float, default=0, help="seconds of sustained load after the levels")
     ap.add_argument("--soak-streams", type=int, default=16)
     ap.add_argument("--no-cache-bench", action="store_true")
+    ap.add_argument("--server-args", default="", help="extra arguments for qnext serve, e.g. '--cache-mb 512'")
     a = ap.parse_args()
 
     levels = [int(x) for x in a.levels.split(",")]
@@ -190,7 +207,7 @@ def main():
     url = f"http://127.0.0.1:{port}"
     ctx = a.ctx or a.history + 512
     cmd = [a.bin, "serve", "-m", a.model, "--port", str(port), "--parallel", str(max(levels)), "--ctx", str(ctx),
-           "-t", str(a.threads), "--queue", "256"]
+           "-t", str(a.threads), "--queue", "256"] + a.server_args.split()
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 300
