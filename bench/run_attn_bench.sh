@@ -4,7 +4,7 @@
 # Built here from the attention kernel sources with plain cc (not part of the CMake build),
 # each SIMD file with its own flags as CMakeLists.txt does, into build/attn_bench.
 # Usage: bench/run_attn_bench.sh [attn_bench args: -n keys -r rows -t kv_type -i iters]
-# (QNEXT_ATTN_BF16=0 times the f32-product AVX-512 kernel for a bf16 cache on AVX512_BF16 CPUs)
+# (QNEXT_ATTN_BF16=0 times the f32-product AVX-512 kernel for a bf16 cache on AVX512_BF16 + AMX CPUs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CC=${CC:-cc}
