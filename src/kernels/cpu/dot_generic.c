@@ -147,6 +147,14 @@ static float g_q6_k(const void *w_, const void *a_, int64_t n) {
     return s;
 }
 
+/* 16 bytes of 4-bit indices into the int8 table kv (low nibbles: values 0-15, high: 16-31)
+ * dotted with one Q8_0 activation block: the exact integer sum (IQ4_NL and MXFP4). */
+static inline int32_t lut4_block_sum(const int8_t *kv, const uint8_t *qs, const uint8_t *a) {
+    int32_t sum = 0;
+    for (int j = 0; j < 16; j++) sum += kv[qs[j] & 0xF] * (int8_t)a[2 + j] + kv[qs[j] >> 4] * (int8_t)a[2 + 16 + j];
+    return sum;
+}
+
 /* IQ4_NL: 18-byte blocks of f16 d + 16 bytes of 4-bit indices into the int8 level table
  * (nibble order as Q4_0); the levels are integers, so the block sum stays exact. */
 static float g_iq4_nl(const void *w_, const void *a_, int64_t n) {
@@ -154,10 +162,7 @@ static float g_iq4_nl(const void *w_, const void *a_, int64_t n) {
     const int8_t *kv = quant_iq4nl_values;
     float s = 0;
     for (int64_t b = 0; b < n / 32; b++, w += 18, a += 34) {
-        int32_t sum = 0;
-        for (int j = 0; j < 16; j++)
-            sum += kv[w[2 + j] & 0xF] * (int8_t)a[2 + j] + kv[w[2 + j] >> 4] * (int8_t)a[2 + 16 + j];
-        s += h2f(w) * h2f(a) * (float)sum;
+        s += h2f(w) * h2f(a) * (float)lut4_block_sum(kv, w + 2, a);
     }
     return s;
 }
@@ -168,10 +173,7 @@ static float g_mxfp4(const void *w_, const void *a_, int64_t n) {
     const int8_t *kv = quant_mxfp4_values;
     float s = 0;
     for (int64_t b = 0; b < n / 32; b++, w += 17, a += 34) {
-        int32_t sum = 0;
-        for (int j = 0; j < 16; j++)
-            sum += kv[w[1 + j] & 0xF] * (int8_t)a[2 + j] + kv[w[1 + j] >> 4] * (int8_t)a[2 + 16 + j];
-        s += quant_e8m0_to_f32_half(w[0]) * h2f(a) * (float)sum;
+        s += quant_e8m0_to_f32_half(w[0]) * h2f(a) * (float)lut4_block_sum(kv, w + 1, a);
     }
     return s;
 }
@@ -201,7 +203,7 @@ static float g_iq4_xs(const void *w_, const void *a_, int64_t n) {
     return s;
 }
 
-const dot_kernels dot_generic = {"generic", g_f32, g_f16, g_bf16, g_q8_0, g_q4_0, g_q4_k, g_q5_k, g_q6_k};
+const dot_kernels dot_generic = {"generic", g_f32, g_f16, g_bf16, g_q8_0, g_q4_0, g_q4_k, g_q5_k, g_q6_k, NULL, NULL, NULL};
 
 int dot_act_type(int wtype) {
     switch (wtype) {

@@ -151,6 +151,22 @@ static int use_amx(const qn_tensor *W, int T) {
     return mode == 2 || (mode == 1 && quantized);
 }
 
+/* Weight row r (at w) against all T prepared activation rows: output t goes to
+ * y[t * ldy + r], or to yrows[t][r] when yrows is given. The multi-row kernel, when there is
+ * one, unpacks each weight block once for up to DOTM_MAX_T rows (batched decode, the few
+ * tokens of an expert); the rest go through the single-row kernel. */
+static inline void row_dot_all(const char *w, const uint8_t *act, size_t astride, int T, int64_t n, dot_fn dot,
+                               dotm_fn dotm, float *y, int64_t ldy, float *const *yrows, int64_t r) {
+    float o[DOTM_MAX_T];
+    int t = 0;
+    for (; dotm && t < T; t += DOTM_MAX_T) {
+        int nt = T - t < DOTM_MAX_T ? T - t : DOTM_MAX_T;
+        dotm(w, act + astride * t, astride, nt, n, o);
+        for (int i = 0; i < nt; i++) *(yrows ? &yrows[t + i][r] : &y[(int64_t)(t + i) * ldy + r]) = o[i];
+    }
+    for (; t < T; t++) *(yrows ? &yrows[t][r] : &y[(int64_t)t * ldy + r]) = dot(w, act + astride * t, n);
+}
+
 /* Weight rows are split evenly over the threads; each row is read once from memory and
  * dotted with every activation row while it sits in L1. */
 void op_matmul_rows(const qn_tensor *W, int64_t r0, int64_t r1, const float *x, int T, int64_t ldx, float *y,
@@ -165,17 +181,9 @@ void op_matmul_rows(const qn_tensor *W, int64_t r0, int64_t r1, const float *x, 
     const char *base = W->data;
     dotm_fn dotm = T > 1 ? dotm_for_type(g_kern, W->dtype) : NULL;
 #pragma omp parallel for schedule(static) if (work > 32768)
-    for (int64_t r = r0; r < r1; r++) {
-        const char *w = base + (size_t)(W->row_map ? W->row_map[r] : r) * W->row_bytes;
-        int t = 0;
-        if (dotm) /* several rows per weight block unpacked (batched decode, small expert groups) */
-            for (float o[DOTM_MAX_T]; t < T; t += DOTM_MAX_T) {
-                int nt = T - t < DOTM_MAX_T ? T - t : DOTM_MAX_T;
-                dotm(w, act + astride * t, astride, nt, W->cols, o);
-                for (int i = 0; i < nt; i++) y[(int64_t)(t + i) * ldy + r] = o[i];
-            }
-        for (; t < T; t++) y[(int64_t)t * ldy + r] = dot(w, act + astride * t, W->cols);
-    }
+    for (int64_t r = r0; r < r1; r++)
+        row_dot_all(base + (size_t)(W->row_map ? W->row_map[r] : r) * W->row_bytes, act, astride, T, W->cols, dot,
+                    dotm, y, ldy, NULL, r);
 }
 
 void op_matmul_to_rows(const qn_tensor *W, const float *x, int T, float *const *y) {
@@ -189,17 +197,9 @@ void op_matmul_to_rows(const qn_tensor *W, const float *x, int T, float *const *
     const char *base = W->data;
     dotm_fn dotm = T > 1 ? dotm_for_type(g_kern, W->dtype) : NULL;
 #pragma omp parallel for schedule(static) if (work > 32768)
-    for (int64_t r = 0; r < W->rows; r++) {
-        const char *w = base + (size_t)(W->row_map ? W->row_map[r] : r) * W->row_bytes;
-        int t = 0;
-        if (dotm)
-            for (float o[DOTM_MAX_T]; t < T; t += DOTM_MAX_T) {
-                int nt = T - t < DOTM_MAX_T ? T - t : DOTM_MAX_T;
-                dotm(w, act + astride * t, astride, nt, W->cols, o);
-                for (int i = 0; i < nt; i++) y[t + i][r] = o[i];
-            }
-        for (; t < T; t++) y[t][r] = dot(w, act + astride * t, W->cols);
-    }
+    for (int64_t r = 0; r < W->rows; r++)
+        row_dot_all(base + (size_t)(W->row_map ? W->row_map[r] : r) * W->row_bytes, act, astride, T, W->cols, dot,
+                    dotm, NULL, 0, y, r);
 }
 
 /* Several matrix-vector products in one parallel region: the decode step of a MoE layer
