@@ -1,4 +1,6 @@
 """Concurrency, client disconnects, the conversation cache and SIGTERM."""
+import json
+import os
 import signal
 import threading
 import time
@@ -6,7 +8,7 @@ import time
 import openai
 import requests
 
-from conftest import SLOW, auth, metrics
+from conftest import MODEL_DIR, SLOW, auth, metrics
 
 
 def wait_for(cond, timeout):
@@ -69,8 +71,24 @@ def test_disconnect_frees_slot(url):
     assert after["qnext_generated_tokens_total"] - before["qnext_generated_tokens_total"] < 20000
 
 
-def test_disconnect_non_streaming(url):
+def long_context_model(tmp_path):
+    """The test model with a 64K context, so a generation outlasts the server's 100 ms
+    disconnect check on any machine (at the fixture's 1024 tokens a fast machine can
+    finish the whole context before the check, and the request ends by length)."""
+    model = tmp_path / "long"
+    model.mkdir()
+    for f in ("model.safetensors", "tokenizer.json", "tokenizer_config.json"):
+        os.symlink(os.path.join(MODEL_DIR, f), model / f)
+    cfg = json.load(open(os.path.join(MODEL_DIR, "config.json")))
+    cfg["max_position_embeddings"] = 65536
+    (model / "config.json").write_text(json.dumps(cfg))
+    return str(model)
+
+
+def test_disconnect_non_streaming(start_server, tmp_path):
     import socket
+    srv = start_server(["--parallel", "1", "--ctx", "65536"], env={"QNEXT_SERVE_MODEL": long_context_model(tmp_path)})
+    url = srv.url
     before = metrics(url)
     host, port = url.split("//")[1].split(":")
     s = socket.create_connection((host, int(port)))
@@ -81,7 +99,10 @@ def test_disconnect_non_streaming(url):
     assert wait_for(lambda: metrics(url)["qnext_slots_busy"] >= 1, 5)
     s.close()
     assert wait_for(lambda: metrics(url)["qnext_slots_busy"] == 0, 5)
-    assert metrics(url)["qnext_requests_cancelled_total"] >= before["qnext_requests_cancelled_total"] + 1
+    after = metrics(url)
+    assert after["qnext_requests_cancelled_total"] >= before["qnext_requests_cancelled_total"] + 1
+    # it was stopped by the disconnect, long before the context filled
+    assert after["qnext_generated_tokens_total"] - before["qnext_generated_tokens_total"] < 60000
 
 
 def test_conversation_cache(url, client):
