@@ -4,7 +4,7 @@
 # Built here from the attention kernel sources with plain cc (not part of the CMake build),
 # each SIMD file with its own flags as CMakeLists.txt does, into build/attn_bench.
 # Usage: bench/run_attn_bench.sh [attn_bench args: -n keys -r rows -t kv_type -i iters]
-# (QNEXT_ATTN_BF16=0 times the f32-product AVX-512 kernel for a bf16 cache on AVX512_BF16 + AMX CPUs)
+# (QNEXT_ATTN_AMX=0 times the kernels before attn_amx; QNEXT_ATTN_BF16=0 times the f32-product AVX-512 kernel for a bf16 cache on AVX512_BF16 + AMX CPUs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CC=${CC:-cc}
@@ -18,6 +18,7 @@ $CC $F -c $K/attn_generic.c -o $OUT/attn_generic.o
 $CC $F $AVX2 -c $K/attn_avx2.c -o $OUT/attn_avx2.o
 $CC $F $AVX512 -c $K/attn_avx512.c -o $OUT/attn_avx512.o
 $CC $F $AVX512 -mavx512bf16 -mamx-tile -mamx-bf16 -c $K/attn_avx512bf16.c -o $OUT/attn_avx512bf16.o
+$CC $F $AVX512 -mavx512bf16 -mavx512vbmi -mamx-tile -mamx-bf16 -mamx-int8 -c $K/attn_amx.c -o $OUT/attn_amx.o
 $CC $F -march=native bench/attn_bench.c $OUT/attn_*.o -lm -o build/attn_bench
 echo "cpu: $(lscpu | sed -n 's/^Model name:[[:space:]]*//p'), load average: $(cut -d' ' -f1-3 /proc/loadavg)"
 build/attn_bench "$@"

@@ -69,7 +69,7 @@ static const char *kv_name(int kt) { return kt == QNEXT_KV_F32 ? "f32" : kt == Q
 
 /* One case: nr rows at positions pos[] (non-decreasing), group query heads per row,
  * n_keys = pos[nr-1] + 1 cached keys interleaved with a second KV head (stride 2 rows). */
-static const attn_kernels *kerns[4];
+static const attn_kernels *kerns[5];
 static int n_kerns;
 static double bf16dot_worst; /* attn_avx512bf16 on bf16 caches: largest rel error vs the exact queries */
 
@@ -111,6 +111,15 @@ static double round_bf16(float x) {
     memcpy(&f, &u, 4);
     return f;
 }
+
+/* The AMX kernel when this CPU runs it, else NULL. */
+static const attn_kernels *amx_kernel(void) {
+#if defined(__x86_64__)
+    for (int k = 0; k < n_kerns; k++) if (kerns[k] == &attn_amx) return kerns[k];
+#endif
+    return NULL;
+}
+static double amx_worst[2]; /* attn_amx: largest rel error vs the exact reference, bf16 and int8 caches */
 
 /* The bf16-product kernel when this CPU runs it, else NULL. */
 static const attn_kernels *bf16dot_kernel(void) {
@@ -155,6 +164,8 @@ static void run_case(int kt, int D, int group, int nr, const int *pos) {
     double *ref = malloc((size_t)nq * D * sizeof(double)), *sc = malloc((size_t)n_keys * sizeof(double));
     double *ref_bq = malloc((size_t)nq * D * sizeof(double)), *pabs = malloc((size_t)nq * D * sizeof(double));
     double *emax = malloc((size_t)nq * sizeof(double)), *qd = malloc((size_t)D * sizeof(double));
+    double *pq8 = calloc((size_t)nq * D, sizeof(double));
+    double *e8 = malloc((size_t)nq * sizeof(double)), *win = malloc((size_t)n_keys * sizeof(double));
     double *kw = malloc((size_t)n_keys * D * sizeof(double)), *vw = malloc((size_t)n_keys * D * sizeof(double));
     for (int j = 0; j < n_keys; j++) /* the stored rows, widened */
         for (int d = 0; d < D; d++) {
@@ -167,6 +178,37 @@ static void run_case(int kt, int D, int group, int nr, const int *pos) {
         if (kt == QNEXT_KV_BF16) {
             for (int d = 0; d < D; d++) qd[d] = round_bf16(qp[i][d]);
             ref_query(qd, qpos[i], D, scale, kw, vw, sc, ref_bq + (size_t)i * D, NULL, NULL);
+        }
+        if (kt == QNEXT_KV_Q8) {
+            /* attn_amx on int8 caches: a query element is off by at most max|q|/127/254, so
+             * score j by e_j <= that * scale * sum_d |k_jd| <= e8 (then, as above, output
+             * element d by at most expm1(2 e8) sum_j p_j |v_jd|); and each p_j vs_j (value
+             * row scale folded in) by at most 1/32258 of the largest such product in its
+             * block of 64 keys, all within 63 keys of j: pq8[d] = sum_j M_j |v8_jd| / 32258
+             * with M_j the largest p vs within 63 keys (times exp(2 e8) for the score error). */
+            double qa = 0, ka = 0, l = 0;
+            for (int d = 0; d < D; d++) qa = fmax(qa, fabs(qp[i][d]));
+            for (int j = 0; j <= qpos[i]; j++) {
+                double sa = 0;
+                for (int d = 0; d < D; d++) sa += fabs(kw[(size_t)j * D + d]);
+                ka = fmax(ka, sa);
+            }
+            e8[i] = qa / 127.0 / 254.0 * scale * ka;
+            ref_query(qd, qpos[i], D, scale, kw, vw, sc, ref_bq + (size_t)i * D, NULL, NULL); /* sc = exp(s_j - max) */
+            for (int j = 0; j <= qpos[i]; j++) l += sc[j];
+            for (int j = 0; j <= qpos[i]; j++) {
+                float vsj;
+                memcpy(&vsj, a.v + j * stride + D, 4);
+                win[j] = sc[j] / l * vsj;
+            }
+            for (int j = 0; j <= qpos[i]; j++) {
+                double m = 0;
+                for (int t = j - 63 < 0 ? 0 : j - 63; t <= j + 63 && t <= qpos[i]; t++) m = fmax(m, win[t]);
+                float vsj;
+                memcpy(&vsj, a.v + j * stride + D, 4);
+                for (int d = 0; d < D; d++)
+                    pq8[(size_t)i * D + d] += m * exp(2 * e8[i]) * (vsj > 0 ? fabs(vw[(size_t)j * D + d]) / vsj : 0) / 32258.0;
+            }
         }
     }
     free(kw);
@@ -191,6 +233,32 @@ static void run_case(int kt, int D, int group, int nr, const int *pos) {
                 kern->partial(&a, cuts[p], cuts[p + 1], P, P + (size_t)nq * D, P + (size_t)nq * D + nq, work);
             }
             attn_merge(split, part, ps, nq, D, outp);
+            const int amx = kt != QNEXT_KV_F32 && kern == amx_kernel() && D % 64 == 0;
+            if (amx) { /* bounds from the top and from the int8 case above */
+                double worst_x = 0;
+                int bad = 0;
+                for (int i = 0; i < nq && !bad; i++) {
+                    double amax_x = 0;
+                    for (int d = 0; d < D; d++) amax_x = fmax(amax_x, fabs(ref[(size_t)i * D + d]));
+                    for (int d = 0; d < D && !bad; d++) {
+                        const size_t id = (size_t)i * D + d;
+                        double ex = fabs(out[id] - ref[id]), bound;
+                        if (kt == QNEXT_KV_BF16) /* q and P as bf16 hi + lo: each off by at most 2^-17 of itself */
+                            bound = (expm1(2 * emax[i] * ldexp(1.0, -9)) + ldexp(1.0, -16)) * pabs[id] + 1e-5 * amax_x;
+                        else
+                            bound = expm1(2 * e8[i]) * pabs[id] + pq8[id] + 1e-5 * amax_x;
+                        worst_x = fmax(worst_x, ex / (amax_x > 0 ? amax_x : 1));
+                        if (!(ex <= bound)) {
+                            bad = 1;
+                            CHECK(0, "amx kv=%s D=%d group=%d rows=%d keys=%d split=%d: query %d elem %d off by %.3g (bound %.3g)",
+                                  kv_name(kt), D, group, nr, n_keys, split, i, d, ex, bound);
+                        }
+                    }
+                }
+                double *wst = &amx_worst[kt == QNEXT_KV_Q8];
+                if (worst_x > *wst) *wst = worst_x;
+                continue;
+            }
             const int bq = kt == QNEXT_KV_BF16 && kern == bf16dot_kernel();
             double worst = 0, worst_exact = 0;
             int bad_i = -1, bound_ok = 1;
@@ -224,7 +292,7 @@ static void run_case(int kt, int D, int group, int nr, const int *pos) {
         }
     }
     free(kc); free(vc); free(qv); free(x); free(qp); free(qpos); free(dir); free(ref); free(sc);
-    free(ref_bq); free(pabs); free(emax); free(qd);
+    free(ref_bq); free(pabs); free(emax); free(qd); free(pq8); free(e8); free(win);
     free(part); free(work); free(out); free(outp);
 }
 
@@ -278,6 +346,7 @@ int main(void) {
         __builtin_cpu_supports("avx512vl"))
         kerns[n_kerns++] = &attn_avx512;
     if (n_kerns == 3 && __builtin_cpu_supports("avx512bf16")) kerns[n_kerns++] = &attn_avx512bf16;
+    if (n_kerns == 4 && attn_amx_usable()) kerns[n_kerns++] = &attn_amx;
 #endif
     const int kts[3] = {QNEXT_KV_F32, QNEXT_KV_BF16, QNEXT_KV_Q8};
     /* decode: one row at the last position */
@@ -302,6 +371,8 @@ int main(void) {
         }
     if (bf16dot_kernel())
         printf("avx512bf16 (bf16 Q.K) on bf16 caches: largest rel error vs the exact queries %.2e\n", bf16dot_worst);
+    if (amx_kernel())
+        printf("amx on bf16 / int8 caches: largest rel error vs the exact reference %.2e / %.2e\n", amx_worst[0], amx_worst[1]);
     test_model_split();
     return tu_finish("test_attn");
 }

@@ -49,6 +49,9 @@ extern const attn_kernels attn_generic;
 extern const attn_kernels attn_avx2;
 extern const attn_kernels attn_avx512;
 extern const attn_kernels attn_avx512bf16; /* bf16 Q.K: for QNEXT_KV_BF16 (the others as attn_avx512) */
+extern const attn_kernels attn_amx;        /* AMX tiles for bf16 and int8 caches (f32: as attn_avx512) */
+int attn_amx_usable(void);                 /* the CPU and the OS allow attn_amx, and QNEXT_AMX is not 0 */
+size_t attn_amx_work_bytes(int nq, int D); /* its extra work space */
 #endif
 
 /* Floats of work space a partial needs for nq queries of D values. */

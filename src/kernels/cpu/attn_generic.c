@@ -15,7 +15,12 @@
 size_t attn_work_floats(int nq, int D) {
     /* 8 D + 512 more for the AMX scores (attn_x86.inc): query tiles padded to 16 queries and
      * the tile output */
-    return (size_t)nq * ATTN_KEYS + (size_t)nq + ATTN_KEYS + (size_t)nq * D + 64 + 8 * (size_t)D + 512;
+    size_t n = (size_t)nq * ATTN_KEYS + (size_t)nq + ATTN_KEYS + (size_t)nq * D + 64 + 8 * (size_t)D + 512;
+#if defined(__x86_64__) || defined(_M_X64)
+    size_t amx = (attn_amx_work_bytes(nq, D) + 3) / 4; /* attn_amx: its own layout of the same space */
+    if (amx > n) n = amx;
+#endif
+    return n;
 }
 
 static inline float g_widen(int kt, const uint8_t *row, int d) {
@@ -154,6 +159,12 @@ const attn_kernels *attn_select_kv(int kv_type) {
         bf16dot = __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("amx-bf16") &&
                   !(env && !strcmp(env, "0")) && !(amx && !strcmp(amx, "0"));
     }
+    static int amx = -1;
+    if (amx < 0) {
+        const char *env = getenv("QNEXT_ATTN_AMX");
+        amx = attn_amx_usable() && !(env && !strcmp(env, "0"));
+    }
+    if (kv_type != QNEXT_KV_F32 && k == &attn_avx512 && amx) return &attn_amx;
     if (kv_type == QNEXT_KV_BF16 && k == &attn_avx512 && bf16dot) k = &attn_avx512bf16;
 #else
     (void)kv_type;
@@ -164,7 +175,7 @@ const attn_kernels *attn_select_kv(int kv_type) {
 void attn_partial(const attn_tile_args *a, int j0, int j1, float *O, float *mx, float *sum, float *work) {
     const attn_kernels *k = attn_select_kv(a->kv_type);
 #if defined(__x86_64__) || defined(_M_X64)
-    if (a->D % k->d_multiple && (k == &attn_avx512 || k == &attn_avx512bf16)) k = &attn_avx2;
+    if (a->D % k->d_multiple && (k == &attn_avx512 || k == &attn_avx512bf16 || k == &attn_amx)) k = &attn_avx2;
 #endif
     if (a->D % k->d_multiple) k = &attn_generic;
     k->partial(a, j0, j1, O, mx, sum, work);
