@@ -607,6 +607,7 @@ void req_release(serve_req *r) {
     pthread_mutex_unlock(&r->mu);
     if (left > 0) return;
     free(r->prompt);
+    free(r->forced);
     sampler_free(r->smp);
     stop_matcher_free(&r->stop);
     output_parser_free(r->parser);
@@ -750,6 +751,7 @@ static void on_token(serve_engine *e, context *c, int32_t t, const sampler_resul
     if (out && m2) deliver(e, r, x, out, m2, 0);
     else if (r->stream && r->logprobs && r->kind == REQ_COMPLETION) deliver(e, r, x, "", 0, 0);
     if (r->stop.stopped >= 0) { ctx_finish(e, c, FIN_STOP); return; }
+    if (r->n_forced && !r->force_armed && r->parser && !output_parser_in_reasoning(r->parser)) r->force_armed = 1;
     if (r->n_gen >= r->max_tokens || c->n_hist + 1 > e->o.n_ctx) { ctx_finish(e, c, FIN_LENGTH); return; }
     c->next_tok = t;
     c->has_next = 1;
@@ -930,8 +932,14 @@ static void *engine_main(void *arg) {
             /* logits of the last fed token: sample the next one */
             sampler_result res;
             int32_t tok = sampler_sample(r->smp, c->logits, &res);
-            if (e->fake) { /* test hook: a scripted output, then end of sequence */
-                tok = r->n_gen < (int)e->n_fake ? e->fake[r->n_gen] : e->eos[0];
+            if (e->fake) { /* test hook: a scripted output, then end of sequence (forced tokens go first) */
+                int at = r->n_gen - r->forced_at;
+                tok = at < (int)e->n_fake ? e->fake[at] : e->eos[0];
+                res.token = tok;
+                res.logprob = log_softmax_at(c->logits, e->vocab, tok);
+            }
+            if (r->n_forced && r->force_armed && r->forced_at < r->n_forced) { /* tool_choice: the call's opening */
+                tok = r->forced[r->forced_at++];
                 res.token = tok;
                 res.logprob = log_softmax_at(c->logits, e->vocab, tok);
             }

@@ -363,16 +363,40 @@ static serve_req *build_request(server *sv, const json *o, int kind, unsigned *s
         }
         json *tc = json_get(o, "tool_choice");
         int tools_off = 0;
+        const char *forced_name = NULL; /* tool_choice names this function */
+        int required = 0;
         if (tc && tc->type == JSON_STRING) {
             if (!strcmp(tc->str, "none")) tools_off = 1;
-            else if (strcmp(tc->str, "auto") && strcmp(tc->str, "required")) {
+            else if (!strcmp(tc->str, "required")) required = 1;
+            else if (strcmp(tc->str, "auto")) {
                 *bad_param = "tool_choice";
                 snprintf(err, errlen, "'tool_choice' must be none, auto, required or a function");
                 goto fail;
             }
-        } else if (tc && tc->type != JSON_NULL && tc->type != JSON_OBJECT) {
+        } else if (tc && tc->type == JSON_OBJECT) {
+            json *fn = json_get(tc, "function");
+            forced_name = fn && fn->type == JSON_OBJECT ? json_get_string(fn, "name") : NULL;
+            if (!forced_name) {
+                *bad_param = "tool_choice";
+                snprintf(err, errlen, "'tool_choice' must be {\"type\": \"function\", \"function\": {\"name\": ...}}");
+                goto fail;
+            }
+            int found = 0;
+            for (size_t k = 0; tools && k < tools->n; k++)
+                found |= !strcmp(json_get_string(json_get(tools->items[k], "function"), "name"), forced_name);
+            if (!found) {
+                *bad_param = "tool_choice";
+                snprintf(err, errlen, "'tool_choice' names the function '%.200s', which is not in 'tools'", forced_name);
+                goto fail;
+            }
+        } else if (tc && tc->type != JSON_NULL) {
             *bad_param = "tool_choice";
             snprintf(err, errlen, "'tool_choice' must be a string or an object");
+            goto fail;
+        }
+        if (required && !tools) {
+            *bad_param = "tool_choice";
+            snprintf(err, errlen, "'tool_choice' is 'required' but no 'tools' are given");
             goto fail;
         }
         json *kw = json_get(o, "chat_template_kwargs");
@@ -390,6 +414,24 @@ static serve_req *build_request(server *sv, const json *o, int kind, unsigned *s
         size_t n = 0;
         if (tokenizer_encode(sv->tok, prompt_text, prompt_len, &r->prompt, &n)) { *status = 500; snprintf(err, errlen, "out of memory"); goto fail; }
         r->n_prompt = (int)n;
+        if (required || forced_name) {
+            /* The opening of a tool call in the format the Qwen3 templates teach, which the
+             * output parser reads: the model continues with the name ("required") or the
+             * arguments (a named function). In a reasoning turn it comes after </think>. */
+            char open[512];
+            const char *sep = r->start_in_reasoning ? "\n\n" : "";
+            if (forced_name) { /* the name as a JSON string (escaped where it needs to be) */
+                char *qn = json_write_compact(json_get(json_get(tc, "function"), "name"), NULL);
+                if (!qn) { *status = 500; snprintf(err, errlen, "out of memory"); goto fail; }
+                snprintf(open, sizeof open, "%s<tool_call>\n{\"name\": %.300s, \"arguments\": ", sep, qn);
+                free(qn);
+            } else
+                snprintf(open, sizeof open, "%s<tool_call>\n{\"name\": \"", sep);
+            size_t nf = 0;
+            if (tokenizer_encode(sv->tok, open, strlen(open), &r->forced, &nf)) { *status = 500; snprintf(err, errlen, "out of memory"); goto fail; }
+            r->n_forced = (int)nf;
+            r->force_armed = !r->start_in_reasoning;
+        }
         r->parser = output_parser_new(r->start_in_reasoning, r->parse_tools);
         if (!r->parser) { *status = 500; snprintf(err, errlen, "out of memory"); goto fail; }
         snprintf(r->id, sizeof r->id, "chatcmpl-%016llx%08x", (unsigned long long)(uintptr_t)r ^ (unsigned long long)r->created,

@@ -678,3 +678,5 @@ int output_parser_n_calls(const output_parser *p) { return p->n_calls; }
 const op_tool_call *output_parser_call(const output_parser *p, int i) {
     return i >= 0 && i < p->n_calls ? &p->calls[i] : NULL;
 }
+
+int output_parser_in_reasoning(const output_parser *p) { return p->state == ST_REASONING; }

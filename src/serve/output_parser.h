@@ -77,6 +77,8 @@ void output_parser_take(output_parser *p, op_delta *d);
 const char *output_parser_reasoning(const output_parser *p, size_t *len);
 const char *output_parser_content(const output_parser *p, size_t *len);
 int output_parser_n_calls(const output_parser *p);
+/* 1 while the output is inside a think block. */
+int output_parser_in_reasoning(const output_parser *p);
 const op_tool_call *output_parser_call(const output_parser *p, int i);
 
 #endif

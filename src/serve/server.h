@@ -60,6 +60,11 @@ typedef struct serve_req {
     stop_matcher stop;
     int start_in_reasoning, parse_tools;
     int ignore_eos;      /* vLLM extension: keep generating past end-of-sequence tokens */
+    /* tool_choice "required" or a named function: these tokens (the opening of a tool call)
+     * replace the sampled ones, from the first generated token, or in a reasoning turn from
+     * the first one after the reasoning has ended (</think>) */
+    int32_t *forced;
+    int n_forced;
     char id[48];
     int64_t created;
 
@@ -84,6 +89,7 @@ typedef struct serve_req {
     sv_buf text;             /* completion: the text so far */
     void *priv;              /* engine bookkeeping (logprob entries) */
     int n_tool_calls_sent;
+    int forced_at, force_armed; /* forced tokens used; whether forcing has started */
     int64_t t_submit_us, t_first_us;
 } serve_req;
 

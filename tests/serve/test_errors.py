@@ -53,6 +53,11 @@ def check_error(r, status, param=None):
     ({"messages": MSG, "tools": "none"}, "tools"),
     ({"messages": MSG, "tools": [{"type": "function"}]}, "tools"),
     ({"messages": MSG, "tool_choice": 3}, "tool_choice"),
+    ({"messages": MSG, "tool_choice": "required"}, "tool_choice"),  # and no tools
+    ({"messages": MSG, "tools": [{"type": "function", "function": {"name": "f"}}],
+      "tool_choice": {"type": "function", "function": {"name": "g"}}}, "tool_choice"),
+    ({"messages": MSG, "tools": [{"type": "function", "function": {"name": "f"}}],
+      "tool_choice": {"type": "function"}}, "tool_choice"),
     ({"messages": MSG, "chat_template_kwargs": [1]}, "chat_template_kwargs"),
     ({"messages": MSG, "logit_bias": [5, 1]}, "logit_bias"),
     ({"messages": MSG, "logit_bias": {"abc": 1}}, "logit_bias"),

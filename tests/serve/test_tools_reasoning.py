@@ -74,6 +74,52 @@ def test_tool_calls(start_server):
     assert r.choices[0].finish_reason == "tool_calls"
 
 
+def test_tool_choice_forces_a_call(start_server):
+    # The scripted output is only what follows the opening of a call: with tool_choice naming
+    # a function, or "required", the server writes that opening itself (the model continues
+    # with the arguments, or with the name and the arguments).
+    args_only = '{"city": "Paris"}}\n</tool_call>'
+    srv = start_server(env={"QNEXT_SERVE_FAKE_OUTPUT": args_only})
+    c = client_for(srv)
+    named = {"type": "function", "function": {"name": "get_weather"}}
+    r = c.chat.completions.create(model="m", messages=ASK, tools=TOOLS, tool_choice=named)
+    ch = r.choices[0]
+    assert ch.finish_reason == "tool_calls" and not ch.message.content
+    assert [t.function.name for t in ch.message.tool_calls] == ["get_weather"]
+    assert json.loads(ch.message.tool_calls[0].function.arguments) == {"city": "Paris"}
+    content, finish, calls = collect_stream(c, model="m", messages=ASK, tools=TOOLS, tool_choice=named)
+    assert finish == "tool_calls" and content == ""
+    assert calls[0]["name"] == "get_weather" and json.loads("".join(calls[0]["pieces"])) == {"city": "Paris"}
+    # tool_choice auto: the same output is not a call
+    r = c.chat.completions.create(model="m", messages=ASK, tools=TOOLS)
+    assert not r.choices[0].message.tool_calls and r.choices[0].finish_reason == "stop"
+
+    srv2 = start_server(env={"QNEXT_SERVE_FAKE_OUTPUT": 'get_time", "arguments": {}}\n</tool_call>'})
+    r = client_for(srv2).chat.completions.create(model="m", messages=ASK, tools=TOOLS, tool_choice="required")
+    ch = r.choices[0]
+    assert ch.finish_reason == "tool_calls"
+    assert [(t.function.name, json.loads(t.function.arguments)) for t in ch.message.tool_calls] == [("get_time", {})]
+
+
+def test_tool_choice_after_reasoning(start_server, tmp_path):
+    # A thinking model reasons first; the forced call opening comes after </think>.
+    model = tmp_path / "thinking"
+    model.mkdir()
+    for f in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):
+        os.symlink(os.path.join(MODEL_DIR, f), model / f)
+    here = os.path.dirname(os.path.abspath(__file__))
+    cfg = json.load(open(os.path.join(here, "..", "data", "qwen3-tokenizer", "tokenizer_config.thinking.json")))
+    (model / "chat_template.jinja").write_text(cfg["chat_template"])
+    out = 'The user wants the weather.\n</think>{"city": "Paris"}}\n</tool_call>'
+    srv = start_server(env={"QNEXT_SERVE_FAKE_OUTPUT": out, "QNEXT_SERVE_MODEL": str(model)})
+    r = client_for(srv).chat.completions.create(model="m", messages=ASK, tools=TOOLS,
+                                                tool_choice={"type": "function", "function": {"name": "get_weather"}})
+    m = r.choices[0].message
+    assert m.reasoning_content == "The user wants the weather."
+    assert not m.content and r.choices[0].finish_reason == "tool_calls"
+    assert [(t.function.name, json.loads(t.function.arguments)) for t in m.tool_calls] == [("get_weather", {"city": "Paris"})]
+
+
 def collect_stream(c, **kw):
     """Content, finish reason and, per tool-call index, the deltas as a client sees them."""
     calls, content, finish = {}, "", None
