@@ -35,7 +35,9 @@ static const char *bench_usage =
     "usage: qnext bench -m MODEL [-p 512] [-n 128] [-d DEPTH] [-t THREADS] [-r REPS] [--ubatch N] [--kv-type auto|f32|bf16|q8]\n"
     "Prints prompt (ppP) and generation (tgN) tokens per second, mean +- sd over REPS runs,\n"
     "and for generation the bytes read per token (weights, plus the KV cache at depth) and the achieved GB/s.\n"
-    "-p 0 or -n 0 skips that test; -d fills D tokens of context once (timed: fill dD) before generation.\n";
+    "-p 0 or -n 0 skips that test; -d fills D tokens of context once (timed: fill dD) before generation,\n"
+    "and each repeat then also runs tgN at depth 0 just before the one at depth D, so that the cost of\n"
+    "depth is measured in one run, interleaved, however the machine's speed drifts.\n";
 
 int cmd_bench(int argc, char **argv) {
     const char *model = NULL;
@@ -64,14 +66,14 @@ int cmd_bench(int argc, char **argv) {
     qnext_model_get_stats(m, &st);
     int n_ctx = (int)(p > d + n ? p : d + n) + 16;
     qnext_session_params sp = {.n_ctx = n_ctx, .n_ubatch = (int)ubatch, .kv_type = kv_type};
-    qnext_session *s;
+    qnext_session *s, *s0 = NULL;
     if (qnext_session_new(m, &sp, &s, err, sizeof err)) { fprintf(stderr, "qnext: %s\n", err); qnext_model_close(m); return 1; }
 
     int32_t *toks = malloc(sizeof(int32_t) * (size_t)(n_ctx + 1));
     uint64_t r = 12345;
     for (int i = 0; i <= n_ctx; i++) { r = r * 6364136223846793005ull + 1442695040888963407ull; toks[i] = (int32_t)((r >> 33) % (uint64_t)c->vocab_size); }
     float *lg = malloc(sizeof(float) * c->vocab_size);
-    double *v = malloc(sizeof(double) * reps);
+    double *v = malloc(sizeof(double) * reps), *v0 = malloc(sizeof(double) * reps);
 
     printf("model: %s\n", model);
     printf("weights: %.2f GB, %.3f B params (%.3f B active), %.3f GB read per token\n", st.bytes_total / 1e9,
@@ -117,30 +119,50 @@ int cmd_bench(int argc, char **argv) {
             printf("| %-14s | %7.2f ± %6.2f |       |\n", name, d / (now_s() - t0), 0.0);
             fflush(stdout);
         }
-        for (int k = 0; k < reps; k++) {
-            if (filled) {
-                if (qnext_session_restore(s, filled, err, sizeof err)) { fprintf(stderr, "qnext: %s\n", err); qnext_snapshot_free(filled); rc = 1; goto done; }
-            } else qnext_session_reset(s);
-            double t0 = now_s();
-            for (long i = 0; i < n; i++)
-                if (qnext_session_feed(s, &toks[(d + i) % n_ctx], 1, lg, QNEXT_LOGITS_LAST, err, sizeof err)) { fprintf(stderr, "qnext: %s\n", err); qnext_snapshot_free(filled); rc = 1; goto done; }
-            v[k] = n / (now_s() - t0);
+        for (int k = 0; k < reps; k++)
+            for (int at_depth = !filled; at_depth <= 1; at_depth++) {
+                /* with -d: depth 0 first (on a second, short session: the filled one keeps
+                 * its context, as restoring its snapshot needs), then depth d */
+                qnext_session *run = s;
+                if (at_depth && filled) {
+                    if (qnext_session_restore(s, filled, err, sizeof err)) { fprintf(stderr, "qnext: %s\n", err); qnext_snapshot_free(filled); rc = 1; goto done; }
+                } else if (filled) {
+                    if (!s0) {
+                        qnext_session_params sp0 = {.n_ctx = (int)n + 16, .n_ubatch = (int)ubatch, .kv_type = kv_type};
+                        if (qnext_session_new(m, &sp0, &s0, err, sizeof err)) { fprintf(stderr, "qnext: %s\n", err); qnext_snapshot_free(filled); rc = 1; goto done; }
+                    }
+                    qnext_session_reset(s0);
+                    run = s0;
+                } else qnext_session_reset(s);
+                const long d0 = at_depth ? d : 0;
+                double t0 = now_s();
+                for (long i = 0; i < n; i++)
+                    if (qnext_session_feed(run, &toks[(d0 + i) % n_ctx], 1, lg, QNEXT_LOGITS_LAST, err, sizeof err)) { fprintf(stderr, "qnext: %s\n", err); qnext_snapshot_free(filled); rc = 1; goto done; }
+                (at_depth ? v : v0)[k] = n / (now_s() - t0);
+            }
+        double mu, sd, mu0 = 0, sd0;
+        char name[48];
+        if (filled) { /* the interleaved runs at depth 0 */
+            mean_sd(v0, (int)reps, &mu0, &sd0);
+            snprintf(name, sizeof name, "tg%ld", n);
+            printf("| %-14s | %7.2f ± %6.2f | %5.1f |\n", name, mu0, sd0, mu0 * ((double)st.bytes_per_token + (double)mem.kv_bytes_per_token * (double)(n / 2)) / 1e9);
         }
         qnext_snapshot_free(filled);
-        double mu, sd;
         mean_sd(v, (int)reps, &mu, &sd);
-        char name[48];
         if (d) snprintf(name, sizeof name, "tg%ld @ d%ld", n, d);
         else snprintf(name, sizeof name, "tg%ld", n);
         /* bytes per token: the weights, plus at depth the KV cache rows every token reads */
         double bytes = (double)st.bytes_per_token + (double)mem.kv_bytes_per_token * (double)(d + n / 2);
         printf("| %-14s | %7.2f ± %6.2f | %5.1f |\n", name, mu, sd, mu * bytes / 1e9);
+        if (d && mu0 > 0) printf("\ndepth %ld: %+.1f%% generation speed against depth 0 (interleaved in this run)\n", d, 100.0 * (mu / mu0 - 1));
     }
 done:
     free(v);
+    free(v0);
     free(lg);
     free(toks);
     qnext_session_free(s);
+    if (s0) qnext_session_free(s0);
     qnext_model_close(m);
     return rc;
 }
