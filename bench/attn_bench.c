@@ -4,7 +4,7 @@
  * query and key, one axpy per query and key) against the attention kernels of attn.h.
  *
  * Not part of the CMake build: bench/run_attn_bench.sh [-n keys] [-r rows] [-t kv_type 1|2|3]
- * [-i iters] builds it from the attention kernel sources and runs it.
+ * [-i iters] [-w: warm cache] [-x: skip the old tile] [-P: position-major cache rows] builds it from the attention kernel sources and runs it.
  * Prints ms per layer for decode-like (1 row) or prefill-like (-r 16) tiles, single thread
  * per KV head (as attn_block runs them) and with the key range split over all threads. */
 #include <float.h>
@@ -82,13 +82,25 @@ static void old_tile(const attn_tile_args *a, float *out, float *tmp) {
 }
 
 int main(int argc, char **argv) {
-    int n_keys = 16384, rows = 1, kt = QNEXT_KV_BF16, iters = 10, nh = 16, nkv = 2, D = 256;
-    for (int i = 1; i + 1 < argc; i += 2) {
-        if (!strcmp(argv[i], "-n")) n_keys = atoi(argv[i + 1]);
-        else if (!strcmp(argv[i], "-r")) rows = atoi(argv[i + 1]);
-        else if (!strcmp(argv[i], "-t")) kt = atoi(argv[i + 1]);
-        else if (!strcmp(argv[i], "-i")) iters = atoi(argv[i + 1]);
+    int n_keys = 16384, rows = 1, kt = QNEXT_KV_BF16, iters = 10, nh = 16, nkv = 2, D = 256, warm = 0, old = 1, pos_major = 0;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "-w")) { warm = 1; continue; }
+        if (!strcmp(argv[i], "-x")) { old = 0; continue; }
+        if (!strcmp(argv[i], "-P")) { pos_major = 1; continue; }
+        if (i + 1 >= argc) break;
+        if (!strcmp(argv[i], "-n")) n_keys = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "-r")) rows = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "-t")) kt = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "-i")) iters = atoi(argv[++i]);
     }
+    /* Cold by default: before each timed run a buffer larger than the last-level cache is
+     * read, so the K/V rows come from memory, as in a decode step (where the weights stream
+     * through the cache between two attention layers). This machine's L3 is 300 MB: one
+     * layer's cache at 16K keys (16-32 MB) would otherwise stay in it. -w keeps it warm. */
+    const size_t flush_bytes = (size_t)768 << 20;
+    uint64_t *flush = warm ? NULL : malloc(flush_bytes);
+    if (flush) for (size_t i = 0; i < flush_bytes / 8; i++) flush[i] = i;
+    volatile uint64_t flush_sink = 0;
     const int group = nh / nkv, nq = rows * group, nth = omp_get_max_threads();
     const size_t rb = kt == QNEXT_KV_F32 ? (size_t)D * 4 : kt == QNEXT_KV_BF16 ? (size_t)D * 2 : (size_t)D + 4;
     uint8_t *kc = malloc((size_t)n_keys * nkv * rb), *vc = malloc((size_t)n_keys * nkv * rb);
@@ -122,14 +134,29 @@ int main(int argc, char **argv) {
     for (int h = 0; h < nkv; h++)
         args[h] = (attn_tile_args){.nq = nq, .D = D, .kv_type = kt, .q = qp + h * nq, .qpos = qpos,
                                    .scale = 1.0f / 16, .k = kc + h * rb, .v = vc + h * rb, .stride = nkv * rb};
+    /* the cache layout of forward.c: head-major, [nkv][n_keys] rows (-P: position-major,
+     * [n_keys][nkv], the layout before) */
+    if (!pos_major)
+        for (int h = 0; h < nkv; h++) {
+            args[h].k = kc + (size_t)h * n_keys * rb;
+            args[h].v = vc + (size_t)h * n_keys * rb;
+            args[h].stride = rb;
+        }
     float **outp = malloc((size_t)nkv * nq * sizeof(*outp));
     for (int i = 0; i < nkv * nq; i++) outp[i] = out + (size_t)i * D;
 
-    printf("attention of one layer: %d keys, %d rows, %d heads / %d kv heads, D %d, kv %s, %d threads, kernel %s\n",
-           n_keys, rows, nh, nkv, D, kt == 1 ? "f32" : kt == 2 ? "bf16" : "q8", nth, attn_select_kv(kt)->name);
-    for (int mode = 0; mode < 3; mode++) {
+    printf("attention of one layer: %d keys, %d rows, %d heads / %d kv heads, D %d, kv %s, %d threads, kernel %s, %s\n",
+           n_keys, rows, nh, nkv, D, kt == 1 ? "f32" : kt == 2 ? "bf16" : "q8", nth, attn_select_kv(kt)->name,
+           warm ? "warm (K/V left in the cache between runs)" : "cold (K/V read from memory)");
+    for (int mode = !old; mode < 3; mode++) {
         double best = 1e30;
         for (int it = 0; it < iters; it++) {
+            if (flush) {
+                uint64_t acc = 0;
+#pragma omp parallel for reduction(+ : acc)
+                for (size_t i = 0; i < flush_bytes / 8; i += 8) acc += flush[i];
+                flush_sink += acc;
+            }
             double t0 = now();
             if (mode == 0) {
 #pragma omp parallel for schedule(dynamic, 1)

@@ -341,6 +341,12 @@ static inline const float *kv_get(int type, const uint8_t *src, float *buf, int 
     return buf;
 }
 
+/* Byte offset of the cached row of position pos and KV head h: the cache is head-major,
+ * [nkv][n_ctx] rows, so one head's keys (or values) are one contiguous stream, which the
+ * hardware prefetchers follow (with position-major rows, interleaving the heads, a decode
+ * step at depth 16K read the cache about 10-17% slower). */
+static inline size_t kv_at(int n_ctx, size_t rb, int pos, int h) { return ((size_t)h * n_ctx + pos) * rb; }
+
 #define ATT_ROWS 16 /* query rows per attention tile */
 /* Decode-like tiles (up to ATT_SPLIT_ROWS rows) with at least 2*ATT_PART_MIN keys are split
  * into up to ATT_MAX_PARTS key ranges computed in parallel and merged in order
@@ -370,7 +376,7 @@ static int attn_reference_path(void) {
  * kvh*group..kvh*group+group-1 against the cached keys [j0, j1) (j1 <= pos(last row) + 1):
  * the tile kernel of attn.h writes the unnormalised partial to part (attn_part_floats). */
 static void attn_tile(qn_scratch *sc, const qn_layer_state *st, int kv_type, size_t kv_rb, int r0, int nr, int kvh,
-                      int group, int nkv, int D, int64_t qw, float scale, int j0, int j1, float *part, float *work) {
+                      int group, int n_ctx, int D, int64_t qw, float scale, int j0, int j1, float *part, float *work) {
     const int nq = nr * group;
     const float *Q[ATT_ROWS * 64];
     int qpos[ATT_ROWS * 64];
@@ -380,8 +386,8 @@ static void attn_tile(qn_scratch *sc, const qn_layer_state *st, int kv_type, siz
         qpos[i] = sc->row_pos[t];
     }
     attn_tile_args a = {.nq = nq, .D = D, .kv_type = kv_type, .q = Q, .qpos = qpos, .scale = scale,
-                        .k = st->k_cache + (size_t)kvh * kv_rb, .v = st->v_cache + (size_t)kvh * kv_rb,
-                        .stride = (size_t)nkv * kv_rb};
+                        .k = st->k_cache + kv_at(n_ctx, kv_rb, 0, kvh), .v = st->v_cache + kv_at(n_ctx, kv_rb, 0, kvh),
+                        .stride = kv_rb};
     float *O = part, *mx = O + (size_t)nq * D, *sum = mx + nq;
     attn_partial(&a, j0, j1, O, mx, sum, work);
 }
@@ -444,7 +450,7 @@ static void attn_block(qnext_session *s, const qn_layer *ly, qn_seq *seqs, int n
             float *k = sc->proj2 + t * kvw + (int64_t)h * D, *v = k + (int64_t)nkv * D;
             op_rmsnorm1p(k, ly->k_norm, k, D, eps);
             rope_apply(k, cs, sn, half);
-            size_t at = ((size_t)sc->row_pos[t] * nkv + h) * rb;
+            size_t at = kv_at(owner->params.n_ctx, rb, sc->row_pos[t], h);
             kv_put(owner->params.kv_type, st->k_cache + at, k, D);
             kv_put(owner->params.kv_type, st->v_cache + at, v, D);
         }
@@ -467,7 +473,7 @@ static void attn_block(qnext_session *s, const qn_layer *ly, qn_seq *seqs, int n
                 int kvh = h / group, n_keys = sc->row_pos[t] + 1;
                 float mx = -FLT_MAX;
                 for (int j = 0; j < n_keys; j++) {
-                    sco[j] = op_dot_f32(q, kv_get(kt, st->k_cache + ((size_t)j * nkv + kvh) * rb, buf, D), D) * scale;
+                    sco[j] = op_dot_f32(q, kv_get(kt, st->k_cache + kv_at(owner->params.n_ctx, rb, j, kvh), buf, D), D) * scale;
                     if (sco[j] > mx) mx = sco[j];
                 }
                 float sum = 0;
@@ -476,7 +482,7 @@ static void attn_block(qnext_session *s, const qn_layer *ly, qn_seq *seqs, int n
                 float *o = sc->core + (int64_t)t * nh * D + (int64_t)h * D;
                 for (int d = 0; d < D; d++) o[d] = 0;
                 for (int j = 0; j < n_keys; j++) {
-                    const float *vv = kv_get(kt, st->v_cache + ((size_t)j * nkv + kvh) * rb, buf, D);
+                    const float *vv = kv_get(kt, st->v_cache + kv_at(owner->params.n_ctx, rb, j, kvh), buf, D);
                     float p = sco[j] * inv;
                     for (int d = 0; d < D; d++) o[d] += p * vv[d];
                 }
@@ -499,7 +505,7 @@ static void attn_block(qnext_session *s, const qn_layer *ly, qn_seq *seqs, int n
                 if (g.parts > 1) continue;
                 const qnext_session *owner = seqs[g.q].s;
                 float *part = sc->att_tile + (size_t)omp_get_thread_num() * sc->att_tile_stride, *out[ATT_ROWS * 64];
-                attn_tile(sc, &owner->ls[il], owner->params.kv_type, owner->kv_row_bytes, g.r0, g.nr, g.kvh, group, nkv, D,
+                attn_tile(sc, &owner->ls[il], owner->params.kv_type, owner->kv_row_bytes, g.r0, g.nr, g.kvh, group, owner->params.n_ctx, D,
                           qw, scale, 0, g.n_keys, part, part + pstride);
                 attn_tile_outputs(sc, g.r0, g.nr, g.kvh, group, nh, D, out);
                 attn_merge(1, part, pstride, g.nr * group, D, out);
@@ -521,7 +527,7 @@ static void attn_block(qnext_session *s, const qn_layer *ly, qn_seq *seqs, int n
                 const qnext_session *owner = seqs[g.q].s;
                 int j0 = w_part[w] * g.chunk, j1 = j0 + g.chunk < g.n_keys ? j0 + g.chunk : g.n_keys;
                 float *work = sc->att_tile + (size_t)omp_get_thread_num() * sc->att_tile_stride + pstride;
-                attn_tile(sc, &owner->ls[il], owner->params.kv_type, owner->kv_row_bytes, g.r0, g.nr, g.kvh, group, nkv, D,
+                attn_tile(sc, &owner->ls[il], owner->params.kv_type, owner->kv_row_bytes, g.r0, g.nr, g.kvh, group, owner->params.n_ctx, D,
                           qw, scale, j0, j1, sc->att_part + (size_t)w * sstride, work);
             }
             for (int w = 0; w < n_work;) {

@@ -104,8 +104,8 @@ struct qnext_model {
 typedef struct {
     float *conv_state;          /* LINEAR: [K-1][conv_dim], the last K-1 conv inputs, oldest first */
     float *ssm_state;           /* LINEAR: [nv][dk][dv] recurrent state S, fp32 */
-    uint8_t *k_cache;           /* FULL: [n_ctx][nkv] rows of D keys after norm and RoPE, kv_type elements */
-    uint8_t *v_cache;           /* FULL: [n_ctx][nkv] rows of D values */
+    uint8_t *k_cache;           /* FULL: [nkv][n_ctx] rows of D keys after norm and RoPE, kv_type elements */
+    uint8_t *v_cache;           /* FULL: [nkv][n_ctx] rows of D values */
 } qn_layer_state;
 
 /* Scratch for one forward pass of up to n_ubatch tokens, allocated once per session. */

@@ -8,10 +8,10 @@
  *
  * Each kernel exists as portable C (attn_generic.c) and, on x86-64, compiled for AVX2+FMA
  * (attn_avx2.c) and AVX-512 (attn_avx512.c); attn_select() makes dot_select()'s choice,
- * so QNEXT_KERNELS=generic|avx2 selects them too. On CPUs with AVX512_BF16 and AMX, bf16
- * caches use attn_avx512bf16 instead: its Q.K products are bf16 x bf16 (queries rounded to
- * bf16: each score moves by up to 2^-8 scale sum_d |q_d k_d|), summed in f32, on AMX tiles;
- * QNEXT_ATTN_BF16=0 (or QNEXT_AMX=0) keeps attn_avx512 (f32 products) for them. */
+ * so QNEXT_KERNELS=generic|avx2 selects them too. On CPUs with AMX (BF16 and INT8), bf16
+ * and int8 caches use attn_amx instead (attn_amx.inc: both products on tiles, with the
+ * queries and probabilities split into two parts so that they stay within 2^-17 (bf16) or
+ * 1/32258 of their largest value (int8)); QNEXT_ATTN_AMX=0 or QNEXT_AMX=0 keep attn_avx512. */
 #ifndef QNEXT_ATTN_H
 #define QNEXT_ATTN_H
 
@@ -48,7 +48,6 @@ extern const attn_kernels attn_generic;
 #if defined(__x86_64__) || defined(_M_X64)
 extern const attn_kernels attn_avx2;
 extern const attn_kernels attn_avx512;
-extern const attn_kernels attn_avx512bf16; /* bf16 Q.K: for QNEXT_KV_BF16 (the others as attn_avx512) */
 extern const attn_kernels attn_amx;        /* AMX tiles for bf16 and int8 caches (f32: as attn_avx512) */
 int attn_amx_usable(void);                 /* the CPU and the OS allow attn_amx, and QNEXT_AMX is not 0 */
 size_t attn_amx_work_bytes(int nq, int D); /* its extra work space */
@@ -62,8 +61,8 @@ size_t attn_work_floats(int nq, int D);
 const attn_kernels *attn_select(void);
 
 /* The kernel set attn_partial() uses for a cache of type kv_type (attn_select()'s, or
- * attn_avx512bf16 for bf16 caches where the CPU has AVX512_BF16 and AMX and neither
- * QNEXT_ATTN_BF16 nor QNEXT_AMX is 0). */
+ * attn_amx for bf16 and int8 caches where the CPU has AMX and neither QNEXT_ATTN_AMX nor
+ * QNEXT_AMX is 0). */
 const attn_kernels *attn_select_kv(int kv_type);
 
 /* Runs the tile over keys [j0, j1) with attn_select_kv()'s kernel (AVX2 or the generic one

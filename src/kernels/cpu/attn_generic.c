@@ -13,9 +13,7 @@
 #include "qnext.h"
 
 size_t attn_work_floats(int nq, int D) {
-    /* 8 D + 512 more for the AMX scores (attn_x86.inc): query tiles padded to 16 queries and
-     * the tile output */
-    size_t n = (size_t)nq * ATTN_KEYS + (size_t)nq + ATTN_KEYS + (size_t)nq * D + 64 + 8 * (size_t)D + 512;
+    size_t n = (size_t)nq * ATTN_KEYS + (size_t)nq + ATTN_KEYS + (size_t)nq * D + 64;
 #if defined(__x86_64__) || defined(_M_X64)
     size_t amx = (attn_amx_work_bytes(nq, D) + 3) / 4; /* attn_amx: its own layout of the same space */
     if (amx > n) n = amx;
@@ -149,23 +147,14 @@ const attn_kernels *attn_select(void) {
 const attn_kernels *attn_select_kv(int kv_type) {
     const attn_kernels *k = attn_select();
 #if defined(__x86_64__) || defined(_M_X64)
-    /* bf16 products where they are faster: with AMX tiles (vdpbf16ps alone measured no
-     * faster than the f32 path on Sapphire Rapids); QNEXT_ATTN_BF16=0 or QNEXT_AMX=0 turn
-     * them off */
-    static int bf16dot = -1;
-    if (bf16dot < 0) {
-        const char *env = getenv("QNEXT_ATTN_BF16"), *amx = getenv("QNEXT_AMX");
-        __builtin_cpu_init();
-        bf16dot = __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("amx-bf16") &&
-                  !(env && !strcmp(env, "0")) && !(amx && !strcmp(amx, "0"));
-    }
+    /* AMX tiles for bf16 and int8 caches where the CPU has them; QNEXT_ATTN_AMX=0 or
+     * QNEXT_AMX=0 turn them off */
     static int amx = -1;
     if (amx < 0) {
         const char *env = getenv("QNEXT_ATTN_AMX");
         amx = attn_amx_usable() && !(env && !strcmp(env, "0"));
     }
-    if (kv_type != QNEXT_KV_F32 && k == &attn_avx512 && amx) return &attn_amx;
-    if (kv_type == QNEXT_KV_BF16 && k == &attn_avx512 && bf16dot) k = &attn_avx512bf16;
+    if (kv_type != QNEXT_KV_F32 && k == &attn_avx512 && amx) k = &attn_amx;
 #else
     (void)kv_type;
 #endif
@@ -175,7 +164,7 @@ const attn_kernels *attn_select_kv(int kv_type) {
 void attn_partial(const attn_tile_args *a, int j0, int j1, float *O, float *mx, float *sum, float *work) {
     const attn_kernels *k = attn_select_kv(a->kv_type);
 #if defined(__x86_64__) || defined(_M_X64)
-    if (a->D % k->d_multiple && (k == &attn_avx512 || k == &attn_avx512bf16 || k == &attn_amx)) k = &attn_avx2;
+    if (a->D % k->d_multiple && (k == &attn_avx512 || k == &attn_amx)) k = &attn_avx2;
 #endif
     if (a->D % k->d_multiple) k = &attn_generic;
     k->partial(a, j0, j1, O, mx, sum, work);
