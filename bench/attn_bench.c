@@ -103,7 +103,9 @@ int main(int argc, char **argv) {
     volatile uint64_t flush_sink = 0;
     const int group = nh / nkv, nq = rows * group, nth = omp_get_max_threads();
     const size_t rb = kt == QNEXT_KV_F32 ? (size_t)D * 4 : kt == QNEXT_KV_BF16 ? (size_t)D * 2 : (size_t)D + 4;
-    uint8_t *kc = malloc((size_t)n_keys * nkv * rb), *vc = malloc((size_t)n_keys * nkv * rb);
+    /* cache-line aligned, as forward.c's caches (page-aligned mappings) are */
+    const size_t cache_bytes = ((size_t)n_keys * nkv * rb + 63) / 64 * 64;
+    uint8_t *kc = aligned_alloc(64, cache_bytes), *vc = aligned_alloc(64, cache_bytes);
     srand(1);
     /* rows of uniform values in [-1, 1) in the cache format (no denormals: they would
      * measure the CPU's microcode assists, not the kernels) */

@@ -106,6 +106,7 @@ typedef struct {
     float *ssm_state;           /* LINEAR: [nv][dk][dv] recurrent state S, fp32 */
     uint8_t *k_cache;           /* FULL: [nkv][n_ctx] rows of D keys after norm and RoPE, kv_type elements */
     uint8_t *v_cache;           /* FULL: [nkv][n_ctx] rows of D values */
+    size_t kv_bytes;            /* FULL: bytes of each of k_cache and v_cache (page-aligned mappings) */
 } qn_layer_state;
 
 /* Scratch for one forward pass of up to n_ubatch tokens, allocated once per session. */

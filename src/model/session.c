@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "kernels/cpu/ops.h"
 #include "model.h"
@@ -57,14 +58,32 @@ static void rope_init(qnext_session *s) {
     s->rope_mscale = (float)c->rope_attn_factor;
 }
 
+/* The KV cache of a layer: an anonymous mapping, so that pages are zero and cost memory
+ * only once written (a 262K context is mostly never touched), its rows are cache-line
+ * aligned (the AMX attention loads them straight into tiles; a malloc'd block starts 16
+ * bytes into its page), and it may use transparent huge pages, which a decode step that
+ * streams 400 MB of cache per token reads with fewer TLB misses. */
+static uint8_t *kv_alloc(size_t bytes) {
+    void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) return NULL;
+#ifdef MADV_HUGEPAGE
+    madvise(p, bytes, MADV_HUGEPAGE);
+#endif
+    return p;
+}
+
+static void kv_free(uint8_t *p, size_t bytes) {
+    if (p) munmap(p, bytes);
+}
+
 void qnext_session_free(qnext_session *s) {
     if (!s) return;
     if (s->ls) {
         for (int i = 0; i <= s->m->cfg.n_layers; i++) {
             free(s->ls[i].conv_state);
             free(s->ls[i].ssm_state);
-            free(s->ls[i].k_cache);
-            free(s->ls[i].v_cache);
+            kv_free(s->ls[i].k_cache, s->ls[i].kv_bytes);
+            kv_free(s->ls[i].v_cache, s->ls[i].kv_bytes);
         }
     }
     free(s->ls);
@@ -131,10 +150,10 @@ qnext_status qnext_session_new(qnext_model *m, const qnext_session_params *param
             st->ssm_state = calloc((size_t)nv * dk * dv, sizeof(float));
             if (!st->conv_state || !st->ssm_state) goto oom;
         } else {
-            /* calloc of a large block maps zero pages lazily: a long context costs memory
-             * only as it fills. */
-            st->k_cache = calloc((size_t)n_ctx * c->n_kv_heads, s->kv_row_bytes);
-            st->v_cache = calloc((size_t)n_ctx * c->n_kv_heads, s->kv_row_bytes);
+            /* zero pages mapped lazily: a long context costs memory only as it fills */
+            st->kv_bytes = (size_t)n_ctx * c->n_kv_heads * s->kv_row_bytes;
+            st->k_cache = kv_alloc(st->kv_bytes);
+            st->v_cache = kv_alloc(st->kv_bytes);
             if (!st->k_cache || !st->v_cache) goto oom;
         }
     }
