@@ -101,15 +101,22 @@ def test_tool_choice_forces_a_call(start_server):
     assert [(t.function.name, json.loads(t.function.arguments)) for t in ch.message.tool_calls] == [("get_time", {})]
 
 
-def test_tool_choice_after_reasoning(start_server, tmp_path):
-    # A thinking model reasons first; the forced call opening comes after </think>.
+def thinking_model(tmp_path):
+    """The test model in a directory of its own (links) for a chat template, and the
+    Qwen3-Next Thinking template's text."""
     model = tmp_path / "thinking"
     model.mkdir()
     for f in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):
         os.symlink(os.path.join(MODEL_DIR, f), model / f)
     here = os.path.dirname(os.path.abspath(__file__))
     cfg = json.load(open(os.path.join(here, "..", "data", "qwen3-tokenizer", "tokenizer_config.thinking.json")))
-    (model / "chat_template.jinja").write_text(cfg["chat_template"])
+    return model, cfg["chat_template"]
+
+
+def test_tool_choice_after_reasoning(start_server, tmp_path):
+    # A thinking model reasons first; the forced call opening comes after </think>.
+    model, template = thinking_model(tmp_path)
+    (model / "chat_template.jinja").write_text(template)
     out = 'The user wants the weather.\n</think>{"city": "Paris"}}\n</tool_call>'
     srv = start_server(env={"QNEXT_SERVE_FAKE_OUTPUT": out, "QNEXT_SERVE_MODEL": str(model)})
     r = client_for(srv).chat.completions.create(model="m", messages=ASK, tools=TOOLS,
@@ -181,18 +188,13 @@ def test_malformed_tool_call_kept_as_text(start_server):
 
 def test_reasoning_split(start_server, tmp_path):
     # the Qwen3-Next Thinking template opens the assistant turn with "<think>\n" in the prompt
-    model = tmp_path / "thinking"
-    model.mkdir()
-    for f in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):
-        os.symlink(os.path.join(MODEL_DIR, f), model / f)
-    here = os.path.dirname(os.path.abspath(__file__))
-    cfg = json.load(open(os.path.join(here, "..", "data", "qwen3-tokenizer", "tokenizer_config.thinking.json")))
+    model, template = thinking_model(tmp_path)
     # plus the enable_thinking switch of Qwen3's hybrid templates, to test chat_template_kwargs
     gen = "{{- '<|im_start|>assistant\\n<think>\\n' }}"
-    assert gen in cfg["chat_template"]
+    assert gen in template
     hybrid = ("{{- '<|im_start|>assistant\\n' }}{%- if enable_thinking is defined and enable_thinking is false %}"
               "{{- '<think>\\n\\n</think>\\n\\n' }}{%- else %}{{- '<think>\\n' }}{%- endif %}")
-    (model / "chat_template.jinja").write_text(cfg["chat_template"].replace(gen, hybrid))
+    (model / "chat_template.jinja").write_text(template.replace(gen, hybrid))
     out = "The user greets me.\nI should greet back.\n</think>\n\nHello! Nice to meet you."
     srv = start_server(env={"QNEXT_SERVE_FAKE_OUTPUT": out, "QNEXT_SERVE_MODEL": str(model)})
     c = client_for(srv)
