@@ -59,17 +59,14 @@ static void rope_init(qnext_session *s) {
 }
 
 /* The KV cache of a layer: an anonymous mapping, so that pages are zero and cost memory
- * only once written (a 262K context is mostly never touched), its rows are cache-line
+ * only once written (a 262K context is mostly never touched), and its rows are cache-line
  * aligned (the AMX attention loads them straight into tiles; a malloc'd block starts 16
- * bytes into its page), and it may use transparent huge pages, which a decode step that
- * streams 400 MB of cache per token reads with fewer TLB misses. */
+ * bytes into its page). Not huge pages: each KV head's rows are a region of their own, and
+ * a 2 MB page per region would cost a short context ~100 MB per session (a server holds
+ * many). */
 static uint8_t *kv_alloc(size_t bytes) {
     void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED) return NULL;
-#ifdef MADV_HUGEPAGE
-    madvise(p, bytes, MADV_HUGEPAGE);
-#endif
-    return p;
+    return p == MAP_FAILED ? NULL : p;
 }
 
 static void kv_free(uint8_t *p, size_t bytes) {
