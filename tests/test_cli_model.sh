@@ -32,6 +32,12 @@ PY
 $Q info -m $fx | grep -q "layer pattern:        DDDA" && ok || bad "info layer pattern"
 $Q info -m $fx | grep -q "bytes read per token" && ok || bad "info bytes per token"
 
+# bench: the rows llama-bench users expect, and with -d the depth-0 runs interleaved and the cost of depth
+$Q bench -m $fx -p 8 -n 4 -d 16 -r 2 -t 1 >$tmp/bench.txt 2>&1 && ok || bad "bench failed: $(cat $tmp/bench.txt)"
+for row in "| pp8 " "| fill d16 " "| tg4 " "| tg4 @ d16 " "depth 16: "; do
+  grep -qF -- "$row" $tmp/bench.txt && ok || bad "bench output lacks '$row'"
+done
+
 # bad input: one line on stderr, exit code 1 or 2, no crash
 expect_err() { # code pattern args...
   local code=$1 pat=$2; shift 2
@@ -47,6 +53,8 @@ expect_err 1 "outside the vocabulary" logits -m $fx --ids "1 99999" -o $tmp/x.np
 expect_err 1 "context full" generate -m $fx --ids "1 2 3" -n 10 --ctx 5
 expect_err 2 "unknown command" frobnicate
 expect_err 2 "needs a value" generate -m $fx --ids
+expect_err 2 "unknown option" bench -m $fx --bogus
+expect_err 2 "is required" bench -p 8
 
 echo "test_cli_model: $pass passed, $fail failed"
 [ $fail -eq 0 ]
