@@ -49,11 +49,12 @@ def rss_mb(pid, key="VmRSS"):
 
 
 def cache_metrics(url):
-    """The server's conversation-cache gauges from /metrics (bytes of snapshots, idle contexts)."""
+    """The server's conversation-cache and C-heap gauges from /metrics."""
     out = {}
     try:
         for line in requests.get(url + "/metrics", timeout=10).text.splitlines():
-            for k in ("qnext_cache_snapshot_bytes", "qnext_cache_contexts"):
+            for k in ("qnext_cache_snapshot_bytes", "qnext_cache_contexts", "qnext_heap_in_use_bytes",
+                      "qnext_heap_free_bytes"):
                 if line.startswith(k + " "):
                     out[k] = float(line.split()[1])
     except requests.RequestException:

@@ -18,6 +18,9 @@
 #define _GNU_SOURCE
 #include "serve/server.h"
 
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #include <math.h>
 #include <omp.h>
 #include <stdarg.h>
@@ -1104,6 +1107,14 @@ char *engine_metrics(serve_engine *e) {
     GAUGE("qnext_cache_snapshot_bytes", "Bytes held by conversation snapshots.", "%zu", e->m_snap_bytes);
     GAUGE("qnext_cache_contexts", "Contexts (sessions) alive, busy or idle.", "%d", e->m_n_ctxs);
     GAUGE("qnext_uptime_seconds", "Seconds since start.", "%.1f", (double)(t - e->m_t0) / 1e6);
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 33))
+    /* the C heap, all arenas: memory in use, and memory the allocator holds free (growth of the
+     * second with the first flat is fragmentation, not a leak) */
+    struct mallinfo2 mi = mallinfo2();
+    GAUGE("qnext_heap_in_use_bytes", "C heap bytes allocated (malloc'd blocks and their own mappings).", "%zu",
+          mi.uordblks + mi.hblkhd);
+    GAUGE("qnext_heap_free_bytes", "C heap bytes free inside the allocator's arenas.", "%zu", mi.fordblks);
+#endif
 #undef GAUGE
 #undef COUNTER
     pthread_mutex_unlock(&e->mu);
