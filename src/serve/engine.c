@@ -1111,9 +1111,11 @@ char *engine_metrics(serve_engine *e) {
     /* the C heap, all arenas: memory in use, and memory the allocator holds free (growth of the
      * second with the first flat is fragmentation, not a leak) */
     struct mallinfo2 mi = mallinfo2();
-    GAUGE("qnext_heap_in_use_bytes", "C heap bytes allocated (malloc'd blocks and their own mappings).", "%zu",
-          mi.uordblks + mi.hblkhd);
-    GAUGE("qnext_heap_free_bytes", "C heap bytes free inside the allocator's arenas.", "%zu", mi.fordblks);
+    if (mi.uordblks + mi.hblkhd > 0) { /* zero when malloc is not glibc's (a sanitizer's, a preloaded one) */
+        GAUGE("qnext_heap_in_use_bytes", "C heap bytes allocated (malloc'd blocks and their own mappings).", "%zu",
+              mi.uordblks + mi.hblkhd);
+        GAUGE("qnext_heap_free_bytes", "C heap bytes free inside the allocator's arenas.", "%zu", mi.fordblks);
+    }
 #endif
 #undef GAUGE
 #undef COUNTER
