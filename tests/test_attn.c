@@ -72,7 +72,8 @@ static const attn_kernels *kerns[4];
 static int n_kerns;
 
 /* Double-precision softmax attention of query q (D values) over keys 0..qpos against the
- * widened rows kw, vw: o[D]; with pabs, also pabs[d] = sum_j p_j |v_jd| and *emax =
+ * widened rows kw, vw: o[D], and sc[j] = exp(s_j - max_j s_j) left for the caller; with pabs,
+ * also pabs[d] = sum_j p_j |v_jd| and *emax =
  * 2^-8 * scale * max_j sum_d |q_d k_jd| (scaled to the u of a bound where it is used). */
 static void ref_query(const double *q, int qpos, int D, double scale, const double *kw, const double *vw, double *sc,
                       double *o, double *pabs, double *emax) {
@@ -142,7 +143,7 @@ static void run_case(int kt, int D, int group, int nr, const int *pos) {
     /* reference, double precision; for bf16 caches also from the queries rounded to bf16,
      * with the bound on the difference that rounding can make (see the top) */
     double *ref = malloc((size_t)nq * D * sizeof(double)), *sc = malloc((size_t)n_keys * sizeof(double));
-    double *scratch = malloc((size_t)D * sizeof(double)), *pabs = malloc((size_t)nq * D * sizeof(double));
+    double *pabs = malloc((size_t)nq * D * sizeof(double));
     double *emax = malloc((size_t)nq * sizeof(double)), *qd = malloc((size_t)D * sizeof(double));
     double *pq8 = calloc((size_t)nq * D, sizeof(double));
     double *e8 = malloc((size_t)nq * sizeof(double)), *win = malloc((size_t)n_keys * sizeof(double));
@@ -170,8 +171,7 @@ static void run_case(int kt, int D, int group, int nr, const int *pos) {
                 ka = fmax(ka, sa);
             }
             e8[i] = qa / 127.0 / 254.0 * scale * ka;
-            ref_query(qd, qpos[i], D, scale, kw, vw, sc, scratch, NULL, NULL); /* for sc = exp(s_j - max) */
-            for (int j = 0; j <= qpos[i]; j++) l += sc[j];
+            for (int j = 0; j <= qpos[i]; j++) l += sc[j]; /* ref_query's exp(s_j - max) */
             for (int j = 0; j <= qpos[i]; j++) {
                 float vsj;
                 memcpy(&vsj, a.v + j * stride + D, 4);
@@ -252,7 +252,7 @@ static void run_case(int kt, int D, int group, int nr, const int *pos) {
         }
     }
     free(kc); free(vc); free(qv); free(x); free(qp); free(qpos); free(dir); free(ref); free(sc);
-    free(scratch); free(pabs); free(emax); free(qd); free(pq8); free(e8); free(win);
+    free(pabs); free(emax); free(qd); free(pq8); free(e8); free(win);
     free(part); free(work); free(out); free(outp);
 }
 

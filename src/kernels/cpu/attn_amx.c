@@ -5,9 +5,7 @@
  * QNEXT_AMX=0 or QNEXT_ATTN_AMX=0. */
 #if defined(__x86_64__) && defined(__AMX_TILE__) && defined(__AMX_INT8__) && defined(__AMX_BF16__) && \
     defined(__AVX512VBMI__) && defined(__AVX512BF16__)
-#include <stdlib.h>
-#include <sys/syscall.h>
-#include <unistd.h>
+#include "kernels/cpu/gemm_amx.h"
 #define KSUFFIX _amx
 #define KNAME "amx"
 #define ATT_512 1
