@@ -4,7 +4,8 @@
  * query and key, one axpy per query and key) against the attention kernels of attn.h.
  *
  * Not part of the CMake build: bench/run_attn_bench.sh [-n keys] [-r rows] [-t kv_type 1|2|3]
- * [-i iters] [-w: warm cache] [-x: skip the old tile] [-P: position-major cache rows] builds it from the attention kernel sources and runs it.
+ * [-i iters] [-w: warm cache] [-x: skip the old tile] [-P: position-major cache rows] links it
+ * with build/libqnext.a and runs it.
  * Prints ms per layer for decode-like (1 row) or prefill-like (-r 16) tiles, single thread
  * per KV head (as attn_block runs them) and with the key range split over all threads. */
 #include <float.h>
