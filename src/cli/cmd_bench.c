@@ -118,22 +118,18 @@ int cmd_bench(int argc, char **argv) {
             snprintf(name, sizeof name, "fill d%ld", d);
             printf("| %-14s | %7.2f ± %6.2f |       |\n", name, d / (now_s() - t0), 0.0);
             fflush(stdout);
+            /* the depth-0 runs go on a second, short session: the filled one keeps its
+             * context, as restoring its snapshot needs */
+            qnext_session_params sp0 = {.n_ctx = (int)n + 16, .n_ubatch = (int)ubatch, .kv_type = kv_type};
+            if (qnext_session_new(m, &sp0, &s0, err, sizeof err)) { fprintf(stderr, "qnext: %s\n", err); qnext_snapshot_free(filled); rc = 1; goto done; }
         }
         for (int k = 0; k < reps; k++)
             for (int at_depth = !filled; at_depth <= 1; at_depth++) {
-                /* with -d: depth 0 first (on a second, short session: the filled one keeps
-                 * its context, as restoring its snapshot needs), then depth d */
-                qnext_session *run = s;
+                /* with -d: depth 0 first (on s0), then depth d (s restored to the fill) */
+                qnext_session *run = filled && !at_depth ? s0 : s;
                 if (at_depth && filled) {
                     if (qnext_session_restore(s, filled, err, sizeof err)) { fprintf(stderr, "qnext: %s\n", err); qnext_snapshot_free(filled); rc = 1; goto done; }
-                } else if (filled) {
-                    if (!s0) {
-                        qnext_session_params sp0 = {.n_ctx = (int)n + 16, .n_ubatch = (int)ubatch, .kv_type = kv_type};
-                        if (qnext_session_new(m, &sp0, &s0, err, sizeof err)) { fprintf(stderr, "qnext: %s\n", err); qnext_snapshot_free(filled); rc = 1; goto done; }
-                    }
-                    qnext_session_reset(s0);
-                    run = s0;
-                } else qnext_session_reset(s);
+                } else qnext_session_reset(run);
                 const long d0 = at_depth ? d : 0;
                 double t0 = now_s();
                 for (long i = 0; i < n; i++)

@@ -363,7 +363,7 @@ static serve_req *build_request(server *sv, const json *o, int kind, unsigned *s
         }
         json *tc = json_get(o, "tool_choice");
         int tools_off = 0;
-        const char *forced_name = NULL; /* tool_choice names this function */
+        const json *forced_name = NULL; /* tool_choice names this function (a JSON string) */
         int required = 0;
         if (tc && tc->type == JSON_STRING) {
             if (!strcmp(tc->str, "none")) tools_off = 1;
@@ -375,18 +375,18 @@ static serve_req *build_request(server *sv, const json *o, int kind, unsigned *s
             }
         } else if (tc && tc->type == JSON_OBJECT) {
             json *fn = json_get(tc, "function");
-            forced_name = fn && fn->type == JSON_OBJECT ? json_get_string(fn, "name") : NULL;
-            if (!forced_name) {
+            forced_name = fn && fn->type == JSON_OBJECT ? json_get(fn, "name") : NULL;
+            if (!forced_name || forced_name->type != JSON_STRING) {
                 *bad_param = "tool_choice";
                 snprintf(err, errlen, "'tool_choice' must be {\"type\": \"function\", \"function\": {\"name\": ...}}");
                 goto fail;
             }
             int found = 0;
             for (size_t k = 0; tools && k < tools->n; k++)
-                found |= !strcmp(json_get_string(json_get(tools->items[k], "function"), "name"), forced_name);
+                found |= !strcmp(json_get_string(json_get(tools->items[k], "function"), "name"), forced_name->str);
             if (!found) {
                 *bad_param = "tool_choice";
-                snprintf(err, errlen, "'tool_choice' names the function '%.200s', which is not in 'tools'", forced_name);
+                snprintf(err, errlen, "'tool_choice' names the function '%.200s', which is not in 'tools'", forced_name->str);
                 goto fail;
             }
         } else if (tc && tc->type != JSON_NULL) {
@@ -421,7 +421,7 @@ static serve_req *build_request(server *sv, const json *o, int kind, unsigned *s
             char open[512];
             const char *sep = r->start_in_reasoning ? "\n\n" : "";
             if (forced_name) { /* the name as a JSON string (escaped where it needs to be) */
-                char *qn = json_write_compact(json_get(json_get(tc, "function"), "name"), NULL);
+                char *qn = json_write_compact(forced_name, NULL);
                 if (!qn) { *status = 500; snprintf(err, errlen, "out of memory"); goto fail; }
                 snprintf(open, sizeof open, "%s<tool_call>\n{\"name\": %.300s, \"arguments\": ", sep, qn);
                 free(qn);
