@@ -35,6 +35,16 @@ def metrics(url=None, key=None):
     return out
 
 
+def linked_model(tmp_path, name, files):
+    """A directory of its own for the test model, with links to these of its files (the
+    caller writes the others: a changed config, a chat template)."""
+    model = tmp_path / name
+    model.mkdir()
+    for f in files:
+        os.symlink(os.path.join(MODEL_DIR, f), model / f)
+    return model
+
+
 @pytest.fixture(scope="session")
 def url():
     if not URL:

@@ -8,7 +8,7 @@ import time
 import openai
 import requests
 
-from conftest import MODEL_DIR, SLOW, auth, metrics
+from conftest import MODEL_DIR, SLOW, auth, linked_model, metrics
 
 
 def wait_for(cond, timeout):
@@ -75,10 +75,7 @@ def long_context_model(tmp_path):
     """The test model with a 64K context, so a generation outlasts the server's 100 ms
     disconnect check on any machine (at the fixture's 1024 tokens a fast machine can
     finish the whole context before the check, and the request ends by length)."""
-    model = tmp_path / "long"
-    model.mkdir()
-    for f in ("model.safetensors", "tokenizer.json", "tokenizer_config.json"):
-        os.symlink(os.path.join(MODEL_DIR, f), model / f)
+    model = linked_model(tmp_path, "long", ("model.safetensors", "tokenizer.json", "tokenizer_config.json"))
     cfg = json.load(open(os.path.join(MODEL_DIR, "config.json")))
     cfg["max_position_embeddings"] = 65536
     (model / "config.json").write_text(json.dumps(cfg))

@@ -9,7 +9,7 @@ import shutil
 import openai
 import pytest
 
-from conftest import MODEL_DIR, SLOW
+from conftest import SLOW, linked_model
 
 TOOLS = [
     {"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
@@ -104,10 +104,7 @@ def test_tool_choice_forces_a_call(start_server):
 def thinking_model(tmp_path):
     """The test model in a directory of its own (links) for a chat template, and the
     Qwen3-Next Thinking template's text."""
-    model = tmp_path / "thinking"
-    model.mkdir()
-    for f in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):
-        os.symlink(os.path.join(MODEL_DIR, f), model / f)
+    model = linked_model(tmp_path, "thinking", ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"))
     here = os.path.dirname(os.path.abspath(__file__))
     cfg = json.load(open(os.path.join(here, "..", "data", "qwen3-tokenizer", "tokenizer_config.thinking.json")))
     return model, cfg["chat_template"]
