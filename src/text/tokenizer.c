@@ -613,6 +613,13 @@ int tokenizer_is_special(const qnext_tokenizer *t, int32_t id) {
     return t && id >= 0 && (size_t)id < t->vocab_size && t->is_special[id];
 }
 
+int tokenizer_is_added(const qnext_tokenizer *t, int32_t id) {
+    if (!t) return 0;
+    for (size_t k = 0; k < t->n_added; k++)
+        if (t->added[k].id == id) return 1;
+    return 0;
+}
+
 /* ------------------------------------------------------------------------------------------ */
 /* Encoding                                                                                   */
 
@@ -1084,6 +1091,12 @@ int tokenizer_encode(const qnext_tokenizer *t, const char *text, size_t len, int
 
 static int id_known(const qnext_tokenizer *t, int32_t id) {
     return id >= 0 && (size_t)id < t->vocab_size && t->tok_len[id] != UINT32_MAX;
+}
+
+const unsigned char *tokenizer_token_bytes(const qnext_tokenizer *t, int32_t id, size_t *len) {
+    if (!t || !id_known(t, id)) { *len = 0; return NULL; }
+    *len = t->dec_len[id];
+    return t->bytes + t->dec_off[id];
 }
 
 int tokenizer_decode(const qnext_tokenizer *t, const int32_t *ids, size_t n, char **text_out, size_t *len_out) {

@@ -51,8 +51,13 @@ int tokenizer_decode(const qnext_tokenizer *tok, const int32_t *ids, size_t n,
 int32_t tokenizer_token_id(const qnext_tokenizer *tok, const char *token_text);
 /* The vocabulary spelling of an id, or NULL when the id is unknown. */
 const char *tokenizer_id_to_token(const qnext_tokenizer *tok, int32_t id);
+/* The raw bytes an id decodes to (an added token's content; a BPE token's bytes, which may
+ * be part of a UTF-8 character), with their count in *len; NULL when the id is unknown. */
+const unsigned char *tokenizer_token_bytes(const qnext_tokenizer *tok, int32_t id, size_t *len);
 /* 1 when id is an added token marked special (e.g. <|im_end|>), else 0. */
 int tokenizer_is_special(const qnext_tokenizer *tok, int32_t id);
+/* 1 when id is an added token, special or not (<|im_end|>, <think>, <tool_call>), else 0. */
+int tokenizer_is_added(const qnext_tokenizer *tok, int32_t id);
 /* One past the largest id (151669 for Qwen3: BPE vocabulary plus added tokens). */
 size_t tokenizer_vocab_size(const qnext_tokenizer *tok);
 
