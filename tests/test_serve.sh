@@ -8,8 +8,8 @@ set -u
 cd "$(dirname "$0")/.."
 BIN=${QNEXT_BIN:-build/qnext}
 PY=${PYTHON:-python3}
-if ! "$PY" -c "import openai, pytest, requests" 2>/dev/null; then
-    echo "test_serve: needs the Python packages openai, pytest and requests (pip install openai pytest requests)"
+if ! "$PY" -c "import openai, pytest, requests, jsonschema" 2>/dev/null; then
+    echo "test_serve: needs the Python packages openai, pytest, requests and jsonschema (pip install openai pytest requests jsonschema)"
     exit 1
 fi
 TMP=$(mktemp -d)

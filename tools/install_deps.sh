@@ -12,9 +12,9 @@ if [ -n "$missing" ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing >/dev/null
 fi
-if ! python3 -c "import numpy, openai, pytest, requests, tokenizers, jinja2" 2>/dev/null; then
-  echo "installing Python packages: numpy openai pytest requests tokenizers jinja2"
+if ! python3 -c "import numpy, openai, pytest, requests, tokenizers, jinja2, jsonschema" 2>/dev/null; then
+  echo "installing Python packages: numpy openai pytest requests tokenizers jinja2 jsonschema"
   # Debian's own python3 refuses system-wide pip installs (PEP 668) unless told otherwise.
-  python3 -m pip install -q numpy openai pytest requests tokenizers jinja2 2>/dev/null ||
-    python3 -m pip install -q --break-system-packages numpy openai pytest requests tokenizers jinja2
+  python3 -m pip install -q numpy openai pytest requests tokenizers jinja2 jsonschema 2>/dev/null ||
+    python3 -m pip install -q --break-system-packages numpy openai pytest requests tokenizers jinja2 jsonschema
 fi

@@ -139,6 +139,8 @@ struct serve_engine {
     size_t piece_cap;
     int32_t *fake;      /* QNEXT_SERVE_FAKE_OUTPUT (test hook) */
     size_t n_fake;
+    jcon_vocab *jvocab; /* token bytes for response_format's constraint */
+    float *masked;      /* [vocab] logits with response_format's mask applied */
 
     pthread_t th;
     int th_started;
@@ -611,6 +613,8 @@ void req_release(serve_req *r) {
     if (left > 0) return;
     free(r->prompt);
     free(r->forced);
+    jcon_free(r->jc);
+    jcon_schema_free(r->jschema);
     sampler_free(r->smp);
     stop_matcher_free(&r->stop);
     output_parser_free(r->parser);
@@ -776,6 +780,7 @@ static int admit(serve_engine *e, serve_req *r) {
     int ci = ctx_acquire(e, r);
     if (ci < 0) { free(x); return -1; }
     r->priv = x; /* engine-private; freed in ctx_finish */
+    if (r->jschema && !(r->jc = jcon_new(r->jschema, e->jvocab))) return -1;
     x->snap_at = -1;
     for (int p = r->n_prompt - 1; e->im_start >= 0 && p > r->n_cached; p--)
         if (r->prompt[p] == e->im_start) { x->snap_at = p; break; }
@@ -934,7 +939,19 @@ static void *engine_main(void *arg) {
             }
             /* logits of the last fed token: sample the next one */
             sampler_result res;
-            int32_t tok = sampler_sample(r->smp, c->logits, &res);
+            int32_t tok;
+            /* response_format: only tokens that continue a valid document (after reasoning) */
+            int constrained = r->jc && !(r->parser && output_parser_in_reasoning(r->parser));
+            if (constrained) {
+                memcpy(e->masked, c->logits, (size_t)e->vocab * sizeof(float));
+                if (jcon_mask(r->jc, e->masked) > 0) tok = sampler_sample(r->smp, e->masked, &res);
+                else { /* cannot happen for a compiled schema; end rather than sample from nothing */
+                    tok = e->eos[0];
+                    memset(&res, 0, sizeof res);
+                    res.token = tok;
+                }
+            } else
+                tok = sampler_sample(r->smp, c->logits, &res);
             if (e->fake) { /* test hook: a scripted output, then end of sequence (forced tokens go first) */
                 int at = r->n_gen - r->forced_at;
                 tok = at < (int)e->n_fake ? e->fake[at] : e->eos[0];
@@ -945,6 +962,10 @@ static void *engine_main(void *arg) {
                 tok = r->forced[r->forced_at++];
                 res.token = tok;
                 res.logprob = log_softmax_at(c->logits, e->vocab, tok);
+            }
+            if (constrained && !jcon_accept(r->jc, tok)) { /* a scripted token (test hook) left the grammar */
+                jcon_free(r->jc);
+                r->jc = NULL;
             }
             gen++;
             on_token(e, c, tok, &res);
@@ -1021,6 +1042,9 @@ serve_engine *engine_start(qnext_model *m, const qnext_tokenizer *tok, const ser
     pthread_cond_init(&e->cv, NULL);
     pthread_cond_init(&e->room_cv, NULL);
     e->m_t0 = now_us();
+    e->jvocab = jcon_vocab_new(tok, e->vocab, e->eos, e->n_eos);
+    e->masked = malloc((size_t)e->vocab * sizeof(float));
+    if (!e->jvocab || !e->masked) { snprintf(err, errlen, "out of memory"); engine_free(e); return NULL; }
     /* create the --parallel contexts up front, so a lack of memory shows at start-up */
     for (int i = 0; i < o->parallel; i++)
         if (!e->ctx || ctx_create(e, err, errlen) < 0) { engine_free(e); return NULL; }
@@ -1061,6 +1085,8 @@ void engine_free(serve_engine *e) {
     free(e->ctx);
     free(e->piece);
     free(e->fake);
+    jcon_vocab_free(e->jvocab);
+    free(e->masked);
     pthread_mutex_destroy(&e->mu);
     pthread_cond_destroy(&e->cv);
     pthread_cond_destroy(&e->room_cv);

@@ -334,6 +334,34 @@ static serve_req *req_new(void) {
     return r;
 }
 
+/* response_format: text (or absent), json_object, or json_schema {name, schema, strict}. The
+ * schema is compiled here, so that an unsupported one is the client's 400, not a failure
+ * later. */
+static int parse_response_format(const json *o, serve_req *r, char *err, size_t errlen, const char **bad_param) {
+    const json *rf = json_get(o, "response_format");
+    if (!rf || rf->type == JSON_NULL) return 0;
+    const char *type = rf->type == JSON_OBJECT ? json_get_string(rf, "type") : NULL;
+    *bad_param = "response_format";
+    if (!type) { snprintf(err, errlen, "'response_format' must be {\"type\": \"text\" | \"json_object\" | \"json_schema\", ...}"); return -1; }
+    if (!strcmp(type, "text")) return 0;
+    const json *schema = NULL;
+    if (!strcmp(type, "json_schema")) {
+        const json *js = json_get(rf, "json_schema");
+        schema = js && js->type == JSON_OBJECT ? json_get(js, "schema") : NULL;
+        if (!schema || (schema->type != JSON_OBJECT && schema->type != JSON_TRUE)) {
+            snprintf(err, errlen, "'response_format' of type json_schema needs {\"json_schema\": {\"name\": ..., \"schema\": {...}}}");
+            return -1;
+        }
+    } else if (strcmp(type, "json_object")) {
+        snprintf(err, errlen, "'response_format' type '%.100s' is not one of text, json_object, json_schema", type);
+        return -1;
+    }
+    char cerr[384];
+    r->jschema = jcon_schema_compile(schema, cerr, sizeof cerr);
+    if (!r->jschema) { snprintf(err, errlen, "response_format: %s", cerr); return -1; }
+    return 0;
+}
+
 /* Builds a request from a chat or completion body. Returns NULL with err/status on failure. */
 static serve_req *build_request(server *sv, const json *o, int kind, unsigned *status, char *err, size_t errlen,
                                 const char **bad_param, const char **code) {
@@ -344,6 +372,7 @@ static serve_req *build_request(server *sv, const json *o, int kind, unsigned *s
     char *prompt_text = NULL;
     size_t prompt_len = 0;
     if (parse_common(sv, o, r, kind == REQ_CHAT, err, errlen, bad_param)) goto fail;
+    if (parse_response_format(o, r, err, errlen, bad_param)) goto fail;
     if (kind == REQ_CHAT) {
         json *msgs = json_get(o, "messages");
         if (!msgs || msgs->type != JSON_ARRAY) { *bad_param = "messages"; snprintf(err, errlen, "'messages' must be a list of messages"); goto fail; }
@@ -397,6 +426,11 @@ static serve_req *build_request(server *sv, const json *o, int kind, unsigned *s
         if (required && !tools) {
             *bad_param = "tool_choice";
             snprintf(err, errlen, "'tool_choice' is 'required' but no 'tools' are given");
+            goto fail;
+        }
+        if ((required || forced_name) && r->jschema) {
+            *bad_param = "response_format";
+            snprintf(err, errlen, "'response_format' cannot be combined with a forced tool call ('tool_choice')");
             goto fail;
         }
         json *kw = json_get(o, "chat_template_kwargs");

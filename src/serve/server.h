@@ -16,6 +16,7 @@
 #include <stdint.h>
 
 #include "qnext.h"
+#include "text/json_constraint.h"
 #include "text/sampler.h"
 #include "text/stop.h"
 #include "text/tokenizer.h"
@@ -65,6 +66,9 @@ typedef struct serve_req {
      * the first one after the reasoning has ended (</think>) */
     int32_t *forced;
     int n_forced;
+    /* response_format json_object / json_schema: the compiled schema. The engine's matcher
+     * (jc, below) masks every draw from the first token after any reasoning. */
+    jcon_schema *jschema;
     char id[48];
     int64_t created;
 
@@ -90,6 +94,7 @@ typedef struct serve_req {
     void *priv;              /* engine bookkeeping (logprob entries) */
     int n_tool_calls_sent;
     int forced_at, force_armed; /* forced tokens used; whether forcing has started */
+    jcon *jc;                /* response_format's matcher (NULL: unconstrained) */
     int64_t t_submit_us, t_first_us;
 } serve_req;
 

@@ -1,0 +1,142 @@
+"""response_format (json_object, json_schema): constrained decoding through the whole server.
+
+The test model is random, so whatever it writes is what the constraint let through: every
+finished answer must parse with Python's json module and validate with the jsonschema package
+(the references), streamed or not, on chat and on completions, and after reasoning in a
+thinking model. The schemas are bounded (enums, booleans, integers, closed objects), so a
+document must end well within max_tokens; the automaton itself is tested byte by byte in
+tests/test_json_constraint.c."""
+import json
+
+import jsonschema
+import openai
+import pytest
+
+from conftest import SLOW, auth
+from test_tools_reasoning import client_for, thinking_model
+
+import requests
+
+ASK = [{"role": "user", "content": "Describe the item as JSON."}]
+
+ITEM = {
+    "type": "object",
+    "properties": {
+        "color": {"enum": ["red", "green", "blue"]},
+        "ok": {"type": "boolean"},
+        "n": {"type": "integer"},
+        "size": {"anyOf": [{"type": "null"}, {"$ref": "#/$defs/Size"}]},
+    },
+    "required": ["color", "ok", "n"],
+    "$defs": {"Size": {"type": "object", "properties": {"w": {"type": "integer"}, "unit": {"const": "cm"}},
+                       "required": ["w", "unit"]}},
+}
+
+
+def strict(schema):
+    """The engine's documented reading: properties without additionalProperties close the object."""
+    if isinstance(schema, list):
+        return [strict(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    s = {k: strict(v) for k, v in schema.items()}
+    if "properties" in s and "additionalProperties" not in s:
+        s["additionalProperties"] = False
+    return s
+
+
+def fmt(schema):
+    return {"type": "json_schema", "json_schema": {"name": "item", "schema": schema, "strict": True}}
+
+
+def test_json_schema_chat(client):
+    for seed in range(4):
+        r = client.chat.completions.create(model="m", messages=ASK, max_tokens=900, temperature=1.0, seed=seed,
+                                           response_format=fmt(ITEM))
+        ch = r.choices[0]
+        assert ch.finish_reason == "stop", ch.message.content
+        doc = json.loads(ch.message.content)
+        jsonschema.validate(doc, strict(ITEM), cls=jsonschema.Draft202012Validator)
+
+
+def test_json_schema_streamed(client):
+    stream = client.chat.completions.create(model="m", messages=ASK, max_tokens=900, temperature=1.0, seed=7,
+                                            response_format=fmt(ITEM), stream=True)
+    text, finish = "", None
+    for chunk in stream:
+        if chunk.choices:
+            text += chunk.choices[0].delta.content or ""
+            finish = chunk.choices[0].finish_reason or finish
+    assert finish == "stop"
+    jsonschema.validate(json.loads(text), strict(ITEM), cls=jsonschema.Draft202012Validator)
+
+
+def test_json_schema_completions(client):
+    schema = {"type": "array", "items": {"enum": [1, 12, 123, True]}, "minItems": 1, "maxItems": 5}
+    r = client.completions.create(model="m", prompt="A list:", max_tokens=600, temperature=1.0, seed=3,
+                                  extra_body={"response_format": fmt(schema)})
+    assert r.choices[0].finish_reason == "stop"
+    jsonschema.validate(json.loads(r.choices[0].text), schema, cls=jsonschema.Draft202012Validator)
+
+
+def test_json_object(client):
+    # Any object: strings may run long on a random model, so only finished answers are judged,
+    # and at least one must finish.
+    finished = 0
+    for seed in range(4):
+        r = client.chat.completions.create(model="m", messages=ASK, max_tokens=300, temperature=1.0, seed=seed,
+                                           response_format={"type": "json_object"})
+        ch = r.choices[0]
+        if ch.finish_reason == "stop":
+            finished += 1
+            assert isinstance(json.loads(ch.message.content), dict)
+        else:
+            assert ch.finish_reason == "length"
+    assert finished >= 1
+
+
+def test_text_format_is_unconstrained(client):
+    a = client.chat.completions.create(model="m", messages=ASK, max_tokens=12, temperature=0)
+    b = client.chat.completions.create(model="m", messages=ASK, max_tokens=12, temperature=0,
+                                       response_format={"type": "text"})
+    assert a.choices[0].message.content == b.choices[0].message.content
+
+
+def test_after_reasoning(start_server, tmp_path):
+    # A thinking model: the prompt opens <think>; a bias makes the model close it at once, and
+    # from there on the answer is constrained (</think> itself is not allowed in the JSON).
+    model, template = thinking_model(tmp_path)
+    (model / "chat_template.jinja").write_text(template)
+    srv = start_server(env={"QNEXT_SERVE_MODEL": str(model)})
+    end_think = 508  # '</think>' in tests/data/tok512
+    r = client_for(srv).chat.completions.create(model="m", messages=ASK, max_tokens=900, temperature=1.0, seed=1,
+                                                response_format=fmt(ITEM), logit_bias={str(end_think): 100})
+    m = r.choices[0].message
+    assert r.choices[0].finish_reason == "stop"
+    assert not getattr(m, "reasoning_content", None)  # no reasoning text: the field is left out
+    jsonschema.validate(json.loads(m.content), strict(ITEM), cls=jsonschema.Draft202012Validator)
+
+
+@pytest.mark.parametrize("rf, msg", [
+    ({"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "string", "pattern": "a+"}}},
+     "'pattern' is not supported"),
+    ({"type": "json_schema", "json_schema": {"name": "x"}}, "needs"),
+    ({"type": "xml"}, "not one of text, json_object, json_schema"),
+    ("json", "must be"),
+    ({"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object", "required": ["a"]}}},
+     "required property a is not in"),
+])
+def test_bad_response_format(url, rf, msg):
+    r = requests.post(url + "/v1/chat/completions", headers=auth(), timeout=30 * SLOW,
+                      json={"model": "m", "messages": ASK, "response_format": rf})
+    assert r.status_code == 400
+    err = r.json()["error"]
+    assert err["param"] == "response_format" and msg in err["message"], err
+
+
+def test_not_with_forced_tool(url):
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    r = requests.post(url + "/v1/chat/completions", headers=auth(), timeout=30 * SLOW,
+                      json={"model": "m", "messages": ASK, "tools": tools, "tool_choice": "required",
+                            "response_format": {"type": "json_object"}})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "response_format"
