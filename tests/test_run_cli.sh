@@ -116,6 +116,35 @@ check(rc == 2 and "top-p" in err, "bad top-p: %r" % err)
 rc, out, err = run("-p", "x" * 50, "--raw", "--ctx", "8")
 check(rc == 1 and "context" in err, "prompt longer than the context: %d %r" % (rc, err))
 
+# --json / --json-schema: sampled answers of the random model are whatever the constraint let
+# through; each must parse (json) and validate (jsonschema: properties without
+# additionalProperties are closed, as docs/SERVER.md says), with --raw and with the template
+import jsonschema
+schema = {"type": "object", "properties": {"kind": {"enum": ["a", "b"]}, "n": {"type": "integer"},
+                                           "ok": {"type": "boolean"}}, "required": ["kind", "n"]}
+closed = dict(schema, additionalProperties=False)
+sfile = os.path.join(TMP, "schema.json")
+json.dump(schema, open(sfile, "w"))
+for seed in range(3):
+    for extra in ([], ["--raw"]):
+        for how in (["-j", json.dumps(schema)], ["--json-schema-file", sfile]):
+            rc, out, err = run("-p", "Describe it", "-n", "900", "--temp", "1", "--seed", str(seed), *extra, *how)
+            check(rc == 0 and "end token" in err, "--json-schema answer ended: %r %r" % (out, err))
+            try:
+                jsonschema.validate(json.loads(out), closed)
+                check(True, "")
+            except (ValueError, jsonschema.ValidationError) as e:
+                check(False, "--json-schema answer %r: %s" % (out, e))
+    rc, out, err = run("-p", "Describe it", "-n", "300", "--temp", "1", "--seed", str(seed), "--json")
+    if "end token" in err:
+        check(isinstance(json.loads(out), dict), "--json answer is an object: %r" % out)
+rc, out, err = run("-p", "x", "-j", '{"type": "string", "pattern": "a"}')
+check(rc == 1 and "'pattern' is not supported" in err and err.count("\n") == 1, "unsupported schema: one line: %r" % err)
+rc, out, err = run("-p", "x", "-j", '{"type": ')
+check(rc == 1 and "--json-schema" in err, "malformed schema: %r" % err)
+rc, out, err = run("-p", "x", "--json-schema-file", os.path.join(TMP, "nope.json"))
+check(rc == 2 and "cannot open" in err, "missing schema file: rc %d %r" % (rc, err))
+
 print("test_run_cli: %d passed, %d failed" % (passed, failed))
 sys.exit(1 if failed else 0)
 PY

@@ -26,6 +26,9 @@ const char TEXTGEN_OPTIONS_HELP[] =
     "  --stop S                 stop when the text S is generated (not printed); repeatable\n"
     "  --system S               system message\n"
     "  --think / --no-think     enable_thinking = true / false for the chat template\n"
+    "  --json                   constrain the answer to a JSON object\n"
+    "  -j, --json-schema S      constrain the answer to JSON valid against the JSON Schema S (text)\n"
+    "  --json-schema-file F     the same with the schema read from file F\n"
     "  -t, --threads N          CPU threads (default: all cores)\n"
     "  -c, --ctx N              context window in tokens (default: min(model maximum, 4096))\n"
     "  --kv-type T              KV cache: auto (f32 for checkpoints, bf16 for GGUF), f32, bf16, q8\n"
@@ -95,6 +98,33 @@ int textgen_parse_option(int argc, char **argv, int *i, textgen_opts *o) {
     if (!strcmp(a, "--think")) { o->think = 1; return 1; }
     if (!strcmp(a, "--no-think")) { o->think = 0; return 1; }
     if (!strcmp(a, "-v") || !strcmp(a, "--verbose")) { o->verbose = 1; return 1; }
+    if (!strcmp(a, "--json")) { o->json_any = 1; return 1; }
+    if (!strcmp(a, "-j") || !strcmp(a, "--json-schema")) return (o->json_schema = args_value(argc, argv, i)) ? 1 : -1;
+    if (!strcmp(a, "--json-schema-file")) {
+        if (!(v = args_value(argc, argv, i))) return -1;
+        FILE *f = fopen(v, "rb");
+        if (!f) { fprintf(stderr, "qnext: --json-schema-file: cannot open %s\n", v); return -1; }
+        size_t cap = 1 << 16, n = 0;
+        char *buf = malloc(cap + 1);
+        for (size_t got; buf && (got = fread(buf + n, 1, cap - n, f)) > 0;) {
+            n += got;
+            if (n == cap) {
+                char *p = realloc(buf, 2 * cap + 1);
+                if (!p) { free(buf); buf = NULL; break; }
+                buf = p;
+                cap *= 2;
+            }
+        }
+        fclose(f);
+        if (!buf) { fprintf(stderr, "qnext: out of memory\n"); return -1; }
+        buf[n] = 0;
+        /* the text lives as long as the options (the process): one file, kept in a static */
+        static char *schema_file_text;
+        free(schema_file_text);
+        schema_file_text = buf;
+        o->json_schema = buf;
+        return 1;
+    }
     return 0;
 }
 
@@ -191,6 +221,23 @@ int textgen_open(textgen *g, const textgen_opts *o, int need_template, int spinn
         snprintf(err, sizeof err, "out of memory");
         goto fail;
     }
+    if (o->json_any || o->json_schema) { /* the answer's constraint (response_format in serve) */
+        json *sj = NULL;
+        char perr[256];
+        if (o->json_schema && !(sj = json_parse(o->json_schema, strlen(o->json_schema), perr, sizeof perr))) {
+            snprintf(err, sizeof err, "--json-schema: %s", perr);
+            goto fail;
+        }
+        char cerr[384];
+        g->jschema = jcon_schema_compile(sj, cerr, sizeof cerr);
+        json_free(sj);
+        if (!g->jschema) { snprintf(err, sizeof err, "--json-schema: %s", cerr); goto fail; }
+        g->jvocab = jcon_vocab_new(g->tok, g->vocab, g->eos, g->n_eos);
+        g->masked = malloc((size_t)g->vocab * sizeof *g->masked);
+        if (!g->jvocab || !g->masked) { snprintf(err, sizeof err, "out of memory"); goto fail; }
+    }
+    g->think_open = tokenizer_token_id(g->tok, "<think>");
+    g->think_close = tokenizer_token_id(g->tok, "</think>");
     if (o->think >= 0) {
         g->kwargs = json_new(JSON_OBJECT);
         json *b = json_new(o->think ? JSON_TRUE : JSON_FALSE);
@@ -215,6 +262,9 @@ void textgen_close(textgen *g) {
     qnext_model_close(g->model);
     free(g->logits);
     json_free(g->kwargs);
+    jcon_schema_free(g->jschema);
+    jcon_vocab_free(g->jvocab);
+    free(g->masked);
     memset(g, 0, sizeof *g);
 }
 
@@ -279,13 +329,29 @@ int textgen_generate(textgen *g, const textgen_opts *o, void (*emit)(void *ud, c
     const int32_t *fed = conversation_tokens(g->conv, &n_fed);
     sampler_reset_history(g->smp);
     sampler_set_prompt(g->smp, fed, n_fed);
+    /* --json: the constraint starts with the answer, which in a reasoning turn (the prompt
+     * leaves a <think> open) is after the model's </think> */
+    jcon *jc = g->jschema ? jcon_new(g->jschema, g->jvocab) : NULL;
+    int reasoning = 0;
+    for (int p = n_fed - 1; p >= 0 && g->think_open >= 0; p--) {
+        if (fed[p] == g->think_close) break;
+        if (fed[p] == g->think_open) { reasoning = 1; break; }
+    }
+    if (g->jschema && !jc) { snprintf(err, errlen, "out of memory"); free(piece); stop_matcher_free(&sm); return -1; }
     int n_ctx = qnext_session_n_ctx(g->session);
     double t0 = textgen_now();
     res->finish = FINISH_LENGTH;
     for (;;) {
         if (interrupt && *interrupt) { res->finish = FINISH_INTERRUPT; break; }
         if (o->n_predict >= 0 && res->n_generated >= o->n_predict) { res->finish = FINISH_LENGTH; break; }
-        int32_t tok = sampler_sample(g->smp, g->logits, NULL);
+        int32_t tok;
+        if (jc && !reasoning) {
+            memcpy(g->masked, g->logits, (size_t)g->vocab * sizeof *g->masked);
+            tok = jcon_mask(jc, g->masked) > 0 ? sampler_sample(g->smp, g->masked, NULL) : g->eos[0];
+            jcon_accept(jc, tok);
+        } else
+            tok = sampler_sample(g->smp, g->logits, NULL);
+        if (tok == g->think_close) reasoning = 0;
         res->n_generated++;
         int is_eos = 0;
         for (int i = 0; i < g->n_eos; i++) is_eos |= tok == g->eos[i];
@@ -320,5 +386,6 @@ done:
     if (rc) res->finish = FINISH_ERROR;
     free(piece);
     stop_matcher_free(&sm);
+    jcon_free(jc);
     return rc;
 }

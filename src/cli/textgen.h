@@ -12,6 +12,7 @@
 #include "qnext.h"
 #include "text/chat_template.h"
 #include "text/conversation.h"
+#include "text/json_constraint.h"
 #include "text/sampler.h"
 #include "text/stop.h"
 #include "text/tokenizer.h"
@@ -33,6 +34,8 @@ typedef struct {
     const char *system;
     int verbose;
     int max_snapshots;       /* for the conversation (0: its default) */
+    int json_any;            /* --json: the answer is a JSON object */
+    const char *json_schema; /* --json-schema TEXT (or the text of --json-schema-file) */
 } textgen_opts;
 
 void textgen_opts_init(textgen_opts *o);
@@ -55,6 +58,10 @@ typedef struct {
     int vocab;
     float *logits;            /* vocab floats: after the last fed token */
     json *kwargs;             /* template variables (enable_thinking) or NULL */
+    jcon_schema *jschema;     /* --json / --json-schema: the answer's constraint, or NULL */
+    jcon_vocab *jvocab;
+    float *masked;            /* vocab floats: logits with the constraint's mask */
+    int32_t think_open, think_close; /* <think> / </think> ids (-1 when absent) */
 } textgen;
 
 /* Opens everything; prints one error line and returns 0 on failure. With a spinner, an

@@ -613,6 +613,17 @@ void req_release(serve_req *r) {
     if (left > 0) return;
     free(r->prompt);
     free(r->forced);
+    free(r->sep);
+    free(r->close);
+    jcon_schema_free(r->name_schema);
+    for (int k = 0; k < r->n_tools; k++) {
+        if (r->tool_schema) jcon_schema_free(r->tool_schema[k]);
+        if (r->tool_name) free(r->tool_name[k]);
+    }
+    free(r->tool_schema);
+    free(r->tool_name);
+    jcon_free(r->call_jc);
+    sv_buf_free(&r->call_name);
     jcon_free(r->jc);
     jcon_schema_free(r->jschema);
     sampler_free(r->smp);
@@ -764,6 +775,90 @@ static void on_token(serve_engine *e, context *c, int32_t t, const sampler_resul
     c->has_next = 1;
 }
 
+/* A forced tool call (serve_req: tool_choice) goes through these parts in order: the engine
+ * writes the fixed ones (OPEN, SEP, CLOSE, END), the model the masked ones (NAME, ARGS). */
+enum { CALL_NONE, CALL_OPEN, CALL_NAME, CALL_SEP, CALL_ARGS, CALL_CLOSE, CALL_END };
+
+/* The forced call's next part; CALL_NONE (unforced from here on) if a matcher cannot be made. */
+static void call_next(serve_engine *e, serve_req *r) {
+    jcon_free(r->call_jc);
+    r->call_jc = NULL;
+    r->call_at = 0;
+    switch (r->call) {
+    case CALL_OPEN: r->call = r->forced_tool >= 0 ? CALL_ARGS : CALL_NAME; break;
+    case CALL_NAME: { /* which tool: the name as written, without blanks around it */
+        const char *p = r->call_name.p ? r->call_name.p : "";
+        size_t n = r->call_name.n;
+        while (n && (*p == ' ' || *p == '\n' || *p == '\t' || *p == '\r')) { p++; n--; }
+        while (n && (p[n - 1] == ' ' || p[n - 1] == '\n' || p[n - 1] == '\t' || p[n - 1] == '\r')) n--;
+        r->forced_tool = -1;
+        for (int k = 0; k < r->n_tools; k++)
+            if (strlen(r->tool_name[k]) == n && !memcmp(r->tool_name[k], p, n)) r->forced_tool = k;
+        r->call = r->forced_tool >= 0 ? CALL_SEP : CALL_NONE;
+        break;
+    }
+    case CALL_SEP: r->call = CALL_ARGS; break;
+    case CALL_ARGS: r->call = CALL_CLOSE; break;
+    default: r->call = CALL_END; break;
+    }
+    if (r->call == CALL_NAME || r->call == CALL_ARGS) {
+        r->call_jc = jcon_new(r->call == CALL_NAME ? r->name_schema : r->tool_schema[r->forced_tool], e->jvocab);
+        if (!r->call_jc) r->call = CALL_NONE;
+    }
+}
+
+/* The next token of a request from its logits: usually a draw of the sampler, but a forced
+ * call's fixed parts are written instead, and a JSON matcher masks the draw: the forced
+ * call's (name or arguments), or response_format's after any reasoning. */
+static int32_t draw_token(serve_engine *e, context *c, sampler_result *res) {
+    serve_req *r = c->req;
+    int in_call = r->call != CALL_NONE && r->force_armed;
+    if (in_call && r->call != CALL_NAME && r->call != CALL_ARGS) { /* no draw: the token is fixed */
+        int32_t tok = e->eos[0];
+        if (r->call != CALL_END) {
+            const int32_t *seq = r->call == CALL_OPEN ? r->forced : r->call == CALL_SEP ? r->sep : r->close;
+            int n = r->call == CALL_OPEN ? r->n_forced : r->call == CALL_SEP ? r->n_sep : r->n_close;
+            tok = seq[r->call_at++];
+            if (r->call_at == n) call_next(e, r);
+        }
+        r->n_fixed++;
+        memset(res, 0, sizeof *res);
+        res->token = tok;
+        res->logprob = log_softmax_at(c->logits, e->vocab, tok);
+        return tok;
+    }
+    jcon *mj = in_call ? r->call_jc : r->jc && !(r->parser && output_parser_in_reasoning(r->parser)) ? r->jc : NULL;
+    int32_t tok;
+    if (mj) {
+        memcpy(e->masked, c->logits, (size_t)e->vocab * sizeof(float));
+        if (jcon_mask(mj, e->masked) > 0) tok = sampler_sample(r->smp, e->masked, res);
+        else { /* cannot happen for a compiled schema; end rather than sample from nothing */
+            tok = e->eos[0];
+            memset(res, 0, sizeof *res);
+            res->token = tok;
+        }
+    } else
+        tok = sampler_sample(r->smp, c->logits, res);
+    if (e->fake) { /* test hook: a scripted output (around the fixed tokens), then end of sequence */
+        int at = r->n_gen - r->n_fixed;
+        tok = at < (int)e->n_fake ? e->fake[at] : e->eos[0];
+        res->token = tok;
+        res->logprob = log_softmax_at(c->logits, e->vocab, tok);
+    }
+    if (!mj) return tok;
+    if (!jcon_accept(mj, tok)) { /* a scripted token (test hook) left the grammar: stop masking */
+        if (mj == r->jc) r->jc = NULL;
+        else { r->call_jc = NULL; r->call = CALL_NONE; }
+        jcon_free(mj);
+    } else if (mj == r->call_jc) {
+        size_t n = 0;
+        const unsigned char *b = r->call == CALL_NAME ? tokenizer_token_bytes(e->tok, tok, &n) : NULL;
+        if (b) sv_buf_add(&r->call_name, (const char *)b, n);
+        if (jcon_complete(mj)) call_next(e, r);
+    }
+    return tok;
+}
+
 /* Is pos (a prompt index) a snapshot point? The end of the prompt, and just before its last
  * <|im_start|> (where the assistant turn begins: the point a follow-up turn diverges from when
  * the template rewrites the previous answer, e.g. drops its reasoning). Earlier message
@@ -781,6 +876,7 @@ static int admit(serve_engine *e, serve_req *r) {
     if (ci < 0) { free(x); return -1; }
     r->priv = x; /* engine-private; freed in ctx_finish */
     if (r->jschema && !(r->jc = jcon_new(r->jschema, e->jvocab))) return -1;
+    if (r->n_forced) r->call = CALL_OPEN;
     x->snap_at = -1;
     for (int p = r->n_prompt - 1; e->im_start >= 0 && p > r->n_cached; p--)
         if (r->prompt[p] == e->im_start) { x->snap_at = p; break; }
@@ -937,36 +1033,9 @@ static void *engine_main(void *arg) {
                 if (is_boundary(e, r, c->prefill_at)) ctx_snapshot(e, c);
                 if (c->prefill_at < r->n_prompt) continue;
             }
-            /* logits of the last fed token: sample the next one */
+            /* logits of the last fed token: the next one */
             sampler_result res;
-            int32_t tok;
-            /* response_format: only tokens that continue a valid document (after reasoning) */
-            int constrained = r->jc && !(r->parser && output_parser_in_reasoning(r->parser));
-            if (constrained) {
-                memcpy(e->masked, c->logits, (size_t)e->vocab * sizeof(float));
-                if (jcon_mask(r->jc, e->masked) > 0) tok = sampler_sample(r->smp, e->masked, &res);
-                else { /* cannot happen for a compiled schema; end rather than sample from nothing */
-                    tok = e->eos[0];
-                    memset(&res, 0, sizeof res);
-                    res.token = tok;
-                }
-            } else
-                tok = sampler_sample(r->smp, c->logits, &res);
-            if (e->fake) { /* test hook: a scripted output, then end of sequence (forced tokens go first) */
-                int at = r->n_gen - r->forced_at;
-                tok = at < (int)e->n_fake ? e->fake[at] : e->eos[0];
-                res.token = tok;
-                res.logprob = log_softmax_at(c->logits, e->vocab, tok);
-            }
-            if (r->n_forced && r->force_armed && r->forced_at < r->n_forced) { /* tool_choice: the call's opening */
-                tok = r->forced[r->forced_at++];
-                res.token = tok;
-                res.logprob = log_softmax_at(c->logits, e->vocab, tok);
-            }
-            if (constrained && !jcon_accept(r->jc, tok)) { /* a scripted token (test hook) left the grammar */
-                jcon_free(r->jc);
-                r->jc = NULL;
-            }
+            int32_t tok = draw_token(e, c, &res);
             gen++;
             on_token(e, c, tok, &res);
         }

@@ -362,6 +362,58 @@ static int parse_response_format(const json *o, serve_req *r, char *err, size_t 
     return 0;
 }
 
+/* tool_choice required or named (server.h, serve_req): the tools' names and argument
+ * schemas, and the fixed parts of the call in the format the Qwen3 templates teach, which the
+ * output parser reads. In a reasoning turn the call comes after </think> and a blank line. */
+static int setup_forced_call(server *sv, serve_req *r, const json *tools, const json *forced_name, unsigned *status,
+                             char *err, size_t errlen) {
+    *status = 500;
+    r->n_tools = (int)tools->n;
+    r->tool_schema = calloc(tools->n, sizeof *r->tool_schema);
+    r->tool_name = calloc(tools->n, sizeof *r->tool_name);
+    json *names = json_new(JSON_ARRAY), *name_schema = json_new(JSON_OBJECT);
+    int bad = !r->tool_schema || !r->tool_name || !names || !name_schema;
+    r->forced_tool = -1;
+    for (size_t k = 0; !bad && k < tools->n; k++) {
+        const json *fn = json_get(tools->items[k], "function"), *name = json_get(fn, "name");
+        const json *params = json_get(fn, "parameters");
+        /* arguments follow the parameters schema, or are any object when it is not supported */
+        if (params && params->type == JSON_OBJECT) r->tool_schema[k] = jcon_schema_compile(params, NULL, 0);
+        if (!r->tool_schema[k]) r->tool_schema[k] = jcon_schema_compile(NULL, NULL, 0);
+        r->tool_name[k] = json_write_compact(name, NULL);
+        json *copy = json_clone(name);
+        bad = !r->tool_schema[k] || !r->tool_name[k] || !copy || !json_array_push(names, copy);
+        if (bad) json_free(copy);
+        if (forced_name && !strcmp(name->str, forced_name->str)) r->forced_tool = (int)k;
+    }
+    if (!bad && !forced_name) {
+        bad = !json_object_set(name_schema, "enum", names);
+        if (!bad) names = NULL; /* owned by name_schema now */
+        bad = bad || !(r->name_schema = jcon_schema_compile(name_schema, NULL, 0));
+    }
+    json_free(names);
+    json_free(name_schema);
+    if (bad) { snprintf(err, errlen, "out of memory"); return -1; }
+    const char *blank = r->start_in_reasoning ? "\n\n" : "";
+    char open[512];
+    if (forced_name)
+        snprintf(open, sizeof open, "%s<tool_call>\n{\"name\": %.300s, \"arguments\": ", blank, r->tool_name[r->forced_tool]);
+    else
+        snprintf(open, sizeof open, "%s<tool_call>\n{\"name\": ", blank);
+    static const char sep[] = ", \"arguments\": ", close[] = "}\n</tool_call>";
+    size_t nf = 0, ns = 0, nc = 0;
+    bad = tokenizer_encode(sv->tok, open, strlen(open), &r->forced, &nf) ||
+          tokenizer_encode(sv->tok, sep, sizeof sep - 1, &r->sep, &ns) ||
+          tokenizer_encode(sv->tok, close, sizeof close - 1, &r->close, &nc);
+    if (bad) { snprintf(err, errlen, "out of memory"); return -1; }
+    r->n_forced = (int)nf;
+    r->n_sep = (int)ns;
+    r->n_close = (int)nc;
+    r->force_armed = !r->start_in_reasoning;
+    *status = 400;
+    return 0;
+}
+
 /* Builds a request from a chat or completion body. Returns NULL with err/status on failure. */
 static serve_req *build_request(server *sv, const json *o, int kind, unsigned *status, char *err, size_t errlen,
                                 const char **bad_param, const char **code) {
@@ -448,24 +500,7 @@ static serve_req *build_request(server *sv, const json *o, int kind, unsigned *s
         size_t n = 0;
         if (tokenizer_encode(sv->tok, prompt_text, prompt_len, &r->prompt, &n)) { *status = 500; snprintf(err, errlen, "out of memory"); goto fail; }
         r->n_prompt = (int)n;
-        if (required || forced_name) {
-            /* The opening of a tool call in the format the Qwen3 templates teach, which the
-             * output parser reads: the model continues with the name ("required") or the
-             * arguments (a named function). In a reasoning turn it comes after </think>. */
-            char open[512];
-            const char *sep = r->start_in_reasoning ? "\n\n" : "";
-            if (forced_name) { /* the name as a JSON string (escaped where it needs to be) */
-                char *qn = json_write_compact(forced_name, NULL);
-                if (!qn) { *status = 500; snprintf(err, errlen, "out of memory"); goto fail; }
-                snprintf(open, sizeof open, "%s<tool_call>\n{\"name\": %.300s, \"arguments\": ", sep, qn);
-                free(qn);
-            } else
-                snprintf(open, sizeof open, "%s<tool_call>\n{\"name\": \"", sep);
-            size_t nf = 0;
-            if (tokenizer_encode(sv->tok, open, strlen(open), &r->forced, &nf)) { *status = 500; snprintf(err, errlen, "out of memory"); goto fail; }
-            r->n_forced = (int)nf;
-            r->force_armed = !r->start_in_reasoning;
-        }
+        if ((required || forced_name) && setup_forced_call(sv, r, tools, forced_name, status, err, errlen)) goto fail;
         r->parser = output_parser_new(r->start_in_reasoning, r->parse_tools);
         if (!r->parser) { *status = 500; snprintf(err, errlen, "out of memory"); goto fail; }
         snprintf(r->id, sizeof r->id, "chatcmpl-%016llx%08x", (unsigned long long)(uintptr_t)r ^ (unsigned long long)r->created,

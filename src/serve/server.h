@@ -61,11 +61,20 @@ typedef struct serve_req {
     stop_matcher stop;
     int start_in_reasoning, parse_tools;
     int ignore_eos;      /* vLLM extension: keep generating past end-of-sequence tokens */
-    /* tool_choice "required" or a named function: these tokens (the opening of a tool call)
-     * replace the sampled ones, from the first generated token, or in a reasoning turn from
-     * the first one after the reasoning has ended (</think>) */
-    int32_t *forced;
-    int n_forced;
+    /* tool_choice "required" or a named function forces one call, from the first generated
+     * token, or in a reasoning turn from the first one after </think>. The engine writes the
+     * opening (`<tool_call>\n{"name": `, with a named function also its name and
+     * `, "arguments": `); with "required" the model writes the name, masked to one of the
+     * tools' names, and the engine the separator; the model writes the arguments, masked to
+     * that tool's parameters schema (any object when the schema is not supported); the engine
+     * closes the call (`}\n</tool_call>`) and ends the turn. */
+    int32_t *forced, *sep, *close; /* opening, separator, closing tokens */
+    int n_forced, n_sep, n_close;
+    jcon_schema *name_schema;      /* required: an enum of the tools' names */
+    int n_tools;
+    jcon_schema **tool_schema;     /* per tool: its arguments */
+    char **tool_name;              /* per tool: its name as compact JSON (with the quotes) */
+    int forced_tool;               /* named: the tool's index */
     /* response_format json_object / json_schema: the compiled schema. The engine's matcher
      * (jc, below) masks every draw from the first token after any reasoning. */
     jcon_schema *jschema;
@@ -93,7 +102,12 @@ typedef struct serve_req {
     sv_buf text;             /* completion: the text so far */
     void *priv;              /* engine bookkeeping (logprob entries) */
     int n_tool_calls_sent;
-    int forced_at, force_armed; /* forced tokens used; whether forcing has started */
+    int force_armed;         /* the forced call may start (reasoning, if any, has ended) */
+    int call;                /* where the forced call is: CALL_* in engine.c */
+    int call_at;             /* tokens of the current fixed part written */
+    int n_fixed;             /* tokens the engine wrote instead of drawing */
+    jcon *call_jc;           /* the forced call's name or arguments matcher */
+    sv_buf call_name;        /* required: the bytes of the name as the model wrote it */
     jcon *jc;                /* response_format's matcher (NULL: unconstrained) */
     int64_t t_submit_us, t_first_us;
 } serve_req;

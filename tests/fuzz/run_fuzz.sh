@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # run_fuzz.sh - builds the libFuzzer harnesses and runs each for a while.
-#   tests/fuzz/run_fuzz.sh [seconds-per-target] [target...]    (default 60; gguf json)
+#   tests/fuzz/run_fuzz.sh [seconds-per-target] [target...]    (default 60; gguf json jcon)
 # Needs clang with libFuzzer (Debian: apt-get install clang libclang-rt-14-dev).
 # The committed seed corpora (tests/fuzz/corpus_*) are copied to a work directory, so
 # the inputs a run discovers do not end up in the checkout; crashes are saved there too.
@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 secs=${1:-60}
 shift || true
-targets=${*:-gguf json}
+targets=${*:-gguf json jcon}
 work=${QNEXT_FUZZ_DIR:-/tmp/qnext_fuzz}
 mkdir -p "$work"
 CC=${CC:-clang}
@@ -17,6 +17,7 @@ for t in $targets; do
   case $t in
     gguf) srcs="src/model/gguf.c src/kernels/cpu/quant.c" ;;
     json) srcs="src/util/json.c" ;;
+    jcon) srcs="src/text/json_constraint.c src/util/json.c" ;;
     *) echo "unknown target $t" >&2; exit 2 ;;
   esac
   $CC $flags "tests/fuzz/fuzz_$t.c" $srcs -lm -o "$work/fuzz_$t"

@@ -117,6 +117,47 @@ def test_after_reasoning(start_server, tmp_path):
     jsonschema.validate(json.loads(m.content), strict(ITEM), cls=jsonschema.Draft202012Validator)
 
 
+def test_forced_call_arguments_follow_schema(client):
+    # tool_choice naming a function: the model writes only the arguments, masked by the
+    # function's parameters schema; the server closes the call when they are complete.
+    params = {"type": "object", "properties": {"city": {"enum": ["Paris", "Oslo"]}, "days": {"type": "integer"},
+                                               "metric": {"type": "boolean"}}, "required": ["city", "days"]}
+    tools = [{"type": "function", "function": {"name": "forecast", "parameters": params}},
+             {"type": "function", "function": {"name": "other", "parameters": {"type": "object"}}}]
+    for seed in range(3):
+        r = client.chat.completions.create(model="m", messages=ASK, tools=tools, max_tokens=900, temperature=1.0,
+                                           seed=seed, tool_choice={"type": "function", "function": {"name": "forecast"}})
+        ch = r.choices[0]
+        assert ch.finish_reason == "tool_calls", ch.message
+        call = ch.message.tool_calls[0]
+        assert call.function.name == "forecast"
+        jsonschema.validate(json.loads(call.function.arguments), strict(params), cls=jsonschema.Draft202012Validator)
+
+
+def test_required_call_follows_schemas(client):
+    # tool_choice "required": the name is masked to the tools' names, the arguments to the
+    # chosen tool's schema; one call, closed by the server.
+    tools = [{"type": "function", "function": {"name": "forecast", "parameters": {
+                 "type": "object", "properties": {"city": {"enum": ["Paris", "Oslo"]}}, "required": ["city"]}}},
+             {"type": "function", "function": {"name": "clock", "parameters": {
+                 "type": "object", "properties": {"utc": {"type": "boolean"}}, "required": ["utc"]}}},
+             {"type": "function", "function": {"name": "noargs", "parameters": {"type": "object", "properties": {}}}}]
+    schemas = {t["function"]["name"]: t["function"]["parameters"] for t in tools}
+    names = set()
+    for seed in range(6):
+        r = client.chat.completions.create(model="m", messages=ASK, tools=tools, max_tokens=900, temperature=1.0,
+                                           seed=seed, tool_choice="required")
+        ch = r.choices[0]
+        assert ch.finish_reason == "tool_calls", ch.message
+        assert len(ch.message.tool_calls) == 1
+        call = ch.message.tool_calls[0]
+        assert call.function.name in schemas
+        names.add(call.function.name)
+        jsonschema.validate(json.loads(call.function.arguments), strict(schemas[call.function.name]),
+                            cls=jsonschema.Draft202012Validator)
+    assert len(names) >= 2, names  # the model's choice, not always the first tool
+
+
 @pytest.mark.parametrize("rf, msg", [
     ({"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "string", "pattern": "a+"}}},
      "'pattern' is not supported"),

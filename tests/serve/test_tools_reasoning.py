@@ -75,10 +75,10 @@ def test_tool_calls(start_server):
 
 
 def test_tool_choice_forces_a_call(start_server):
-    # The scripted output is only what follows the opening of a call: with tool_choice naming
-    # a function, or "required", the server writes that opening itself (the model continues
-    # with the arguments, or with the name and the arguments).
-    args_only = '{"city": "Paris"}}\n</tool_call>'
+    # The scripted output is only what the model writes inside the call: the server writes
+    # the opening (with a named function, also the name), the separator after a "required"
+    # call's name, and the closing once the arguments object is complete.
+    args_only = '{"city": "Paris"}'
     srv = start_server(env={"QNEXT_SERVE_FAKE_OUTPUT": args_only})
     c = client_for(srv)
     named = {"type": "function", "function": {"name": "get_weather"}}
@@ -94,7 +94,7 @@ def test_tool_choice_forces_a_call(start_server):
     r = c.chat.completions.create(model="m", messages=ASK, tools=TOOLS)
     assert not r.choices[0].message.tool_calls and r.choices[0].finish_reason == "stop"
 
-    srv2 = start_server(env={"QNEXT_SERVE_FAKE_OUTPUT": 'get_time", "arguments": {}}\n</tool_call>'})
+    srv2 = start_server(env={"QNEXT_SERVE_FAKE_OUTPUT": '"get_time"{}'})
     r = client_for(srv2).chat.completions.create(model="m", messages=ASK, tools=TOOLS, tool_choice="required")
     ch = r.choices[0]
     assert ch.finish_reason == "tool_calls"
@@ -114,7 +114,7 @@ def test_tool_choice_after_reasoning(start_server, tmp_path):
     # A thinking model reasons first; the forced call opening comes after </think>.
     model, template = thinking_model(tmp_path)
     (model / "chat_template.jinja").write_text(template)
-    out = 'The user wants the weather.\n</think>{"city": "Paris"}}\n</tool_call>'
+    out = 'The user wants the weather.\n</think>{"city": "Paris"}'
     srv = start_server(env={"QNEXT_SERVE_FAKE_OUTPUT": out, "QNEXT_SERVE_MODEL": str(model)})
     r = client_for(srv).chat.completions.create(model="m", messages=ASK, tools=TOOLS,
                                                 tool_choice={"type": "function", "function": {"name": "get_weather"}})
