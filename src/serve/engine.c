@@ -454,7 +454,7 @@ static void stream_delta(serve_engine *e, serve_req *r, req_extra *x, const char
     if (r->kind == REQ_COMPLETION) {
         if (n || (final && x->lp.sent < x->lp.n)) {
             chunk_head(e, r, &b);
-            SV_LIT(&b, ",\"choices\":[{\"index\":0,\"text\":");
+            sv_buf_addf(&b, ",\"choices\":[{\"index\":%d,\"text\":", r->choice);
             sv_json_str(&b, text, n);
             SV_LIT(&b, ",\"logprobs\":");
             if (r->logprobs && x->lp.sent < x->lp.n) {
@@ -472,7 +472,7 @@ static void stream_delta(serve_engine *e, serve_req *r, req_extra *x, const char
         int has_lp = r->logprobs && x->lp.sent < x->lp.n;
         if (d.reasoning_len || d.content_len || (has_lp && (final || d.n_tool_deltas))) {
             chunk_head(e, r, &b);
-            SV_LIT(&b, ",\"choices\":[{\"index\":0,\"delta\":{");
+            sv_buf_addf(&b, ",\"choices\":[{\"index\":%d,\"delta\":{", r->choice);
             int comma = 0;
             if (d.reasoning_len) {
                 SV_LIT(&b, "\"reasoning_content\":");
@@ -499,16 +499,16 @@ static void stream_delta(serve_engine *e, serve_req *r, req_extra *x, const char
                 char cid[40];
                 random_id(cid, sizeof cid, "call_");
                 chunk_head(e, r, &b);
-                sv_buf_addf(&b, ",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":%d,\"id\":\"%s\","
+                sv_buf_addf(&b, ",\"choices\":[{\"index\":%d,\"delta\":{\"tool_calls\":[{\"index\":%d,\"id\":\"%s\","
                                 "\"type\":\"function\",\"function\":{\"name\":",
-                            td->index, cid);
+                            r->choice, td->index, cid);
                 sv_json_str(&b, td->name, strlen(td->name));
                 SV_LIT(&b, ",\"arguments\":\"\"}}]},\"logprobs\":null,\"finish_reason\":null}]}\n\n");
             }
             if (td->args_len) {
                 chunk_head(e, r, &b);
-                sv_buf_addf(&b, ",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":%d,\"function\":{\"arguments\":",
-                            td->index);
+                sv_buf_addf(&b, ",\"choices\":[{\"index\":%d,\"delta\":{\"tool_calls\":[{\"index\":%d,\"function\":{\"arguments\":",
+                            r->choice, td->index);
                 sv_json_str(&b, td->args, td->args_len);
                 SV_LIT(&b, "}}]},\"logprobs\":null,\"finish_reason\":null}]}\n\n");
             }
@@ -525,11 +525,11 @@ static void finish_output(serve_engine *e, serve_req *r, req_extra *x) {
     if (r->stream) {
         chunk_head(e, r, &b);
         if (r->kind == REQ_CHAT)
-            sv_buf_addf(&b, ",\"choices\":[{\"index\":0,\"delta\":{},\"logprobs\":null,\"finish_reason\":\"%s\"}]}\n\n",
-                        finish_str(r->finish));
+            sv_buf_addf(&b, ",\"choices\":[{\"index\":%d,\"delta\":{},\"logprobs\":null,\"finish_reason\":\"%s\"}]}\n\n",
+                        r->choice, finish_str(r->finish));
         else
-            sv_buf_addf(&b, ",\"choices\":[{\"index\":0,\"text\":\"\",\"logprobs\":null,\"finish_reason\":\"%s\"}]}\n\n",
-                        finish_str(r->finish));
+            sv_buf_addf(&b, ",\"choices\":[{\"index\":%d,\"text\":\"\",\"logprobs\":null,\"finish_reason\":\"%s\"}]}\n\n",
+                        r->choice, finish_str(r->finish));
         if (r->include_usage) {
             chunk_head(e, r, &b);
             SV_LIT(&b, ",\"choices\":[],\"usage\":");
@@ -551,7 +551,7 @@ static void finish_output(serve_engine *e, serve_req *r, req_extra *x) {
         const char *content = output_parser_content(r->parser, &cl);
         const char *reasoning = output_parser_reasoning(r->parser, &rl);
         int nc = output_parser_n_calls(r->parser);
-        SV_LIT(&b, ",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":");
+        sv_buf_addf(&b, ",\"choices\":[{\"index\":%d,\"message\":{\"role\":\"assistant\",\"content\":", r->choice);
         if (nc && !cl) SV_LIT(&b, "null");
         else sv_json_str(&b, content, cl);
         if (rl) {
@@ -576,7 +576,7 @@ static void finish_output(serve_engine *e, serve_req *r, req_extra *x) {
         if (r->logprobs) chat_logprobs(e, &b, x->lp.v, 0, x->lp.n);
         else SV_LIT(&b, "null");
     } else {
-        SV_LIT(&b, ",\"choices\":[{\"index\":0,\"text\":");
+        sv_buf_addf(&b, ",\"choices\":[{\"index\":%d,\"text\":", r->choice);
         sv_json_str(&b, r->text.p ? r->text.p : "", r->text.n);
         SV_LIT(&b, ",\"logprobs\":");
         if (r->logprobs) completion_logprobs(e, &b, x->lp.v, 0, x->lp.n, 0);
@@ -891,8 +891,8 @@ static int admit(serve_engine *e, serve_req *r) {
     if (r->stream && r->kind == REQ_CHAT) {
         sv_buf b = {0};
         chunk_head(e, r, &b);
-        SV_LIT(&b, ",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},\"logprobs\":null,"
-                       "\"finish_reason\":null}]}\n\n");
+        sv_buf_addf(&b, ",\"choices\":[{\"index\":%d,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},\"logprobs\":null,"
+                        "\"finish_reason\":null}]}\n\n", r->choice);
         req_publish(r, &b, 0, 200);
         sv_buf_free(&b);
     }

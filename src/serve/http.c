@@ -205,7 +205,9 @@ static int parse_common(server *sv, const json *o, serve_req *r, int is_chat, ch
     sp.seed = json_get(o, "seed") && json_get(o, "seed")->type != JSON_NULL ? (uint64_t)i64
                                                                              : (uint64_t)time(NULL) ^ (uint64_t)(uintptr_t)r;
     i64 = 1;
-    if (opt_int(o, "n", 1, 1, &i64, err, errlen, bad_param)) BAD("n", "only n = 1 is supported");
+    i64 = 1;
+    if (opt_int(o, "n", 1, SV_MAX_CHOICES, &i64, err, errlen, bad_param)) return -1;
+    r->n_choices = (int)i64;
 
     /* limits */
     int64_t max_tokens = -1;
@@ -658,6 +660,200 @@ static enum MHD_Result run_request(server *sv, struct MHD_Connection *c, conn_st
     return q;
 }
 
+/* ------------------------------------------------------------------ n > 1: one request per choice */
+
+/* The choices of one request run as n engine requests (each with its own slot and sampler);
+ * their outputs are merged here. A stream forwards the choices' SSE events as they come, whole
+ * events only, without each choice's usage chunk and [DONE], and ends with one usage chunk
+ * (when asked) and one [DONE]. */
+typedef struct {
+    server *sv;
+    serve_req *r[SV_MAX_CHOICES];
+    int n, fd;
+    int cur;       /* a choice whose event was only partly sent (-1: none) */
+    size_t cur_end;/* where that event ends in its buffer */
+    sv_buf tail;   /* the closing chunks, once every choice is done */
+    size_t tail_sent;
+    int tail_made;
+} group_state;
+
+static void group_cancel(group_state *g) {
+    for (int i = 0; i < g->n; i++) atomic_store(&g->r[i]->cancelled, 1);
+}
+
+/* "prompt_tokens" once, "completion_tokens" summed over the choices (as OpenAI counts them). */
+static void group_usage(group_state *g, sv_buf *b) {
+    int gen = 0;
+    for (int i = 0; i < g->n; i++) gen += g->r[i]->n_gen;
+    serve_req *r0 = g->r[0];
+    sv_buf_addf(b, "{\"prompt_tokens\":%d,\"completion_tokens\":%d,\"total_tokens\":%d,"
+                   "\"prompt_tokens_details\":{\"cached_tokens\":%d}}",
+                r0->n_prompt, gen, r0->n_prompt + gen, r0->n_cached);
+}
+
+/* Is this SSE event (without its blank line) one the group replaces? */
+static int group_drops(const char *ev, size_t n) {
+    return (n == 12 && !memcmp(ev, "data: [DONE]", 12)) || memmem(ev, n, "\"choices\":[],\"usage\":", 21);
+}
+
+static ssize_t group_reader(void *cls, uint64_t pos, char *buf, size_t max) {
+    group_state *g = cls;
+    for (;;) {
+        if (g->cur >= 0) { /* finish the event that was cut */
+            serve_req *r = g->r[g->cur];
+            pthread_mutex_lock(&r->mu);
+            size_t n = g->cur_end - r->out_sent;
+            if (n > max) n = max;
+            memcpy(buf, r->out.p + r->out_sent, n);
+            r->out_sent += n;
+            if (r->out_sent == g->cur_end) g->cur = -1;
+            pthread_mutex_unlock(&r->mu);
+            return (ssize_t)n;
+        }
+        int all_done = 1;
+        for (int i = 0; i < g->n; i++) {
+            serve_req *r = g->r[i];
+            pthread_mutex_lock(&r->mu);
+            while (r->out_sent < r->out.n) { /* the engine appends whole events */
+                const char *ev = r->out.p + r->out_sent;
+                const char *end = memmem(ev, r->out.n - r->out_sent, "\n\n", 2);
+                size_t len = end ? (size_t)(end - ev) + 2 : r->out.n - r->out_sent;
+                if (end && group_drops(ev, len - 2)) { r->out_sent += len; continue; }
+                size_t n = len > max ? max : len;
+                memcpy(buf, ev, n);
+                r->out_sent += n;
+                if (n < len) { g->cur = i; g->cur_end = r->out_sent - n + len; }
+                pthread_mutex_unlock(&r->mu);
+                return (ssize_t)n;
+            }
+            all_done &= r->done;
+            pthread_mutex_unlock(&r->mu);
+        }
+        if (all_done) {
+            if (!g->tail_made) {
+                serve_req *r0 = g->r[0];
+                if (r0->include_usage) {
+                    SV_LIT(&g->tail, "data: {\"id\":");
+                    sv_json_str(&g->tail, r0->id, strlen(r0->id));
+                    sv_buf_addf(&g->tail, ",\"object\":\"%s\",\"created\":%lld,\"model\":",
+                                r0->kind == REQ_CHAT ? "chat.completion.chunk" : "text_completion", (long long)r0->created);
+                    sv_json_str(&g->tail, g->sv->model_name, strlen(g->sv->model_name));
+                    SV_LIT(&g->tail, ",\"choices\":[],\"usage\":");
+                    group_usage(g, &g->tail);
+                    SV_LIT(&g->tail, "}\n\n");
+                }
+                SV_LIT(&g->tail, "data: [DONE]\n\n");
+                g->tail_made = 1;
+            }
+            if (g->tail_sent == g->tail.n) return MHD_CONTENT_READER_END_OF_STREAM;
+            size_t n = g->tail.n - g->tail_sent;
+            if (n > max) n = max;
+            memcpy(buf, g->tail.p + g->tail_sent, n);
+            g->tail_sent += n;
+            return (ssize_t)n;
+        }
+        for (int i = 0; i < g->n; i++) { /* wait for the first choice still running */
+            serve_req *r = g->r[i];
+            pthread_mutex_lock(&r->mu);
+            int idle = !r->done && r->out_sent == r->out.n;
+            if (idle) timed_wait(&r->cv, &r->mu, 20);
+            pthread_mutex_unlock(&r->mu);
+            if (idle) break;
+        }
+        if (peer_gone(g->fd)) {
+            group_cancel(g);
+            return MHD_CONTENT_READER_END_WITH_ERROR;
+        }
+    }
+}
+
+static void group_free(void *cls) {
+    group_state *g = cls;
+    group_cancel(g); /* finished, or the client went away: stop generating */
+    for (int i = 0; i < g->n; i++) req_release(g->r[i]);
+    sv_buf_free(&g->tail);
+    free(g);
+}
+
+/* One JSON body from the choices' bodies: choice 0's, with every choice in "choices" and the
+ * usage of all. A choice that failed answers for all. */
+static enum MHD_Result group_respond(server *sv, struct MHD_Connection *c, group_state *g) {
+    for (int i = 0; i < g->n; i++) {
+        serve_req *r = g->r[i];
+        if (r->http_status && r->http_status != 200)
+            return send_text(c, (unsigned)r->http_status, "application/json", r->out.p ? r->out.p : "{}", r->out.p ? r->out.n : 2);
+    }
+    char err[256];
+    json *body = json_parse(g->r[0]->out.p ? g->r[0]->out.p : "", g->r[0]->out.n, err, sizeof err);
+    json *choices = body ? json_get(body, "choices") : NULL;
+    int bad = !choices || choices->type != JSON_ARRAY;
+    for (int i = 1; i < g->n && !bad; i++) {
+        json *bi = json_parse(g->r[i]->out.p ? g->r[i]->out.p : "", g->r[i]->out.n, err, sizeof err);
+        json *ci = bi ? json_get(bi, "choices") : NULL;
+        json *one = ci && ci->type == JSON_ARRAY && ci->n == 1 ? json_clone(ci->items[0]) : NULL;
+        bad = !one || !json_array_push(choices, one);
+        if (bad) json_free(one);
+        json_free(bi);
+    }
+    sv_buf u = {0};
+    group_usage(g, &u);
+    json *usage = bad ? NULL : json_parse(u.p, u.n, err, sizeof err);
+    sv_buf_free(&u);
+    bad = bad || !usage || !json_object_set(body, "usage", usage);
+    if (bad && usage) json_free(usage);
+    size_t n = 0;
+    char *text = bad ? NULL : json_write_compact(body, &n);
+    json_free(body);
+    if (!text) return send_error(sv, c, 500, "server_error", NULL, NULL, "out of memory");
+    enum MHD_Result q = send_text(c, 200, "application/json", text, n);
+    free(text);
+    return q;
+}
+
+/* Submits the choices (all or none, honouring --queue-full) and answers as run_request does. */
+static enum MHD_Result run_group(server *sv, struct MHD_Connection *c, conn_state *cs, group_state *g) {
+    for (int i = 0; i < g->n; i++) {
+        int rc;
+        while ((rc = engine_submit(sv->eng, g->r[i])) == 1 && sv->o.queue_wait && !peer_gone(cs->fd))
+            engine_wait_room(sv->eng, 100);
+        if (rc) { /* the ones submitted are cancelled (the engine drops them), the rest released */
+            group_cancel(g);
+            for (int k = 0; k < g->n; k++) req_release(g->r[k]);
+            free(g);
+            if (rc == 2) return send_error(sv, c, 503, "server_error", NULL, "shutting_down", "the server is shutting down");
+            return send_error(sv, c, 429, "rate_limit_error", NULL, "queue_full", "the server's request queue is full; retry later");
+        }
+    }
+    engine_count_http(sv->eng, 0);
+    g->fd = cs->fd;
+    g->cur = -1;
+    if (g->r[0]->stream) {
+        struct MHD_Response *resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 8192, group_reader, g, group_free);
+        if (!resp) { group_free(g); return MHD_NO; }
+        MHD_add_response_header(resp, "Content-Type", "text/event-stream");
+        MHD_add_response_header(resp, "Cache-Control", "no-cache");
+        enum MHD_Result q = MHD_queue_response(c, 200, resp);
+        MHD_destroy_response(resp);
+        return q;
+    }
+    for (int i = 0; i < g->n; i++) {
+        serve_req *r = g->r[i];
+        pthread_mutex_lock(&r->mu);
+        while (!r->done) {
+            timed_wait(&r->cv, &r->mu, 100);
+            if (!r->done && peer_gone(cs->fd)) {
+                pthread_mutex_unlock(&r->mu);
+                group_free(g);
+                return MHD_NO;
+            }
+        }
+        pthread_mutex_unlock(&r->mu);
+    }
+    enum MHD_Result q = g->r[0]->http_status == 499 ? MHD_NO : group_respond(sv, c, g);
+    group_free(g);
+    return q;
+}
+
 /* ------------------------------------------------------------------ routes */
 
 static enum MHD_Result handle_generate(server *sv, struct MHD_Connection *c, conn_state *cs, json *body, int kind) {
@@ -665,9 +861,37 @@ static enum MHD_Result handle_generate(server *sv, struct MHD_Connection *c, con
     const char *param = NULL, *code = NULL;
     unsigned status = 400;
     serve_req *r = build_request(sv, body, kind, &status, err, sizeof err, &param, &code);
+    if (!r) {
+        json_free(body);
+        return send_error(sv, c, status, status == 400 ? "invalid_request_error" : "server_error", param, code, err);
+    }
+    if (r->n_choices == 1) {
+        json_free(body);
+        return run_request(sv, c, cs, r);
+    }
+    group_state *g = calloc(1, sizeof *g);
+    if (!g) { json_free(body); req_release(r); return send_error(sv, c, 500, "server_error", NULL, NULL, "out of memory"); }
+    g->sv = sv;
+    g->r[g->n++] = r;
+    /* with a seed, choice i draws with seed + i: choice 0 is what n = 1 gives */
+    int64_t seed = 0;
+    int seeded = json_as_int64(json_get(body, "seed"), &seed);
+    while (g->n < r->n_choices) {
+        serve_req *ri = build_request(sv, body, kind, &status, err, sizeof err, &param, &code);
+        if (!ri) break;
+        ri->choice = g->n;
+        memcpy(ri->id, r->id, sizeof ri->id);
+        ri->created = r->created;
+        if (seeded) sampler_seed(ri->smp, (uint64_t)seed + (uint64_t)ri->choice);
+        g->r[g->n++] = ri;
+    }
     json_free(body);
-    if (!r) return send_error(sv, c, status, status == 400 ? "invalid_request_error" : "server_error", param, code, err);
-    return run_request(sv, c, cs, r);
+    if (g->n < r->n_choices) { /* the same body built once already: only memory can fail */
+        for (int k = 0; k < g->n; k++) req_release(g->r[k]);
+        free(g);
+        return send_error(sv, c, 500, "server_error", NULL, NULL, "out of memory");
+    }
+    return run_group(sv, c, cs, g);
 }
 
 static enum MHD_Result handle_tokenize(server *sv, struct MHD_Connection *c, json *body) {

@@ -47,6 +47,7 @@ typedef struct {
 } serve_options;
 
 enum { REQ_CHAT = 0, REQ_COMPLETION = 1 };
+#define SV_MAX_CHOICES 16 /* the largest n a request may ask for */
 
 typedef struct output_parser output_parser;
 
@@ -61,6 +62,8 @@ typedef struct serve_req {
     stop_matcher stop;
     int start_in_reasoning, parse_tools;
     int ignore_eos;      /* vLLM extension: keep generating past end-of-sequence tokens */
+    int n_choices;       /* the request's n: the HTTP thread runs n requests, one per choice */
+    int choice;          /* this one's index among them */
     /* tool_choice "required" or a named function forces one call, from the first generated
      * token, or in a reasoning turn from the first one after </think>. The engine writes the
      * opening (`<tool_call>\n{"name": `, with a named function also its name and
