@@ -7,15 +7,20 @@ thinking model. The schemas are bounded (enums, booleans, integers, closed objec
 document must end well within max_tokens; the automaton itself is tested byte by byte in
 tests/test_json_constraint.c."""
 import json
+import os
+import sys
 
 import jsonschema
-import openai
 import pytest
+import requests
 
 from conftest import SLOW, auth
 from test_tools_reasoning import client_for, thinking_model
 
-import requests
+# the engine's reading of properties without additionalProperties (closed), shared with the
+# generator of the C test's cases
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tools"))
+from make_jcon_cases import strict  # noqa: E402
 
 ASK = [{"role": "user", "content": "Describe the item as JSON."}]
 
@@ -31,18 +36,6 @@ ITEM = {
     "$defs": {"Size": {"type": "object", "properties": {"w": {"type": "integer"}, "unit": {"const": "cm"}},
                        "required": ["w", "unit"]}},
 }
-
-
-def strict(schema):
-    """The engine's documented reading: properties without additionalProperties close the object."""
-    if isinstance(schema, list):
-        return [strict(s) for s in schema]
-    if not isinstance(schema, dict):
-        return schema
-    s = {k: strict(v) for k, v in schema.items()}
-    if "properties" in s and "additionalProperties" not in s:
-        s["additionalProperties"] = False
-    return s
 
 
 def fmt(schema):
