@@ -91,11 +91,15 @@ typedef struct qnext_snapshot qnext_snapshot;
 typedef struct {
     int n_threads;  /* 0: all cores */
     int quiet;      /* 1: do not print warnings (unknown tensors) to stderr */
+    int no_mmap;    /* 1: read the weights into memory on transparent huge pages instead of
+                       mapping the files: one full read at open, then faster weight streaming
+                       where the page cache's 4 KB pages slow it (src/util/filemap.h) */
 } qnext_model_params;
 
 /* Opens a Hugging Face model directory (config.json + model.safetensors or sharded
- * model-*.safetensors with model.safetensors.index.json). The files are memory-mapped,
- * not read; every tensor's name, shape and dtype is checked before this returns. */
+ * model-*.safetensors with model.safetensors.index.json), or a GGUF file. The files are
+ * memory-mapped, not read (unless params->no_mmap); every tensor's name, shape and dtype is
+ * checked before this returns. */
 qnext_status qnext_model_open(const char *path, const qnext_model_params *params, qnext_model **out,
                               char *err, size_t errlen);
 void qnext_model_close(qnext_model *m);

@@ -84,12 +84,13 @@ static cmp_stats compare(const float *got, const float *want, int rows, int V) {
     return s;
 }
 
-/* Logits of ids at every position (f32 KV cache), or NULL with a message. */
-static float *run_model(const char *path, const int32_t *ids, int n, int *V_out) {
+/* Logits of ids at every position (f32 KV cache), or NULL with a message; no_mmap reads the
+ * weights into memory instead of mapping the file. */
+static float *run_model(const char *path, const int32_t *ids, int n, int *V_out, int no_mmap) {
     qnext_model *m;
     qnext_session *s;
     char err[512];
-    qnext_model_params mp = {.quiet = 1};
+    qnext_model_params mp = {.quiet = 1, .no_mmap = no_mmap};
     if (qnext_model_open(path, &mp, &m, err, sizeof err)) { fprintf(stderr, "%s\n", err); return NULL; }
     int V = qnext_model_config(m)->vocab_size;
     qnext_session_params sp = {.n_ctx = n + 8, .kv_type = QNEXT_KV_F32};
@@ -130,7 +131,7 @@ static void test_package_files(json *refs) {
         char path[512];
         snprintf(path, sizeof path, "tests/data/gguf_models/%s", gg);
         int V = 0;
-        float *got = ok ? run_model(path, ids, (int)n, &V) : NULL;
+        float *got = ok ? run_model(path, ids, (int)n, &V, 0) : NULL;
         CHECK(got != NULL, "%s: does not run", path);
         int rr, rc;
         snprintf(path, sizeof path, "tests/data/gguf_models/%s", lgn);
@@ -304,14 +305,20 @@ static void test_bf16_equals_safetensors(const char *fixture) {
     if (jp && (int)jp->n < n) n = (int)jp->n;
     json_free(r);
     ids = fixture_prompt(fixture, n, &ok);
-    float *a = ok ? run_model(out, ids, n, &V1) : NULL, *b = ok ? run_model(dir, ids, n, &V2) : NULL;
+    float *a = ok ? run_model(out, ids, n, &V1, 0) : NULL, *b = ok ? run_model(dir, ids, n, &V2, 0) : NULL;
     CHECK(a && b && V1 == V2, "%s: BF16 GGUF or safetensors did not run", fixture);
     if (a && b && V1 == V2) {
         cmp_stats s = compare(a, b, n, V1);
         printf("qnext quantize BF16 of %s vs safetensors: max rel L2 %.2e over %d positions\n", fixture, s.max, n);
         CHECK(s.max <= 1e-6, "%s: BF16 GGUF logits differ from the safetensors run (%.3e)", fixture, s.max);
     }
-    free(a); free(b); free(ids);
+    /* --no-mmap: the same bytes read into memory instead of mapped give the same logits, bit
+     * for bit, for both kinds of file */
+    int V3 = 0, V4 = 0;
+    float *c = ok ? run_model(out, ids, n, &V3, 1) : NULL, *d = ok ? run_model(dir, ids, n, &V4, 1) : NULL;
+    CHECK(a && c && V3 == V1 && !memcmp(a, c, (size_t)n * V1 * sizeof(float)), "%s: GGUF read into memory differs", fixture);
+    CHECK(b && d && V4 == V2 && !memcmp(b, d, (size_t)n * V2 * sizeof(float)), "%s: safetensors read into memory differ", fixture);
+    free(a); free(b); free(c); free(d); free(ids);
     remove(out);
 }
 

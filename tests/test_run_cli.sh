@@ -51,6 +51,11 @@ for c in refs:
     check(why in err and "tok/s" in err, "%r: stderr names the finish (%s) and the speed: %r" % (c["prompt"], why, err))
 check(any(c["stopped_at_eos"] for c in refs), "some reference ends with the eos id")
 
+# --no-mmap (weights read into memory) answers the same
+c = refs[0]
+rc, out, _ = run(*case_args(c), "--temp", "0", "--no-mmap")
+check(rc == 0 and out == c["text"] + "\n", "--no-mmap: got %r want %r" % (out, c["text"]))
+
 # top-k 1 is greedy at any temperature
 c = refs[0]
 rc, out, _ = run(*case_args(c), "--temp", "5", "--top-k", "1", "--seed", "3")

@@ -23,7 +23,8 @@ static const char serve_usage[] =
     "  --kv-type T          KV cache: auto (f32 for checkpoints, bf16 for GGUF), f32, bf16, q8\n"
     "  --drain S            seconds SIGTERM lets running requests finish (default 5)\n"
     "  --alias NAME         model name reported by the API (default: the directory's name)\n"
-    "  -t, --threads N      compute threads (default: all cores)\n";
+    "  -t, --threads N      compute threads (default: all cores)\n"
+    "  --no-mmap            read the weights into memory (huge pages) instead of mapping the file\n";
 
 int cmd_serve(int argc, char **argv) {
     serve_options o;
@@ -54,6 +55,7 @@ int cmd_serve(int argc, char **argv) {
         else if (!strcmp(a, "--queue")) { if (!(v = args_value(argc, argv, &i)) || !args_int(a, v, 0, 1 << 20, &n)) return 2; o.queue_max = (int)n; }
         else if (!strcmp(a, "--max-body")) { if (!(v = args_value(argc, argv, &i)) || !args_int(a, v, 1024, 1L << 32, &n)) return 2; o.max_body = n; }
         else if (!strcmp(a, "--kv-type")) { if (!(v = args_value(argc, argv, &i)) || (o.kv_type = args_kv_type(v)) < 0) return 2; }
+        else if (!strcmp(a, "--no-mmap")) o.no_mmap = 1;
         else if (!strcmp(a, "--prefill-chunk")) { if (!(v = args_value(argc, argv, &i)) || !args_int(a, v, 1, 1 << 16, &n)) return 2; o.prefill_chunk = (int)n; }
         else if (!strcmp(a, "--drain")) { if (!(v = args_value(argc, argv, &i)) || !args_int(a, v, 0, 3600, &n)) return 2; o.drain_s = (int)n; }
         else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) { if (!(v = args_value(argc, argv, &i)) || !args_int(a, v, 0, 4096, &n)) return 2; o.threads = (int)n; }

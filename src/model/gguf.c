@@ -422,6 +422,10 @@ int gguf_open_memory(const void *data, size_t size, gguf_file **out, char *err, 
 }
 
 int gguf_open(const char *path, gguf_file **out, char *err, size_t errlen) {
+    return gguf_open_file(path, 0, out, err, errlen);
+}
+
+int gguf_open_file(const char *path, int in_ram, gguf_file **out, char *err, size_t errlen) {
     *out = NULL;
     int fd = open(path, O_RDONLY);
     if (fd < 0) {
@@ -439,20 +443,19 @@ int gguf_open(const char *path, gguf_file **out, char *err, size_t errlen) {
         close(fd);
         return -1;
     }
-    void *map = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+    filemap fm;
+    int rc = filemap_open(&fm, fd, (size_t)st.st_size, in_ram, path, err, errlen);
     close(fd);
-    if (map == MAP_FAILED) {
-        set_err(err, errlen, "%s: mmap failed: %s", path, strerror(errno));
-        return -1;
-    }
+    if (rc) return -1;
     gguf_file *g = file_new();
     if (!g) {
-        munmap(map, (size_t)st.st_size);
+        filemap_close(&fm);
         set_err(err, errlen, "out of memory");
         return -1;
     }
-    g->base = map;
-    g->size = (size_t)st.st_size;
+    g->base = fm.data;
+    g->size = fm.size;
+    g->fm = fm;
     g->mapped = 1;
     char msg[512] = "";
     if (parse(g, msg, sizeof msg)) {
@@ -466,7 +469,7 @@ int gguf_open(const char *path, gguf_file **out, char *err, size_t errlen) {
 
 void gguf_close(gguf_file *g) {
     if (!g) return;
-    if (g->mapped && g->base) munmap((void *)g->base, g->size);
+    if (g->mapped) filemap_close(&g->fm);
     arena_free(g);
     free(g);
 }

@@ -21,6 +21,7 @@
 #ifndef QNEXT_GGUF_H
 #define QNEXT_GGUF_H
 
+#include "util/filemap.h"
 #include <stddef.h>
 #include <stdint.h>
 
@@ -78,12 +79,16 @@ typedef struct gguf_file {
     size_t size;
     /* private */
     int mapped;
+    filemap fm;
     void *arena;
 } gguf_file;
 
 /* Opens and validates a GGUF file. Returns 0 and stores a handle in *out, or -1 with a
  * message in err. Every tensor type must be one quant.h can dequantize. */
 int gguf_open(const char *path, gguf_file **out, char *err, size_t errlen);
+/* The same; in_ram reads the file into memory on huge pages instead of mapping it
+ * (util/filemap.h: --no-mmap). */
+int gguf_open_file(const char *path, int in_ram, gguf_file **out, char *err, size_t errlen);
 /* The same for bytes in memory (kept by the caller until gguf_close; not copied). */
 int gguf_open_memory(const void *data, size_t size, gguf_file **out, char *err, size_t errlen);
 void gguf_close(gguf_file *g);

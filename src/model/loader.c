@@ -299,7 +299,7 @@ qnext_status qnext_model_open(const char *path, const qnext_model_params *params
     char cpath[4096];
     snprintf(cpath, sizeof cpath, "%s/config.json", path);
     qnext_status rc = config_parse(cpath, &m->cfg, err, errlen);
-    if (rc == QNEXT_OK) rc = store_open_dir(path, &m->store, err, errlen);
+    if (rc == QNEXT_OK) rc = store_open_dir(path, m->params.no_mmap, &m->store, err, errlen);
     if (rc == QNEXT_OK) {
         loader L = {m, path, err, errlen};
         rc = load_all(&L);

@@ -308,7 +308,7 @@ static qnext_status load_mtp(gl *L, int nextn) {
 }
 
 qnext_status gguf_model_load(qnext_model *m, const char *path, char *err, size_t errlen) {
-    if (gguf_open(path, &m->gguf, err, errlen) != 0) return QNEXT_ERR_FORMAT;
+    if (gguf_open_file(path, m->params.no_mmap, &m->gguf, err, errlen) != 0) return QNEXT_ERR_FORMAT;
     gl L = {m, path, err, errlen};
     err[0] = 0;
     int nextn = 0;

@@ -389,7 +389,7 @@ static int make_plan(plan *P, const quantize_params *p) {
     char cpath[4096];
     snprintf(cpath, sizeof cpath, "%s/config.json", p->input_dir);
     if (config_parse(cpath, c, P->err, P->errlen) != QNEXT_OK) return 0;
-    if (store_open_dir(p->input_dir, &P->st, P->err, P->errlen) != QNEXT_OK) return 0;
+    if (store_open_dir(p->input_dir, 0, &P->st, P->err, P->errlen) != QNEXT_OK) return 0;
     /* what a qwen3next GGUF can express: MoE in every layer, full attention every k-th layer */
     int first_full = -1;
     for (int i = 0; i < c->n_layers; i++) {

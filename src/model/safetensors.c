@@ -16,15 +16,18 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "util/filemap.h"
 #include "util/json.h"
 
 typedef struct {
     char *path, *fname;
     void *map;
     size_t size;
+    filemap fm;
 } st_file;
 
 struct qn_store {
+    int in_ram;      /* read the files into memory instead of mapping them (util/filemap.h) */
     st_file *files;
     size_t n_files;
     qn_st_tensor *t;
@@ -127,13 +130,10 @@ static qnext_status open_file(qn_store *st, const char *dir, const char *fname, 
         snprintf(err, errlen, "%s: truncated safetensors file (%zu bytes, no header)", f->path, f->size);
         return QNEXT_ERR_FORMAT;
     }
-    f->map = mmap(NULL, f->size, PROT_READ, MAP_SHARED, fd, 0);
+    int mrc = filemap_open(&f->fm, fd, f->size, st->in_ram, f->path, err, errlen);
     close(fd);
-    if (f->map == MAP_FAILED) {
-        f->map = NULL;
-        snprintf(err, errlen, "%s: cannot mmap: %s", f->path, strerror(errno));
-        return QNEXT_ERR_IO;
-    }
+    if (mrc) return QNEXT_ERR_IO;
+    f->map = (void *)f->fm.data;
     const unsigned char *b = f->map;
     uint64_t hlen = 0;
     for (int i = 7; i >= 0; i--) hlen = (hlen << 8) | b[i];
@@ -216,7 +216,7 @@ static qnext_status open_file(qn_store *st, const char *dir, const char *fname, 
 void store_close(qn_store *st) {
     if (!st) return;
     for (size_t i = 0; i < st->n_files; i++) {
-        if (st->files[i].map) munmap(st->files[i].map, st->files[i].size);
+        filemap_close(&st->files[i].fm);
         free(st->files[i].path);
         free(st->files[i].fname);
     }
@@ -233,10 +233,11 @@ static int file_exists(const char *dir, const char *name) {
     return access(p, F_OK) == 0;
 }
 
-qnext_status store_open_dir(const char *dir, qn_store **out, char *err, size_t errlen) {
+qnext_status store_open_dir(const char *dir, int in_ram, qn_store **out, char *err, size_t errlen) {
     *out = NULL;
     qn_store *st = calloc(1, sizeof *st);
     if (!st) return QNEXT_ERR_MEMORY;
+    st->in_ram = in_ram;
     qnext_status rc = QNEXT_OK;
     json *idx = NULL;
     if (file_exists(dir, "model.safetensors.index.json")) {

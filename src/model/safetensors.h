@@ -17,7 +17,9 @@ typedef struct {
     int used;            /* claimed by the loader; the rest are reported as unknown */
 } qn_st_tensor;
 
-qnext_status store_open_dir(const char *dir, qn_store **out, char *err, size_t errlen);
+/* Opens a model directory's safetensors files: mapped, or with in_ram read into memory
+ * (util/filemap.h). */
+qnext_status store_open_dir(const char *dir, int in_ram, qn_store **out, char *err, size_t errlen);
 void store_close(qn_store *st);
 qn_st_tensor *store_find(qn_store *st, const char *name);
 size_t store_count(const qn_store *st);

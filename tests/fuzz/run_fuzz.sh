@@ -15,7 +15,7 @@ CC=${CC:-clang}
 flags="-g -O1 -std=gnu11 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -Isrc"
 for t in $targets; do
   case $t in
-    gguf) srcs="src/model/gguf.c src/kernels/cpu/quant.c" ;;
+    gguf) srcs="src/model/gguf.c src/util/filemap.c src/kernels/cpu/quant.c" ;;
     json) srcs="src/util/json.c" ;;
     jcon) srcs="src/text/json_constraint.c src/util/json.c" ;;
     *) echo "unknown target $t" >&2; exit 2 ;;

@@ -1,0 +1,65 @@
+/* filemap.c - see filemap.h. */
+#define _GNU_SOURCE
+#include "util/filemap.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#define HUGE_PAGE ((size_t)2 << 20)
+#define READ_CHUNK ((size_t)64 << 20)
+
+int filemap_open(filemap *m, int fd, size_t size, int in_ram, const char *path, char *err, size_t errlen) {
+    memset(m, 0, sizeof *m);
+    if (!in_ram) {
+        void *p = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
+        if (p == MAP_FAILED) {
+            snprintf(err, errlen, "%s: cannot mmap: %s", path, strerror(errno));
+            return -1;
+        }
+        m->data = m->region = p;
+        m->size = m->region_size = size;
+        return 0;
+    }
+    /* one huge page of slack, so that the data can start on a huge-page boundary */
+    size_t rs = size + HUGE_PAGE;
+    char *r = mmap(NULL, rs, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (r == MAP_FAILED) {
+        snprintf(err, errlen, "%s: cannot allocate %zu bytes to read it into (--no-mmap): %s", path, size, strerror(errno));
+        return -1;
+    }
+    char *d = (char *)(((uintptr_t)r + HUGE_PAGE - 1) & ~(uintptr_t)(HUGE_PAGE - 1));
+#ifdef MADV_HUGEPAGE
+    madvise(d, size, MADV_HUGEPAGE); /* a hint: without THP the copy still works, only slower */
+#endif
+    for (size_t at = 0; at < size;) {
+        size_t want = size - at < READ_CHUNK ? size - at : READ_CHUNK;
+        ssize_t got = pread(fd, d + at, want, (off_t)at);
+        if (got < 0 && errno == EINTR) continue;
+        if (got <= 0) {
+            snprintf(err, errlen, "%s: read failed at byte %zu of %zu: %s", path, at, size,
+                     got < 0 ? strerror(errno) : "the file is shorter than it was");
+            munmap(r, rs);
+            return -1;
+        }
+#ifdef POSIX_FADV_DONTNEED
+        posix_fadvise(fd, (off_t)at, (off_t)got, POSIX_FADV_DONTNEED); /* no second copy in the page cache */
+#endif
+        at += (size_t)got;
+    }
+    mprotect(d, size, PROT_READ); /* read-only, as a mapping of the file would be */
+    m->data = d;
+    m->size = size;
+    m->region = r;
+    m->region_size = rs;
+    return 0;
+}
+
+void filemap_close(filemap *m) {
+    if (m->region) munmap(m->region, m->region_size);
+    memset(m, 0, sizeof *m);
+}

@@ -1,0 +1,31 @@
+/* filemap.h - a whole read-only file in memory, in one of two ways:
+ *
+ *   - mapped (the default): the file's pages in the page cache, shared with every process that
+ *     maps it, read from disk on first touch; nothing is copied;
+ *   - read into memory (in_ram, `--no-mmap`): anonymous memory on transparent huge pages, filled
+ *     once by reading the file (its page-cache pages are dropped behind the reads, so the system
+ *     does not hold two copies).
+ *
+ * Why the second exists: decode streams gigabytes of weights per token, and the page cache
+ * holds a file in scattered 4 KB pages. The hardware prefetchers stop at every 4 KB boundary
+ * and every page costs a TLB entry, so on this project's CPU machine plain loads over a mapped
+ * file read ~16 GB/s against ~24 GB/s over huge pages (docs/PERF.md). Kernels with file-backed
+ * huge pages (CONFIG_READ_ONLY_THP_FOR_FS) could give a mapping the same, but are not common. */
+#ifndef QNEXT_FILEMAP_H
+#define QNEXT_FILEMAP_H
+
+#include <stddef.h>
+
+typedef struct {
+    const void *data; /* the file's bytes */
+    size_t size;
+    void *region;     /* what to unmap: the mapping, or the anonymous region around data */
+    size_t region_size;
+} filemap;
+
+/* Maps or reads the open file fd (size bytes; the caller closes fd afterwards). Returns 0, or
+ * -1 with a message naming path in err. */
+int filemap_open(filemap *m, int fd, size_t size, int in_ram, const char *path, char *err, size_t errlen);
+void filemap_close(filemap *m);
+
+#endif
