@@ -65,7 +65,7 @@ static int argmax(const float *v, int n) {
 }
 
 static void test_fixture(const char *dir) {
-    char path[1024], err[1024];
+    char path[1280], err[1024]; /* dir (up to 1023 bytes) and a file name */
     snprintf(path, sizeof path, "%s/ref.json", dir);
     json *ref = json_parse_file(path, err, sizeof err);
     CHECK(ref != NULL, "%s", err);

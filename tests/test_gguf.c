@@ -185,7 +185,7 @@ static void check_fixture(const char *stem) {
         const gguf_tensor *t = gguf_find_tensor(g, name);
         CHECK(t != NULL, "%s: tensor %s missing", stem, name);
         if (!t) continue;
-        int64_t tid, off, nb;
+        int64_t tid = -1, off = -1, nb = -1;
         CHECK(jget(e, "type_id", &tid) && jget(e, "file_offset", &off) && jget(e, "nbytes", &nb), "%s: %s fields",
               stem, name);
         CHECK(t->type == tid && strcmp(quant_type_name(t->type), json_get_string(e, "type")) == 0, "%s: %s type",
