@@ -170,7 +170,7 @@ static void test_models(void) {
         json *e = files->items[f];
         const char *name = json_get(e, "gguf")->str, *ftype = json_get(e, "ftype")->str;
         json *jp = json_get(e, "prompt");
-        int n = (int)jp->n, rows, V = 0;
+        int n = (int)jp->n, rows = 0, V = 0;
         int32_t *ids = malloc(n * sizeof *ids);
         for (int i = 0; i < n; i++) ids[i] = (int32_t)jp->items[i]->num;
         snprintf(path, sizeof path, "tests/data/gguf_iq4/%s", json_get(e, "logits")->str);

@@ -1510,7 +1510,7 @@ void jinja_free(jinja_template *t) {
 
 jinja_template *jinja_parse(const char *src, size_t len, char *err, size_t errlen) {
     if (err && errlen) err[0] = 0;
-    jinja_template *t = calloc(1, sizeof *t);
+    jinja_template *volatile t = calloc(1, sizeof *t); /* volatile: read again after longjmp */
     if (!t) return NULL;
     t->ar.limit = (size_t)1 << 30;
     /* Jinja normalises \r\n and \r to \n and drops one trailing newline */
