@@ -1,10 +1,10 @@
 /* test_quant.c - checks src/kernels/cpu/quant.c against references made by ggml's code:
  *   - tests/data/quant/<TYPE>.bin (tools/make_quant_refs.py): our dequantization must
  *     equal the gguf package's and ggml's dequantize_row_* bit for bit; our quantizer's
- *     bytes must equal the package's (F16, BF16, Q4_0..Q8_0) and ggml's own
+ *     bytes must equal the package's (F16, BF16, Q4_0..Q8_0, MXFP4) and ggml's own
  *     quantize_row_*_ref (all quantized types, K quants included; the committed files
  *     were made with ggml's libggml-base.so, see docs/GGUF.md);
- *     IQ4_NL, IQ4_XS and MXFP4 are read only: dequantization checks only;
+ *     IQ4_NL and IQ4_XS are read only: dequantization checks only;
  *   - tests/data/quant/types.txt: the type table (block size, bytes per block) of ggml;
  *   - f16/bf16 conversions against closed forms (exhaustive for 16-bit -> f32, nearest-
  *     even property in exact double arithmetic for a large f32 sample);
@@ -275,7 +275,7 @@ static void check_file(const char *tname) {
         }
     }
 
-    /* read-only formats (IQ4_NL, IQ4_XS, MXFP4): the file holds no quantization rows */
+    /* read-only formats (IQ4_NL, IQ4_XS): the file holds no quantization rows */
     if (!t->can_quantize) {
         CHECK(nq == 0 && !(flags & 3), "%s: quantization data for a read-only format", tname);
         uint8_t blk[256];
@@ -333,6 +333,10 @@ static void check_file(const char *tname) {
                     : type == QUANT_Q5_1 ? 32 : type == QUANT_Q8_0 ? 127 : type == QUANT_Q4_K ? 16 * 63
                     : type == QUANT_Q5_K ? 32 * 63 : type == QUANT_Q6_K ? 32 * 128 : 0;
         bound += cmax * 0x1p-25;
+        /* MXFP4: levels 0, 1, 2, 3, 4, 6, 8, 12 times d = 2^(floor(log2 amax) - 3), so a value
+         * is within half the widest gap (2d) of a level, or above 12d and clipped by less than
+         * 16d - 12d = 4d <= amax / 2 */
+        if (type == QUANT_MXFP4) bound = amax / 2;
         (void)rms_x;
         CHECK(rms_err <= bound + 1e-35, "%s row %u: rms error %g > bound %g (rms x %g)", tname, r / 256, rms_err,
               bound, rms_x);
@@ -361,7 +365,7 @@ static void check_api_errors(void) {
     /* non-finite input must not crash (values are unspecified) */
     float nasty[256];
     for (int i = 0; i < 256; i++) nasty[i] = i % 3 == 0 ? NAN : i % 3 == 1 ? INFINITY : -1e38f;
-    int types[] = {QUANT_Q4_0, QUANT_Q4_1, QUANT_Q5_0, QUANT_Q5_1, QUANT_Q8_0, QUANT_Q4_K, QUANT_Q5_K, QUANT_Q6_K, QUANT_Q8_K};
+    int types[] = {QUANT_Q4_0, QUANT_Q4_1, QUANT_Q5_0, QUANT_Q5_1, QUANT_Q8_0, QUANT_Q4_K, QUANT_Q5_K, QUANT_Q6_K, QUANT_Q8_K, QUANT_MXFP4};
     for (size_t i = 0; i < sizeof types / sizeof *types; i++)
         CHECK(quant_quantize_row(types[i], nasty, b, 256) == 0, "nasty input %d", types[i]);
 }

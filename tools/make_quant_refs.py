@@ -25,8 +25,8 @@ File layout (little-endian):
   ggml quant           row bytes        (flags & 2)
   ggml dequant         n_deq_blocks * block_size f32   (flags & 4)
 
-The read-only formats (IQ4_NL, IQ4_XS, MXFP4) have n_q_elems = 0: blocks and their
-dequantization only (the MXFP4 E8M0 exponent byte takes all 256 values at random).
+The read-only formats (IQ4_NL, IQ4_XS) have n_q_elems = 0: blocks and their dequantization only.
+The MXFP4 E8M0 exponent byte of the random blocks takes all 256 values.
 
 Usage: python3 tools/make_quant_refs.py [outdir] [--types T1,T2,...]   (default tests/data/quant, all)
 """
@@ -43,9 +43,9 @@ import gguf.quants
 
 TYPES = ["F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K", "Q8_K",
          "IQ4_NL", "IQ4_XS", "MXFP4"]
-PKG_QUANT = {"F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"}
+PKG_QUANT = {"F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "MXFP4"}
 # formats qnext only reads: random blocks and their dequantization, no quantization rows
-DEQ_ONLY = {"IQ4_NL", "IQ4_XS", "MXFP4"}
+DEQ_ONLY = {"IQ4_NL", "IQ4_XS"}
 
 # byte offsets of the f16 scale fields in each block (Q8_K has an f32 at 0)
 F16_FIELDS = {

@@ -49,6 +49,7 @@ static const struct {
     [QMIX_Q6_K] = {"Q6_K", QUANT_Q6_K, 18},
     [QMIX_Q5_K_M] = {"Q5_K_M", QUANT_Q5_K, 17},
     [QMIX_Q4_K_M] = {"Q4_K_M", QUANT_Q4_K, 15},
+    [QMIX_MXFP4_MOE] = {"MXFP4_MOE", QUANT_MXFP4, 38},
 };
 
 int quantize_mix_from_name(const char *name) {
@@ -347,7 +348,12 @@ static int choose_types(plan *P, int mix) {
             continue;
         }
         int cat = category(t->name), type = base;
-        if (cat == CAT_OUTPUT || (!has_output && cat == CAT_TOKEN_EMBD)) {
+        if (mix == QMIX_MXFP4_MOE) {
+            /* llama-quant.cpp: the output (or tied embedding) Q8_0; then "MoE tensors -> MXFP4,
+             * other tensors -> Q8_0", MoE tensors being the stacked experts (ne[2] > 1) */
+            int out = cat == CAT_OUTPUT || (!has_output && cat == CAT_TOKEN_EMBD);
+            type = !out && t->ne[2] > 1 ? QUANT_MXFP4 : QUANT_Q8_0;
+        } else if (cat == CAT_OUTPUT || (!has_output && cat == CAT_TOKEN_EMBD)) {
             if (t->ne[0] % quant_type_get(type)->block_size != 0) type = QUANT_Q8_0;
             else if (type != QUANT_Q8_0) type = QUANT_Q6_K;
         } else if (cat == CAT_TOKEN_EMBD) {

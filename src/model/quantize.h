@@ -27,6 +27,7 @@ typedef enum {
     QMIX_Q6_K,
     QMIX_Q5_K_M,
     QMIX_Q4_K_M,
+    QMIX_MXFP4_MOE, /* stacked experts MXFP4, everything else Q8_0 */
     QMIX_COUNT
 } quantize_mix;
 

@@ -54,7 +54,7 @@ static const quant_type_info quant_types[QUANT_TYPE_LIMIT] = {
     T(QUANT_BF16, "BF16", 1, 2, 1, 1),
     T(QUANT_TQ1_0, "TQ1_0", 256, 54, 0, 0),
     T(QUANT_TQ2_0, "TQ2_0", 256, 66, 0, 0),
-    T(QUANT_MXFP4, "MXFP4", 32, 17, 1, 0),
+    T(QUANT_MXFP4, "MXFP4", 32, 17, 1, 1),
     T(QUANT_NVFP4, "NVFP4", 64, 36, 0, 0),
     T(QUANT_Q1_0, "Q1_0", 128, 18, 0, 0),
     T(QUANT_Q2_0, "Q2_0", 64, 18, 0, 0),
@@ -679,6 +679,35 @@ static void dequant_mxfp4(const uint8_t *b, float *y) {
     }
 }
 
+/* MXFP4 quantization as ggml's quantize_row_mxfp4_ref (and the gguf package) does it: the
+ * block exponent is floor(log2(amax)) - 2, so that the largest code (12, doubled e2m1 6.0)
+ * times the half-scale covers amax, and each value takes the nearest of the 16 levels at
+ * that scale (the first one on a tie). Like the other quantizers this file is built for the
+ * baseline x86-64 (no FMA), so multiply and subtract round separately, as in ggml's portable
+ * build and the gguf package. */
+static void quant_mxfp4(const float *x, uint8_t *b) {
+    float amax = 0.0f;
+    for (int j = 0; j < 32; j++)
+        if (amax < fabsf(x[j])) amax = fabsf(x[j]);
+    /* clamped where ggml's cast would be undefined (amax infinite, or below 2^-125) */
+    const float ef = amax > 0.0f ? floorf(log2f(amax)) - 2 + 127 : 0.0f;
+    const uint8_t e = ef >= 255.0f ? 255 : ef > 0.0f ? (uint8_t)ef : 0;
+    const float d = quant_e8m0_to_f32_half(e);
+    b[0] = e;
+    for (int j = 0; j < 16; j++) {
+        int best[2] = {0, 0};
+        for (int h = 0; h < 2; h++) {
+            const float v = x[j + 16 * h];
+            float best_err = fabsf((float)quant_mxfp4_values[0] * d - v);
+            for (int i = 1; i < 16; i++) {
+                float err = fabsf((float)quant_mxfp4_values[i] * d - v);
+                if (err < best_err) { best[h] = i; best_err = err; }
+            }
+        }
+        b[1 + j] = (uint8_t)(best[0] | best[1] << 4);
+    }
+}
+
 /* ---------------------------------------------------------------- row entry points */
 
 typedef void (*dequant_fn)(const uint8_t *, float *);
@@ -713,6 +742,7 @@ static quant_fn quant_for(int type) {
     case QUANT_Q5_K: return quant_q5_k;
     case QUANT_Q6_K: return quant_q6_k;
     case QUANT_Q8_K: return quant_q8_k;
+    case QUANT_MXFP4: return quant_mxfp4;
     default: return NULL;
     }
 }
