@@ -288,6 +288,40 @@ static void test_llama_quantize(const json *models, const char *name, const char
     }
 }
 
+/* 3c: MXFP4_MOE against llama-quantize's file of the same fixture (tests/data/gguf_iq4, made by
+ * tools/make_iq4_refs.py with the llama.cpp of its refs.json): every tensor's type, shape and bytes. */
+static void test_mxfp4_moe_vs_llama_quantize(void) {
+    char out[512], err[512];
+    snprintf(out, sizeof out, "%s_mxfp4.gguf", g_tmp);
+    quantize_params p = {.input_dir = "tests/fixtures/short_top1", .output_path = out, .mix = QMIX_MXFP4_MOE,
+                         .no_tokenizer = 1, .quiet = 1};
+    CHECK(quantize_model(&p, err, sizeof err) == 0, "quantize MXFP4_MOE: %s", err);
+    gguf_file *mine = NULL, *theirs = NULL;
+    CHECK(gguf_open(out, &mine, err, sizeof err) == 0, "%s", err);
+    CHECK(gguf_open("tests/data/gguf_iq4/short_top1.MXFP4_MOE.gguf", &theirs, err, sizeof err) == 0, "%s", err);
+    if (mine && theirs) {
+        CHECK(mine->n_tensors == theirs->n_tensors, "MXFP4_MOE: %llu tensors, llama-quantize wrote %llu",
+              (unsigned long long)mine->n_tensors, (unsigned long long)theirs->n_tensors);
+        int same = 0, mxfp4 = 0;
+        for (uint64_t i = 0; i < theirs->n_tensors; i++) {
+            const gguf_tensor *w = &theirs->tensors[i], *t = gguf_find_tensor(mine, w->name);
+            int ok = t && t->type == w->type && t->n_dims == w->n_dims && t->nbytes == w->nbytes;
+            for (int d = 0; ok && d < GGUF_MAX_DIMS; d++) ok = t->ne[d] == w->ne[d];
+            ok = ok && !memcmp(t->data, w->data, w->nbytes);
+            CHECK(ok, "MXFP4_MOE: tensor %s differs from llama-quantize's (%s, want %s)", w->name,
+                  t ? quant_type_name(t->type) : "missing", quant_type_name(w->type));
+            same += ok;
+            mxfp4 += w->type == QUANT_MXFP4;
+        }
+        printf("qnext quantize MXFP4_MOE of short_top1: %d/%llu tensors identical to llama-quantize's (%d MXFP4)\n",
+               same, (unsigned long long)theirs->n_tensors, mxfp4);
+        CHECK(mxfp4 > 0, "no MXFP4 tensor in the reference file");
+    }
+    gguf_close(mine);
+    gguf_close(theirs);
+    remove(out);
+}
+
 /* 4: qnext quantize BF16 runs like the safetensors. */
 static void test_bf16_equals_safetensors(const char *fixture) {
     char out[512], dir[512], err[512];
@@ -513,6 +547,7 @@ int main(int argc, char **argv) {
     json_free(lq);
     for (int i = 0; i < 4; i++) { snprintf(dst, sizeof dst, "%s/%s", dir, links[i][1]); remove(dst); }
     rmdir(dir);
+    test_mxfp4_moe_vs_llama_quantize();
     test_bf16_equals_safetensors("short_top1");
     test_bf16_equals_safetensors("base_gqa");
     test_malformed();
