@@ -245,13 +245,18 @@ static void test_dotm(int wt) {
 }
 
 int main(void) {
-    int types[] = {QUANT_F32, QUANT_F16, QUANT_BF16, QUANT_Q8_0, QUANT_Q4_0, QUANT_Q4_K, QUANT_Q5_K, QUANT_Q6_K};
+    int types[] = {QUANT_F32, QUANT_F16, QUANT_BF16, QUANT_Q8_0, QUANT_Q4_0, QUANT_Q4_K, QUANT_Q5_K, QUANT_Q6_K,
+                   QUANT_MXFP4};
     int64_t lens[] = {256, 512, 2048, 4096};
     for (size_t i = 0; i < sizeof types / sizeof types[0]; i++) {
         for (size_t j = 0; j < sizeof lens / sizeof lens[0]; j++) test_type(types[i], lens[j]);
         test_matmul(types[i]);
         test_amx(types[i]);
     }
+    /* 32-value formats in steps of 8 blocks: a single block, and a step plus a tail */
+    test_type(QUANT_MXFP4, 32);
+    test_type(QUANT_MXFP4, 288);
+    test_type(QUANT_Q8_0, 288);
     test_actq();
     test_dotm(QUANT_Q8_0);
     test_dotm(QUANT_Q4_K);
