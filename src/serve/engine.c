@@ -815,7 +815,8 @@ static int32_t draw_token(serve_engine *e, context *c, sampler_result *res) {
     int in_call = r->call != CALL_NONE && r->force_armed;
     if (in_call && r->call != CALL_NAME && r->call != CALL_ARGS) { /* no draw: the token is fixed */
         int32_t tok = e->eos[0];
-        if (r->call != CALL_END) {
+        if (r->call == CALL_END) r->call = CALL_NONE; /* once: with ignore_eos the model goes on freely */
+        else {
             const int32_t *seq = r->call == CALL_OPEN ? r->forced : r->call == CALL_SEP ? r->sep : r->close;
             int n = r->call == CALL_OPEN ? r->n_forced : r->call == CALL_SEP ? r->n_sep : r->n_close;
             tok = seq[r->call_at++];
