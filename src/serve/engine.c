@@ -785,7 +785,7 @@ static void call_next(serve_engine *e, serve_req *r) {
     r->call_jc = NULL;
     r->call_at = 0;
     switch (r->call) {
-    case CALL_OPEN: r->call = r->forced_tool >= 0 ? CALL_ARGS : CALL_NAME; break;
+    case CALL_OPEN: r->call = r->forced_tool >= 0 ? CALL_ARGS : r->name_schema ? CALL_NAME : CALL_NONE; break;
     case CALL_NAME: { /* which tool: the name as written, without blanks around it */
         const char *p = r->call_name.p ? r->call_name.p : "";
         size_t n = r->call_name.n;

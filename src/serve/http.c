@@ -205,7 +205,6 @@ static int parse_common(server *sv, const json *o, serve_req *r, int is_chat, ch
     sp.seed = json_get(o, "seed") && json_get(o, "seed")->type != JSON_NULL ? (uint64_t)i64
                                                                              : (uint64_t)time(NULL) ^ (uint64_t)(uintptr_t)r;
     i64 = 1;
-    i64 = 1;
     if (opt_int(o, "n", 1, SV_MAX_CHOICES, &i64, err, errlen, bad_param)) return -1;
     r->n_choices = (int)i64;
 
@@ -388,7 +387,7 @@ static int setup_forced_call(server *sv, serve_req *r, const json *tools, const 
         if (bad) json_free(copy);
         if (forced_name && !strcmp(name->str, forced_name->str)) r->forced_tool = (int)k;
     }
-    if (!bad && !forced_name) {
+    if (!bad && !forced_name && tools->n <= 64) { /* an enum holds up to 64 values: beyond, the name is free */
         bad = !json_object_set(name_schema, "enum", names);
         if (!bad) names = NULL; /* owned by name_schema now */
         bad = bad || !(r->name_schema = jcon_schema_compile(name_schema, NULL, 0));

@@ -151,6 +151,14 @@ def test_required_call_follows_schemas(client):
     assert len(names) >= 2, names  # the model's choice, not always the first tool
 
 
+def test_required_with_many_tools(client):
+    # more tools than an enum can hold: the call is still opened, its name left to the model
+    tools = [{"type": "function", "function": {"name": f"tool_{i}", "parameters": {"type": "object"}}} for i in range(70)]
+    r = client.chat.completions.create(model="m", messages=ASK, tools=tools, max_tokens=20, temperature=1.0, seed=1,
+                                       tool_choice="required")
+    assert r.choices[0].finish_reason in ("stop", "length", "tool_calls")
+
+
 @pytest.mark.parametrize("rf, msg", [
     ({"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "string", "pattern": "a+"}}},
      "'pattern' is not supported"),
