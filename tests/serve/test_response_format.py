@@ -151,12 +151,16 @@ def test_required_call_follows_schemas(client):
     assert len(names) >= 2, names  # the model's choice, not always the first tool
 
 
-def test_required_with_many_tools(client):
+def test_required_with_many_tools(start_server, tmp_path):
     # more tools than an enum can hold: the call is still opened, its name left to the model
+    # (70 tools make a prompt longer than the fixture's 1024 tokens: its 64K-context copy)
+    from test_load import long_context_model
+    srv = start_server(["--parallel", "1", "--ctx", "8192"], env={"QNEXT_SERVE_MODEL": long_context_model(tmp_path)})
     tools = [{"type": "function", "function": {"name": f"tool_{i}", "parameters": {"type": "object"}}} for i in range(70)]
-    r = client.chat.completions.create(model="m", messages=ASK, tools=tools, max_tokens=20, temperature=1.0, seed=1,
-                                       tool_choice="required")
+    r = client_for(srv).chat.completions.create(model="m", messages=ASK, tools=tools, max_tokens=20, temperature=1.0,
+                                                seed=1, tool_choice="required")
     assert r.choices[0].finish_reason in ("stop", "length", "tool_calls")
+    assert r.usage.completion_tokens > 0
 
 
 @pytest.mark.parametrize("rf, msg", [
