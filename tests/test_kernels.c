@@ -215,7 +215,7 @@ static void test_dotm(int wt) {
     const int64_t lens[] = {256, 512, 2048, 800};
     for (int li = 0; li < 4; li++) {
         int64_t n = lens[li];
-        if (n % 256 && wt != QUANT_Q8_0) continue; /* 800 = 25 Q8_0 blocks: the unrolled loop's tail */
+        if (n % 256 && wt != QUANT_Q8_0 && wt != QUANT_MXFP4) continue; /* 800 = 25 blocks of 32: the 8-block loop's tail */
         int at = dot_act_type(wt);
         size_t rb = quant_row_bytes(at, n);
         float *x = malloc(n * 4);
@@ -228,7 +228,9 @@ static void test_dotm(int wt) {
         }
         for (int k = 0; k < ns; k++) {
             dotm_fn m = dotm_for_type(sets[k], wt);
-            CHECK(m != NULL, "%s has no multi-row %s kernel", sets[k]->name, quant_type_name(wt));
+            /* MXFP4 has a multi-row kernel in the AVX-512 set only */
+            CHECK(m != NULL || (wt == QUANT_MXFP4 && sets[k] != &dot_avx512), "%s has no multi-row %s kernel",
+                  sets[k]->name, quant_type_name(wt));
             if (!m) continue;
             for (int T = 1; T <= DOTM_MAX_T; T++) {
                 float o[DOTM_MAX_T];
@@ -261,6 +263,7 @@ int main(void) {
     test_dotm(QUANT_Q8_0);
     test_dotm(QUANT_Q4_K);
     test_dotm(QUANT_Q6_K);
+    test_dotm(QUANT_MXFP4);
     /* float kernels also take lengths that are not a multiple of the vector width */
     test_type(QUANT_BF16, 100);
     test_type(QUANT_F32, 37);

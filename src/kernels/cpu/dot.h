@@ -42,6 +42,7 @@ float dot_mxfp4_avx2(const void *w, const void *a, int64_t n);
 float dot_iq4_xs_avx2(const void *w, const void *a, int64_t n);
 /* MXFP4 for the AVX-512 set (dot_x86.inc): eight blocks per step, equal to the others to rounding */
 float dot_mxfp4_avx512(const void *w, const void *a, int64_t n);
+void dotm_mxfp4_avx512(const void *w, const void *a, size_t astride, int T, int64_t n, float *out);
 #endif
 
 extern const dot_kernels dot_generic;

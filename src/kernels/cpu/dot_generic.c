@@ -224,6 +224,9 @@ dotm_fn dotm_for_type(const dot_kernels *k, int wtype) {
     case QUANT_Q8_0: return k->m_q8_0;
     case QUANT_Q4_K: return k->m_q4_k;
     case QUANT_Q6_K: return k->m_q6_k;
+#if defined(__x86_64__) && defined(__GNUC__)
+    case QUANT_MXFP4: return k == &dot_avx512 ? dotm_mxfp4_avx512 : NULL;
+#endif
     default: return NULL;
     }
 }
