@@ -12,7 +12,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -21,9 +20,8 @@
 
 typedef struct {
     char *path, *fname;
-    void *map;
     size_t size;
-    filemap fm;
+    filemap fm;     /* the file's bytes (mapped, or read into memory) */
 } st_file;
 
 struct qn_store {
@@ -133,8 +131,7 @@ static qnext_status open_file(qn_store *st, const char *dir, const char *fname, 
     int mrc = filemap_open(&f->fm, fd, f->size, st->in_ram, f->path, err, errlen);
     close(fd);
     if (mrc) return QNEXT_ERR_IO;
-    f->map = (void *)f->fm.data;
-    const unsigned char *b = f->map;
+    const unsigned char *b = f->fm.data;
     uint64_t hlen = 0;
     for (int i = 7; i >= 0; i--) hlen = (hlen << 8) | b[i];
     if (hlen > f->size - 8 || hlen > (100u << 20)) {
