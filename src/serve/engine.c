@@ -410,20 +410,23 @@ typedef struct {
     int snap_at;        /* prompt position of the snapshot taken on the way (see is_boundary), or -1 */
 } req_extra;
 
-static void chunk_head(serve_engine *e, serve_req *r, sv_buf *b) {
+void sv_chunk_head(sv_buf *b, const serve_req *r, const char *model_name) {
     SV_LIT(b, "data: {\"id\":");
     sv_json_str(b, r->id, strlen(r->id));
     sv_buf_addf(b, ",\"object\":\"%s\",\"created\":%lld,\"model\":",
                 r->kind == REQ_CHAT ? "chat.completion.chunk" : "text_completion", (long long)r->created);
-    sv_json_str(b, e->model_name, strlen(e->model_name));
+    sv_json_str(b, model_name, strlen(model_name));
 }
 
-static void usage_json(serve_req *r, sv_buf *b) {
+void sv_usage_json(sv_buf *b, int n_prompt, int n_gen, int n_cached) {
     sv_buf_addf(b,
                 "{\"prompt_tokens\":%d,\"completion_tokens\":%d,\"total_tokens\":%d,"
                 "\"prompt_tokens_details\":{\"cached_tokens\":%d}}",
-                r->n_prompt, r->n_gen, r->n_prompt + r->n_gen, r->n_cached);
+                n_prompt, n_gen, n_prompt + n_gen, n_cached);
 }
+
+static void chunk_head(serve_engine *e, serve_req *r, sv_buf *b) { sv_chunk_head(b, r, e->model_name); }
+static void usage_json(serve_req *r, sv_buf *b) { sv_usage_json(b, r->n_prompt, r->n_gen, r->n_cached); }
 
 /* Appends to r->out (under r->mu) and wakes the HTTP thread. */
 static void req_publish(serve_req *r, const sv_buf *b, int done, int status) {

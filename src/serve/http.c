@@ -684,10 +684,7 @@ static void group_cancel(group_state *g) {
 static void group_usage(group_state *g, sv_buf *b) {
     int gen = 0;
     for (int i = 0; i < g->n; i++) gen += g->r[i]->n_gen;
-    serve_req *r0 = g->r[0];
-    sv_buf_addf(b, "{\"prompt_tokens\":%d,\"completion_tokens\":%d,\"total_tokens\":%d,"
-                   "\"prompt_tokens_details\":{\"cached_tokens\":%d}}",
-                r0->n_prompt, gen, r0->n_prompt + gen, r0->n_cached);
+    sv_usage_json(b, g->r[0]->n_prompt, gen, g->r[0]->n_cached);
 }
 
 /* Is this SSE event (without its blank line) one the group replaces? */
@@ -732,11 +729,7 @@ static ssize_t group_reader(void *cls, uint64_t pos, char *buf, size_t max) {
             if (!g->tail_made) {
                 serve_req *r0 = g->r[0];
                 if (r0->include_usage) {
-                    SV_LIT(&g->tail, "data: {\"id\":");
-                    sv_json_str(&g->tail, r0->id, strlen(r0->id));
-                    sv_buf_addf(&g->tail, ",\"object\":\"%s\",\"created\":%lld,\"model\":",
-                                r0->kind == REQ_CHAT ? "chat.completion.chunk" : "text_completion", (long long)r0->created);
-                    sv_json_str(&g->tail, g->sv->model_name, strlen(g->sv->model_name));
+                    sv_chunk_head(&g->tail, r0, g->sv->model_name);
                     SV_LIT(&g->tail, ",\"choices\":[],\"usage\":");
                     group_usage(g, &g->tail);
                     SV_LIT(&g->tail, "}\n\n");

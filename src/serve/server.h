@@ -141,6 +141,10 @@ void engine_count_http(serve_engine *e, int is_error);
 
 /* Writes s as a JSON string literal (with quotes) into b. */
 int sv_json_str(sv_buf *b, const char *s, size_t n);
+/* The start of an SSE chunk of r: `data: {"id":..,"object":..,"created":..,"model":..` */
+void sv_chunk_head(sv_buf *b, const serve_req *r, const char *model_name);
+/* The "usage" object: prompt, completion and total tokens, and the cached prompt tokens. */
+void sv_usage_json(sv_buf *b, int n_prompt, int n_gen, int n_cached);
 
 /* Entry point used by cmd_serve.c: runs until SIGTERM/SIGINT. Returns the exit code. */
 int serve_main(const serve_options *o);
