@@ -610,21 +610,33 @@ static void stream_free(void *cls) {
     free(ss);
 }
 
-/* Submits r (honouring --queue-full) and answers: a stream, or the finished JSON. */
-static enum MHD_Result run_request(server *sv, struct MHD_Connection *c, conn_state *cs, serve_req *r) {
+/* Queues r, waiting for room while the client stays when --queue-full says wait. */
+enum { SUBMIT_OK, SUBMIT_FULL, SUBMIT_SHUTDOWN, SUBMIT_GONE };
+static int submit(server *sv, conn_state *cs, serve_req *r) {
     int rc;
     while ((rc = engine_submit(sv->eng, r)) == 1) {
-        if (!sv->o.queue_wait) {
-            req_release(r);
-            return send_error(sv, c, 429, "rate_limit_error", NULL, "queue_full",
-                              "the server's request queue is full; retry later");
-        }
-        if (peer_gone(cs->fd)) { req_release(r); return MHD_NO; }
+        if (!sv->o.queue_wait) return SUBMIT_FULL;
+        if (peer_gone(cs->fd)) return SUBMIT_GONE;
         engine_wait_room(sv->eng, 100);
     }
-    if (rc == 2) {
-        req_release(r);
+    return rc == 2 ? SUBMIT_SHUTDOWN : SUBMIT_OK;
+}
+
+/* The answer to a request that could not be queued. */
+static enum MHD_Result refuse(server *sv, struct MHD_Connection *c, int why) {
+    if (why == SUBMIT_FULL)
+        return send_error(sv, c, 429, "rate_limit_error", NULL, "queue_full", "the server's request queue is full; retry later");
+    if (why == SUBMIT_SHUTDOWN)
         return send_error(sv, c, 503, "server_error", NULL, "shutting_down", "the server is shutting down");
+    return MHD_NO;
+}
+
+/* Submits r and answers: a stream, or the finished JSON. */
+static enum MHD_Result run_request(server *sv, struct MHD_Connection *c, conn_state *cs, serve_req *r) {
+    int why = submit(sv, cs, r);
+    if (why != SUBMIT_OK) {
+        req_release(r);
+        return refuse(sv, c, why);
     }
     engine_count_http(sv->eng, 0);
     if (r->stream) {
@@ -805,15 +817,12 @@ static enum MHD_Result group_respond(server *sv, struct MHD_Connection *c, group
 /* Submits the choices (all or none, honouring --queue-full) and answers as run_request does. */
 static enum MHD_Result run_group(server *sv, struct MHD_Connection *c, conn_state *cs, group_state *g) {
     for (int i = 0; i < g->n; i++) {
-        int rc;
-        while ((rc = engine_submit(sv->eng, g->r[i])) == 1 && sv->o.queue_wait && !peer_gone(cs->fd))
-            engine_wait_room(sv->eng, 100);
-        if (rc) { /* the ones submitted are cancelled (the engine drops them), the rest released */
+        int why = submit(sv, cs, g->r[i]);
+        if (why != SUBMIT_OK) { /* the ones submitted are cancelled (the engine drops them), the rest released */
             group_cancel(g);
             for (int k = 0; k < g->n; k++) req_release(g->r[k]);
             free(g);
-            if (rc == 2) return send_error(sv, c, 503, "server_error", NULL, "shutting_down", "the server is shutting down");
-            return send_error(sv, c, 429, "rate_limit_error", NULL, "queue_full", "the server's request queue is full; retry later");
+            return refuse(sv, c, why);
         }
     }
     engine_count_http(sv->eng, 0);
