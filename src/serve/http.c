@@ -631,6 +631,20 @@ static enum MHD_Result refuse(server *sv, struct MHD_Connection *c, int why) {
     return MHD_NO;
 }
 
+/* Waits until the engine has finished r; 0, or -1 when the client left first. */
+static int wait_done(serve_req *r, int fd) {
+    pthread_mutex_lock(&r->mu);
+    while (!r->done) {
+        timed_wait(&r->cv, &r->mu, 100);
+        if (!r->done && peer_gone(fd)) {
+            pthread_mutex_unlock(&r->mu);
+            return -1;
+        }
+    }
+    pthread_mutex_unlock(&r->mu);
+    return 0;
+}
+
 /* Submits r and answers: a stream, or the finished JSON. */
 static enum MHD_Result run_request(server *sv, struct MHD_Connection *c, conn_state *cs, serve_req *r) {
     int why = submit(sv, cs, r);
@@ -652,17 +666,11 @@ static enum MHD_Result run_request(server *sv, struct MHD_Connection *c, conn_st
         MHD_destroy_response(resp);
         return q;
     }
-    pthread_mutex_lock(&r->mu);
-    while (!r->done) {
-        timed_wait(&r->cv, &r->mu, 100);
-        if (!r->done && peer_gone(cs->fd)) {
-            atomic_store(&r->cancelled, 1);
-            pthread_mutex_unlock(&r->mu);
-            req_release(r);
-            return MHD_NO;
-        }
+    if (wait_done(r, cs->fd)) {
+        atomic_store(&r->cancelled, 1);
+        req_release(r);
+        return MHD_NO;
     }
-    pthread_mutex_unlock(&r->mu);
     enum MHD_Result q;
     if (r->http_status == 499) q = MHD_NO;
     else q = send_text(c, r->http_status ? (unsigned)r->http_status : 200, "application/json", r->out.p ? r->out.p : "{}",
@@ -837,19 +845,11 @@ static enum MHD_Result run_group(server *sv, struct MHD_Connection *c, conn_stat
         MHD_destroy_response(resp);
         return q;
     }
-    for (int i = 0; i < g->n; i++) {
-        serve_req *r = g->r[i];
-        pthread_mutex_lock(&r->mu);
-        while (!r->done) {
-            timed_wait(&r->cv, &r->mu, 100);
-            if (!r->done && peer_gone(cs->fd)) {
-                pthread_mutex_unlock(&r->mu);
-                group_free(g);
-                return MHD_NO;
-            }
+    for (int i = 0; i < g->n; i++)
+        if (wait_done(g->r[i], cs->fd)) {
+            group_free(g); /* cancels them all */
+            return MHD_NO;
         }
-        pthread_mutex_unlock(&r->mu);
-    }
     enum MHD_Result q = g->r[0]->http_status == 499 ? MHD_NO : group_respond(sv, c, g);
     group_free(g);
     return q;
