@@ -488,6 +488,11 @@ static int str_byte(jstate *st, jframe *f, int ch) {
     return 1;
 }
 
+/* Blanks may come where a value starts and between an object's or array's parts (and, with
+ * no frame left, after the document); in a string they are content, and they end a number or
+ * a literal. */
+static int takes_blanks(const jframe *f) { return !f || f->kind == F_VAL || f->kind == F_OBJ || f->kind == F_ARR; }
+
 /* Feeds one byte; returns 1 when it continues a valid document. st may be partly changed on
  * failure (callers work on a copy). */
 static int feed_byte(jstate *st, int ch) {
@@ -497,7 +502,7 @@ static int feed_byte(jstate *st, int ch) {
             return 1;
         }
         jframe *f = &st->f[st->depth - 1];
-        int blank_ok = f->kind == F_VAL || f->kind == F_OBJ || f->kind == F_ARR;
+        int blank_ok = takes_blanks(f);
         if (blank_ok && is_ws(ch)) return ++st->ws <= JCON_MAX_WS;
         if (blank_ok) st->ws = 0;
         switch (f->kind) {
@@ -698,8 +703,28 @@ int jcon_accept(jcon *c, int32_t token) {
     return jcon_feed(c, v->bytes[token], v->len[token]);
 }
 
-int jcon_mask(jcon *c, float *logits) {
+/* Would the token's bytes continue the document? The cheap tests first (see jcon_mask). */
+static int token_allowed(jcon *c, int id, const uint8_t *first_ok, int plain_str, int blanks, int end_ok) {
     const jcon_vocab *v = c->v;
+    int f = v->flags[id];
+    if (f & TOK_EOS) return end_ok;
+    if (f & TOK_BANNED) return 0;
+    if (plain_str && f & TOK_STRSAFE) return 1;
+    if (blanks && v->lead[id]) {
+        if (c->st.ws + v->lead[id] > JCON_MAX_WS) return 0;
+        if (v->lead[id] == v->len[id]) return 1;
+        if (!first_ok[v->first[id]]) return 0;
+    } else {
+        if (!first_ok[v->bytes[id][0]]) return 0;
+        if (v->len[id] == 1) return 1;
+    }
+    state_copy(&c->tmp, &c->st);
+    for (uint32_t i = 0; i < v->len[id]; i++)
+        if (!feed_byte(&c->tmp, v->bytes[id][i])) return 0;
+    return 1;
+}
+
+int jcon_mask(jcon *c, float *logits) {
     uint8_t first_ok[256];
     for (int b = 0; b < 256; b++) {
         state_copy(&c->tmp, &c->st);
@@ -710,27 +735,10 @@ int jcon_mask(jcon *c, float *logits) {
     int plain_str = top && top->kind == F_STR && top->st == S_CH && (!top->is_key || (top->key_free && !top->cand));
     /* where blanks may come, leading blanks change nothing but the count of blanks in a row:
      * a token is judged by the byte after them */
-    int blanks = !top || top->kind == F_VAL || top->kind == F_OBJ || top->kind == F_ARR;
+    int blanks = takes_blanks(top);
     int end_ok = state_complete(&c->st), allowed = 0;
-    for (int id = 0; id < v->n; id++) {
-        int f = v->flags[id], ok;
-        if (f & TOK_EOS) ok = end_ok;
-        else if (f & TOK_BANNED) ok = 0;
-        else if (plain_str && f & TOK_STRSAFE) ok = 1;
-        else if (blanks && v->lead[id]) {
-            if (c->st.ws + v->lead[id] > JCON_MAX_WS) ok = 0;
-            else if (v->lead[id] == v->len[id]) ok = 1;
-            else if (!first_ok[v->first[id]]) ok = 0;
-            else goto simulate;
-        } else if (!first_ok[v->lead[id] ? v->bytes[id][0] : v->first[id]]) ok = 0;
-        else if (v->len[id] == 1) ok = 1;
-        else {
-        simulate:
-            state_copy(&c->tmp, &c->st);
-            ok = 1;
-            for (uint32_t i = 0; i < v->len[id] && ok; i++) ok = feed_byte(&c->tmp, v->bytes[id][i]);
-        }
-        if (ok) allowed++;
+    for (int id = 0; id < c->v->n; id++) {
+        if (token_allowed(c, id, first_ok, plain_str, blanks, end_ok)) allowed++;
         else logits[id] = -INFINITY;
     }
     return allowed;
