@@ -7,7 +7,7 @@
  *    (quant.c, itself bit-exact to ggml in test_quant) with the dequantized activation blocks
  *    (Q8_K for IQ4_XS, Q8_0 for IQ4_NL and MXFP4, as llama.cpp pairs them) to float rounding,
  *    and stays within the activation format's error of f32 activations; the full products
- *    (vector path with a row map, AMX tiles when the CPU has them, op_matvec_multi) agree with
+ *    (vector path with a row map, AMX tiles when the CPU has them, op_matmul_multi) agree with
  *    the dequantizing reference product.
  * 2. Models (tests/data/gguf_iq4, tools/make_iq4_refs.py): llama-quantize's IQ4_XS file of a
  *    256-wide random Qwen3-Next and its IQ4_NL and MXFP4_MOE files of the short_top1 fixture,
@@ -114,7 +114,7 @@ static double rel_l2(const float *a, const float *b, int64_t n) {
 }
 
 /* Whole products, fast against reference: T = 5 (vector kernels), T = 37 (AMX tiles when
- * present), and one op_matvec_multi job list. */
+ * present), and one op_matmul_multi job list. */
 static void test_matmul(int wt) {
     const int64_t rows = 50, cols = 512;
     const int Ts[2] = {5, 37};
@@ -135,8 +135,8 @@ static void test_matmul(int wt) {
                T >= 16 && gemm_amx_mode() ? " (AMX)" : "", e);
         CHECK(e < 3e-2, "%s matmul T=%d: rel L2 %.3e", quant_type_name(wt), T, e);
     }
-    op_job jobs[2] = {{.W = &W, .x = x, .y = y1}, {.W = &W, .x = x + cols, .y = y1 + rows}};
-    op_matvec_multi(jobs, 2);
+    op_job jobs[2] = {{.W = &W, .x = x, .y = y1, .T = 1}, {.W = &W, .x = x + cols, .y = y1 + rows, .T = 1}};
+    op_matmul_multi(jobs, 2);
     op_matmul_rows_ref(&W, 0, rows, x, 2, cols, y2, rows);
     double e = rel_l2(y1, y2, 2 * rows);
     CHECK(e < 3e-2, "%s matvec_multi: rel L2 %.3e", quant_type_name(wt), e);

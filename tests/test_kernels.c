@@ -246,6 +246,100 @@ static void test_dotm(int wt) {
     }
 }
 
+/* Several products of different token counts in one op_matmul_multi call, as a batched MoE
+ * step makes them: each job's result must equal the same product run by itself (the same
+ * kernels on the same quantized activations), and stay within the activation format's
+ * error of the reference. Token counts cover single rows, the multi-row kernels, two jobs
+ * sharing one input (gate and up of an expert), and the AMX / float paths from 16 tokens. */
+static void test_matmul_multi(int wt) {
+    enum { NJ = 7 };
+    const int64_t cols = 512;
+    const int64_t rows[NJ] = {48, 64, 64, 32, 40, 48, 16};
+    const int Ts[NJ] = {1, 3, 5, 5, 16, 20, 2};
+    qn_tensor W[NJ];
+    float *x[NJ], *y1[NJ], *y2[NJ], *y3[NJ];
+    uint8_t *wq[NJ];
+    op_job jobs[NJ];
+    size_t rb = quant_row_bytes(wt, cols);
+    for (int j = 0; j < NJ; j++) {
+        float *w = malloc(rows[j] * cols * 4);
+        fill(w, rows[j] * cols, 0.05f);
+        wq[j] = malloc(rb * rows[j]);
+        for (int64_t r = 0; r < rows[j]; r++) quant_quantize_row(wt, w + r * cols, wq[j] + r * rb, cols);
+        free(w);
+        W[j] = (qn_tensor){.data = wq[j], .dtype = wt, .rows = rows[j], .cols = cols, .row_bytes = rb, .name = "t"};
+        if (j == 3) x[j] = x[2]; /* same input as the job before it */
+        else {
+            x[j] = malloc(Ts[j] * cols * 4);
+            fill(x[j], Ts[j] * cols, 1.0f);
+        }
+        y1[j] = malloc(Ts[j] * rows[j] * 4);
+        y2[j] = malloc(Ts[j] * rows[j] * 4);
+        y3[j] = malloc(Ts[j] * rows[j] * 4);
+        jobs[j] = (op_job){&W[j], x[j], y1[j], Ts[j]};
+    }
+    op_matmul_multi(jobs, NJ);
+    for (int j = 0; j < NJ; j++) {
+        op_matmul(&W[j], x[j], Ts[j], y2[j]);
+        op_matmul_rows_ref(&W[j], 0, rows[j], x[j], Ts[j], cols, y3[j], rows[j]);
+        CHECK(!memcmp(y1[j], y2[j], Ts[j] * rows[j] * 4), "%s multi job %d (T=%d) differs from op_matmul",
+              quant_type_name(wt), j, Ts[j]);
+        double num = 0, den = 0;
+        for (int64_t i = 0; i < Ts[j] * rows[j]; i++) {
+            num += (double)(y1[j][i] - y3[j][i]) * (y1[j][i] - y3[j][i]);
+            den += (double)y3[j][i] * y3[j][i];
+        }
+        CHECK(sqrt(num / den) < (dot_act_type(wt) == QUANT_F32 && Ts[j] < 16 ? 1e-6 : 3e-2),
+              "%s multi job %d vs reference rel L2 %.3e", quant_type_name(wt), j, sqrt(num / den));
+    }
+    for (int j = 0; j < NJ; j++) {
+        if (j != 3) free(x[j]);
+        free(y1[j]); free(y2[j]); free(y3[j]); free(wq[j]);
+    }
+}
+
+/* The int8-tile Q8_0 product (gemm_amx_q8.c) against the portable dot kernel on the same
+ * quantized activations: equal to float rounding, for 1..16 tokens, a row count that is not a
+ * multiple of 16, an odd number of blocks, and a row map. */
+static void test_amxq8(void) {
+    if (!gemm_amxq8_available()) return;
+    const int64_t rows = 50, colss[2] = {512, 2080};
+    const int Ts[4] = {1, 2, 5, 16};
+    for (int ci = 0; ci < 2; ci++) {
+        const int64_t cols = colss[ci];
+        size_t rb = quant_row_bytes(QUANT_Q8_0, cols);
+        float *w = malloc(rows * cols * 4), *x = malloc(16 * cols * 4), *y = malloc(16 * rows * 4);
+        uint8_t *wq = malloc(rb * rows), *xq = malloc(rb * 16);
+        uint8_t *pk = aligned_alloc(64, (gemm_amxq8_packed_bytes(cols) + 63) & ~(size_t)63);
+        fill(w, rows * cols, 0.05f);
+        fill(x, 16 * cols, 1.0f);
+        for (int64_t r = 0; r < rows; r++) quant_quantize_row(QUANT_Q8_0, w + r * cols, wq + r * rb, cols);
+        for (int t = 0; t < 16; t++) quant_quantize_row(QUANT_Q8_0, x + t * cols, xq + t * rb, cols);
+        int32_t map[50];
+        for (int r = 0; r < 50; r++) map[r] = (r * 7) % 50;
+        for (int mapped = 0; mapped < 2; mapped++)
+            for (int ti = 0; ti < 4; ti++) {
+                const int T = Ts[ti];
+                qn_tensor W = {.data = wq, .dtype = QUANT_Q8_0, .rows = rows, .cols = cols, .row_bytes = rb,
+                               .row_map = mapped ? map : NULL, .name = "t"};
+                gemm_amxq8_pack(xq, rb, T, cols, pk);
+                for (int i = 0; i < 16 * rows; i++) y[i] = NAN;
+                gemm_amxq8_rows(&W, 0, 32, pk, T, y, rows, NULL); /* two calls, as two threads split rows */
+                gemm_amxq8_rows(&W, 32, rows, pk, T, y, rows, NULL);
+                for (int t = 0; t < T; t++)
+                    for (int64_t r = 0; r < rows; r++) {
+                        const uint8_t *wr = wq + rb * (mapped ? map[r] : r);
+                        float g = dot_for_type(&dot_generic, QUANT_Q8_0)(wr, xq + t * rb, cols);
+                        double scale = norm_d(w + cols * (mapped ? map[r] : r), cols) * norm_d(x + cols * t, cols);
+                        CHECK(fabs(y[t * rows + r] - g) <= 2e-6 * scale + 2e-6 * fabs(g),
+                              "amxq8 cols %lld T %d map %d row %lld tok %d: %.9g vs generic %.9g", (long long)cols, T,
+                              mapped, (long long)r, t, y[t * rows + r], g);
+                    }
+            }
+        free(w); free(x); free(y); free(wq); free(xq); free(pk);
+    }
+}
+
 int main(void) {
     int types[] = {QUANT_F32, QUANT_F16, QUANT_BF16, QUANT_Q8_0, QUANT_Q4_0, QUANT_Q4_K, QUANT_Q5_K, QUANT_Q6_K,
                    QUANT_MXFP4};
@@ -254,12 +348,14 @@ int main(void) {
         for (size_t j = 0; j < sizeof lens / sizeof lens[0]; j++) test_type(types[i], lens[j]);
         test_matmul(types[i]);
         test_amx(types[i]);
+        test_matmul_multi(types[i]);
     }
     /* 32-value formats in steps of 8 blocks: a single block, and a step plus a tail */
     test_type(QUANT_MXFP4, 32);
     test_type(QUANT_MXFP4, 288);
     test_type(QUANT_Q8_0, 288);
     test_actq();
+    test_amxq8();
     test_dotm(QUANT_Q8_0);
     test_dotm(QUANT_Q4_K);
     test_dotm(QUANT_Q6_K);

@@ -573,20 +573,20 @@ static void moe_decode_one(qnext_session *s, const qn_layer *ly) {
     qn_scratch *sc = &s->sc;
     const int k = c->n_experts_per_tok, H = c->hidden_size, I = c->moe_intermediate, Is = c->shared_intermediate;
     const int ne = k + (Is > 0);
-    op_job jobs[64] = {{0}};
+    op_job jobs[64];
     int nj = 0;
     /* mlp_a holds gate outputs, mlp_b up outputs, expert j at offset j*I (shared at k*I) */
     for (int j = 0; j < k; j++) {
         int e = sc->top_idx[j];
-        jobs[nj++] = (op_job){&ly->exp_gate[e], sc->x, sc->mlp_a + (size_t)j * I};
-        jobs[nj++] = (op_job){&ly->exp_up[e], sc->x, sc->mlp_b + (size_t)j * I};
+        jobs[nj++] = (op_job){&ly->exp_gate[e], sc->x, sc->mlp_a + (size_t)j * I, 1};
+        jobs[nj++] = (op_job){&ly->exp_up[e], sc->x, sc->mlp_b + (size_t)j * I, 1};
     }
     if (Is > 0) {
-        jobs[nj++] = (op_job){&ly->sh_gate, sc->x, sc->mlp_a + (size_t)k * I};
-        jobs[nj++] = (op_job){&ly->sh_up, sc->x, sc->mlp_b + (size_t)k * I};
-        jobs[nj++] = (op_job){&ly->sh_expert_gate, sc->x, sc->sg};
+        jobs[nj++] = (op_job){&ly->sh_gate, sc->x, sc->mlp_a + (size_t)k * I, 1};
+        jobs[nj++] = (op_job){&ly->sh_up, sc->x, sc->mlp_b + (size_t)k * I, 1};
+        jobs[nj++] = (op_job){&ly->sh_expert_gate, sc->x, sc->sg, 1};
     }
-    op_matvec_multi(jobs, nj);
+    op_matmul_multi(jobs, nj);
     for (int j = 0; j < ne; j++) {
         int w = j < k ? I : Is;
         float *a = sc->mlp_a + (size_t)j * I, *b = sc->mlp_b + (size_t)j * I;
@@ -595,8 +595,8 @@ static void moe_decode_one(qnext_session *s, const qn_layer *ly) {
     nj = 0;
     for (int j = 0; j < ne; j++)
         jobs[nj++] = (op_job){j < k ? &ly->exp_down[sc->top_idx[j]] : &ly->sh_down, sc->mlp_a + (size_t)j * I,
-                              sc->eo + (size_t)j * H};
-    op_matvec_multi(jobs, nj);
+                              sc->eo + (size_t)j * H, 1};
+    op_matmul_multi(jobs, nj);
     float g = Is > 0 ? qn_sigmoid(sc->sg[0]) : 0;
     for (int d = 0; d < H; d++) {
         float acc = 0;
@@ -610,7 +610,7 @@ static void moe_decode_one(qnext_session *s, const qn_layer *ly) {
 static void moe_block(qnext_session *s, const qn_layer *ly, int T) {
     const qnext_config *c = &s->m->cfg;
     qn_scratch *sc = &s->sc;
-    const int E = c->n_experts, k = c->n_experts_per_tok, H = c->hidden_size;
+    const int E = c->n_experts, k = c->n_experts_per_tok, H = c->hidden_size, I = c->moe_intermediate;
 
     op_matmul(&ly->router, sc->x, T, sc->router);
     for (int t = 0; t < T; t++) {
@@ -638,18 +638,45 @@ static void moe_block(qnext_session *s, const qn_layer *ly, int T) {
 
     if (T == 1 && k <= 30) { moe_decode_one(s, ly); return; }
     memset(sc->y, 0, (size_t)T * H * sizeof(float));
-    for (int e = 0; e < E; e++) {
-        int n = 0;
-        for (int t = 0; t < T; t++)
-            for (int j = 0; j < k; j++)
-                if (sc->top_idx[t * k + j] == e) sc->tok_list[n++] = t * k + j;
-        if (!n) continue;
-        for (int i = 0; i < n; i++)
-            memcpy(sc->xg + (int64_t)i * H, sc->x + (int64_t)(sc->tok_list[i] / k) * H, H * sizeof(float));
-        swiglu(&ly->exp_gate[e], &ly->exp_up[e], &ly->exp_down[e], sc->xg, n, sc->mlp_a, sc->mlp_b, sc->eo);
-        for (int i = 0; i < n; i++) {
-            int t = sc->tok_list[i] / k;
-            float w = sc->top_w[sc->tok_list[i]];
+    /* Group the (token, slot) pairs by expert, keeping token order within an expert. */
+    int *first = sc->exp_first, *cur = sc->exp_first + E + 1;
+    memset(first, 0, (size_t)(E + 1) * sizeof(int));
+    for (int i = 0; i < T * k; i++) first[sc->top_idx[i] + 1]++;
+    for (int e = 0; e < E; e++) first[e + 1] += first[e];
+    memcpy(cur, first, (size_t)(E + 1) * sizeof(int));
+    for (int i = 0; i < T * k; i++) sc->tok_list[cur[sc->top_idx[i]]++] = i;
+    /* Experts in order, in groups of at most moe_rows gathered rows: gate and up of every
+     * expert of a group are one multi-product, their downs another. */
+    for (int e0 = 0, e1; e0 < E; e0 = e1) {
+        int active = 0;
+        for (e1 = e0; e1 < E; e1++) {
+            int n = first[e1 + 1] - first[e1];
+            if (first[e1 + 1] - first[e0] > sc->moe_rows || (n && 2 * (active + 1) > OP_MULTI_MAX)) break;
+            active += n > 0;
+        }
+        const int base = first[e0], rows = first[e1] - base;
+        if (!rows) continue;
+        for (int i = 0; i < rows; i++)
+            memcpy(sc->xg + (int64_t)i * H, sc->x + (int64_t)(sc->tok_list[base + i] / k) * H, H * sizeof(float));
+        op_job jobs[OP_MULTI_MAX];
+        int nj = 0;
+        for (int e = e0; e < e1; e++) {
+            int n = first[e + 1] - first[e], o = first[e] - base;
+            if (!n) continue;
+            jobs[nj++] = (op_job){&ly->exp_gate[e], sc->xg + (int64_t)o * H, sc->mlp_a + (int64_t)o * I, n};
+            jobs[nj++] = (op_job){&ly->exp_up[e], sc->xg + (int64_t)o * H, sc->mlp_b + (int64_t)o * I, n};
+        }
+        op_matmul_multi(jobs, nj);
+        for (int64_t i = 0; i < (int64_t)rows * I; i++) sc->mlp_a[i] = qn_silu(sc->mlp_a[i]) * sc->mlp_b[i];
+        nj = 0;
+        for (int e = e0; e < e1; e++) {
+            int n = first[e + 1] - first[e], o = first[e] - base;
+            if (n) jobs[nj++] = (op_job){&ly->exp_down[e], sc->mlp_a + (int64_t)o * I, sc->eo + (int64_t)o * H, n};
+        }
+        op_matmul_multi(jobs, nj);
+        for (int i = 0; i < rows; i++) {
+            int slot = sc->tok_list[base + i], t = slot / k;
+            float w = sc->top_w[slot];
             float *yt = sc->y + (int64_t)t * H;
             const float *eo = sc->eo + (int64_t)i * H;
             for (int d = 0; d < H; d++) yt[d] += w * eo[d];

@@ -125,13 +125,15 @@ typedef struct {
     float *att_part; /* key-range partials of split attention tiles (decode), attn_parts_floats */
     float *gdn_tmp;  /* per value head chunk scratch, [nv][gdn_tmp_stride] */
     size_t gdn_tmp_stride;
-    float *mlp_a, *mlp_b;   /* [T, max(I, Is, intermediate)] */
+    float *mlp_a, *mlp_b;   /* [max(T * max(I, Is, intermediate), moe_rows * I, one token's experts)] */
     float *router;   /* [T, E] */
     int *top_idx;    /* [T, topk] */
     float *top_w;    /* [T, topk] */
-    int *tok_list;   /* [T*topk] tokens routed to one expert */
-    float *xg;       /* [T, H] gathered rows for one expert */
-    float *eo;       /* [T, H] expert outputs */
+    int *tok_list;   /* [T*topk] (token, slot) pairs sorted by expert: token * topk + slot */
+    int *exp_first;  /* [2*(E+1)] where each expert's pairs start in tok_list, and a cursor */
+    int moe_rows;    /* rows of a group of experts run together: max(T, min(T*topk, 256)) */
+    float *xg;       /* [moe_rows, H] gathered rows of a group of experts */
+    float *eo;       /* [max(moe_rows, topk+1), H] expert outputs */
     float *sg;       /* [T] shared-expert gate */
     float *rope_cos, *rope_sin; /* [T, rotary_dim/2] */
     float *hn;       /* [T, H] final-normed hidden states (for the MTP layer), when MTP is on */

@@ -95,6 +95,7 @@ void qnext_session_free(qnext_session *s) {
     free(sc->row_seq);
     free(sc->row_out);
     free(sc->tok_list);
+    free(sc->exp_first);
     free(s->kv_written);
     free(s->ckpt);
     free(s->ckpt_off);
@@ -174,14 +175,18 @@ qnext_status qnext_session_new(qnext_model *m, const qnext_session_params *param
     ALLOC(sc->gdn_tmp, (int64_t)sc->gdn_tmp_stride * nthreads);
     /* the one-token MoE path keeps all routed experts and the shared one side by side */
     int64_t one_tok = k * c->moe_intermediate + imax(c->shared_intermediate, c->moe_intermediate);
-    ALLOC(sc->mlp_a, imax(T * mlpw, one_tok));
-    ALLOC(sc->mlp_b, imax(T * mlpw, one_tok));
+    /* batched steps run a group of experts with all their gathered rows at once */
+    sc->moe_rows = (int)imax(T, T * k < 256 ? T * k : 256);
+    int64_t mlp_n = imax(imax(T * mlpw, one_tok), (int64_t)sc->moe_rows * c->moe_intermediate);
+    ALLOC(sc->mlp_a, mlp_n);
+    ALLOC(sc->mlp_b, mlp_n);
     ALLOC(sc->router, T * imax(E, 1));
     ALLOC(sc->top_idx, T * k);
     ALLOC(sc->top_w, T * k);
     ALLOC(sc->tok_list, T * k);
-    ALLOC(sc->xg, T * H);
-    ALLOC(sc->eo, imax(T, k + 1) * H);
+    ALLOC(sc->exp_first, 2 * (E + 1));
+    ALLOC(sc->xg, sc->moe_rows * H);
+    ALLOC(sc->eo, imax(sc->moe_rows, k + 1) * H);
     ALLOC(sc->sg, T);
     ALLOC(sc->rope_cos, T * c->rotary_dim / 2);
     ALLOC(sc->rope_sin, T * c->rotary_dim / 2);

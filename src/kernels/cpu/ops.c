@@ -151,6 +151,47 @@ static int use_amx(const qn_tensor *W, int T) {
     return mode == 2 || (mode == 1 && quantized);
 }
 
+/* Q8_0 weights against 2..16 tokens: int8 tiles (gemm_amx_q8.c) instead of the vector
+ * kernels, whose cost grows with every token. QNEXT_AMXQ8_MIN moves the lower bound (an
+ * experiment switch; 17 turns the path off). */
+static int use_amxq8(const qn_tensor *W, int T) {
+    static int lo = -1;
+    if (lo < 0) {
+        const char *e = getenv("QNEXT_AMXQ8_MIN");
+        lo = e ? atoi(e) : 2;
+        if (lo < 1) lo = 1;
+    }
+    return W->dtype == QN_Q8_0 && T >= lo && T <= 16 && W->cols % 32 == 0 && gemm_amxq8_available();
+}
+
+static _Thread_local uint8_t *tl_pack;
+static _Thread_local size_t tl_pack_cap;
+
+static uint8_t *pack_buffer(size_t need) {
+    if (need > tl_pack_cap) {
+        free(tl_pack);
+        tl_pack = aligned_alloc(64, (need + 63) & ~(size_t)63);
+        if (!tl_pack) abort();
+        tl_pack_cap = need;
+    }
+    return tl_pack;
+}
+
+/* Rows [r0, r1) of an int8-tile product, split over the threads in whole blocks of 16. */
+static void amxq8_product(const qn_tensor *W, int64_t r0, int64_t r1, const uint8_t *act, size_t astride, int T,
+                          float *y, int64_t ldy, float *const *yrows) {
+    uint8_t *pk = pack_buffer(gemm_amxq8_packed_bytes(W->cols));
+    gemm_amxq8_pack(act, astride, T, W->cols, pk);
+    const int64_t nrb = (r1 - r0 + 15) / 16;
+#pragma omp parallel if (nrb > 1)
+    {
+        int nth = omp_get_num_threads(), tid = omp_get_thread_num();
+        int64_t a = r0 + 16 * (nrb * tid / nth), z = r0 + 16 * (nrb * (tid + 1) / nth);
+        if (z > r1) z = r1;
+        if (a < z) gemm_amxq8_rows(W, a, z, pk, T, y, ldy, yrows);
+    }
+}
+
 /* Weight row r (at w) against all T prepared activation rows: output t goes to
  * y[t * ldy + r], or to yrows[t][r] when yrows is given. The multi-row kernel, when there is
  * one, unpacks each weight block once for up to DOTM_MAX_T rows (batched decode, the few
@@ -177,6 +218,7 @@ void op_matmul_rows(const qn_tensor *W, int64_t r0, int64_t r1, const float *x, 
     if (T >= 4 && gemm_float_rows(W, r0, r1, x, T, ldx, y, ldy, NULL)) return;
     size_t astride;
     const uint8_t *act = prepare_act(W->dtype, x, T, ldx, W->cols, &astride);
+    if (use_amxq8(W, T)) { amxq8_product(W, r0, r1, act, astride, T, y, ldy, NULL); return; }
     int64_t work = (r1 - r0) * W->cols * (int64_t)T;
     const char *base = W->data;
     dotm_fn dotm = T > 1 ? dotm_for_type(g_kern, W->dtype) : NULL;
@@ -193,6 +235,7 @@ void op_matmul_to_rows(const qn_tensor *W, const float *x, int T, float *const *
     if (T >= 4 && gemm_float_rows(W, 0, W->rows, x, T, W->cols, NULL, 0, y)) return;
     size_t astride;
     const uint8_t *act = prepare_act(W->dtype, x, T, W->cols, W->cols, &astride);
+    if (use_amxq8(W, T)) { amxq8_product(W, 0, W->rows, act, astride, T, NULL, 0, y); return; }
     int64_t work = W->rows * W->cols * (int64_t)T;
     const char *base = W->data;
     dotm_fn dotm = T > 1 ? dotm_for_type(g_kern, W->dtype) : NULL;
@@ -202,61 +245,119 @@ void op_matmul_to_rows(const qn_tensor *W, const float *x, int T, float *const *
                     dotm, NULL, 0, y, r);
 }
 
-/* Several matrix-vector products in one parallel region: the decode step of a MoE layer
- * runs ~30 small products (gate, up and down of each routed expert and the shared one);
- * one region over all their rows avoids paying a fork/join per product. */
+/* Several products in one parallel region. The decode step of a MoE layer runs ~30 small
+ * products (gate, up and down of each routed expert and the shared one), and a batched
+ * step ~100 (each expert with the few tokens routed to it); one region over all their rows
+ * avoids a fork/join per product and lets the threads split the whole layer's rows evenly
+ * instead of each small product's. Jobs that take the AMX tiles or the float kernels (many
+ * tokens) keep their own path. */
 static _Thread_local uint8_t *tl_multi;
 static _Thread_local size_t tl_multi_cap;
 
-void op_matvec_multi(const op_job *jobs, int n) {
+static int takes_own_path(const qn_tensor *W, int T) {
+    int is_float = W->dtype == QN_F32 || W->dtype == QN_F16 || W->dtype == QN_BF16;
+    return use_amx(W, T) || (T >= 4 && is_float);
+}
+
+void op_matmul_multi(const op_job *jobs, int n) {
     int fast = 1;
     for (int i = 0; i < n && fast; i++) fast = kernel_for(jobs[i].W) != NULL;
     if (!fast) {
-        for (int i = 0; i < n; i++) op_matmul_rows_ref(jobs[i].W, 0, jobs[i].W->rows, jobs[i].x, 1, jobs[i].W->cols, jobs[i].y, jobs[i].W->rows);
+        for (int i = 0; i < n; i++)
+            op_matmul_rows_ref(jobs[i].W, 0, jobs[i].W->rows, jobs[i].x, jobs[i].T, jobs[i].W->cols, jobs[i].y,
+                               jobs[i].W->rows);
         return;
     }
-    size_t need = 0;
-    int64_t total = 0;
+    if (n > OP_MULTI_MAX) abort(); /* callers pass at most 2 * (experts + 1) + 1 jobs */
+    int idx[OP_MULTI_MAX], m = 0;
     for (int i = 0; i < n; i++) {
-        int at = dot_act_type(jobs[i].W->dtype);
-        need += at == QUANT_F32 ? 0 : quant_row_bytes(at, jobs[i].W->cols);
-        total += jobs[i].W->rows;
+        if (takes_own_path(jobs[i].W, jobs[i].T)) op_matmul(jobs[i].W, jobs[i].x, jobs[i].T, jobs[i].y);
+        else idx[m++] = i;
     }
+    if (!m) return;
+
+    /* Activations quantized once per distinct input: gate and up of an expert share theirs. */
+    size_t need = 0, pneed = 0;
+    for (int q = 0; q < m; q++) {
+        const op_job *jb = &jobs[idx[q]];
+        int at = dot_act_type(jb->W->dtype);
+        need += at == QUANT_F32 ? 0 : quant_row_bytes(at, jb->W->cols) * jb->T;
+        if (use_amxq8(jb->W, jb->T)) pneed += gemm_amxq8_packed_bytes(jb->W->cols);
+    }
+    uint8_t *pbuf = pack_buffer(pneed), *pk[OP_MULTI_MAX];
+    size_t poff = 0;
     if (need > tl_multi_cap) {
         free(tl_multi);
         tl_multi = malloc(need);
         if (!tl_multi) abort();
         tl_multi_cap = need;
     }
-    const uint8_t *act[64];
-    dot_fn fn[64];
-    int64_t start[65];
-    if (n > 64) abort(); /* callers pass at most 2 * (top-k + 1) jobs */
+    const uint8_t *act[OP_MULTI_MAX];
+    size_t astride[OP_MULTI_MAX];
+    dot_fn fn[OP_MULTI_MAX];
+    dotm_fn fnm[OP_MULTI_MAX];
+    int64_t cost0[OP_MULTI_MAX + 1]; /* work before job q, in (weight row x activation row) units */
     size_t off = 0;
-    start[0] = 0;
-    for (int i = 0; i < n; i++) {
-        const qn_tensor *W = jobs[i].W;
+    cost0[0] = 0;
+    for (int q = 0; q < m; q++) {
+        const op_job *jb = &jobs[idx[q]];
+        const qn_tensor *W = jb->W;
         int at = dot_act_type(W->dtype);
-        fn[i] = kernel_for(W);
-        if (at == QUANT_F32) act[i] = (const uint8_t *)jobs[i].x;
-        else {
-            actq_quantize_row(at, jobs[i].x, tl_multi + off, W->cols);
-            act[i] = tl_multi + off;
-            off += quant_row_bytes(at, W->cols);
+        fn[q] = kernel_for(W);
+        fnm[q] = jb->T > 1 ? dotm_for_type(g_kern, W->dtype) : NULL;
+        const op_job *prev = q ? &jobs[idx[q - 1]] : NULL;
+        if (at == QUANT_F32) {
+            act[q] = (const uint8_t *)jb->x;
+            astride[q] = (size_t)W->cols * sizeof(float);
+        } else if (prev && prev->x == jb->x && prev->T == jb->T && prev->W->cols == W->cols &&
+                   dot_act_type(prev->W->dtype) == at) {
+            act[q] = act[q - 1];
+            astride[q] = astride[q - 1];
+        } else {
+            size_t rb = quant_row_bytes(at, W->cols);
+            for (int t = 0; t < jb->T; t++)
+                actq_quantize_row(at, jb->x + (int64_t)t * W->cols, tl_multi + off + rb * t, W->cols);
+            act[q] = tl_multi + off;
+            astride[q] = rb;
+            off += rb * jb->T;
         }
-        start[i + 1] = start[i] + W->rows;
+        pk[q] = NULL;
+        if (use_amxq8(W, jb->T)) {
+            if (prev && pk[q - 1] && act[q] == act[q - 1]) pk[q] = pk[q - 1];
+            else {
+                pk[q] = pbuf + poff;
+                gemm_amxq8_pack(act[q], astride[q], jb->T, W->cols, pk[q]);
+                poff += gemm_amxq8_packed_bytes(W->cols);
+            }
+        }
+        cost0[q + 1] = cost0[q] + W->rows * (int64_t)jb->T;
     }
-#pragma omp parallel
+    const int64_t total = cost0[m];
+    int64_t work = 0;
+    for (int q = 0; q < m; q++) work += (cost0[q + 1] - cost0[q]) * jobs[idx[q]].W->cols;
+    /* Each thread takes an equal share of the work: the rows whose first unit of cost falls
+     * in [c0, c1), so a row of an expert with 8 tokens weighs as much as 8 single-token rows. */
+#pragma omp parallel if (work > 32768)
     {
-        int j = 0;
-#pragma omp for schedule(static)
-        for (int64_t g = 0; g < total; g++) {
-            while (g >= start[j + 1]) j++;
-            while (g < start[j]) j--;
-            const qn_tensor *W = jobs[j].W;
-            int64_t r = g - start[j];
-            const char *w = (const char *)W->data + (size_t)(W->row_map ? W->row_map[r] : r) * W->row_bytes;
-            jobs[j].y[r] = fn[j](w, act[j], W->cols);
+        int nth = omp_get_num_threads(), tid = omp_get_thread_num();
+        int64_t c0 = total * tid / nth, c1 = total * (tid + 1) / nth;
+        for (int q = 0; q < m; q++) {
+            const op_job *jb = &jobs[idx[q]];
+            const int64_t T = jb->T, rows = jb->W->rows;
+            if (cost0[q + 1] <= c0 || cost0[q] >= c1) continue;
+            int64_t ra = c0 > cost0[q] ? (c0 - cost0[q] + T - 1) / T : 0;
+            int64_t rz = (c1 - cost0[q] + T - 1) / T;
+            if (rz > rows) rz = rows;
+            const qn_tensor *W = jb->W;
+            if (pk[q]) { /* tiles take rows 16 at a time: both ends on a multiple of 16 */
+                ra = ra & ~(int64_t)15;
+                rz = rz == rows ? rows : rz & ~(int64_t)15;
+                if (ra < rz) gemm_amxq8_rows(W, ra, rz, pk[q], jb->T, jb->y, rows, NULL);
+                continue;
+            }
+            for (int64_t r = ra; r < rz; r++)
+                row_dot_all((const char *)W->data + (size_t)(W->row_map ? W->row_map[r] : r) * W->row_bytes, act[q],
+                            astride[q], jb->T, W->cols, fn[q], fnm[q], jb->y, rows, NULL, r);
         }
     }
 }

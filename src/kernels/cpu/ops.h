@@ -88,13 +88,17 @@ void op_matmul_to_rows_ref(const qn_tensor *W, const float *x, int T, float *con
 /* Name of the kernel set in use ("avx512-vnni", "avx2", "generic", "reference"). */
 const char *op_kernel_name(void);
 
-/* y[r] = W[r] . x for every row of W, for n independent jobs in one parallel region. */
+/* y[t*W->rows + r] = W[r] . x[t*W->cols ..] for t < T and every row r of W, for n
+ * independent jobs: the products of a MoE layer (gate and up of every expert that has
+ * tokens, then every down) run as one parallel region instead of one per product. */
 typedef struct {
     const qn_tensor *W;
-    const float *x;
-    float *y;
+    const float *x; /* [T, W->cols] */
+    float *y;       /* [T, W->rows] */
+    int T;          /* rows of x: 1 for a decode step, the tokens routed to an expert */
 } op_job;
-void op_matvec_multi(const op_job *jobs, int n);
+#define OP_MULTI_MAX 256 /* jobs per call */
+void op_matmul_multi(const op_job *jobs, int n);
 
 /* Zero-centred RMSNorm: y = x * rsqrt(mean(x^2) + eps) * (1 + w), fp32. y may alias x. */
 void op_rmsnorm1p(const float *x, const float *w, float *y, int n, float eps);
