@@ -298,42 +298,52 @@ static void test_matmul_multi(int wt) {
     }
 }
 
-/* The int8-tile Q8_0 product (gemm_amx_q8.c) against the portable dot kernel on the same
- * quantized activations: equal to float rounding, for 1..16 tokens, a row count that is not a
- * multiple of 16, an odd number of blocks, and a row map. */
-static void test_amxq8(void) {
+/* The integer-tile products (gemm_amx_q8.c: Q8_0, and Q4_K against Q8_K activations)
+ * against the portable dot kernel on the same quantized activations: equal to float
+ * rounding, for 1..16 tokens, a row count that is not a multiple of 16, an odd number of
+ * blocks, and a row map. */
+static void test_amxi(int wt) {
     if (!gemm_amxq8_available()) return;
-    const int64_t rows = 50, colss[2] = {512, 2080};
+    const int q8 = wt == QUANT_Q8_0;
+    const int64_t rows = 50, colss[2] = {512, q8 ? 2080 : 2304};
     const int Ts[4] = {1, 2, 5, 16};
+    const int at = dot_act_type(wt);
     for (int ci = 0; ci < 2; ci++) {
         const int64_t cols = colss[ci];
-        size_t rb = quant_row_bytes(QUANT_Q8_0, cols);
+        size_t rb = quant_row_bytes(wt, cols), ab = quant_row_bytes(at, cols);
+        size_t pb = q8 ? gemm_amxq8_packed_bytes(cols) : gemm_amxq4k_packed_bytes(cols);
         float *w = malloc(rows * cols * 4), *x = malloc(16 * cols * 4), *y = malloc(16 * rows * 4);
-        uint8_t *wq = malloc(rb * rows), *xq = malloc(rb * 16);
-        uint8_t *pk = aligned_alloc(64, (gemm_amxq8_packed_bytes(cols) + 63) & ~(size_t)63);
+        uint8_t *wq = malloc(rb * rows), *xq = malloc(ab * 16), *pk = aligned_alloc(64, (pb + 63) & ~(size_t)63);
         fill(w, rows * cols, 0.05f);
         fill(x, 16 * cols, 1.0f);
-        for (int64_t r = 0; r < rows; r++) quant_quantize_row(QUANT_Q8_0, w + r * cols, wq + r * rb, cols);
-        for (int t = 0; t < 16; t++) quant_quantize_row(QUANT_Q8_0, x + t * cols, xq + t * rb, cols);
+        for (int64_t r = 0; r < rows; r++) quant_quantize_row(wt, w + r * cols, wq + r * rb, cols);
+        for (int t = 0; t < 16; t++) actq_quantize_row(at, x + t * cols, xq + t * ab, cols);
         int32_t map[50];
         for (int r = 0; r < 50; r++) map[r] = (r * 7) % 50;
         for (int mapped = 0; mapped < 2; mapped++)
             for (int ti = 0; ti < 4; ti++) {
                 const int T = Ts[ti];
-                qn_tensor W = {.data = wq, .dtype = QUANT_Q8_0, .rows = rows, .cols = cols, .row_bytes = rb,
+                qn_tensor W = {.data = wq, .dtype = wt, .rows = rows, .cols = cols, .row_bytes = rb,
                                .row_map = mapped ? map : NULL, .name = "t"};
-                gemm_amxq8_pack(xq, rb, T, cols, pk);
                 for (int i = 0; i < 16 * rows; i++) y[i] = NAN;
-                gemm_amxq8_rows(&W, 0, 32, pk, T, y, rows, NULL); /* two calls, as two threads split rows */
-                gemm_amxq8_rows(&W, 32, rows, pk, T, y, rows, NULL);
+                /* two calls, as two threads split the rows */
+                if (q8) {
+                    gemm_amxq8_pack(xq, ab, T, cols, pk);
+                    gemm_amxq8_rows(&W, 0, 32, pk, T, y, rows, NULL);
+                    gemm_amxq8_rows(&W, 32, rows, pk, T, y, rows, NULL);
+                } else {
+                    gemm_amxq4k_pack(xq, ab, T, cols, pk);
+                    gemm_amxq4k_rows(&W, 0, 32, pk, T, y, rows, NULL);
+                    gemm_amxq4k_rows(&W, 32, rows, pk, T, y, rows, NULL);
+                }
                 for (int t = 0; t < T; t++)
                     for (int64_t r = 0; r < rows; r++) {
                         const uint8_t *wr = wq + rb * (mapped ? map[r] : r);
-                        float g = dot_for_type(&dot_generic, QUANT_Q8_0)(wr, xq + t * rb, cols);
+                        float g = dot_for_type(&dot_generic, wt)(wr, xq + t * ab, cols);
                         double scale = norm_d(w + cols * (mapped ? map[r] : r), cols) * norm_d(x + cols * t, cols);
                         CHECK(fabs(y[t * rows + r] - g) <= 2e-6 * scale + 2e-6 * fabs(g),
-                              "amxq8 cols %lld T %d map %d row %lld tok %d: %.9g vs generic %.9g", (long long)cols, T,
-                              mapped, (long long)r, t, y[t * rows + r], g);
+                              "amx %s cols %lld T %d map %d row %lld tok %d: %.9g vs generic %.9g", quant_type_name(wt),
+                              (long long)cols, T, mapped, (long long)r, t, y[t * rows + r], g);
                     }
             }
         free(w); free(x); free(y); free(wq); free(xq); free(pk);
@@ -355,7 +365,8 @@ int main(void) {
     test_type(QUANT_MXFP4, 288);
     test_type(QUANT_Q8_0, 288);
     test_actq();
-    test_amxq8();
+    test_amxi(QUANT_Q8_0);
+    test_amxi(QUANT_Q4_K);
     test_dotm(QUANT_Q8_0);
     test_dotm(QUANT_Q4_K);
     test_dotm(QUANT_Q6_K);

@@ -169,6 +169,147 @@ void gemm_amxq8_rows(const qn_tensor *W, int64_t ra, int64_t rz, const uint8_t *
     _tile_release();
 }
 
+/* ---------------------------------------------------------------- Q4_K */
+
+/* Q4_K super-block (256 values, 144 bytes): f16 d, f16 dmin, 12 bytes of 6-bit scales and
+ * mins for its 8 sub-blocks of 32, 128 bytes of nibbles (32 bytes hold sub-blocks 2c in their
+ * low nibbles and 2c+1 in their high ones). A value is d*sc[j]*q - dmin*m[j]. Against a Q8_K
+ * activation block (f32 scale dx, 256 int8, 16 sums of 16) the product is
+ *   dx * (d * sum_j sc[j] * (q_j . x_j) - dmin * sum_j m[j] * sum(x_j)).
+ * The tiles compute q_j . x_j (u8 x s8) for 16 rows and 16 tokens per sub-block; the nibbles
+ * are unpacked to bytes first, 16 rows at a time. */
+#define PACK_Q4K 4672 /* 8 tiles of 512 bytes, dx[16], dx * sum(x_j) as [8][16] floats */
+
+size_t gemm_amxq4k_packed_bytes(int64_t cols) { return (size_t)(cols / 256) * PACK_Q4K; }
+
+void gemm_amxq4k_pack(const uint8_t *act, size_t astride, int T, int64_t cols, uint8_t *packed) {
+    const int64_t nsb = cols / 256;
+    for (int64_t b = 0; b < nsb; b++) {
+        uint8_t *p = packed + PACK_Q4K * b;
+        float *dx = (float *)(p + 4096), *bsx = dx + 16;
+        for (int n = 0; n < 16; n++) {
+            float d = 0;
+            const uint8_t *blk = act + astride * n + 292 * b;
+            if (n < T) memcpy(&d, blk, 4);
+            dx[n] = d;
+            for (int j = 0; j < 8; j++) {
+                uint32_t *tile = (uint32_t *)(p + 512 * j);
+                if (n < T) {
+                    for (int k4 = 0; k4 < 8; k4++) memcpy(&tile[k4 * 16 + n], blk + 4 + 32 * j + 4 * k4, 4);
+                    int16_t s0, s1;
+                    memcpy(&s0, blk + 260 + 4 * j, 2);
+                    memcpy(&s1, blk + 262 + 4 * j, 2);
+                    bsx[16 * j + n] = d * (float)(s0 + s1);
+                } else {
+                    for (int k4 = 0; k4 < 8; k4++) tile[k4 * 16 + n] = 0;
+                    bsx[16 * j + n] = 0;
+                }
+            }
+        }
+    }
+}
+
+/* Row i's super-blocks, all of them: nibbles to bytes in A[super-block][sub-block][i], the
+ * scale and min products in S/M[super-block][i][sub-block]. Row by row, so the weights are
+ * read in memory order (the rows of a block of 16 are contiguous), which the hardware
+ * prefetchers follow. */
+static void q4k_unpack_row(const uint8_t *row, int i, int64_t nsb, uint8_t (*A)[8][16][32], float (*S)[16][8],
+                           float (*M)[16][8]) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    for (int64_t b = 0; b < nsb; b++) {
+        const uint8_t *blk = row + 144 * b;
+        uint16_t hd, hm;
+        memcpy(&hd, blk, 2);
+        memcpy(&hm, blk + 2, 2);
+        const float d = _cvtsh_ss(hd), dmin = _cvtsh_ss(hm);
+        const uint8_t *q = blk + 4;
+        for (int j = 0; j < 8; j++) {
+            int sc, m;
+            if (j < 4) { sc = q[j] & 63; m = q[j + 4] & 63; }
+            else { sc = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4); m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4); }
+            S[b][i][j] = d * (float)sc;
+            M[b][i][j] = dmin * (float)m;
+        }
+        for (int c = 0; c < 4; c++) {
+            __m256i v = _mm256_loadu_si256((const __m256i *)(blk + 16 + 32 * c));
+            _mm256_store_si256((__m256i *)A[b][2 * c][i], _mm256_and_si256(v, m4));
+            _mm256_store_si256((__m256i *)A[b][2 * c + 1][i], _mm256_and_si256(_mm256_srli_epi16(v, 4), m4));
+        }
+    }
+}
+
+static _Thread_local void *tl_q4k;
+static _Thread_local int64_t tl_q4k_nsb;
+
+void gemm_amxq4k_rows(const qn_tensor *W, int64_t ra, int64_t rz, const uint8_t *packed, int T, float *y,
+                      int64_t ldy, float *const *yrows) {
+    const int64_t nsb = W->cols / 256;
+    const size_t rbytes = W->row_bytes;
+    /* per super-block: 8 x 512 bytes of unpacked nibbles, then S and M (16 x 8 floats each) */
+    const size_t per_sb = 4096 + 2 * 512;
+    if (nsb > tl_q4k_nsb) {
+        free(tl_q4k);
+        tl_q4k = aligned_alloc(64, per_sb * nsb);
+        if (!tl_q4k) abort();
+        tl_q4k_nsb = nsb;
+    }
+    uint8_t(*A)[8][16][32] = tl_q4k;
+    float(*S)[16][8] = (void *)((uint8_t *)tl_q4k + 4096 * nsb);
+    float(*M)[16][8] = (void *)((uint8_t *)tl_q4k + 4096 * nsb + 512 * nsb);
+    tiles_config_q8();
+    int32_t C[8][256] __attribute__((aligned(64)));
+    for (int64_t r0 = ra; r0 < rz; r0 += 16) {
+        const int nr = rz - r0 < 16 ? (int)(rz - r0) : 16;
+        for (int i = 0; i < 16; i++) {
+            if (i < nr) {
+                q4k_unpack_row((const uint8_t *)W->data + rbytes * (W->row_map ? W->row_map[r0 + i] : r0 + i), i, nsb, A,
+                               S, M);
+            } else { /* rows past the end: zero bytes and zero scales */
+                for (int64_t b = 0; b < nsb; b++) {
+                    for (int j = 0; j < 8; j++) memset(A[b][j][i], 0, 32);
+                    memset(S[b][i], 0, sizeof S[b][i]);
+                    memset(M[b][i], 0, sizeof M[b][i]);
+                }
+            }
+        }
+        __m512 acc[16];
+        for (int i = 0; i < 16; i++) acc[i] = _mm512_setzero_ps();
+        for (int64_t b = 0; b < nsb; b++) {
+            const uint8_t *p = packed + PACK_Q4K * b;
+            for (int j = 0; j < 8; j += 2) {
+                _tile_loadd(1, A[b][j], 32);
+                _tile_loadd(2, p + 512 * j, 64);
+                _tile_loadd(4, A[b][j + 1], 32);
+                _tile_loadd(5, p + 512 * (j + 1), 64);
+                _tile_zero(0);
+                _tile_zero(3);
+                _tile_dpbusd(0, 1, 2);
+                _tile_dpbusd(3, 4, 5);
+                _tile_stored(0, C[j], 64);
+                _tile_stored(3, C[j + 1], 64);
+            }
+            const float *dxp = (const float *)(p + 4096), *bsx = dxp + 16;
+            const __m512 dx = _mm512_loadu_ps(dxp);
+            for (int i = 0; i < 16; i++) {
+                const float *sv = S[b][i], *mv = M[b][i];
+                __m512 t = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_load_si512(C[0] + 16 * i)), _mm512_set1_ps(sv[0]));
+                __m512 mn = _mm512_mul_ps(_mm512_loadu_ps(bsx), _mm512_set1_ps(mv[0]));
+                for (int j = 1; j < 8; j++) {
+                    t = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(C[j] + 16 * i)), _mm512_set1_ps(sv[j]), t);
+                    mn = _mm512_fmadd_ps(_mm512_loadu_ps(bsx + 16 * j), _mm512_set1_ps(mv[j]), mn);
+                }
+                acc[i] = _mm512_sub_ps(_mm512_fmadd_ps(t, dx, acc[i]), mn);
+            }
+        }
+        float out[16] __attribute__((aligned(64)));
+        for (int i = 0; i < nr; i++) {
+            _mm512_store_ps(out, acc[i]);
+            for (int t = 0; t < T; t++) *(yrows ? &yrows[t][r0 + i] : &y[(int64_t)t * ldy + r0 + i]) = out[t];
+        }
+    }
+    _tile_release();
+}
+
 #else
 
 int gemm_amxq8_available(void) { return 0; }
@@ -176,5 +317,9 @@ size_t gemm_amxq8_packed_bytes(int64_t cols) { return 0; }
 void gemm_amxq8_pack(const uint8_t *act, size_t astride, int T, int64_t cols, uint8_t *packed) {}
 void gemm_amxq8_rows(const qn_tensor *W, int64_t ra, int64_t rz, const uint8_t *packed, int T, float *y,
                      int64_t ldy, float *const *yrows) {}
+size_t gemm_amxq4k_packed_bytes(int64_t cols) { return 0; }
+void gemm_amxq4k_pack(const uint8_t *act, size_t astride, int T, int64_t cols, uint8_t *packed) {}
+void gemm_amxq4k_rows(const qn_tensor *W, int64_t ra, int64_t rz, const uint8_t *packed, int T, float *y,
+                      int64_t ldy, float *const *yrows) {}
 
 #endif

@@ -143,25 +143,41 @@ const char *op_kernel_name(void) {
     return g_reference ? "reference" : g_kern->name;
 }
 
+/* Integer tiles (gemm_amx_q8.c) for Q8_0 weights against 2..16 tokens, instead of the vector
+ * kernels, whose cost grows with every token (a batched decode step gives each expert ~5
+ * tokens), and for Q4_K weights against exactly 16, instead of widening them to bf16. Below
+ * 16 tokens the Q4_K nibbles cost more to unpack for the tiles than the vector kernels spend
+ * (measured: an expert layer at 5 tokens 7% slower, a 16-token step 4% faster; PERF.md).
+ * QNEXT_AMXI_MIN moves the lower bound for both (an experiment switch; 17 turns it off). */
+typedef struct {
+    size_t (*packed_bytes)(int64_t cols);
+    void (*pack)(const uint8_t *act, size_t astride, int T, int64_t cols, uint8_t *packed);
+    void (*rows)(const qn_tensor *W, int64_t ra, int64_t rz, const uint8_t *packed, int T, float *y, int64_t ldy,
+                 float *const *yrows);
+} amxi_path;
+
+static const amxi_path amxi_q8_0 = {gemm_amxq8_packed_bytes, gemm_amxq8_pack, gemm_amxq8_rows};
+static const amxi_path amxi_q4_k = {gemm_amxq4k_packed_bytes, gemm_amxq4k_pack, gemm_amxq4k_rows};
+
+static const amxi_path *use_amxi(const qn_tensor *W, int T) {
+    static int lo = -1;
+    if (lo < 0) {
+        const char *e = getenv("QNEXT_AMXI_MIN");
+        lo = e ? atoi(e) : 0;
+        if (lo < 0) lo = 0;
+    }
+    if (T > 16 || T < lo || !gemm_amxq8_available()) return NULL;
+    if (W->dtype == QN_Q8_0 && W->cols % 32 == 0 && T >= 2) return &amxi_q8_0;
+    if (W->dtype == QN_Q4_K && W->cols % 256 == 0 && T >= 16) return &amxi_q4_k;
+    return NULL;
+}
+
 /* Tiles pay off from 16 tokens up; by default only for quantized weights (see gemm_amx.c). */
 static int use_amx(const qn_tensor *W, int T) {
-    if (T < 16) return 0;
+    if (T < 16 || use_amxi(W, T)) return 0;
     int mode = gemm_amx_mode();
     int quantized = W->dtype != QN_F32 && W->dtype != QN_F16 && W->dtype != QN_BF16;
     return mode == 2 || (mode == 1 && quantized);
-}
-
-/* Q8_0 weights against 2..16 tokens: int8 tiles (gemm_amx_q8.c) instead of the vector
- * kernels, whose cost grows with every token. QNEXT_AMXQ8_MIN moves the lower bound (an
- * experiment switch; 17 turns the path off). */
-static int use_amxq8(const qn_tensor *W, int T) {
-    static int lo = -1;
-    if (lo < 0) {
-        const char *e = getenv("QNEXT_AMXQ8_MIN");
-        lo = e ? atoi(e) : 2;
-        if (lo < 1) lo = 1;
-    }
-    return W->dtype == QN_Q8_0 && T >= lo && T <= 16 && W->cols % 32 == 0 && gemm_amxq8_available();
 }
 
 static _Thread_local uint8_t *tl_pack;
@@ -177,18 +193,18 @@ static uint8_t *pack_buffer(size_t need) {
     return tl_pack;
 }
 
-/* Rows [r0, r1) of an int8-tile product, split over the threads in whole blocks of 16. */
-static void amxq8_product(const qn_tensor *W, int64_t r0, int64_t r1, const uint8_t *act, size_t astride, int T,
-                          float *y, int64_t ldy, float *const *yrows) {
-    uint8_t *pk = pack_buffer(gemm_amxq8_packed_bytes(W->cols));
-    gemm_amxq8_pack(act, astride, T, W->cols, pk);
+/* Rows [r0, r1) of an integer-tile product, split over the threads in whole blocks of 16. */
+static void amxi_product(const amxi_path *ap, const qn_tensor *W, int64_t r0, int64_t r1, const uint8_t *act,
+                         size_t astride, int T, float *y, int64_t ldy, float *const *yrows) {
+    uint8_t *pk = pack_buffer(ap->packed_bytes(W->cols));
+    ap->pack(act, astride, T, W->cols, pk);
     const int64_t nrb = (r1 - r0 + 15) / 16;
 #pragma omp parallel if (nrb > 1)
     {
         int nth = omp_get_num_threads(), tid = omp_get_thread_num();
         int64_t a = r0 + 16 * (nrb * tid / nth), z = r0 + 16 * (nrb * (tid + 1) / nth);
         if (z > r1) z = r1;
-        if (a < z) gemm_amxq8_rows(W, a, z, pk, T, y, ldy, yrows);
+        if (a < z) ap->rows(W, a, z, pk, T, y, ldy, yrows);
     }
 }
 
@@ -218,7 +234,8 @@ void op_matmul_rows(const qn_tensor *W, int64_t r0, int64_t r1, const float *x, 
     if (T >= 4 && gemm_float_rows(W, r0, r1, x, T, ldx, y, ldy, NULL)) return;
     size_t astride;
     const uint8_t *act = prepare_act(W->dtype, x, T, ldx, W->cols, &astride);
-    if (use_amxq8(W, T)) { amxq8_product(W, r0, r1, act, astride, T, y, ldy, NULL); return; }
+    const amxi_path *ap = use_amxi(W, T);
+    if (ap) { amxi_product(ap, W, r0, r1, act, astride, T, y, ldy, NULL); return; }
     int64_t work = (r1 - r0) * W->cols * (int64_t)T;
     const char *base = W->data;
     dotm_fn dotm = T > 1 ? dotm_for_type(g_kern, W->dtype) : NULL;
@@ -235,7 +252,8 @@ void op_matmul_to_rows(const qn_tensor *W, const float *x, int T, float *const *
     if (T >= 4 && gemm_float_rows(W, 0, W->rows, x, T, W->cols, NULL, 0, y)) return;
     size_t astride;
     const uint8_t *act = prepare_act(W->dtype, x, T, W->cols, W->cols, &astride);
-    if (use_amxq8(W, T)) { amxq8_product(W, 0, W->rows, act, astride, T, NULL, 0, y); return; }
+    const amxi_path *ap = use_amxi(W, T);
+    if (ap) { amxi_product(ap, W, 0, W->rows, act, astride, T, NULL, 0, y); return; }
     int64_t work = W->rows * W->cols * (int64_t)T;
     const char *base = W->data;
     dotm_fn dotm = T > 1 ? dotm_for_type(g_kern, W->dtype) : NULL;
@@ -282,9 +300,11 @@ void op_matmul_multi(const op_job *jobs, int n) {
         const op_job *jb = &jobs[idx[q]];
         int at = dot_act_type(jb->W->dtype);
         need += at == QUANT_F32 ? 0 : quant_row_bytes(at, jb->W->cols) * jb->T;
-        if (use_amxq8(jb->W, jb->T)) pneed += gemm_amxq8_packed_bytes(jb->W->cols);
+        const amxi_path *ap = use_amxi(jb->W, jb->T);
+        if (ap) pneed += ap->packed_bytes(jb->W->cols);
     }
     uint8_t *pbuf = pack_buffer(pneed), *pk[OP_MULTI_MAX];
+    const amxi_path *apq[OP_MULTI_MAX];
     size_t poff = 0;
     if (need > tl_multi_cap) {
         free(tl_multi);
@@ -322,12 +342,13 @@ void op_matmul_multi(const op_job *jobs, int n) {
             off += rb * jb->T;
         }
         pk[q] = NULL;
-        if (use_amxq8(W, jb->T)) {
-            if (prev && pk[q - 1] && act[q] == act[q - 1]) pk[q] = pk[q - 1];
+        apq[q] = use_amxi(W, jb->T);
+        if (apq[q]) {
+            if (prev && pk[q - 1] && apq[q - 1] == apq[q] && act[q] == act[q - 1]) pk[q] = pk[q - 1];
             else {
                 pk[q] = pbuf + poff;
-                gemm_amxq8_pack(act[q], astride[q], jb->T, W->cols, pk[q]);
-                poff += gemm_amxq8_packed_bytes(W->cols);
+                apq[q]->pack(act[q], astride[q], jb->T, W->cols, pk[q]);
+                poff += apq[q]->packed_bytes(W->cols);
             }
         }
         cost0[q + 1] = cost0[q] + W->rows * (int64_t)jb->T;
@@ -352,7 +373,7 @@ void op_matmul_multi(const op_job *jobs, int n) {
             if (pk[q]) { /* tiles take rows 16 at a time: both ends on a multiple of 16 */
                 ra = ra & ~(int64_t)15;
                 rz = rz == rows ? rows : rz & ~(int64_t)15;
-                if (ra < rz) gemm_amxq8_rows(W, ra, rz, pk[q], jb->T, jb->y, rows, NULL);
+                if (ra < rz) apq[q]->rows(W, ra, rz, pk[q], jb->T, jb->y, rows, NULL);
                 continue;
             }
             for (int64_t r = ra; r < rz; r++)
