@@ -34,7 +34,8 @@ static void mean_sd(const double *v, int n, double *mean, double *sd) {
 static const char *bench_usage =
     "usage: qnext bench -m MODEL [-p 512] [-n 128] [-d DEPTH] [-t THREADS] [-r REPS] [--ubatch N] [--kv-type auto|f32|bf16|q8] [--no-mmap]\n"
     "Prints prompt (ppP) and generation (tgN) tokens per second, mean +- sd over REPS runs,\n"
-    "and for generation the bytes read per token (weights, plus the KV cache at depth) and the achieved GB/s.\n"
+    "and for generation the bytes read per token (weights, plus the KV cache at depth) and the achieved GB/s;\n"
+    "the +state column adds the recurrent and conv state, which each generated token reads and writes.\n"
     "-p 0 or -n 0 skips that test; -d fills D tokens of context once (timed: fill dD) before generation,\n"
     "and each repeat then also runs tgN at depth 0 just before the one at depth D, so that the cost of\n"
     "depth is measured in one run, interleaved, however the machine's speed drifts.\n"
@@ -87,8 +88,11 @@ int cmd_bench(int argc, char **argv) {
     printf("session: state %.1f MiB, KV %.1f KiB/token (%s), scratch %.1f MiB\n\n", mem.state_bytes / 1048576.0,
            mem.kv_bytes_per_token / 1024.0, mem.kv_name,
            mem.scratch_bytes / 1048576.0);
-    printf("| test           |              t/s |  GB/s |\n");
-    printf("| -------------- | ---------------- | ----- |\n");
+    /* GB/s counts the weights (and the KV rows at depth) a token reads; "+state" adds the
+     * recurrent and conv state, which every generated token reads and writes in full. */
+    const double state_rw = 2.0 * (double)mem.state_bytes;
+    printf("| test           |              t/s |  GB/s | +state |\n");
+    printf("| -------------- | ---------------- | ----- | ------ |\n");
     fflush(stdout);
     int rc = 0;
     /* warm-up: touches the weights once so the first timed run does not pay page faults */
@@ -104,7 +108,7 @@ int cmd_bench(int argc, char **argv) {
         mean_sd(v, (int)reps, &mu, &sd);
         char name[32];
         snprintf(name, sizeof name, "pp%ld", p);
-        printf("| %-14s | %7.2f ± %6.2f |       |\n", name, mu, sd);
+        printf("| %-14s | %7.2f ± %6.2f |       |        |\n", name, mu, sd);
         fflush(stdout);
     }
     if (n > 0) {
@@ -118,7 +122,7 @@ int cmd_bench(int argc, char **argv) {
                 qnext_session_snapshot(s, &filled, err, sizeof err)) { fprintf(stderr, "qnext: %s\n", err); rc = 1; goto done; }
             char name[48];
             snprintf(name, sizeof name, "fill d%ld", d);
-            printf("| %-14s | %7.2f ± %6.2f |       |\n", name, d / (now_s() - t0), 0.0);
+            printf("| %-14s | %7.2f ± %6.2f |       |        |\n", name, d / (now_s() - t0), 0.0);
             fflush(stdout);
             /* the depth-0 runs go on a second, short session: the filled one keeps its
              * context, as restoring its snapshot needs */
@@ -143,7 +147,8 @@ int cmd_bench(int argc, char **argv) {
         if (filled) { /* the interleaved runs at depth 0 */
             mean_sd(v0, (int)reps, &mu0, &sd0);
             snprintf(name, sizeof name, "tg%ld", n);
-            printf("| %-14s | %7.2f ± %6.2f | %5.1f |\n", name, mu0, sd0, mu0 * ((double)st.bytes_per_token + (double)mem.kv_bytes_per_token * (double)(n / 2)) / 1e9);
+            double b0 = (double)st.bytes_per_token + (double)mem.kv_bytes_per_token * (double)(n / 2);
+            printf("| %-14s | %7.2f ± %6.2f | %5.1f | %6.1f |\n", name, mu0, sd0, mu0 * b0 / 1e9, mu0 * (b0 + state_rw) / 1e9);
         }
         qnext_snapshot_free(filled);
         mean_sd(v, (int)reps, &mu, &sd);
@@ -151,7 +156,7 @@ int cmd_bench(int argc, char **argv) {
         else snprintf(name, sizeof name, "tg%ld", n);
         /* bytes per token: the weights, plus at depth the KV cache rows every token reads */
         double bytes = (double)st.bytes_per_token + (double)mem.kv_bytes_per_token * (double)(d + n / 2);
-        printf("| %-14s | %7.2f ± %6.2f | %5.1f |\n", name, mu, sd, mu * bytes / 1e9);
+        printf("| %-14s | %7.2f ± %6.2f | %5.1f | %6.1f |\n", name, mu, sd, mu * bytes / 1e9, mu * (bytes + state_rw) / 1e9);
         if (d && mu0 > 0) printf("\ndepth %ld: %+.1f%% generation speed against depth 0 (interleaved in this run)\n", d, 100.0 * (mu / mu0 - 1));
     }
 done:

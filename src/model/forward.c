@@ -16,6 +16,9 @@
 #include "model.h"
 
 #define GDN_CHUNK 64
+/* Row-wise loops (norms, gates, the MoE gather) go parallel from this many rows: a batched
+ * decode step of 16 streams would otherwise leave one thread idle through them. */
+#define ROWS_PAR 8
 
 /* The delta rule and attention loops are plain C; these clones let the compiler vectorise
  * them for AVX-512 and AVX2 machines while the default build stays baseline x86-64, and
@@ -204,19 +207,21 @@ static void gdn_block(qnext_session *s, qn_seq *seqs, int n_seqs, int il, int T)
     }
     op_matmul(&ly->ba, sc->x, T, sc->proj2);   /* [T, b|a] */
 
-    /* Causal depthwise conv over [conv state | new inputs] of each sequence, then SiLU. */
-    for (int q = 0; q < n_seqs; q++) {
-        float *cs = seqs[q].s->ls[il].conv_state;
-        const float *P = sc->proj + (int64_t)seqs[q].row0 * n_qkvz;
-        float *Y = sc->conv + (int64_t)seqs[q].row0 * conv_dim;
-        const int n = seqs[q].n;
-        const int n_ckpt = seqs[q].s->ckpt_n;
-        float *ck = n_ckpt ? seqs[q].s->ckpt + seqs[q].s->ckpt_off[il] : NULL;
-        const size_t ck_stride = seqs[q].s->ckpt_stride;
-        /* Channels in blocks, tokens inside: each row of P is read contiguously. */
-        const int64_t CB = 256, nblk = (conv_dim + CB - 1) / CB;
-#pragma omp parallel for schedule(static) if (n * conv_dim > 65536)
+    /* Causal depthwise conv over [conv state | new inputs] of each sequence, then SiLU.
+     * Channels in blocks, tokens inside: each row of P is read contiguously. The (sequence,
+     * block) pairs go to the threads, so a batched decode step (one row per sequence) is
+     * split as well as a long prompt. */
+    const int64_t CB = 256, nblk = (conv_dim + CB - 1) / CB;
+#pragma omp parallel for collapse(2) schedule(static) if ((int64_t)T * conv_dim > 65536)
+    for (int q = 0; q < n_seqs; q++)
         for (int64_t blk = 0; blk < nblk; blk++) {
+            float *cs = seqs[q].s->ls[il].conv_state;
+            const float *P = sc->proj + (int64_t)seqs[q].row0 * n_qkvz;
+            float *Y = sc->conv + (int64_t)seqs[q].row0 * conv_dim;
+            const int n = seqs[q].n;
+            const int n_ckpt = seqs[q].s->ckpt_n;
+            float *ck = n_ckpt ? seqs[q].s->ckpt + seqs[q].s->ckpt_off[il] : NULL;
+            const size_t ck_stride = seqs[q].s->ckpt_stride;
             const int64_t c0 = blk * CB, c1 = c0 + CB < conv_dim ? c0 + CB : conv_dim;
             /* speculative decoding: the conv state after each of the first n_ckpt rows */
             for (int r = 0; r < n_ckpt; r++)
@@ -242,11 +247,11 @@ static void gdn_block(qnext_session *s, qn_seq *seqs, int n_seqs, int il, int T)
                 memmove(cs + (int64_t)i * conv_dim + c0, src + c0, (c1 - c0) * sizeof(float));
             }
         }
-    }
 
     /* L2-normalise q and k per head (eps inside the sqrt of the sum), scale q by dk^-1/2;
      * gates: beta = sigmoid(b), g = -exp(A_log) softplus(a + dt_bias). */
     const float qscale = 1.0f / sqrtf((float)dk);
+#pragma omp parallel for schedule(static) if (T >= ROWS_PAR)
     for (int t = 0; t < T; t++) {
         float *row = sc->conv + (int64_t)t * conv_dim;
         for (int hh = 0; hh < 2 * nk; hh++) {
@@ -293,6 +298,7 @@ static void gdn_block(qnext_session *s, qn_seq *seqs, int n_seqs, int il, int T)
         }
 
     /* Gated RMSNorm per (token, value head): plain weight, times silu(z). */
+#pragma omp parallel for schedule(static) if (T >= ROWS_PAR)
     for (int t = 0; t < T; t++)
         for (int h = 0; h < nv; h++) {
             float *o = sc->core + (int64_t)t * val_dim + (int64_t)h * dv;
@@ -436,6 +442,7 @@ static void attn_block(qnext_session *s, const qn_layer *ly, qn_seq *seqs, int n
     op_matmul_rows(&ly->k_proj, 0, ly->k_proj.rows, sc->x, T, ly->k_proj.cols, sc->proj2, kvw);
     op_matmul_rows(&ly->v_proj, 0, ly->v_proj.rows, sc->x, T, ly->v_proj.cols, sc->proj2 + (int64_t)nkv * D, kvw);
 
+#pragma omp parallel for schedule(static) if (T >= ROWS_PAR)
     for (int t = 0; t < T; t++) {
         const float *cs = sc->rope_cos + (int64_t)t * half, *sn = sc->rope_sin + (int64_t)t * half;
         for (int h = 0; h < nh; h++) {
@@ -539,6 +546,7 @@ static void attn_block(qnext_session *s, const qn_layer *ly, qn_seq *seqs, int n
             }
         }
     }
+#pragma omp parallel for schedule(static) if (T >= ROWS_PAR)
     for (int t = 0; t < T; t++)
         for (int h = 0; h < nh; h++) {
             float *o = sc->core + (int64_t)t * nh * D + (int64_t)h * D;
@@ -656,6 +664,7 @@ static void moe_block(qnext_session *s, const qn_layer *ly, int T) {
         }
         const int base = first[e0], rows = first[e1] - base;
         if (!rows) continue;
+#pragma omp parallel for schedule(static) if (rows >= ROWS_PAR)
         for (int i = 0; i < rows; i++)
             memcpy(sc->xg + (int64_t)i * H, sc->x + (int64_t)(sc->tok_list[base + i] / k) * H, H * sizeof(float));
         op_job jobs[OP_MULTI_MAX];
@@ -667,6 +676,7 @@ static void moe_block(qnext_session *s, const qn_layer *ly, int T) {
             jobs[nj++] = (op_job){&ly->exp_up[e], sc->xg + (int64_t)o * H, sc->mlp_b + (int64_t)o * I, n};
         }
         op_matmul_multi(jobs, nj);
+#pragma omp parallel for schedule(static) if (rows >= ROWS_PAR)
         for (int64_t i = 0; i < (int64_t)rows * I; i++) sc->mlp_a[i] = qn_silu(sc->mlp_a[i]) * sc->mlp_b[i];
         nj = 0;
         for (int e = e0; e < e1; e++) {
@@ -674,13 +684,17 @@ static void moe_block(qnext_session *s, const qn_layer *ly, int T) {
             if (n) jobs[nj++] = (op_job){&ly->exp_down[e], sc->mlp_a + (int64_t)o * I, sc->eo + (int64_t)o * H, n};
         }
         op_matmul_multi(jobs, nj);
-        for (int i = 0; i < rows; i++) {
-            int slot = sc->tok_list[base + i], t = slot / k;
-            float w = sc->top_w[slot];
-            float *yt = sc->y + (int64_t)t * H;
-            const float *eo = sc->eo + (int64_t)i * H;
-            for (int d = 0; d < H; d++) yt[d] += w * eo[d];
-        }
+        /* each token's rows in expert order, as a sequential sum would add them; the
+         * threads split the hidden dimension, so no two touch one output */
+#pragma omp parallel for schedule(static) if (rows >= ROWS_PAR)
+        for (int d0 = 0; d0 < H; d0 += 256)
+            for (int i = 0; i < rows; i++) {
+                int slot = sc->tok_list[base + i], t = slot / k, d1 = d0 + 256 < H ? d0 + 256 : H;
+                float w = sc->top_w[slot];
+                float *yt = sc->y + (int64_t)t * H;
+                const float *eo = sc->eo + (int64_t)i * H;
+                for (int d = d0; d < d1; d++) yt[d] += w * eo[d];
+            }
     }
     if (c->shared_intermediate > 0) {
         swiglu(&ly->sh_gate, &ly->sh_up, &ly->sh_down, sc->x, T, sc->mlp_a, sc->mlp_b, sc->eo);
@@ -802,11 +816,13 @@ void forward_batch(qnext_session *s, qn_seq *seqs, int n_seqs, int T) {
 
     for (int il = 0; il < c->n_layers; il++) {
         const qn_layer *ly = &m->layers[il];
+#pragma omp parallel for schedule(static) if (T >= ROWS_PAR)
         for (int t = 0; t < T; t++) op_rmsnorm1p(sc->h + (int64_t)t * H, ly->input_norm, sc->x + (int64_t)t * H, H, eps);
         if (c->layer_type[il] == QNEXT_LAYER_FULL) attn_block(s, ly, seqs, n_seqs, il, T);
         else gdn_block(s, seqs, n_seqs, il, T);
         add_rows(sc->h, sc->y, (int64_t)T * H);
 
+#pragma omp parallel for schedule(static) if (T >= ROWS_PAR)
         for (int t = 0; t < T; t++) op_rmsnorm1p(sc->h + (int64_t)t * H, ly->post_norm, sc->x + (int64_t)t * H, H, eps);
         if (c->layer_is_moe[il]) moe_block(s, ly, T);
         else dense_block(s, ly, T);

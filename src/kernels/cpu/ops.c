@@ -224,8 +224,24 @@ static inline void row_dot_all(const char *w, const uint8_t *act, size_t astride
     for (; t < T; t++) *(yrows ? &yrows[t][r] : &y[(int64_t)t * ldy + r]) = dot(w, act + astride * t, n);
 }
 
-/* Weight rows are split evenly over the threads; each row is read once from memory and
- * dotted with every activation row while it sits in L1. */
+/* Rows [r0, r1) against the T prepared activation rows on the dot kernels. Each row is read
+ * once from memory and dotted with every activation row while it sits in L1. The rows go to
+ * the threads in chunks (eight per thread, of at least 16 rows) */
+static void dot_rows(const qn_tensor *W, int64_t r0, int64_t r1, const uint8_t *act, size_t astride, int T,
+                     dot_fn dot, float *y, int64_t ldy, float *const *yrows) {
+    const int64_t work = (r1 - r0) * W->cols * (int64_t)T;
+    const char *base = W->data;
+    const dotm_fn dotm = T > 1 ? dotm_for_type(g_kern, W->dtype) : NULL;
+    int64_t nchunk = (r1 - r0 + 15) / 16;
+    if (nchunk > 8 * omp_get_max_threads()) nchunk = 8 * omp_get_max_threads();
+#pragma omp parallel for schedule(static) if (work > 32768)
+    for (int64_t ch = 0; ch < nchunk; ch++)
+        for (int64_t r = r0 + (r1 - r0) * ch / nchunk; r < r0 + (r1 - r0) * (ch + 1) / nchunk; r++)
+            row_dot_all(base + (size_t)(W->row_map ? W->row_map[r] : r) * W->row_bytes, act, astride, T, W->cols,
+                        dot, dotm, y, ldy, yrows, r);
+}
+
+/* Weight rows are split over the threads; see dot_rows. */
 void op_matmul_rows(const qn_tensor *W, int64_t r0, int64_t r1, const float *x, int T, int64_t ldx, float *y,
                     int64_t ldy) {
     dot_fn dot = kernel_for(W);
@@ -236,13 +252,7 @@ void op_matmul_rows(const qn_tensor *W, int64_t r0, int64_t r1, const float *x, 
     const uint8_t *act = prepare_act(W->dtype, x, T, ldx, W->cols, &astride);
     const amxi_path *ap = use_amxi(W, T);
     if (ap) { amxi_product(ap, W, r0, r1, act, astride, T, y, ldy, NULL); return; }
-    int64_t work = (r1 - r0) * W->cols * (int64_t)T;
-    const char *base = W->data;
-    dotm_fn dotm = T > 1 ? dotm_for_type(g_kern, W->dtype) : NULL;
-#pragma omp parallel for schedule(static) if (work > 32768)
-    for (int64_t r = r0; r < r1; r++)
-        row_dot_all(base + (size_t)(W->row_map ? W->row_map[r] : r) * W->row_bytes, act, astride, T, W->cols, dot,
-                    dotm, y, ldy, NULL, r);
+    dot_rows(W, r0, r1, act, astride, T, dot, y, ldy, NULL);
 }
 
 void op_matmul_to_rows(const qn_tensor *W, const float *x, int T, float *const *y) {
@@ -254,13 +264,7 @@ void op_matmul_to_rows(const qn_tensor *W, const float *x, int T, float *const *
     const uint8_t *act = prepare_act(W->dtype, x, T, W->cols, W->cols, &astride);
     const amxi_path *ap = use_amxi(W, T);
     if (ap) { amxi_product(ap, W, 0, W->rows, act, astride, T, NULL, 0, y); return; }
-    int64_t work = W->rows * W->cols * (int64_t)T;
-    const char *base = W->data;
-    dotm_fn dotm = T > 1 ? dotm_for_type(g_kern, W->dtype) : NULL;
-#pragma omp parallel for schedule(static) if (work > 32768)
-    for (int64_t r = 0; r < W->rows; r++)
-        row_dot_all(base + (size_t)(W->row_map ? W->row_map[r] : r) * W->row_bytes, act, astride, T, W->cols, dot,
-                    dotm, NULL, 0, y, r);
+    dot_rows(W, 0, W->rows, act, astride, T, dot, NULL, 0, y);
 }
 
 /* Several products in one parallel region. The decode step of a MoE layer runs ~30 small
@@ -318,6 +322,7 @@ void op_matmul_multi(const op_job *jobs, int n) {
     dotm_fn fnm[OP_MULTI_MAX];
     int64_t cost0[OP_MULTI_MAX + 1]; /* work before job q, in (weight row x activation row) units */
     size_t off = 0;
+    int quant_q[OP_MULTI_MAX], pack_q[OP_MULTI_MAX], nq = 0, np = 0;
     cost0[0] = 0;
     for (int q = 0; q < m; q++) {
         const op_job *jb = &jobs[idx[q]];
@@ -335,11 +340,10 @@ void op_matmul_multi(const op_job *jobs, int n) {
             astride[q] = astride[q - 1];
         } else {
             size_t rb = quant_row_bytes(at, W->cols);
-            for (int t = 0; t < jb->T; t++)
-                actq_quantize_row(at, jb->x + (int64_t)t * W->cols, tl_multi + off + rb * t, W->cols);
             act[q] = tl_multi + off;
             astride[q] = rb;
             off += rb * jb->T;
+            quant_q[nq++] = q; /* this job quantizes the input it shares with the next ones */
         }
         pk[q] = NULL;
         apq[q] = use_amxi(W, jb->T);
@@ -347,8 +351,8 @@ void op_matmul_multi(const op_job *jobs, int n) {
             if (prev && pk[q - 1] && apq[q - 1] == apq[q] && act[q] == act[q - 1]) pk[q] = pk[q - 1];
             else {
                 pk[q] = pbuf + poff;
-                apq[q]->pack(act[q], astride[q], jb->T, W->cols, pk[q]);
                 poff += apq[q]->packed_bytes(W->cols);
+                pack_q[np++] = q;
             }
         }
         cost0[q + 1] = cost0[q] + W->rows * (int64_t)jb->T;
@@ -356,29 +360,47 @@ void op_matmul_multi(const op_job *jobs, int n) {
     const int64_t total = cost0[m];
     int64_t work = 0;
     for (int q = 0; q < m; q++) work += (cost0[q + 1] - cost0[q]) * jobs[idx[q]].W->cols;
-    /* Each thread takes an equal share of the work: the rows whose first unit of cost falls
-     * in [c0, c1), so a row of an expert with 8 tokens weighs as much as 8 single-token rows. */
+    /* Quantizing and packing the inputs is part of the region too: in a batched step it is
+     * ~100 inputs of a few rows each, which one thread alone would spend milliseconds on. */
+    const int nchunk = 8 * omp_get_max_threads();
 #pragma omp parallel if (work > 32768)
     {
-        int nth = omp_get_num_threads(), tid = omp_get_thread_num();
-        int64_t c0 = total * tid / nth, c1 = total * (tid + 1) / nth;
-        for (int q = 0; q < m; q++) {
-            const op_job *jb = &jobs[idx[q]];
-            const int64_t T = jb->T, rows = jb->W->rows;
-            if (cost0[q + 1] <= c0 || cost0[q] >= c1) continue;
-            int64_t ra = c0 > cost0[q] ? (c0 - cost0[q] + T - 1) / T : 0;
-            int64_t rz = (c1 - cost0[q] + T - 1) / T;
-            if (rz > rows) rz = rows;
-            const qn_tensor *W = jb->W;
-            if (pk[q]) { /* tiles take rows 16 at a time: both ends on a multiple of 16 */
-                ra = ra & ~(int64_t)15;
-                rz = rz == rows ? rows : rz & ~(int64_t)15;
-                if (ra < rz) apq[q]->rows(W, ra, rz, pk[q], jb->T, jb->y, rows, NULL);
-                continue;
+#pragma omp for schedule(dynamic, 1)
+        for (int i = 0; i < nq; i++) {
+            const op_job *jb = &jobs[idx[quant_q[i]]];
+            int at = dot_act_type(jb->W->dtype);
+            for (int t = 0; t < jb->T; t++)
+                actq_quantize_row(at, jb->x + (int64_t)t * jb->W->cols, (uint8_t *)act[quant_q[i]] + astride[quant_q[i]] * t,
+                                  jb->W->cols);
+        }
+#pragma omp for schedule(dynamic, 1)
+        for (int i = 0; i < np; i++) {
+            const int q = pack_q[i];
+            apq[q]->pack(act[q], astride[q], jobs[idx[q]].T, jobs[idx[q]].W->cols, pk[q]);
+        }
+        /* Each thread takes an equal share of the work: the rows whose first unit of cost falls
+         * in [c0, c1), so a row of an expert with 8 tokens weighs as much as 8 single-token rows. */
+#pragma omp for schedule(static)
+        for (int ch = 0; ch < nchunk; ch++) {
+            int64_t c0 = total * ch / nchunk, c1 = total * (ch + 1) / nchunk;
+            for (int q = 0; q < m; q++) {
+                const op_job *jb = &jobs[idx[q]];
+                const int64_t T = jb->T, rows = jb->W->rows;
+                if (cost0[q + 1] <= c0 || cost0[q] >= c1) continue;
+                int64_t ra = c0 > cost0[q] ? (c0 - cost0[q] + T - 1) / T : 0;
+                int64_t rz = (c1 - cost0[q] + T - 1) / T;
+                if (rz > rows) rz = rows;
+                const qn_tensor *W = jb->W;
+                if (pk[q]) { /* tiles take rows 16 at a time: both ends on a multiple of 16 */
+                    ra = ra & ~(int64_t)15;
+                    rz = rz == rows ? rows : rz & ~(int64_t)15;
+                    if (ra < rz) apq[q]->rows(W, ra, rz, pk[q], jb->T, jb->y, rows, NULL);
+                    continue;
+                }
+                for (int64_t r = ra; r < rz; r++)
+                    row_dot_all((const char *)W->data + (size_t)(W->row_map ? W->row_map[r] : r) * W->row_bytes, act[q],
+                                astride[q], jb->T, W->cols, fn[q], fnm[q], jb->y, rows, NULL, r);
             }
-            for (int64_t r = ra; r < rz; r++)
-                row_dot_all((const char *)W->data + (size_t)(W->row_map ? W->row_map[r] : r) * W->row_bytes, act[q],
-                            astride[q], jb->T, W->cols, fn[q], fnm[q], jb->y, rows, NULL, r);
         }
     }
 }
