@@ -21,8 +21,10 @@ typedef float (*dot_fn)(const void *w, const void *a, int64_t n);
 /* One weight row against T <= DOTM_MAX_T prepared activation rows (row t at a + t * astride):
  * out[t] = dot(w, a_t). Each weight block is unpacked once for all T rows, which is what
  * batched decoding (several streams, or the few tokens an expert gets in a small batch)
- * spends its time on; the result equals T calls of the single-row kernel to rounding. */
-#define DOTM_MAX_T 4
+ * spends its time on; the result equals T calls of the single-row kernel to rounding.
+ * Eight, because a 16-stream step gives each of 32 experts 3-8 tokens: with four, most of
+ * them unpacked every block twice (an expert layer at 5 tokens: 7.2-8.7 ms against 8.3-10.9). */
+#define DOTM_MAX_T 8
 typedef void (*dotm_fn)(const void *w, const void *a, size_t astride, int T, int64_t n, float *out);
 
 typedef struct {
