@@ -59,12 +59,6 @@ static float g_q4_0(const void *w_, const void *a_, int64_t n) {
     return s;
 }
 
-/* The 6-bit scale and min of sub-block j of a Q4_K/Q5_K super-block. */
-static void scale_min_k4(int j, const uint8_t *q, int *sc, int *m) {
-    if (j < 4) { *sc = q[j] & 63; *m = q[j + 4] & 63; }
-    else { *sc = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4); *m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4); }
-}
-
 /* Q8_K activation block: f32 d, int8 qs[256], int16 bsums[16] (sums of 16 values). */
 #define Q8K_D(a) (*(const float *)(a))
 #define Q8K_QS(a) ((const int8_t *)((a) + 4))
@@ -79,8 +73,8 @@ static float g_q4_k(const void *w_, const void *a_, int64_t n) {
         int32_t isum = 0, msum = 0;
         for (int j = 0; j < 4; j++) {
             int sc0, m0, sc1, m1;
-            scale_min_k4(2 * j, w + 4, &sc0, &m0);
-            scale_min_k4(2 * j + 1, w + 4, &sc1, &m1);
+            quant_k4_scale_min(2 * j, w + 4, &sc0, &m0);
+            quant_k4_scale_min(2 * j + 1, w + 4, &sc1, &m1);
             int32_t lo = 0, hi = 0;
             for (int l = 0; l < 32; l++) {
                 lo += (qs[32 * j + l] & 0xF) * x[64 * j + l];
@@ -103,8 +97,8 @@ static float g_q5_k(const void *w_, const void *a_, int64_t n) {
         int32_t isum = 0, msum = 0;
         for (int j = 0; j < 4; j++) {
             int sc0, m0, sc1, m1;
-            scale_min_k4(2 * j, w + 4, &sc0, &m0);
-            scale_min_k4(2 * j + 1, w + 4, &sc1, &m1);
+            quant_k4_scale_min(2 * j, w + 4, &sc0, &m0);
+            quant_k4_scale_min(2 * j + 1, w + 4, &sc1, &m1);
             int32_t lo = 0, hi = 0;
             for (int l = 0; l < 32; l++) {
                 int ql = (qs[32 * j + l] & 0xF) | (((qh[l] >> (2 * j)) & 1) << 4);

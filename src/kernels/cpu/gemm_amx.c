@@ -74,11 +74,6 @@ static inline float h2f(const uint8_t *p) {
     return _cvtsh_ss(h);
 }
 
-static inline void scale_min_k4(int j, const uint8_t *q, int *sc, int *m) {
-    if (j < 4) { *sc = q[j] & 63; *m = q[j + 4] & 63; }
-    else { *sc = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4); *m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4); }
-}
-
 /* Q4_K / Q5_K super-blocks (256 values) widened to bf16 with AVX-512: each 64-value step
  * takes 32 bytes of nibbles (low half, then high half), plus one bit each from qh for Q5_K. */
 static void qk45_to_bf16(const uint8_t *b, uint16_t *dst, int five) {
@@ -88,8 +83,8 @@ static void qk45_to_bf16(const uint8_t *b, uint16_t *dst, int five) {
     __m256i hb = five ? _mm256_loadu_si256((const __m256i *)qh) : _mm256_setzero_si256();
     for (int j = 0; j < 4; j++) {
         int sc0, m0, sc1, m1;
-        scale_min_k4(2 * j, b + 4, &sc0, &m0);
-        scale_min_k4(2 * j + 1, b + 4, &sc1, &m1);
+        quant_k4_scale_min(2 * j, b + 4, &sc0, &m0);
+        quant_k4_scale_min(2 * j + 1, b + 4, &sc1, &m1);
         __m256i q = _mm256_loadu_si256((const __m256i *)(qs + 32 * j));
         __m256i lo = _mm256_and_si256(q, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
         if (five) {

@@ -18,6 +18,7 @@
  * token's scale and summed in f32, so the result equals the vector kernels' to float
  * rounding (the integer sums are exact in both). */
 #include "kernels/cpu/gemm_amx.h"
+#include "kernels/cpu/quant.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -222,11 +223,9 @@ static void q4k_unpack_row(const uint8_t *row, int i, int64_t nsb, uint8_t (*A)[
         memcpy(&hd, blk, 2);
         memcpy(&hm, blk + 2, 2);
         const float d = _cvtsh_ss(hd), dmin = _cvtsh_ss(hm);
-        const uint8_t *q = blk + 4;
         for (int j = 0; j < 8; j++) {
             int sc, m;
-            if (j < 4) { sc = q[j] & 63; m = q[j + 4] & 63; }
-            else { sc = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4); m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4); }
+            quant_k4_scale_min(j, blk + 4, &sc, &m);
             S[b][i][j] = d * (float)sc;
             M[b][i][j] = dmin * (float)m;
         }

@@ -409,20 +409,6 @@ static float make_qx_quants_rmse1(int n, int nmax, const float *x, int8_t *L) {
     return scale;
 }
 
-/* Q4_K/Q5_K pack 8 six-bit scales and 8 six-bit mins into 12 bytes: bytes 0-3 hold
- * scales 0-3 (low 6 bits) and the top 2 bits of scales 4-7; bytes 4-7 mins 0-3 and the
- * top bits of mins 4-7; bytes 8-11 the low nibbles of scale j (low) and min j (high)
- * for j = 4..7. */
-static inline void get_scale_min_k4(int j, const uint8_t *q, uint8_t *d, uint8_t *m) {
-    if (j < 4) {
-        *d = q[j] & 63;
-        *m = q[j + 4] & 63;
-    } else {
-        *d = (uint8_t)((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4));
-        *m = (uint8_t)((q[j + 4] >> 4) | ((q[j - 0] >> 6) << 4));
-    }
-}
-
 /* Shared front half of quantize_row_q4_K_ref / q5_K_ref: sub-block fits, 6-bit scale
  * and min codes, f16 super-scales, then re-quantization against the rounded scales.
  * Fills b[0..16) and the codes L (0..nmax). */
@@ -460,8 +446,8 @@ static void quant_kx_scales(const float *x, uint8_t *b, uint8_t *L, int nmax, fl
     wr_f16(b + 2, max_min / 63.f);
     const float d_all = rd_f16(b), dmin_all = rd_f16(b + 2);
     for (int j = 0; j < 8; ++j) {
-        uint8_t s, m;
-        get_scale_min_k4(j, sc, &s, &m);
+        int s, m;
+        quant_k4_scale_min(j, sc, &s, &m);
         const float d = d_all * s;
         if (d == 0.f) continue; /* keep the codes of the sub-block fit, as ggml does */
         const float dm = dmin_all * m;
@@ -478,10 +464,10 @@ static void dequant_q4_k(const uint8_t *b, float *y) {
     const float d = rd_f16(b), min = rd_f16(b + 2);
     const uint8_t *sc = b + 4, *q = b + 16;
     for (int j = 0, is = 0; j < 256; j += 64, is += 2, q += 32) {
-        uint8_t s, m;
-        get_scale_min_k4(is, sc, &s, &m);
+        int s, m;
+        quant_k4_scale_min(is, sc, &s, &m);
         const float d1 = d * s, m1 = min * m;
-        get_scale_min_k4(is + 1, sc, &s, &m);
+        quant_k4_scale_min(is + 1, sc, &s, &m);
         const float d2 = d * s, m2 = min * m;
         for (int l = 0; l < 32; ++l) *y++ = d1 * (q[l] & 0xF) - m1;
         for (int l = 0; l < 32; ++l) *y++ = d2 * (q[l] >> 4) - m2;
@@ -503,10 +489,10 @@ static void dequant_q5_k(const uint8_t *b, float *y) {
     const uint8_t *sc = b + 4, *qh = b + 16, *ql = b + 48;
     uint8_t u1 = 1, u2 = 2;
     for (int j = 0, is = 0; j < 256; j += 64, is += 2, ql += 32) {
-        uint8_t s, m;
-        get_scale_min_k4(is, sc, &s, &m);
+        int s, m;
+        quant_k4_scale_min(is, sc, &s, &m);
         const float d1 = d * s, m1 = min * m;
-        get_scale_min_k4(is + 1, sc, &s, &m);
+        quant_k4_scale_min(is + 1, sc, &s, &m);
         const float d2 = d * s, m2 = min * m;
         for (int l = 0; l < 32; ++l) *y++ = d1 * ((ql[l] & 0xF) + (qh[l] & u1 ? 16 : 0)) - m1;
         for (int l = 0; l < 32; ++l) *y++ = d2 * ((ql[l] >> 4) + (qh[l] & u2 ? 16 : 0)) - m2;

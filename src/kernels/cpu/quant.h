@@ -100,4 +100,18 @@ float quant_f16_to_f32(uint16_t h);
 uint16_t quant_f32_to_bf16(float f);
 float quant_bf16_to_f32(uint16_t h);
 
+/* Q4_K/Q5_K pack 8 six-bit scales and 8 six-bit mins into 12 bytes: bytes 0-3 hold
+ * scales 0-3 (low 6 bits) and the top 2 bits of scales 4-7; bytes 4-7 mins 0-3 and the
+ * top bits of mins 4-7; bytes 8-11 the low nibbles of scale j (low) and min j (high)
+ * for j = 4..7. The scale and min of sub-block j of the 12 bytes at q: */
+static inline void quant_k4_scale_min(int j, const uint8_t *q, int *sc, int *m) {
+    if (j < 4) {
+        *sc = q[j] & 63;
+        *m = q[j + 4] & 63;
+    } else {
+        *sc = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
+        *m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+    }
+}
+
 #endif
