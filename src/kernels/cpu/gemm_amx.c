@@ -27,12 +27,6 @@
 #define ARCH_REQ_XCOMP_PERM 0x1023
 #define XFEATURE_XTILEDATA 18
 
-typedef struct {
-    uint8_t palette_id, start_row, reserved[14];
-    uint16_t colsb[16];
-    uint8_t rows[16];
-} tile_config;
-
 static int g_amx = -1; /* -1 unknown, 0 no, 1 quantized weights, 2 all weights */
 
 int gemm_amx_mode(void) {
@@ -48,13 +42,9 @@ int gemm_amx_mode(void) {
     return g_amx;
 }
 
-static void tiles_config(void) {
-    tile_config c;
-    memset(&c, 0, sizeof c);
-    c.palette_id = 1;
-    for (int i = 0; i < 8; i++) { c.rows[i] = 16; c.colsb[i] = 64; }
-    _tile_loadconfig(&c);
-}
+const amx_tile_config amx_tiles_all = {.palette_id = 1,
+                                       .colsb = {64, 64, 64, 64, 64, 64, 64, 64},
+                                       .rows = {16, 16, 16, 16, 16, 16, 16, 16}};
 
 /* f32 -> bf16, round to nearest even (what vcvtneps2bf16 does), 16 at a time. */
 static inline void f32_to_bf16_16(const float *src, uint16_t *dst) {
@@ -204,7 +194,7 @@ int gemm_amx_rows(const qn_tensor *W, int64_t r0, int64_t r1, const float *x, in
     const int64_t nRB = (r1 - r0 + 15) / 16;
 #pragma omp parallel
     {
-        tiles_config();
+        _tile_loadconfig(&amx_tiles_all);
         if (tl_a_cols < K) {
             free(tl_a);
             free(tl_tmp);

@@ -3,6 +3,17 @@
 #define QNEXT_GEMM_AMX_H
 #include "model/model.h"
 
+/* The 64-byte operand of ldtilecfg (palette 1): bytes per row and rows of each tile. Keep
+ * configurations in static objects: GCC 12 can drop stores to a stack copy filled just
+ * before ldtilecfg, and a faulty configuration traps. */
+typedef struct {
+    uint8_t palette_id, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} amx_tile_config;
+/* All eight tiles 16 rows x 64 bytes (defined in gemm_amx.c when built with AMX). */
+extern const amx_tile_config amx_tiles_all;
+
 /* 0: no AMX (or QNEXT_AMX=0); 1: used for quantized weights; 2: for all weights (QNEXT_AMX=all). */
 int gemm_amx_mode(void);
 /* y[t*ldy + r] (or yrows[t][r] when yrows is set) = W[r] . x[t] for r in [r0, r1), t < T,

@@ -64,25 +64,11 @@ void gemm_amxq8_pack(const uint8_t *act, size_t astride, int T, int64_t cols, ui
     }
 }
 
-typedef struct {
-    uint8_t palette_id, start_row, reserved[14];
-    uint16_t colsb[16];
-    uint8_t rows[16];
-} tile_config;
-
 /* Tiles 0/3: C (16 rows x 16 int32), 1/4: weights (16 rows x 32 bytes), 2/5: activations
  * (8 rows x 64 bytes). Two sets, so that two blocks are in flight. */
-static void tiles_config_q8(void) {
-    tile_config c;
-    memset(&c, 0, sizeof c);
-    c.palette_id = 1;
-    for (int s = 0; s < 2; s++) {
-        c.rows[3 * s] = 16; c.colsb[3 * s] = 64;
-        c.rows[3 * s + 1] = 16; c.colsb[3 * s + 1] = 32;
-        c.rows[3 * s + 2] = 8; c.colsb[3 * s + 2] = 64;
-    }
-    _tile_loadconfig(&c);
-}
+static const amx_tile_config q8_tiles = {.palette_id = 1,
+                                         .colsb = {64, 32, 64, 64, 32, 64},
+                                         .rows = {16, 16, 8, 16, 16, 8}};
 
 static _Thread_local uint8_t *tl_rows;
 static _Thread_local size_t tl_rows_cap;
@@ -104,7 +90,7 @@ void gemm_amxq8_rows(const qn_tensor *W, int64_t ra, int64_t rz, const uint8_t *
                      int64_t ldy, float *const *yrows) {
     const int64_t nb = W->cols / 32;
     const size_t rbytes = W->row_bytes;
-    tiles_config_q8();
+    _tile_loadconfig(&q8_tiles);
     int32_t C0[256] __attribute__((aligned(64))), C1[256] __attribute__((aligned(64)));
     for (int64_t r0 = ra; r0 < rz; r0 += 16) {
         const int nr = rz - r0 < 16 ? (int)(rz - r0) : 16;
@@ -255,7 +241,7 @@ void gemm_amxq4k_rows(const qn_tensor *W, int64_t ra, int64_t rz, const uint8_t 
     uint8_t(*A)[8][16][32] = tl_q4k;
     float(*S)[16][8] = (void *)((uint8_t *)tl_q4k + 4096 * nsb);
     float(*M)[16][8] = (void *)((uint8_t *)tl_q4k + 4096 * nsb + 512 * nsb);
-    tiles_config_q8();
+    _tile_loadconfig(&q8_tiles);
     int32_t C[8][256] __attribute__((aligned(64)));
     for (int64_t r0 = ra; r0 < rz; r0 += 16) {
         const int nr = rz - r0 < 16 ? (int)(rz - r0) : 16;
