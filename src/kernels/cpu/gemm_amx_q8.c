@@ -28,13 +28,9 @@
 
 #define PACK_BLOCK 576 /* 512 bytes of tile + 16 float scales */
 
-static int g_ahead = 1;
-
 int gemm_amxq8_available(void) {
     static int ok = -1;
     if (ok < 0) {
-        const char *e = getenv("QNEXT_AMXQ8_AHEAD");
-        if (e) g_ahead = atoi(e);
         __builtin_cpu_init();
         /* gemm_amx_mode has asked Linux for the tile state (and honours QNEXT_AMX=0) */
         ok = gemm_amx_mode() != 0 && __builtin_cpu_supports("amx-int8");
@@ -114,7 +110,7 @@ void gemm_amxq8_rows(const qn_tensor *W, int64_t ra, int64_t rz, const uint8_t *
             }
             base = tl_rows;
         }
-        const uint8_t *next = g_ahead && !W->row_map && r0 + 16 * (g_ahead + 1) <= rz ? base + 16 * g_ahead * rbytes : NULL;
+        const uint8_t *next = !W->row_map && r0 + 32 <= rz ? base + 16 * rbytes : NULL;
         __m512 acc[16];
         for (int i = 0; i < 16; i++) acc[i] = _mm512_setzero_ps();
         int64_t b = 0;
