@@ -69,6 +69,15 @@ static const amx_tile_config q8_tiles = {.palette_id = 1,
 static _Thread_local uint8_t *tl_rows;
 static _Thread_local size_t tl_rows_cap;
 
+/* Rows r0 .. r0+nr-1 of the result: acc[i] holds row r0+i's value for each token (lane t). */
+static void store_rows(const __m512 *acc, int nr, int64_t r0, int T, float *y, int64_t ldy, float *const *yrows) {
+    float out[16] __attribute__((aligned(64)));
+    for (int i = 0; i < nr; i++) {
+        _mm512_store_ps(out, acc[i]);
+        for (int t = 0; t < T; t++) *(yrows ? &yrows[t][r0 + i] : &y[(int64_t)t * ldy + r0 + i]) = out[t];
+    }
+}
+
 /* acc[i] += (C[i] as f32) * dx * dw[i] for the 16 rows of one block. */
 static inline void scale_block(__m512 *acc, const int32_t *C, const uint8_t *base, size_t stride, int64_t off,
                                const float *dxp) {
@@ -143,11 +152,7 @@ void gemm_amxq8_rows(const qn_tensor *W, int64_t ra, int64_t rz, const uint8_t *
             _tile_stored(0, C0, 64);
             scale_block(acc, C0, base, rbytes, 34 * b, (const float *)(p + 512));
         }
-        float out[16] __attribute__((aligned(64)));
-        for (int i = 0; i < nr; i++) {
-            _mm512_store_ps(out, acc[i]);
-            for (int t = 0; t < T; t++) *(yrows ? &yrows[t][r0 + i] : &y[(int64_t)t * ldy + r0 + i]) = out[t];
-        }
+        store_rows(acc, nr, r0, T, y, ldy, yrows);
     }
     _tile_release();
 }
@@ -282,11 +287,7 @@ void gemm_amxq4k_rows(const qn_tensor *W, int64_t ra, int64_t rz, const uint8_t 
                 acc[i] = _mm512_sub_ps(_mm512_fmadd_ps(t, dx, acc[i]), mn);
             }
         }
-        float out[16] __attribute__((aligned(64)));
-        for (int i = 0; i < nr; i++) {
-            _mm512_store_ps(out, acc[i]);
-            for (int t = 0; t < T; t++) *(yrows ? &yrows[t][r0 + i] : &y[(int64_t)t * ldy + r0 + i]) = out[t];
-        }
+        store_rows(acc, nr, r0, T, y, ldy, yrows);
     }
     _tile_release();
 }
