@@ -152,7 +152,7 @@ int main(int argc, char **argv) {
            n_keys, rows, nh, nkv, D, kt == 1 ? "f32" : kt == 2 ? "bf16" : "q8", nth, attn_select_kv(kt)->name,
            warm ? "warm (K/V left in the cache between runs)" : "cold (K/V read from memory)");
     for (int mode = !old; mode < 3; mode++) {
-        double best = 1e30;
+        double best = 1e30, total = 0;
         for (int it = 0; it < iters; it++) {
             if (flush) {
                 uint64_t acc = 0;
@@ -183,11 +183,12 @@ int main(int argc, char **argv) {
             }
             double t = now() - t0;
             if (t < best) best = t;
+            total += t;
         }
         static const char *names[3] = {"before (scalar tile)", "kernel, one item per kv head", "kernel, forward.c's split"};
         double bytes = 2.0 * n_keys * nkv * rb;
-        printf("%-30s %8.3f ms  (%.1f GB/s of K/V, %.1f GFLOP/s)\n", names[mode], best * 1e3, bytes / best * 1e-9,
-               4.0 * nkv * nq * (double)n_keys * D / best * 1e-9);
+        printf("%-30s %8.3f ms  (%.1f GB/s of K/V, %.1f GFLOP/s; mean %.3f ms)\n", names[mode], best * 1e3, bytes / best * 1e-9,
+               4.0 * nkv * nq * (double)n_keys * D / best * 1e-9, total / iters * 1e3);
     }
     return 0;
 }
