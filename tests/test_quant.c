@@ -2,9 +2,9 @@
  *   - tests/data/quant/<TYPE>.bin (tools/make_quant_refs.py): our dequantization must
  *     equal the gguf package's and ggml's dequantize_row_* bit for bit; our quantizer's
  *     bytes must equal the package's (F16, BF16, Q4_0..Q8_0, MXFP4) and ggml's own
- *     quantize_row_*_ref (all quantized types, K quants included; the committed files
- *     were made with ggml's libggml-base.so, see docs/GGUF.md);
- *     IQ4_NL and IQ4_XS are read only: dequantization checks only;
+ *     quantize_row_*_ref (all quantized types, K quants included; IQ4_NL and IQ4_XS
+ *     against quantize_iq4_nl/_xs, which llama-quantize uses; the committed files were
+ *     made with ggml's libggml-base.so, see docs/GGUF.md);
  *   - tests/data/quant/types.txt: the type table (block size, bytes per block) of ggml;
  *   - f16/bf16 conversions against closed forms (exhaustive for 16-bit -> f32, nearest-
  *     even property in exact double arithmetic for a large f32 sample);
@@ -275,7 +275,7 @@ static void check_file(const char *tname) {
         }
     }
 
-    /* read-only formats (IQ4_NL, IQ4_XS): the file holds no quantization rows */
+    /* read-only formats: the file holds no quantization rows */
     if (!t->can_quantize) {
         CHECK(nq == 0 && !(flags & 3), "%s: quantization data for a read-only format", tname);
         uint8_t blk[256];
@@ -337,6 +337,12 @@ static void check_file(const char *tname) {
          * is within half the widest gap (2d) of a level, or above 12d and clipped by less than
          * 16d - 12d = 4d <= amax / 2 */
         if (type == QUANT_MXFP4) bound = amax / 2;
+        /* IQ4_NL / IQ4_XS: 16 levels from -127 to 113 times the (sub-)block scale, at most 24
+         * apart; the scale puts the block's largest magnitude near level -127 or 113, so the
+         * step is at most 24 / 113 of amax, with the same 1.25 margin (IQ4_XS: its 6-bit
+         * sub-scales) and the subnormal-f16 floor (largest |code * sub-scale|: 127 * 32) */
+        if (type == QUANT_IQ4_NL || type == QUANT_IQ4_XS)
+            bound = 24.0 / 113 * amax / sqrt(12.0) * 1.25 + (type == QUANT_IQ4_XS ? 127 * 32 : 127) * 0x1p-25;
         (void)rms_x;
         CHECK(rms_err <= bound + 1e-35, "%s row %u: rms error %g > bound %g (rms x %g)", tname, r / 256, rms_err,
               bound, rms_x);
@@ -365,7 +371,7 @@ static void check_api_errors(void) {
     /* non-finite input must not crash (values are unspecified) */
     float nasty[256];
     for (int i = 0; i < 256; i++) nasty[i] = i % 3 == 0 ? NAN : i % 3 == 1 ? INFINITY : -1e38f;
-    int types[] = {QUANT_Q4_0, QUANT_Q4_1, QUANT_Q5_0, QUANT_Q5_1, QUANT_Q8_0, QUANT_Q4_K, QUANT_Q5_K, QUANT_Q6_K, QUANT_Q8_K, QUANT_MXFP4};
+    int types[] = {QUANT_Q4_0, QUANT_Q4_1, QUANT_Q5_0, QUANT_Q5_1, QUANT_Q8_0, QUANT_Q4_K, QUANT_Q5_K, QUANT_Q6_K, QUANT_Q8_K, QUANT_MXFP4, QUANT_IQ4_NL, QUANT_IQ4_XS};
     for (size_t i = 0; i < sizeof types / sizeof *types; i++)
         CHECK(quant_quantize_row(types[i], nasty, b, 256) == 0, "nasty input %d", types[i]);
 }

@@ -14,7 +14,8 @@ For every block format qnext supports this writes tests/data/quant/<TYPE>.bin ho
       llama-cpp-python package), the same rows quantized by ggml's exported
       quantize_row_*_ref functions, and blocks dequantized by ggml's dequantize_row_*.
       This is how the K-quant quantizers (which the gguf package lacks) get a byte-exact
-      reference.
+      reference. IQ4_NL and IQ4_XS are quantized by quantize_iq4_nl / quantize_iq4_xs, the
+      functions llama-quantize calls (rows of 256, no importance matrix).
 
 File layout (little-endian):
   magic "QNQREF1\\0", u32 type, u32 n_deq_blocks, u32 n_q_elems, u32 flags
@@ -25,7 +26,6 @@ File layout (little-endian):
   ggml quant           row bytes        (flags & 2)
   ggml dequant         n_deq_blocks * block_size f32   (flags & 4)
 
-The read-only formats (IQ4_NL, IQ4_XS) have n_q_elems = 0: blocks and their dequantization only.
 The MXFP4 E8M0 exponent byte of the random blocks takes all 256 values.
 
 Usage: python3 tools/make_quant_refs.py [outdir] [--types T1,T2,...]   (default tests/data/quant, all)
@@ -44,8 +44,12 @@ import gguf.quants
 TYPES = ["F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K", "Q8_K",
          "IQ4_NL", "IQ4_XS", "MXFP4"]
 PKG_QUANT = {"F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "MXFP4"}
-# formats qnext only reads: random blocks and their dequantization, no quantization rows
-DEQ_ONLY = {"IQ4_NL", "IQ4_XS"}
+# formats without test rows: none since qnext quantizes IQ4_NL/IQ4_XS too
+DEQ_ONLY = set()
+# llama-quantize quantizes these through quantize_<type>(src, dst, nrow, n_per_row, imatrix)
+# (ggml_quantize_chunk), which searches the IQ4 group scales with ntry = 7;
+# quantize_row_iq4_nl_ref searches none and gives other blocks, so it is not the reference
+CHUNK_QUANT = {"IQ4_NL", "IQ4_XS"}
 
 # byte offsets of the f16 scale fields in each block (Q8_K has an f32 at 0)
 F16_FIELDS = {
@@ -154,10 +158,16 @@ def test_rows(rng, name):
 def ggml_quant(lib, name, x):
     bs, ts = GGML_QUANT_SIZES[QT[name]]
     out = np.zeros(len(x) // bs * ts, dtype=np.uint8)
+    xc = np.ascontiguousarray(x, dtype=np.float32)
+    if name in CHUNK_QUANT:
+        fn = getattr(lib, "quantize_%s" % name.lower())
+        fn.restype = ctypes.c_size_t
+        fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
+        assert fn(xc.ctypes.data, out.ctypes.data, len(x) // 256, 256, None) == len(out)
+        return out
     fn = getattr(lib, "quantize_row_%s_ref" % name.lower().replace("_k", "_K"))
     fn.restype = None
     fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
-    xc = np.ascontiguousarray(x, dtype=np.float32)
     fn(xc.ctypes.data, out.ctypes.data, ctypes.c_int64(len(x)))
     return out
 

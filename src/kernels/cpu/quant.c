@@ -41,10 +41,10 @@ static const quant_type_info quant_types[QUANT_TYPE_LIMIT] = {
     T(QUANT_IQ2_XS, "IQ2_XS", 256, 74, 0, 0),
     T(QUANT_IQ3_XXS, "IQ3_XXS", 256, 98, 0, 0),
     T(QUANT_IQ1_S, "IQ1_S", 256, 50, 0, 0),
-    T(QUANT_IQ4_NL, "IQ4_NL", 32, 18, 1, 0),
+    T(QUANT_IQ4_NL, "IQ4_NL", 32, 18, 1, 1),
     T(QUANT_IQ3_S, "IQ3_S", 256, 110, 0, 0),
     T(QUANT_IQ2_S, "IQ2_S", 256, 82, 0, 0),
-    T(QUANT_IQ4_XS, "IQ4_XS", 256, 136, 1, 0),
+    T(QUANT_IQ4_XS, "IQ4_XS", 256, 136, 1, 1),
     T(QUANT_I8, "I8", 1, 1, 0, 0),
     T(QUANT_I16, "I16", 1, 2, 0, 0),
     T(QUANT_I32, "I32", 1, 4, 0, 0),
@@ -656,6 +656,105 @@ static void dequant_iq4_xs(const uint8_t *b, float *y) {
     }
 }
 
+/* IQ4_NL and IQ4_XS quantization as llama-quantize does it without an importance matrix
+ * (ggml's quantize_iq4_nl / quantize_iq4_xs, whose group search runs with ntry = 7; note that
+ * quantize_row_iq4_nl_ref runs none and gives other blocks). */
+
+/* Index of the IQ4_NL level nearest to v (the levels ascend); halfway between two levels
+ * goes to the upper one, and the search is the bisection ggml's best_index_int8 does. */
+static int iq4_index(float v) {
+    const int8_t *lv = quant_iq4nl_values;
+    if (v <= lv[0]) return 0;
+    if (v >= lv[15]) return 15;
+    int lo = 0, hi = 15; /* lv[lo] <= v < lv[hi] */
+    while (hi - lo > 1) {
+        int mid = (lo + hi) / 2;
+        if (v < lv[mid]) hi = mid;
+        else lo = mid;
+    }
+    return v - lv[lo] < lv[hi] - v ? lo : hi;
+}
+
+/* The codes of 32 values at inverse scale inv, and the sums of their least-squares fit with
+ * weights x^2: *sqx = sum w q x, *sq2 = sum w q q (the best scale is sqx / sq2). */
+static void iq4_fit(const float *x, float inv, float *sqx, float *sq2) {
+    float a = 0, b = 0;
+    for (int j = 0; j < 32; j++) {
+        const float q = quant_iq4nl_values[iq4_index(inv * x[j])], w = x[j] * x[j];
+        a += w * q * x[j];
+        b += w * q * q;
+    }
+    *sqx = a;
+    *sq2 = b;
+}
+
+/* The scale of a group of 32: first the largest magnitude onto the level -127 and a
+ * least-squares refit of the codes that gives, then the inverse scales (k - 127) / max for
+ * k = -7..7, keeping the fit that explains most (largest sqx^2 / sq2). 0 for a group whose
+ * values are all below 1e-15 in magnitude. */
+static float iq4_group_scale(const float *x) {
+    float amax = 0, max = 0;
+    for (int j = 0; j < 32; j++)
+        if (fabsf(x[j]) > amax) {
+            amax = fabsf(x[j]);
+            max = x[j];
+        }
+    if (amax < 1e-15f) return 0;
+    float d = -max / quant_iq4nl_values[0], sqx, sq2;
+    iq4_fit(x, 1 / d, &sqx, &sq2);
+    d = sq2 > 0 ? sqx / sq2 : 0.f;
+    float best = d * sqx;
+    for (int k = -7; k <= 7; k++) {
+        iq4_fit(x, (k + quant_iq4nl_values[0]) / max, &sqx, &sq2);
+        if (sq2 > 0 && sqx * sqx > best * sq2) {
+            d = sqx / sq2;
+            best = d * sqx;
+        }
+    }
+    return d;
+}
+
+/* The 16 code bytes of a group of 32 at inverse scale inv: value j in the low nibble of
+ * byte j, value j + 16 in its high nibble. */
+static void iq4_codes(const float *x, float inv, uint8_t *qs) {
+    for (int j = 0; j < 16; j++)
+        qs[j] = (uint8_t)(iq4_index(inv * x[j]) | iq4_index(inv * x[j + 16]) << 4);
+}
+
+static void quant_iq4_nl(const float *x, uint8_t *b) {
+    const float d = iq4_group_scale(x);
+    wr_f16(b, d);
+    iq4_codes(x, d ? 1 / d : 0, b + 2); /* against the unrounded scale, as ggml */
+}
+
+/* IQ4_XS: the eight group scales as 6-bit multiples l - 32 of one f16 scale d = -s/32, s the
+ * group scale of largest magnitude; each group's codes are then chosen again for d * l. */
+static void quant_iq4_xs(const float *x, uint8_t *b) {
+    float sc[8], amax = 0, smax = 0;
+    for (int ib = 0; ib < 8; ib++) {
+        sc[ib] = iq4_group_scale(x + 32 * ib);
+        if (fabsf(sc[ib]) > amax) {
+            amax = fabsf(sc[ib]);
+            smax = sc[ib];
+        }
+    }
+    const float d = -smax / 32, inv = d ? 1 / d : 0.f;
+    wr_f16(b, d);
+    uint16_t sh = 0;
+    memset(b + 4, 0, 4);
+    for (int ib = 0; ib < 8; ib++) {
+        int l = nearest_int(inv * sc[ib]);
+        l = l < -32 ? -32 : l > 31 ? 31 : l;
+        const float dl = d * l;
+        iq4_codes(x + 32 * ib, dl ? 1 / dl : 0.f, b + 8 + 16 * ib);
+        l += 32;
+        b[4 + ib / 2] |= (uint8_t)((l & 0xf) << (4 * (ib % 2)));
+        sh |= (uint16_t)((l >> 4) << (2 * ib));
+    }
+    b[2] = (uint8_t)sh;
+    b[3] = (uint8_t)(sh >> 8);
+}
+
 /* MXFP4 (32 el, 17 B): e:E8M0 @0, qs[16] @1; nibble order as IQ4_NL. */
 static void dequant_mxfp4(const uint8_t *b, float *y) {
     const float d = quant_e8m0_to_f32_half(b[0]);
@@ -728,6 +827,8 @@ static quant_fn quant_for(int type) {
     case QUANT_Q5_K: return quant_q5_k;
     case QUANT_Q6_K: return quant_q6_k;
     case QUANT_Q8_K: return quant_q8_k;
+    case QUANT_IQ4_NL: return quant_iq4_nl;
+    case QUANT_IQ4_XS: return quant_iq4_xs;
     case QUANT_MXFP4: return quant_mxfp4;
     default: return NULL;
     }

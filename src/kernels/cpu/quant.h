@@ -1,6 +1,6 @@
 /* quant.h - ggml's tensor element formats (F32, F16, BF16 and the block quantizations
- * Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, Q8_K, MXFP4, and read-only IQ4_NL and
- * IQ4_XS), bit-compatible with ggml/llama.cpp.
+ * Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, Q8_K, IQ4_NL, IQ4_XS and MXFP4),
+ * bit-compatible with ggml/llama.cpp.
  *
  * A GGUF file stores each tensor row as a run of fixed-size blocks: `block_size` elements
  * packed into `type_size` bytes. This module knows the sizes of every ggml type id (so a
@@ -31,7 +31,8 @@
  *                          x = d * (ls - 32) * kv[nibble]    (kv = quant_iq4nl_values)
  *   MXFP4 (32 el, 17 B):  e:E8M0 @0, qs[16] @1      x = 2^(e-128) * mx[nibble]
  *                          (mx = quant_mxfp4_values, e2m1 values doubled)
- * IQ4_NL and IQ4_XS are read only (no quantizer here); MXFP4 is quantized as ggml does.
+ * IQ4_NL and IQ4_XS are quantized as llama-quantize does (ggml's quantize_iq4_nl/_xs, no
+ * importance matrix); MXFP4 as ggml's quantize_row_mxfp4_ref.
  * In Q4_0/Q4_1/Q5_x byte j of qs holds element j (low nibble) and element j+16 (high).
  * docs/GGUF.md has the nibble orders of the K formats in full. */
 #ifndef QNEXT_QUANT_H
