@@ -23,7 +23,9 @@
  *      against a file written by llama.cpp's convert_hf_to_gguf.py itself (with a tokenizer:
  *      tokens, types, merges, special ids and chat template compared too); `--type Q6_K /
  *      Q5_K_M / Q4_K_M` of base_gqa and models/qnext-tiny: every tensor's type, shape and bytes
- *      as llama-quantize wrote them (tests/data/gguf_models/llama_quantize_refs.json);
+ *      as llama-quantize wrote them (tests/data/gguf_models/llama_quantize_refs.json); `--type
+ *      MXFP4_MOE / IQ4_NL` of short_top1 and `--type IQ4_XS` of the 256-wide h256 checkpoint:
+ *      identical to llama-quantize's files in tests/data/gguf_iq4;
  *   4. `qnext quantize --type BF16`: logits equal to running the safetensors (rel L2 <= 1e-6);
  *   5. wrong architecture, missing key, missing tensor, wrong shape: an error naming it;
  *   6. a GGUF carrying the tokenizer metadata of tests/data/qwen3-tokenizer (written by our
@@ -288,34 +290,36 @@ static void test_llama_quantize(const json *models, const char *name, const char
     }
 }
 
-/* 3c: MXFP4_MOE against llama-quantize's file of the same fixture (tests/data/gguf_iq4, made by
- * tools/make_iq4_refs.py with the llama.cpp of its refs.json): every tensor's type, shape and bytes. */
-static void test_mxfp4_moe_vs_llama_quantize(void) {
+/* 3c: the MXFP4_MOE, IQ4_NL and IQ4_XS mixes against llama-quantize's files of the same
+ * checkpoints (tests/data/gguf_iq4, made by tools/make_iq4_refs.py with the llama.cpp of its
+ * refs.json): every tensor's type, shape and bytes. `counted` is the mix's own type, which the
+ * reference file must hold at least once. */
+static void test_mix_vs_llama_quantize(const char *dir, int mix, const char *ref, int counted) {
     char out[512], err[512];
-    snprintf(out, sizeof out, "%s_mxfp4.gguf", g_tmp);
-    quantize_params p = {.input_dir = "tests/fixtures/short_top1", .output_path = out, .mix = QMIX_MXFP4_MOE,
-                         .no_tokenizer = 1, .quiet = 1};
-    CHECK(quantize_model(&p, err, sizeof err) == 0, "quantize MXFP4_MOE: %s", err);
+    const char *mname = quantize_mix_name(mix);
+    snprintf(out, sizeof out, "%s_mix.gguf", g_tmp);
+    quantize_params p = {.input_dir = dir, .output_path = out, .mix = mix, .no_tokenizer = 1, .quiet = 1};
+    CHECK(quantize_model(&p, err, sizeof err) == 0, "quantize %s: %s", mname, err);
     gguf_file *mine = NULL, *theirs = NULL;
     CHECK(gguf_open(out, &mine, err, sizeof err) == 0, "%s", err);
-    CHECK(gguf_open("tests/data/gguf_iq4/short_top1.MXFP4_MOE.gguf", &theirs, err, sizeof err) == 0, "%s", err);
+    CHECK(gguf_open(ref, &theirs, err, sizeof err) == 0, "%s", err);
     if (mine && theirs) {
-        CHECK(mine->n_tensors == theirs->n_tensors, "MXFP4_MOE: %llu tensors, llama-quantize wrote %llu",
+        CHECK(mine->n_tensors == theirs->n_tensors, "%s: %llu tensors, llama-quantize wrote %llu", mname,
               (unsigned long long)mine->n_tensors, (unsigned long long)theirs->n_tensors);
-        int same = 0, mxfp4 = 0;
+        int same = 0, n_counted = 0;
         for (uint64_t i = 0; i < theirs->n_tensors; i++) {
             const gguf_tensor *w = &theirs->tensors[i], *t = gguf_find_tensor(mine, w->name);
             int ok = t && t->type == w->type && t->n_dims == w->n_dims && t->nbytes == w->nbytes;
             for (int d = 0; ok && d < GGUF_MAX_DIMS; d++) ok = t->ne[d] == w->ne[d];
             ok = ok && !memcmp(t->data, w->data, w->nbytes);
-            CHECK(ok, "MXFP4_MOE: tensor %s differs from llama-quantize's (%s, want %s)", w->name,
+            CHECK(ok, "%s: tensor %s differs from llama-quantize's (%s, want %s)", mname, w->name,
                   t ? quant_type_name(t->type) : "missing", quant_type_name(w->type));
             same += ok;
-            mxfp4 += w->type == QUANT_MXFP4;
+            n_counted += w->type == counted;
         }
-        printf("qnext quantize MXFP4_MOE of short_top1: %d/%llu tensors identical to llama-quantize's (%d MXFP4)\n",
-               same, (unsigned long long)theirs->n_tensors, mxfp4);
-        CHECK(mxfp4 > 0, "no MXFP4 tensor in the reference file");
+        printf("qnext quantize %s of %s: %d/%llu tensors identical to llama-quantize's (%d %s)\n", mname, dir, same,
+               (unsigned long long)theirs->n_tensors, n_counted, quant_type_name(counted));
+        CHECK(n_counted > 0, "no %s tensor in the reference file %s", quant_type_name(counted), ref);
     }
     gguf_close(mine);
     gguf_close(theirs);
@@ -547,7 +551,12 @@ int main(int argc, char **argv) {
     json_free(lq);
     for (int i = 0; i < 4; i++) { snprintf(dst, sizeof dst, "%s/%s", dir, links[i][1]); remove(dst); }
     rmdir(dir);
-    test_mxfp4_moe_vs_llama_quantize();
+    test_mix_vs_llama_quantize("tests/fixtures/short_top1", QMIX_MXFP4_MOE, "tests/data/gguf_iq4/short_top1.MXFP4_MOE.gguf",
+                               QUANT_MXFP4);
+    test_mix_vs_llama_quantize("tests/fixtures/short_top1", QMIX_IQ4_NL, "tests/data/gguf_iq4/short_top1.IQ4_NL.gguf",
+                               QUANT_IQ4_NL);
+    test_mix_vs_llama_quantize("tests/data/gguf_iq4/h256", QMIX_IQ4_XS, "tests/data/gguf_iq4/h256.IQ4_XS.gguf",
+                               QUANT_IQ4_XS);
     test_bf16_equals_safetensors("short_top1");
     test_bf16_equals_safetensors("base_gqa");
     test_malformed();

@@ -6,7 +6,8 @@ IQ4_XS needs rows that are a multiple of 256 (llama-quantize falls back to IQ4_N
 the test fixtures are 64-128 wide, so this builds one more random checkpoint, "h256" (hidden 256,
 attention 2 x 128, DeltaNet value width 2 x 128, experts 256 wide: every matrix has 256-multiple
 rows; 2 layers, linear then full attention, 2 experts top-1, vocabulary 256), with
-tools/make_fixtures.py's weight maker, in a temporary directory. Then:
+tools/make_fixtures.py's weight maker, into tests/data/gguf_iq4/h256 (kept: test_gguf_models.c
+quantizes it with `qnext quantize --type IQ4_XS` and compares with llama-quantize's file). Then:
   1. `qnext quantize --type BF16` writes the converter's BF16 GGUF (byte-identical to llama.cpp's
      convert_hf_to_gguf.py, tests/test_gguf_models.c);
   2. llama-quantize (llama.cpp at LLAMA_CPP_COMMIT) writes
@@ -86,8 +87,8 @@ def main():
                          f"transformers {version('transformers')}",
             "llama_cpp_commit": LLAMA_CPP_COMMIT, "files": []}
     with tempfile.TemporaryDirectory() as tmp:
-        h256 = os.path.join(tmp, "h256")
-        os.makedirs(h256)
+        h256 = os.path.join(OUT, "h256")
+        os.makedirs(h256, exist_ok=True)
         cfg = mf.config_json(H256)
         with open(os.path.join(h256, "config.json"), "w") as f:
             json.dump(cfg, f, indent=2)

@@ -9,7 +9,8 @@
 #include "model/quantize.h"
 
 static const char *quantize_usage =
-    "usage: qnext quantize -m HF_DIR -o OUT.gguf --type Q8_0|Q6_K|Q5_K_M|Q4_K_M|MXFP4_MOE|BF16|F16|F32\n"
+    "usage: qnext quantize -m HF_DIR -o OUT.gguf --type Q8_0|Q6_K|Q5_K_M|Q4_K_M|IQ4_XS|IQ4_NL|\n"
+    "                      MXFP4_MOE|BF16|F16|F32\n"
     "                      [-t THREADS] [--no-mtp] [--no-tokenizer] [--quiet]\n"
     "Converts a Qwen3-Next checkpoint (config.json + safetensors) into a qwen3next GGUF file, as\n"
     "llama.cpp's convert_hf_to_gguf.py + llama-quantize would (same names, layouts, metadata and\n"

@@ -50,6 +50,8 @@ static const struct {
     [QMIX_Q5_K_M] = {"Q5_K_M", QUANT_Q5_K, 17},
     [QMIX_Q4_K_M] = {"Q4_K_M", QUANT_Q4_K, 15},
     [QMIX_MXFP4_MOE] = {"MXFP4_MOE", QUANT_MXFP4, 38},
+    [QMIX_IQ4_NL] = {"IQ4_NL", QUANT_IQ4_NL, 25},
+    [QMIX_IQ4_XS] = {"IQ4_XS", QUANT_IQ4_XS, 30},
 };
 
 int quantize_mix_from_name(const char *name) {
@@ -332,7 +334,9 @@ static int use_more_bits(int i, int n) { return i < n / 8 || i >= 7 * n / 8 || (
 /* Chooses every tensor's type, visiting them in llama-quantize's order. */
 static int choose_types(plan *P, int mix) {
     int base = MIX[mix].base_type, n_attn_wv = 0, i_attn_wv = 0, has_output = 0;
-    int n_expert = P->cfg.n_experts;
+    int n_expert = P->cfg.n_experts, iq4 = mix == QMIX_IQ4_NL || mix == QMIX_IQ4_XS;
+    /* llama_hparams::n_gqa() of layer 0: the file's head_count_kv is one number for all layers */
+    int n_gqa = P->cfg.n_kv_heads > 0 ? P->cfg.n_heads / P->cfg.n_kv_heads : 0;
     for (size_t i = 0; i < P->n; i++) {
         int cat = category(P->t[i].name);
         if (cat == CAT_ATTN_V || cat == CAT_ATTN_QKV) n_attn_wv++;
@@ -359,7 +363,8 @@ static int choose_types(plan *P, int mix) {
         } else if (cat == CAT_TOKEN_EMBD) {
             /* the base type for the mixes offered here */
         } else if (cat == CAT_ATTN_V || cat == CAT_ATTN_QKV) {
-            if ((mix == QMIX_Q4_K_M || mix == QMIX_Q5_K_M) && use_more_bits(i_attn_wv, n_attn_wv)) type = QUANT_Q6_K;
+            if (iq4 && n_gqa >= 4) type = QUANT_Q5_K;
+            else if ((mix == QMIX_Q4_K_M || mix == QMIX_Q5_K_M) && use_more_bits(i_attn_wv, n_attn_wv)) type = QUANT_Q6_K;
             if (n_expert == 8) type = QUANT_Q8_0; /* "for the 8-expert model, bumping this to Q8_0" */
             i_attn_wv++;
         } else if (cat == CAT_ATTN_K) {
@@ -368,8 +373,9 @@ static int choose_types(plan *P, int mix) {
             /* with experts the layer comes from the name; n = all blocks */
             int il = t->layer, nl = P->n_blocks;
             if ((mix == QMIX_Q4_K_M || mix == QMIX_Q5_K_M) && use_more_bits(il, nl)) type = QUANT_Q6_K;
+            else if (iq4 && il < nl / 8) type = QUANT_Q5_K; /* without an importance matrix */
         } else if (cat == CAT_ATTN_OUTPUT) {
-            if (n_expert == 8 && mix == QMIX_Q4_K_M) type = QUANT_Q5_K;
+            if (n_expert == 8 && (mix == QMIX_Q4_K_M || iq4)) type = QUANT_Q5_K;
         }
         /* tensor_type_fallback */
         if (t->ne[0] % quant_type_get(type)->block_size != 0) {
@@ -377,6 +383,7 @@ static int choose_types(plan *P, int mix) {
             case QUANT_Q4_K: type = QUANT_Q5_0; break;
             case QUANT_Q5_K: type = QUANT_Q5_1; break;
             case QUANT_Q6_K: type = QUANT_Q8_0; break;
+            case QUANT_IQ4_XS: type = QUANT_IQ4_NL; break;
             default:
                 /* llama-quantize has no fallback for Q8_0 and stops; convert_hf_to_gguf.py --outtype
                  * q8_0 falls back to F16 (QuantError), which is what happens here */

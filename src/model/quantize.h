@@ -28,6 +28,8 @@ typedef enum {
     QMIX_Q5_K_M,
     QMIX_Q4_K_M,
     QMIX_MXFP4_MOE, /* stacked experts MXFP4, everything else Q8_0 */
+    QMIX_IQ4_NL,    /* IQ4_NL, with llama-quantize's Q5_K/Q6_K/Q8_0 exceptions */
+    QMIX_IQ4_XS,    /* IQ4_XS (IQ4_NL for rows not a multiple of 256), the same exceptions */
     QMIX_COUNT
 } quantize_mix;
 
