@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
-"""make_llama_quant_refs.py - what llama.cpp itself writes for the K-quant mixes, as a small table.
+"""make_llama_quant_refs.py - what llama.cpp itself writes for the K-quant and IQ4_XS mixes, as a small table.
 
 Runs an existing llama.cpp checkout (it is neither fetched nor built here; docs/COMPAT.md says how it was
 built): convert_hf_to_gguf.py --outtype bf16 (pre-tokenizer name forced to "qwen2": the test vocabularies
-use Qwen2's pre-tokenizer but their hash is not in llama.cpp's list), then llama-quantize to Q6_K, Q5_K_M
-and Q4_K_M, for
+use Qwen2's pre-tokenizer but their hash is not in llama.cpp's list), then llama-quantize to Q6_K, Q5_K_M,
+Q4_K_M and IQ4_XS (IQ4_NL is left out: llama-quantize stops on the 48-wide tensors of both models, having no
+fallback for it, while IQ4_XS falls back to IQ4_NL and then F16), for
   - base_gqa+tok512: tests/fixtures/base_gqa with the tokenizer of tests/data/tok512 (8 experts: the
     8-expert rules; every width a fallback case),
   - qnext-tiny: models/qnext-tiny (MTP layer as the nextn block, tied embeddings, 8 experts, hidden 320).
@@ -65,7 +66,7 @@ def main():
         subprocess.run([sys.executable, conv, d, "--outtype", "bf16", "--outfile", bf16] + extra, check=True,
                        capture_output=True)
         refs["models"][name] = {}
-        for mix in ("Q6_K", "Q5_K_M", "Q4_K_M"):
+        for mix in ("Q6_K", "Q5_K_M", "Q4_K_M", "IQ4_XS"):
             out = os.path.join(tmp, f"{name}.{mix}.gguf")
             subprocess.run([os.path.join(LLAMA, "build/bin/llama-quantize"), bf16, out, mix, "2"], check=True,
                            capture_output=True)
