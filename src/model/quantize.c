@@ -385,8 +385,8 @@ static int choose_types(plan *P, int mix) {
             case QUANT_Q6_K: type = QUANT_Q8_0; break;
             case QUANT_IQ4_XS: type = QUANT_IQ4_NL; break;
             default:
-                /* llama-quantize has no fallback for Q8_0 and stops; convert_hf_to_gguf.py --outtype
-                 * q8_0 falls back to F16 (QuantError), which is what happens here */
+                /* llama-quantize has no fallback for Q8_0 or IQ4_NL and stops; convert_hf_to_gguf.py
+                 * --outtype q8_0 falls back to F16 (QuantError), which is what happens here */
                 type = QUANT_F16;
                 break;
             }
