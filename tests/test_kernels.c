@@ -215,7 +215,7 @@ static void test_dotm(int wt) {
     const int64_t lens[] = {256, 512, 2048, 800};
     for (int li = 0; li < 4; li++) {
         int64_t n = lens[li];
-        if (n % 256 && wt != QUANT_Q8_0 && wt != QUANT_MXFP4) continue; /* 800 = 25 blocks of 32: the 8-block loop's tail */
+        if (n % 256 && wt != QUANT_Q8_0 && wt != QUANT_MXFP4 && wt != QUANT_IQ4_NL) continue; /* 800 = 25 blocks of 32: the 8-block loop's tail */
         int at = dot_act_type(wt);
         size_t rb = quant_row_bytes(at, n);
         float *x = malloc(n * 4);
@@ -352,7 +352,7 @@ static void test_amxi(int wt) {
 
 int main(void) {
     int types[] = {QUANT_F32, QUANT_F16, QUANT_BF16, QUANT_Q8_0, QUANT_Q4_0, QUANT_Q4_K, QUANT_Q5_K, QUANT_Q6_K,
-                   QUANT_MXFP4};
+                   QUANT_MXFP4, QUANT_IQ4_NL, QUANT_IQ4_XS};
     int64_t lens[] = {256, 512, 2048, 4096};
     for (size_t i = 0; i < sizeof types / sizeof types[0]; i++) {
         for (size_t j = 0; j < sizeof lens / sizeof lens[0]; j++) test_type(types[i], lens[j]);
@@ -363,6 +363,8 @@ int main(void) {
     /* 32-value formats in steps of 8 blocks: a single block, and a step plus a tail */
     test_type(QUANT_MXFP4, 32);
     test_type(QUANT_MXFP4, 288);
+    test_type(QUANT_IQ4_NL, 32);
+    test_type(QUANT_IQ4_NL, 288);
     test_type(QUANT_Q8_0, 288);
     test_actq();
     test_amxi(QUANT_Q8_0);
