@@ -1,4 +1,4 @@
-/* test_gguf_iq4.c - the read-only 4-bit formats IQ4_XS, IQ4_NL and MXFP4: dot kernels and
+/* test_gguf_iq4.c - the 4-bit formats IQ4_XS, IQ4_NL and MXFP4 as llama-quantize writes them: dot kernels and
  * GGUF models quantized by llama.cpp's llama-quantize.
  *
  * 1. Kernels, on random blocks (random bytes with finite scales; qnext has no quantizer for
