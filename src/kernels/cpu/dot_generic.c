@@ -239,7 +239,7 @@ dot_fn dot_for_type(const dot_kernels *k, int wtype) {
     /* the SIMD sets are only chosen on CPUs with AVX2 (see dot.h) */
     case QUANT_IQ4_NL: return k == &dot_generic ? g_iq4_nl : dot_iq4_nl_avx2;
     case QUANT_MXFP4: return k == &dot_generic ? g_mxfp4 : k == &dot_avx512 ? dot_mxfp4_avx512 : dot_mxfp4_avx2;
-    case QUANT_IQ4_XS: return k == &dot_generic ? g_iq4_xs : dot_iq4_xs_avx2;
+    case QUANT_IQ4_XS: return k == &dot_generic ? g_iq4_xs : k == &dot_avx512 ? dot_iq4_xs_avx512 : dot_iq4_xs_avx2;
 #else
     case QUANT_IQ4_NL: return g_iq4_nl;
     case QUANT_MXFP4: return g_mxfp4;
