@@ -40,6 +40,11 @@ typedef struct {
     const char *name;       /* checkpoint name, for messages */
 } qn_tensor;
 
+/* The stored bytes of logical row r (through row_map when it is set). */
+static inline const uint8_t *qn_tensor_row(const qn_tensor *W, int64_t r) {
+    return (const uint8_t *)W->data + (size_t)(W->row_map ? W->row_map[r] : r) * W->row_bytes;
+}
+
 /* One decoder layer. Which block is present follows config.layer_type / layer_is_moe. */
 typedef struct {
     float *input_norm;          /* [H] stored w, applied as (1+w) */

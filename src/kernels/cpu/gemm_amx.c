@@ -114,8 +114,7 @@ static void q6k_to_bf16(const uint8_t *b, uint16_t *dst) {
 }
 
 static void row_to_bf16(const qn_tensor *W, int64_t r, uint16_t *dst, float *tmp) {
-    int64_t sr = W->row_map ? W->row_map[r] : r;
-    const char *src = (const char *)W->data + (size_t)sr * W->row_bytes;
+    const char *src = (const char *)qn_tensor_row(W, r);
     if (W->dtype == QN_BF16) { memcpy(dst, src, (size_t)W->cols * 2); return; }
     if (W->dtype == QN_Q8_0) { /* the common case, vectorised: 32 int8 times one f16 scale */
         for (int64_t b = 0; b < W->cols / 32; b++) {

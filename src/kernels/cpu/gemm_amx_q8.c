@@ -111,8 +111,7 @@ void gemm_amxq8_rows(const qn_tensor *W, int64_t ra, int64_t rz, const uint8_t *
             }
             for (int i = 0; i < 16; i++) {
                 if (i < nr) {
-                    int64_t r = W->row_map ? W->row_map[r0 + i] : r0 + i;
-                    memcpy(tl_rows + rbytes * i, (const uint8_t *)W->data + rbytes * r, rbytes);
+                    memcpy(tl_rows + rbytes * i, qn_tensor_row(W, r0 + i), rbytes);
                 } else {
                     memset(tl_rows + rbytes * i, 0, rbytes);
                 }
@@ -230,7 +229,6 @@ static _Thread_local int64_t tl_q4k_nsb;
 void gemm_amxq4k_rows(const qn_tensor *W, int64_t ra, int64_t rz, const uint8_t *packed, int T, float *y,
                       int64_t ldy, float *const *yrows) {
     const int64_t nsb = W->cols / 256;
-    const size_t rbytes = W->row_bytes;
     /* per super-block: 8 x 512 bytes of unpacked nibbles, then S and M (16 x 8 floats each) */
     const size_t per_sb = 4096 + 2 * 512;
     if (nsb > tl_q4k_nsb) {
@@ -248,8 +246,7 @@ void gemm_amxq4k_rows(const qn_tensor *W, int64_t ra, int64_t rz, const uint8_t 
         const int nr = rz - r0 < 16 ? (int)(rz - r0) : 16;
         for (int i = 0; i < 16; i++) {
             if (i < nr) {
-                q4k_unpack_row((const uint8_t *)W->data + rbytes * (W->row_map ? W->row_map[r0 + i] : r0 + i), i, nsb, A,
-                               S, M);
+                q4k_unpack_row(qn_tensor_row(W, r0 + i), i, nsb, A, S, M);
             } else { /* rows past the end: zero bytes and zero scales */
                 for (int64_t b = 0; b < nsb; b++) {
                     for (int j = 0; j < 8; j++) memset(A[b][j][i], 0, 32);

@@ -57,7 +57,7 @@ int gemm_float_rows(const qn_tensor *W, int64_t r0, int64_t r1, const float *x, 
             if (r >= r1) r = r1 - 1; /* duplicate the last row; its results are not stored */
             else nr = i + 1;
             rr[i] = r;
-            wr[i] = (const char *)W->data + (size_t)(W->row_map ? W->row_map[r] : r) * W->row_bytes;
+            wr[i] = (const char *)qn_tensor_row(W, r);
         }
         for (int t0 = 0; t0 < T; t0 += 4) {
             int nt = T - t0 < 4 ? T - t0 : 4;

@@ -36,8 +36,7 @@ void op_convert_to_f32(int dtype, const void *src, float *dst, int64_t n) {
 }
 
 void op_row_to_f32(const qn_tensor *W, int64_t r, float *dst) {
-    int64_t sr = W->row_map ? W->row_map[r] : r;
-    op_convert_to_f32(W->dtype, (const char *)W->data + (size_t)sr * W->row_bytes, dst, W->cols);
+    op_convert_to_f32(W->dtype, qn_tensor_row(W, r), dst, W->cols);
 }
 
 float op_dot_f32(const float *a, const float *b, int64_t n) { return qn_dot_f32(a, b, n); }
@@ -230,15 +229,13 @@ static inline void row_dot_all(const char *w, const uint8_t *act, size_t astride
 static void dot_rows(const qn_tensor *W, int64_t r0, int64_t r1, const uint8_t *act, size_t astride, int T,
                      dot_fn dot, float *y, int64_t ldy, float *const *yrows) {
     const int64_t work = (r1 - r0) * W->cols * (int64_t)T;
-    const char *base = W->data;
     const dotm_fn dotm = T > 1 ? dotm_for_type(g_kern, W->dtype) : NULL;
     int64_t nchunk = (r1 - r0 + 15) / 16;
     if (nchunk > 8 * omp_get_max_threads()) nchunk = 8 * omp_get_max_threads();
 #pragma omp parallel for schedule(static) if (work > 32768)
     for (int64_t ch = 0; ch < nchunk; ch++)
         for (int64_t r = r0 + (r1 - r0) * ch / nchunk; r < r0 + (r1 - r0) * (ch + 1) / nchunk; r++)
-            row_dot_all(base + (size_t)(W->row_map ? W->row_map[r] : r) * W->row_bytes, act, astride, T, W->cols,
-                        dot, dotm, y, ldy, yrows, r);
+            row_dot_all((const char *)qn_tensor_row(W, r), act, astride, T, W->cols, dot, dotm, y, ldy, yrows, r);
 }
 
 /* Weight rows are split over the threads; see dot_rows. */
@@ -398,8 +395,8 @@ void op_matmul_multi(const op_job *jobs, int n) {
                     continue;
                 }
                 for (int64_t r = ra; r < rz; r++)
-                    row_dot_all((const char *)W->data + (size_t)(W->row_map ? W->row_map[r] : r) * W->row_bytes, act[q],
-                                astride[q], jb->T, W->cols, fn[q], fnm[q], jb->y, rows, NULL, r);
+                    row_dot_all((const char *)qn_tensor_row(W, r), act[q], astride[q], jb->T, W->cols, fn[q], fnm[q],
+                                jb->y, rows, NULL, r);
             }
         }
     }
