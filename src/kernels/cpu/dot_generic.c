@@ -182,10 +182,9 @@ static float g_iq4_xs(const void *w_, const void *a_, int64_t n) {
     float s = 0;
     for (int64_t b = 0; b < n / 256; b++, w += 136, a += 292) {
         const int8_t *x = Q8K_QS(a);
-        const unsigned h = (unsigned)w[2] | ((unsigned)w[3] << 8);
         int32_t isum = 0;
         for (int ib = 0; ib < 8; ib++) {
-            int ls = (((w[4 + ib / 2] >> (4 * (ib % 2))) & 0xF) | (((h >> (2 * ib)) & 3) << 4)) - 32;
+            const int ls = quant_iq4_xs_scale(w, ib);
             const uint8_t *qs = w + 8 + 16 * ib;
             const int8_t *xs = x + 32 * ib;
             int32_t sum = 0;

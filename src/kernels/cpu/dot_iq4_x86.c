@@ -89,10 +89,9 @@ TARGET float dot_iq4_xs_avx2(const void *w_, const void *a_, int64_t n) {
         PF(w + 64);
         PF(w + 128);
         const int8_t *x = (const int8_t *)(a + 4);
-        const unsigned h = (unsigned)w[2] | ((unsigned)w[3] << 8);
         __m256i acc = _mm256_setzero_si256();
         for (int ib = 0; ib < 8; ib++) {
-            int ls = (((w[4 + ib / 2] >> (4 * (ib % 2))) & 0xF) | (((h >> (2 * ib)) & 3) << 4)) - 32;
+            const int ls = quant_iq4_xs_scale(w, ib);
             acc = _mm256_add_epi32(acc, codes_dot(tbl, w + 8 + 16 * ib, x + 32 * ib, _mm256_set1_epi16((int16_t)ls)));
         }
         float dx;

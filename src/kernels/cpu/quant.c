@@ -636,18 +636,12 @@ static void dequant_iq4_nl(const uint8_t *b, float *y) {
     }
 }
 
-/* The 6-bit scale of sub-block ib of an IQ4_XS block, minus its offset 32. */
-static inline int iq4_xs_scale(const uint8_t *b, int ib) {
-    uint16_t h = (uint16_t)(b[2] | (b[3] << 8));
-    return (((b[4 + ib / 2] >> (4 * (ib % 2))) & 0xf) | (((h >> (2 * ib)) & 3) << 4)) - 32;
-}
-
 /* IQ4_XS (256 el, 136 B): d:f16 @0, scales_h:u16 @2, scales_l[4] @4, qs[128] @8. Eight
  * sub-blocks of 32: 16 bytes of qs each (nibble order as IQ4_NL), scale d * (ls - 32). */
 static void dequant_iq4_xs(const uint8_t *b, float *y) {
     const float d = rd_f16(b);
     for (int ib = 0; ib < 8; ib++, y += 32) {
-        const float dl = d * (float)iq4_xs_scale(b, ib);
+        const float dl = d * (float)quant_iq4_xs_scale(b, ib);
         const uint8_t *qs = b + 8 + 16 * ib;
         for (int j = 0; j < 16; j++) {
             y[j] = dl * quant_iq4nl_values[qs[j] & 0xf];

@@ -115,4 +115,12 @@ static inline void quant_k4_scale_min(int j, const uint8_t *q, int *sc, int *m) 
     }
 }
 
+/* IQ4_XS keeps its 8 six-bit sub-block scales as low nibbles in bytes 4-7 (sub-block ib in
+ * the low or high half of byte 4 + ib/2) and high 2-bit pairs in the u16 at byte 2. The scale
+ * of sub-block ib of the block at b, minus its offset 32: */
+static inline int quant_iq4_xs_scale(const uint8_t *b, int ib) {
+    const unsigned h = (unsigned)b[2] | ((unsigned)b[3] << 8);
+    return (((b[4 + ib / 2] >> (4 * (ib % 2))) & 0xF) | (((h >> (2 * ib)) & 3) << 4)) - 32;
+}
+
 #endif
