@@ -385,6 +385,50 @@ static void test_load_dir(void) {
     json_free(msgs);
 }
 
+/* chat_prompt_opens_think on prompts rendered by the real templates (their bytes are checked
+ * against transformers in test_references): the thinking template's generation prompt opens a
+ * reasoning block; a "<think>" a user typed, or the closed reasoning of an earlier turn, does not. */
+static int opens_for(chat_template *ct, const char *messages_json) {
+    char err[512], *out = NULL;
+    size_t n = 0;
+    json *msgs = json_parse(messages_json, strlen(messages_json), err, sizeof err);
+    CHECK(msgs != NULL, "%s", err);
+    if (!msgs || chat_template_render(ct, msgs, NULL, 1, NULL, &out, &n, err, sizeof err)) {
+        CHECK(0, "render: %s", err);
+        json_free(msgs);
+        return -1;
+    }
+    int r = chat_prompt_opens_think(out, n);
+    free(out);
+    json_free(msgs);
+    return r;
+}
+
+static void test_opens_think(void) {
+    chat_template *inst = load_variant("instruct", NULL, NULL), *think = load_variant("thinking", NULL, NULL);
+    CHECK(inst && think, "templates load");
+    if (!inst || !think) return;
+    const char *typed = "[{\"role\":\"user\",\"content\":\"what does <think> mean?\"}]";
+    const char *history = "[{\"role\":\"user\",\"content\":\"a\"},{\"role\":\"assistant\",\"content\":\"<think>r</think>b\"},"
+                          "{\"role\":\"user\",\"content\":\"c <think>\"}]";
+    CHECK(opens_for(think, typed) == 1, "thinking template: the generation prompt opens <think>");
+    CHECK(opens_for(think, history) == 1, "thinking template with history: the new turn opens <think>");
+    CHECK(opens_for(inst, typed) == 0, "instruct template: a <think> typed by the user does not count");
+    CHECK(opens_for(inst, history) == 0, "instruct template: earlier reasoning and typed tags do not count");
+    static const struct { const char *p; int open; } raw[] = {
+        {"<think>no header", 0},
+        {"<|im_start|>user\n<think><|im_end|>\n<|im_start|>assistant\n", 0},
+        {"<|im_start|>assistant\n<think>\n", 1},
+        {"<|im_start|>assistant\n<think>\nprefilled</think>\n\n", 0},
+        {"<|im_start|>assistant\n<think>a</think><|im_end|>\n<|im_start|>assistant\n<think>", 1},
+        {"", 0},
+    };
+    for (size_t i = 0; i < sizeof raw / sizeof raw[0]; i++)
+        CHECK(chat_prompt_opens_think(raw[i].p, strlen(raw[i].p)) == raw[i].open, "opens_think(%s)", raw[i].p);
+    chat_template_free(inst);
+    chat_template_free(think);
+}
+
 int main(void) {
     const char *dump = getenv("QNEXT_DUMP_TEMPLATE_CASES");
     if (dump) dump_file = fopen(dump, "w");
@@ -398,6 +442,7 @@ int main(void) {
     test_fuzz("instruct", iters);
     test_token_soup(iters * 4);
     test_load_dir();
+    test_opens_think();
     if (dump_file) fclose(dump_file);
     return tu_finish("test_chat_template");
 }

@@ -143,6 +143,16 @@ for seed in range(3):
     rc, out, err = run("-p", "Describe it", "-n", "300", "--temp", "1", "--seed", str(seed), "--json")
     if "end token" in err:
         check(isinstance(json.loads(out), dict), "--json answer is an object: %r" % out)
+# A "<think>" typed in the user's message does not start a reasoning block (qnext-tiny's template
+# is an instruct one and its vocabulary has the tag): the schema applies from the first token.
+for seed in range(2):
+    rc, out, err = run("-p", "What does <think> mean?", "-n", "400", "--temp", "1", "--seed", str(seed),
+                       "-j", json.dumps(schema), model="models/qnext-tiny")
+    try:
+        jsonschema.validate(json.loads(out), closed)
+        check(rc == 0, "typed <think>: rc %d" % rc)
+    except (ValueError, jsonschema.ValidationError) as e:
+        check(False, "typed <think>: answer %r: %s" % (out, e))
 rc, out, err = run("-p", "x", "-j", '{"type": "string", "pattern": "a"}')
 check(rc == 1 and "'pattern' is not supported" in err and err.count("\n") == 1, "unsupported schema: one line: %r" % err)
 rc, out, err = run("-p", "x", "-j", '{"type": ')

@@ -313,6 +313,22 @@ static int emit_text(text_buf *t, const char *s, size_t n, void (*emit)(void *, 
     return text_append(t, s, n);
 }
 
+/* Whether the fed prompt leaves the model inside its reasoning: the text of the last turn (from
+ * the last <|im_start|>) judged as the server judges a rendered prompt, so that a "<think>"
+ * typed in a user message does not count. 1, 0, or -1 when out of memory. */
+static int prompt_opens_think(const textgen *g, const int32_t *fed, int n_fed) {
+    const int32_t im_start = tokenizer_token_id(g->tok, "<|im_start|>");
+    int from = n_fed;
+    while (from > 0 && fed[from - 1] != im_start) from--;
+    if (from == 0) return 0; /* no turn header: a raw prompt */
+    char *text = NULL;
+    size_t len = 0;
+    if (tokenizer_decode(g->tok, fed + from - 1, (size_t)(n_fed - from + 1), &text, &len)) return -1;
+    int open = chat_prompt_opens_think(text, len);
+    free(text);
+    return open;
+}
+
 int textgen_generate(textgen *g, const textgen_opts *o, void (*emit)(void *ud, const char *s, size_t n), void *ud,
                      volatile sig_atomic_t *interrupt, textgen_result *res, char *err, size_t errlen) {
     memset(res, 0, sizeof *res);
@@ -335,11 +351,8 @@ int textgen_generate(textgen *g, const textgen_opts *o, void (*emit)(void *ud, c
     /* --json: the constraint starts with the answer, which in a reasoning turn (the prompt
      * leaves a <think> open) is after the model's </think> */
     jcon *jc = g->jschema ? jcon_new(g->jschema, g->jvocab) : NULL;
-    int reasoning = 0;
-    for (int p = n_fed - 1; p >= 0 && g->think_open >= 0; p--) {
-        if (fed[p] == g->think_close) break;
-        if (fed[p] == g->think_open) { reasoning = 1; break; }
-    }
+    int reasoning = g->think_open >= 0 ? prompt_opens_think(g, fed, n_fed) : 0;
+    if (reasoning < 0) { snprintf(err, errlen, "out of memory"); jcon_free(jc); free(piece); stop_matcher_free(&sm); return -1; }
     if (g->jschema && !jc) { snprintf(err, errlen, "out of memory"); free(piece); stop_matcher_free(&sm); return -1; }
     int n_ctx = qnext_session_n_ctx(g->session);
     double t0 = textgen_now();

@@ -311,18 +311,6 @@ static json *normalise_messages(const json *msgs, char *err, size_t errlen, cons
     return out;
 }
 
-/* Does the rendered prompt leave the assistant turn inside an open <think> block? */
-static int prompt_opens_think(const char *p, size_t n) {
-    const char *last = NULL;
-    for (const char *q = p; (q = memmem(q, n - (size_t)(q - p), "<|im_start|>assistant", 21)); q++) last = q;
-    if (!last) return 0;
-    const char *think = NULL;
-    size_t rest = n - (size_t)(last - p);
-    for (const char *q = last; (q = memmem(q, rest - (size_t)(q - last), "<think>", 7)); q++) think = q;
-    if (!think) return 0;
-    return memmem(think, n - (size_t)(think - p), "</think>", 8) == NULL;
-}
-
 static serve_req *req_new(void) {
     serve_req *r = calloc(1, sizeof *r);
     if (!r) return NULL;
@@ -496,7 +484,7 @@ static serve_req *build_request(server *sv, const json *o, int kind, unsigned *s
         int rc = chat_template_render(sv->tmpl, norm, tools, 1, kw, &prompt_text, &prompt_len, terr, sizeof terr);
         json_free(norm);
         if (rc) { snprintf(err, errlen, "chat template: %s", terr); *bad_param = "messages"; goto fail; }
-        r->start_in_reasoning = prompt_opens_think(prompt_text, prompt_len);
+        r->start_in_reasoning = chat_prompt_opens_think(prompt_text, prompt_len);
         r->parse_tools = tools && !tools_off;
         size_t n = 0;
         if (tokenizer_encode(sv->tok, prompt_text, prompt_len, &r->prompt, &n)) { *status = 500; snprintf(err, errlen, "out of memory"); goto fail; }

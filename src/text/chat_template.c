@@ -1,6 +1,7 @@
 /* chat_template.c - model-level chat template API: loads the template and special tokens
  * from a model directory, prepares the messages the way transformers'
  * apply_chat_template does, and renders with the Jinja2 interpreter (jinja.c). */
+#define _GNU_SOURCE /* memmem */
 #include "text/chat_template.h"
 
 #include <stdio.h>
@@ -254,4 +255,15 @@ int chat_template_render(const chat_template *ct, const json *messages, const js
     int rc = jinja_render(ct->tpl, vars, out, out_len, err, errlen);
     json_free(vars);
     return rc;
+}
+
+int chat_prompt_opens_think(const char *p, size_t n) {
+    const char *last = NULL;
+    for (const char *q = p; (q = memmem(q, n - (size_t)(q - p), "<|im_start|>assistant", 21)); q++) last = q;
+    if (!last) return 0;
+    const char *think = NULL;
+    size_t rest = n - (size_t)(last - p);
+    for (const char *q = last; (q = memmem(q, rest - (size_t)(q - last), "<think>", 7)); q++) think = q;
+    if (!think) return 0;
+    return memmem(think, n - (size_t)(think - p), "</think>", 8) == NULL;
 }

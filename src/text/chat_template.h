@@ -44,4 +44,10 @@ void chat_template_free(chat_template *ct);
 int chat_template_render(const chat_template *ct, const json *messages, const json *tools, int add_generation_prompt,
                          const json *kwargs, char **out, size_t *out_len, char *err, size_t errlen);
 
+/* Whether a rendered prompt leaves the model inside its reasoning: a <think> after the last
+ * "<|im_start|>assistant" header with no </think> after it (the thinking template's generation
+ * prompt, or a client's prefilled reasoning). Tags anywhere before that header, such as a
+ * "<think>" typed in a user message or the closed reasoning of earlier turns, do not count. */
+int chat_prompt_opens_think(const char *prompt, size_t n);
+
 #endif
