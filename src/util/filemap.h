@@ -9,8 +9,9 @@
  * Why the second exists: decode streams gigabytes of weights per token, and the page cache
  * holds a file in scattered 4 KB pages. The hardware prefetchers stop at every 4 KB boundary
  * and every page costs a TLB entry, so on this project's CPU machine plain loads over a mapped
- * file read ~16 GB/s against ~24 GB/s over huge pages (docs/PERF.md). Kernels with file-backed
- * huge pages (CONFIG_READ_ONLY_THP_FOR_FS) could give a mapping the same, but are not common. */
+ * file read ~16 GB/s against ~24 GB/s over huge pages (docs/PERF.md). Newer kernels whose page
+ * cache keeps large folios (Linux 6.18 with ext4, measured) map a file read with read() on huge
+ * pages too; decode was no faster for it (docs/PERF.md, seventh session). */
 #ifndef QNEXT_FILEMAP_H
 #define QNEXT_FILEMAP_H
 
