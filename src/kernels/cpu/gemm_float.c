@@ -41,10 +41,13 @@ int gemm_float_available(void) {
     return ok;
 }
 
+int gemm_float_takes(const qn_tensor *W, int T) {
+    return (W->dtype == QN_F32 || W->dtype == QN_F16 || W->dtype == QN_BF16) && T >= 4 && gemm_float_available();
+}
+
 int gemm_float_rows(const qn_tensor *W, int64_t r0, int64_t r1, const float *x, int T, int64_t ldx, float *y,
                     int64_t ldy, float *const *yrows) {
-    if (W->dtype != QN_F32 && W->dtype != QN_F16 && W->dtype != QN_BF16) return 0;
-    if (T < 4 || !gemm_float_available()) return 0;
+    if (!gemm_float_takes(W, T)) return 0;
     const int64_t K = W->cols, Kv = K & ~(int64_t)15;
     const int64_t nrb = (r1 - r0 + 3) / 4;
 #pragma omp parallel for schedule(static)

@@ -244,7 +244,7 @@ void op_matmul_rows(const qn_tensor *W, int64_t r0, int64_t r1, const float *x, 
     dot_fn dot = kernel_for(W);
     if (!dot) { op_matmul_rows_ref(W, r0, r1, x, T, ldx, y, ldy); return; }
     if (use_amx(W, T) && gemm_amx_rows(W, r0, r1, x, T, ldx, y, ldy, NULL)) return;
-    if (T >= 4 && gemm_float_rows(W, r0, r1, x, T, ldx, y, ldy, NULL)) return;
+    if (gemm_float_rows(W, r0, r1, x, T, ldx, y, ldy, NULL)) return;
     size_t astride;
     const uint8_t *act = prepare_act(W->dtype, x, T, ldx, W->cols, &astride);
     const amxi_path *ap = use_amxi(W, T);
@@ -256,7 +256,7 @@ void op_matmul_to_rows(const qn_tensor *W, const float *x, int T, float *const *
     dot_fn dot = kernel_for(W);
     if (!dot) { op_matmul_to_rows_ref(W, x, T, y); return; }
     if (use_amx(W, T) && gemm_amx_rows(W, 0, W->rows, x, T, W->cols, NULL, 0, y)) return;
-    if (T >= 4 && gemm_float_rows(W, 0, W->rows, x, T, W->cols, NULL, 0, y)) return;
+    if (gemm_float_rows(W, 0, W->rows, x, T, W->cols, NULL, 0, y)) return;
     size_t astride;
     const uint8_t *act = prepare_act(W->dtype, x, T, W->cols, W->cols, &astride);
     const amxi_path *ap = use_amxi(W, T);
@@ -273,10 +273,8 @@ void op_matmul_to_rows(const qn_tensor *W, const float *x, int T, float *const *
 static _Thread_local uint8_t *tl_multi;
 static _Thread_local size_t tl_multi_cap;
 
-static int takes_own_path(const qn_tensor *W, int T) {
-    int is_float = W->dtype == QN_F32 || W->dtype == QN_F16 || W->dtype == QN_BF16;
-    return use_amx(W, T) || (T >= 4 && is_float);
-}
+/* Jobs that op_matmul runs on its tile or float paths rather than the dot kernels. */
+static int takes_own_path(const qn_tensor *W, int T) { return use_amx(W, T) || gemm_float_takes(W, T); }
 
 void op_matmul_multi(const op_job *jobs, int n) {
     int fast = 1;
