@@ -3,7 +3,7 @@
  *
  * 1. Kernels, on random blocks (random bytes with finite scales, every code and sub-block
  *    scale): the portable dot kernel (and, bit for bit, the AVX2 one of
- *    dot_iq4_x86.c on CPUs that have it) equals the f32 dot of the dequantized weights
+ *    dot_iq4_x86.c on CPUs that have it; the AVX-512 ones to rounding) equals the f32 dot of the dequantized weights
  *    (quant.c, itself bit-exact to ggml in test_quant) with the dequantized activation blocks
  *    (Q8_K for IQ4_XS, Q8_0 for IQ4_NL and MXFP4, as llama.cpp pairs them) to float rounding,
  *    and stays within the activation format's error of f32 activations; the full products
@@ -90,17 +90,16 @@ static void test_dot(int wt, int64_t n) {
         CHECK(fabs(g - full) <= 1.5e-2 * scale, "%s n=%lld trial %d: vs f32 activations %.6g %.6g", quant_type_name(wt),
               (long long)n, trial, g, full);
         /* the AVX2 kernels of dot_iq4_x86.c sum the same integers and apply the scales in
-         * the same order: the same float. MXFP4 and IQ4_XS on the AVX-512 set accumulate in
-         * float vectors instead: equal to rounding, and the AVX2 kernel is then checked
-         * directly. */
+         * the same order: the same float. On the AVX-512 set all three accumulate in float
+         * vectors instead: equal to rounding, and the AVX2 kernel is then checked directly. */
         float v = fast(wq, xq, n);
 #if defined(__x86_64__) && defined(__GNUC__)
-        if ((wt == QUANT_MXFP4 || wt == QUANT_IQ4_XS) && dot_select() == &dot_avx512) {
+        if (dot_select() == &dot_avx512) {
             int ok = isfinite(v) && isfinite(g) ? fabs(v - g) <= 2e-6 * scale + 2e-6 * fabs(g)
                                                 : (isnan(v) && isnan(g)) || v == g;
             CHECK(ok, "%s n=%lld trial %d: avx512 kernel %.9g vs portable %.9g", quant_type_name(wt), (long long)n,
                   trial, v, g);
-            v = wt == QUANT_MXFP4 ? dot_mxfp4_avx2(wq, xq, n) : dot_iq4_xs_avx2(wq, xq, n);
+            v = wt == QUANT_MXFP4 ? dot_mxfp4_avx2(wq, xq, n) : wt == QUANT_IQ4_NL ? dot_iq4_nl_avx2(wq, xq, n) : dot_iq4_xs_avx2(wq, xq, n);
         }
 #endif
         CHECK(v == g || (isnan(v) && isnan(g)), "%s n=%lld trial %d: %s kernel %.9g vs portable %.9g",

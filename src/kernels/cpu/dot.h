@@ -36,8 +36,9 @@ typedef struct {
 } dot_kernels;
 /* IQ4_NL and MXFP4 (Q8_0 activations) and IQ4_XS (Q8_K activations) are not in the sets:
  * dot_for_type returns the portable kernels for dot_generic and the AVX2 ones of
- * dot_iq4_x86.c (same results bit for bit) for the SIMD sets, except MXFP4 and IQ4_XS on the
- * AVX-512 set, which get dot_mxfp4_avx512 / dot_iq4_xs_avx512 (faster, equal to rounding). */
+ * dot_iq4_x86.c (same results bit for bit) for the SIMD sets, except on the AVX-512 set, which
+ * gets the *_avx512 kernels below (faster, equal to rounding; MXFP4 and IQ4_NL with multi-row
+ * versions). */
 #if defined(__x86_64__) && defined(__GNUC__)
 float dot_iq4_nl_avx2(const void *w, const void *a, int64_t n);
 float dot_mxfp4_avx2(const void *w, const void *a, int64_t n);
@@ -47,6 +48,9 @@ float dot_mxfp4_avx512(const void *w, const void *a, int64_t n);
 /* IQ4_XS for the AVX-512 set (dot_x86.inc): vector accumulation, equal to the others to rounding */
 float dot_iq4_xs_avx512(const void *w, const void *a, int64_t n);
 void dotm_mxfp4_avx512(const void *w, const void *a, size_t astride, int T, int64_t n, float *out);
+/* IQ4_NL for the AVX-512 set (dot_x86.inc): MXFP4's kernel with the IQ4_NL levels and f16 scales */
+float dot_iq4_nl_avx512(const void *w, const void *a, int64_t n);
+void dotm_iq4_nl_avx512(const void *w, const void *a, size_t astride, int T, int64_t n, float *out);
 #endif
 
 extern const dot_kernels dot_generic;

@@ -219,6 +219,7 @@ dotm_fn dotm_for_type(const dot_kernels *k, int wtype) {
     case QUANT_Q6_K: return k->m_q6_k;
 #if defined(__x86_64__) && defined(__GNUC__)
     case QUANT_MXFP4: return k == &dot_avx512 ? dotm_mxfp4_avx512 : NULL;
+    case QUANT_IQ4_NL: return k == &dot_avx512 ? dotm_iq4_nl_avx512 : NULL;
 #endif
     default: return NULL;
     }
@@ -236,7 +237,7 @@ dot_fn dot_for_type(const dot_kernels *k, int wtype) {
     case QUANT_Q6_K: return k->q6_k;
 #if defined(__x86_64__) && defined(__GNUC__)
     /* the SIMD sets are only chosen on CPUs with AVX2 (see dot.h) */
-    case QUANT_IQ4_NL: return k == &dot_generic ? g_iq4_nl : dot_iq4_nl_avx2;
+    case QUANT_IQ4_NL: return k == &dot_generic ? g_iq4_nl : k == &dot_avx512 ? dot_iq4_nl_avx512 : dot_iq4_nl_avx2;
     case QUANT_MXFP4: return k == &dot_generic ? g_mxfp4 : k == &dot_avx512 ? dot_mxfp4_avx512 : dot_mxfp4_avx2;
     case QUANT_IQ4_XS: return k == &dot_generic ? g_iq4_xs : k == &dot_avx512 ? dot_iq4_xs_avx512 : dot_iq4_xs_avx2;
 #else
