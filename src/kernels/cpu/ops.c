@@ -2,6 +2,7 @@
 #include "ops.h"
 
 #include <omp.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 
 #include "kernels/cpu/actq.h"
@@ -192,6 +193,61 @@ static uint8_t *pack_buffer(size_t need) {
     return tl_pack;
 }
 
+/* ---------------------------------------------------------------- chunk scheduling */
+
+/* Chunks 0..n-1 of a product, handed to the threads of a parallel region. Each thread starts on
+ * its own contiguous share and takes it in order, as a static split would (so each streams its
+ * weight rows front to back and the prefetchers keep up); a thread that runs out takes chunks
+ * from the far end of another thread's share. Why: the two vCPUs of this project's machine do
+ * not run equally fast (one is ~10-20% slower, whichever thread runs there), so with a static
+ * split the faster thread waited at every join of a decode step. Which thread computes a chunk
+ * does not change its result. A share is one atomic word: next chunk in the low half, end in
+ * the high half. */
+#define SCHED_MAX_THREADS 256
+typedef struct {
+    _Alignas(64) _Atomic uint64_t share;
+} sched_share;
+
+typedef struct {
+    sched_share s[SCHED_MAX_THREADS];
+    int n_shares;
+} chunk_sched;
+
+static _Thread_local chunk_sched *tl_sched;
+
+/* Shares for the team about to start (omp_get_max_threads() threads, at most SCHED_MAX_THREADS). */
+static chunk_sched *sched_begin(int n) {
+    if (!tl_sched && !(tl_sched = aligned_alloc(64, sizeof *tl_sched))) abort();
+    int nth = omp_get_max_threads();
+    if (nth > SCHED_MAX_THREADS) nth = SCHED_MAX_THREADS;
+    for (int i = 0; i < nth; i++) {
+        uint64_t a = (uint64_t)n * i / nth, z = (uint64_t)n * (i + 1) / nth;
+        atomic_store_explicit(&tl_sched->s[i].share, a | z << 32, memory_order_relaxed);
+    }
+    tl_sched->n_shares = nth;
+    return tl_sched;
+}
+
+/* The next chunk for thread tid, or -1 when none is left anywhere. */
+static int sched_next(chunk_sched *cs, int tid) {
+    if (tid < cs->n_shares) {
+        _Atomic uint64_t *w = &cs->s[tid].share;
+        uint64_t v = atomic_load_explicit(w, memory_order_relaxed);
+        while ((uint32_t)v < (uint32_t)(v >> 32))
+            if (atomic_compare_exchange_weak_explicit(w, &v, v + 1, memory_order_relaxed, memory_order_relaxed))
+                return (int)(uint32_t)v;
+    }
+    for (int k = 1; k <= cs->n_shares; k++) {
+        _Atomic uint64_t *w = &cs->s[(tid + k) % cs->n_shares].share;
+        uint64_t v = atomic_load_explicit(w, memory_order_relaxed);
+        while ((uint32_t)v < (uint32_t)(v >> 32))
+            if (atomic_compare_exchange_weak_explicit(w, &v, v - ((uint64_t)1 << 32), memory_order_relaxed,
+                                                      memory_order_relaxed))
+                return (int)(v >> 32) - 1;
+    }
+    return -1;
+}
+
 /* Rows [r0, r1) of an integer-tile product, split over the threads in whole blocks of 16. */
 static void amxi_product(const amxi_path *ap, const qn_tensor *W, int64_t r0, int64_t r1, const uint8_t *act,
                          size_t astride, int T, float *y, int64_t ldy, float *const *yrows) {
@@ -225,15 +281,16 @@ static inline void row_dot_all(const char *w, const uint8_t *act, size_t astride
 
 /* Rows [r0, r1) against the T prepared activation rows on the dot kernels. Each row is read
  * once from memory and dotted with every activation row while it sits in L1. The rows go to
- * the threads in chunks (eight per thread, of at least 16 rows). */
+ * the threads in chunks (sixteen per thread, of at least 16 rows; see chunk_sched). */
 static void dot_rows(const qn_tensor *W, int64_t r0, int64_t r1, const uint8_t *act, size_t astride, int T,
                      dot_fn dot, float *y, int64_t ldy, float *const *yrows) {
     const int64_t work = (r1 - r0) * W->cols * (int64_t)T;
     const dotm_fn dotm = T > 1 ? dotm_for_type(g_kern, W->dtype) : NULL;
     int64_t nchunk = (r1 - r0 + 15) / 16;
-    if (nchunk > 8 * omp_get_max_threads()) nchunk = 8 * omp_get_max_threads();
-#pragma omp parallel for schedule(static) if (work > 32768)
-    for (int64_t ch = 0; ch < nchunk; ch++)
+    if (nchunk > 16 * omp_get_max_threads()) nchunk = 16 * omp_get_max_threads();
+    chunk_sched *cs = sched_begin((int)nchunk);
+#pragma omp parallel if (work > 32768)
+    for (int ch; (ch = sched_next(cs, omp_get_thread_num())) >= 0;)
         for (int64_t r = r0 + (r1 - r0) * ch / nchunk; r < r0 + (r1 - r0) * (ch + 1) / nchunk; r++)
             row_dot_all((const char *)qn_tensor_row(W, r), act, astride, T, W->cols, dot, dotm, y, ldy, yrows, r);
 }
@@ -357,7 +414,8 @@ void op_matmul_multi(const op_job *jobs, int n) {
     for (int q = 0; q < m; q++) work += (cost0[q + 1] - cost0[q]) * jobs[idx[q]].W->cols;
     /* Quantizing and packing the inputs is part of the region too: in a batched step it is
      * ~100 inputs of a few rows each, which one thread alone would spend milliseconds on. */
-    const int nchunk = 8 * omp_get_max_threads();
+    const int nchunk = 16 * omp_get_max_threads();
+    chunk_sched *cs = sched_begin(nchunk);
 #pragma omp parallel if (work > 32768)
     {
 #pragma omp for schedule(dynamic, 1)
@@ -373,10 +431,10 @@ void op_matmul_multi(const op_job *jobs, int n) {
             const int q = pack_q[i];
             apq[q]->pack(act[q], astride[q], jobs[idx[q]].T, jobs[idx[q]].W->cols, pk[q]);
         }
-        /* Each thread takes an equal share of the work: the rows whose first unit of cost falls
-         * in [c0, c1), so a row of an expert with 8 tokens weighs as much as 8 single-token rows. */
-#pragma omp for schedule(static)
-        for (int ch = 0; ch < nchunk; ch++) {
+        /* The work goes in chunks of equal cost: chunk ch is the rows whose first unit of cost
+         * falls in [c0, c1), so a row of an expert with 8 tokens weighs as much as 8 single-token
+         * rows; each thread starts on an equal share of them (chunk_sched). */
+        for (int ch; (ch = sched_next(cs, omp_get_thread_num())) >= 0;) {
             int64_t c0 = total * ch / nchunk, c1 = total * (ch + 1) / nchunk;
             for (int q = 0; q < m; q++) {
                 const op_job *jb = &jobs[idx[q]];
