@@ -248,16 +248,18 @@ static int sched_next(chunk_sched *cs, int tid) {
     return -1;
 }
 
-/* Rows [r0, r1) of an integer-tile product, split over the threads in whole blocks of 16. */
+/* Rows [r0, r1) of an integer-tile product, split over the threads in chunks of whole blocks
+ * of 16 rows (chunk_sched). */
 static void amxi_product(const amxi_path *ap, const qn_tensor *W, int64_t r0, int64_t r1, const uint8_t *act,
                          size_t astride, int T, float *y, int64_t ldy, float *const *yrows) {
     uint8_t *pk = pack_buffer(ap->packed_bytes(W->cols));
     ap->pack(act, astride, T, W->cols, pk);
     const int64_t nrb = (r1 - r0 + 15) / 16;
+    int64_t nchunk = nrb < 8 * omp_get_max_threads() ? nrb : 8 * omp_get_max_threads();
+    chunk_sched *cs = sched_begin((int)nchunk);
 #pragma omp parallel if (nrb > 1)
-    {
-        int nth = omp_get_num_threads(), tid = omp_get_thread_num();
-        int64_t a = r0 + 16 * (nrb * tid / nth), z = r0 + 16 * (nrb * (tid + 1) / nth);
+    for (int ch; (ch = sched_next(cs, omp_get_thread_num())) >= 0;) {
+        int64_t a = r0 + 16 * (nrb * ch / nchunk), z = r0 + 16 * (nrb * (ch + 1) / nchunk);
         if (z > r1) z = r1;
         if (a < z) ap->rows(W, a, z, pk, T, y, ldy, yrows);
     }
