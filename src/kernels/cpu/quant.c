@@ -656,25 +656,42 @@ static void dequant_iq4_xs(const uint8_t *b, float *y) {
 
 /* Index of the IQ4_NL level nearest to v (the levels ascend); halfway between two levels
  * goes to the upper one, and the search is the bisection ggml's best_index_int8 does. */
-static int iq4_index(float v) {
+/* The codes of 32 values v = inv * x[j]: the nearest level (ggml's best_index_int8: the last
+ * level lo <= v by bisection, then lo or lo + 1 by v - lv[lo] < lv[lo + 1] - v). Here lo is
+ * counted without branches, as the number of levels k = 1..14 with !(v < lv[k]) (what the
+ * bisection tests), and the two neighbours are selected alongside, so that the compiler runs
+ * the 32 values in vector lanes: ggml's branches mispredict on every other value and were the
+ * quantizer's cost. Every input, NaN and infinities included, gets ggml's code. */
+static void iq4_indices(const float *x, float inv, int *out) {
     const int8_t *lv = quant_iq4nl_values;
-    if (v <= lv[0]) return 0;
-    if (v >= lv[15]) return 15;
-    int lo = 0, hi = 15; /* lv[lo] <= v < lv[hi] */
-    while (hi - lo > 1) {
-        int mid = (lo + hi) / 2;
-        if (v < lv[mid]) hi = mid;
-        else lo = mid;
+    float v[32], below[32], above[32];
+    int lo[32];
+    for (int j = 0; j < 32; j++) {
+        v[j] = inv * x[j];
+        lo[j] = 0;
+        below[j] = lv[0];
+        above[j] = lv[15];
     }
-    return v - lv[lo] < lv[hi] - v ? lo : hi;
+    for (int k = 1; k < 15; k++) {
+        const float l = lv[k], r = lv[15 - k];
+        for (int j = 0; j < 32; j++) {
+            const int ge = !(v[j] < l);
+            lo[j] += ge;
+            below[j] = ge ? l : below[j];
+            above[j] = v[j] < r ? r : above[j];
+        }
+    }
+    for (int j = 0; j < 32; j++) out[j] = v[j] - below[j] < above[j] - v[j] ? lo[j] : lo[j] + 1;
 }
 
 /* The codes of 32 values at inverse scale inv, and the sums of their least-squares fit with
  * weights x^2: *sqx = sum w q x, *sq2 = sum w q q (the best scale is sqx / sq2). */
 static void iq4_fit(const float *x, float inv, float *sqx, float *sq2) {
+    int idx[32];
+    iq4_indices(x, inv, idx);
     float a = 0, b = 0;
     for (int j = 0; j < 32; j++) {
-        const float q = quant_iq4nl_values[iq4_index(inv * x[j])], w = x[j] * x[j];
+        const float q = quant_iq4nl_values[idx[j]], w = x[j] * x[j];
         a += w * q * x[j];
         b += w * q * q;
     }
@@ -711,8 +728,9 @@ static float iq4_group_scale(const float *x) {
 /* The 16 code bytes of a group of 32 at inverse scale inv: value j in the low nibble of
  * byte j, value j + 16 in its high nibble. */
 static void iq4_codes(const float *x, float inv, uint8_t *qs) {
-    for (int j = 0; j < 16; j++)
-        qs[j] = (uint8_t)(iq4_index(inv * x[j]) | iq4_index(inv * x[j + 16]) << 4);
+    int idx[32];
+    iq4_indices(x, inv, idx);
+    for (int j = 0; j < 16; j++) qs[j] = (uint8_t)(idx[j] | idx[j + 16] << 4);
 }
 
 static void quant_iq4_nl(const float *x, uint8_t *b) {
