@@ -213,19 +213,17 @@ typedef struct {
     int n_shares;
 } chunk_sched;
 
-static _Thread_local chunk_sched *tl_sched;
-
-/* Shares for the team about to start (omp_get_max_threads() threads, at most SCHED_MAX_THREADS). */
-static chunk_sched *sched_begin(int n) {
-    if (!tl_sched && !(tl_sched = aligned_alloc(64, sizeof *tl_sched))) abort();
+/* Shares of n chunks for the team about to start (omp_get_max_threads() threads; past
+ * SCHED_MAX_THREADS, the further threads only take from the others). cs lives on the caller's
+ * stack for the one product. */
+static void sched_init(chunk_sched *cs, int n) {
     int nth = omp_get_max_threads();
     if (nth > SCHED_MAX_THREADS) nth = SCHED_MAX_THREADS;
     for (int i = 0; i < nth; i++) {
         uint64_t a = (uint64_t)n * i / nth, z = (uint64_t)n * (i + 1) / nth;
-        atomic_store_explicit(&tl_sched->s[i].share, a | z << 32, memory_order_relaxed);
+        atomic_store_explicit(&cs->s[i].share, a | z << 32, memory_order_relaxed);
     }
-    tl_sched->n_shares = nth;
-    return tl_sched;
+    cs->n_shares = nth;
 }
 
 /* The next chunk for thread tid, or -1 when none is left anywhere. */
@@ -256,9 +254,10 @@ static void amxi_product(const amxi_path *ap, const qn_tensor *W, int64_t r0, in
     ap->pack(act, astride, T, W->cols, pk);
     const int64_t nrb = (r1 - r0 + 15) / 16;
     int64_t nchunk = nrb < 8 * omp_get_max_threads() ? nrb : 8 * omp_get_max_threads();
-    chunk_sched *cs = sched_begin((int)nchunk);
+    chunk_sched cs;
+    sched_init(&cs, (int)nchunk);
 #pragma omp parallel if (nrb > 1)
-    for (int ch; (ch = sched_next(cs, omp_get_thread_num())) >= 0;) {
+    for (int ch; (ch = sched_next(&cs, omp_get_thread_num())) >= 0;) {
         int64_t a = r0 + 16 * (nrb * ch / nchunk), z = r0 + 16 * (nrb * (ch + 1) / nchunk);
         if (z > r1) z = r1;
         if (a < z) ap->rows(W, a, z, pk, T, y, ldy, yrows);
@@ -290,9 +289,10 @@ static void dot_rows(const qn_tensor *W, int64_t r0, int64_t r1, const uint8_t *
     const dotm_fn dotm = T > 1 ? dotm_for_type(g_kern, W->dtype) : NULL;
     int64_t nchunk = (r1 - r0 + 15) / 16;
     if (nchunk > 16 * omp_get_max_threads()) nchunk = 16 * omp_get_max_threads();
-    chunk_sched *cs = sched_begin((int)nchunk);
+    chunk_sched cs;
+    sched_init(&cs, (int)nchunk);
 #pragma omp parallel if (work > 32768)
-    for (int ch; (ch = sched_next(cs, omp_get_thread_num())) >= 0;)
+    for (int ch; (ch = sched_next(&cs, omp_get_thread_num())) >= 0;)
         for (int64_t r = r0 + (r1 - r0) * ch / nchunk; r < r0 + (r1 - r0) * (ch + 1) / nchunk; r++)
             row_dot_all((const char *)qn_tensor_row(W, r), act, astride, T, W->cols, dot, dotm, y, ldy, yrows, r);
 }
@@ -417,7 +417,8 @@ void op_matmul_multi(const op_job *jobs, int n) {
     /* Quantizing and packing the inputs is part of the region too: in a batched step it is
      * ~100 inputs of a few rows each, which one thread alone would spend milliseconds on. */
     const int nchunk = 16 * omp_get_max_threads();
-    chunk_sched *cs = sched_begin(nchunk);
+    chunk_sched cs;
+    sched_init(&cs, nchunk);
 #pragma omp parallel if (work > 32768)
     {
 #pragma omp for schedule(dynamic, 1)
@@ -436,7 +437,7 @@ void op_matmul_multi(const op_job *jobs, int n) {
         /* The work goes in chunks of equal cost: chunk ch is the rows whose first unit of cost
          * falls in [c0, c1), so a row of an expert with 8 tokens weighs as much as 8 single-token
          * rows; each thread starts on an equal share of them (chunk_sched). */
-        for (int ch; (ch = sched_next(cs, omp_get_thread_num())) >= 0;) {
+        for (int ch; (ch = sched_next(&cs, omp_get_thread_num())) >= 0;) {
             int64_t c0 = total * ch / nchunk, c1 = total * (ch + 1) / nchunk;
             for (int q = 0; q < m; q++) {
                 const op_job *jb = &jobs[idx[q]];
