@@ -654,9 +654,8 @@ static void dequant_iq4_xs(const uint8_t *b, float *y) {
  * (ggml's quantize_iq4_nl / quantize_iq4_xs, whose group search runs with ntry = 7; note that
  * quantize_row_iq4_nl_ref runs none and gives other blocks). */
 
-/* Index of the IQ4_NL level nearest to v (the levels ascend); halfway between two levels
- * goes to the upper one, and the search is the bisection ggml's best_index_int8 does. */
-/* The codes of 32 values v = inv * x[j]: the nearest level (ggml's best_index_int8: the last
+/* The codes of 32 values v = inv * x[j]: the nearest IQ4_NL level (the levels ascend; halfway
+ * between two goes to the upper one), as ggml's best_index_int8 finds it (the last
  * level lo <= v by bisection, then lo or lo + 1 by v - lv[lo] < lv[lo + 1] - v). Here lo is
  * counted without branches, as the number of levels k = 1..14 with !(v < lv[k]) (what the
  * bisection tests), and the two neighbours are selected alongside, so that the compiler runs
