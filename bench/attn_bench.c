@@ -109,7 +109,9 @@ int main(int argc, char **argv) {
     uint8_t *kc = aligned_alloc(64, cache_bytes), *vc = aligned_alloc(64, cache_bytes);
     srand(1);
     /* rows of uniform values in [-1, 1) in the cache format (no denormals: they would
-     * measure the CPU's microcode assists, not the kernels) */
+     * measure the CPU's microcode assists, not the kernels); the values being random, the
+     * bf16 key pairs of the value cache (attn.h) need no other filling, and the scalar
+     * baseline, timed only, reads them as rows */
     for (size_t r = 0; r < (size_t)n_keys * nkv * 2; r++) {
         uint8_t *row = (r & 1 ? vc : kc) + (r >> 1) * rb;
         for (int d = 0; d < D; d++) {
@@ -136,7 +138,9 @@ int main(int argc, char **argv) {
     attn_tile_args args[8];
     for (int h = 0; h < nkv; h++)
         args[h] = (attn_tile_args){.nq = nq, .D = D, .kv_type = kt, .q = qp + h * nq, .qpos = qpos,
-                                   .scale = 1.0f / 16, .k = kc + h * rb, .v = vc + h * rb, .stride = nkv * rb};
+                                   .scale = 1.0f / 16, .k = kc + h * rb, .stride = nkv * rb,
+                                   /* bf16 values in key pairs (attn.h): a head's pair takes two rows */
+                                   .v = vc + h * (kt == QNEXT_KV_BF16 ? 2 * rb : rb)};
     /* the cache layout of forward.c: head-major, [nkv][n_keys] rows (-P: position-major,
      * [n_keys][nkv], the layout before) */
     if (!pos_major)

@@ -64,6 +64,21 @@ static double load_elem(int kt, const uint8_t *row, int D, int d) {
     return (double)s * (int8_t)row[d];
 }
 
+/* Values as forward.c's kv_put_v stores them: rows, except bf16, whose keys 2m and 2m+1
+ * share the 2*stride bytes at 2m*stride from the head's start (attn.h), dimension d of
+ * key j in the 16-bit word 2d + (j & 1). */
+static void store_v(int kt, uint8_t *head, size_t stride, int j, const float *x, int D) {
+    if (kt != QNEXT_KV_BF16) { store_row(kt, head + (size_t)j * stride, x, D); return; }
+    uint16_t tmp[1024];
+    store_row(kt, (uint8_t *)tmp, x, D);
+    for (int d = 0; d < D; d++) memcpy(head + (size_t)(j / 2) * 2 * stride + 4 * (size_t)d + 2 * (j % 2), &tmp[d], 2);
+}
+
+static double load_v(int kt, const uint8_t *head, size_t stride, int j, int D, int d) {
+    if (kt != QNEXT_KV_BF16) return load_elem(kt, head + (size_t)j * stride, D, d);
+    return load_elem(kt, head + (size_t)(j / 2) * 2 * stride + 2 * (j % 2), D, 2 * d);
+}
+
 static const char *kv_name(int kt) { return kt == QNEXT_KV_F32 ? "f32" : kt == QNEXT_KV_BF16 ? "bf16" : "q8"; }
 
 /* One case: nr rows at positions pos[] (non-decreasing), group query heads per row,
@@ -113,7 +128,9 @@ static double amx_worst[2]; /* attn_amx: largest rel error vs the exact referenc
 static void run_case(int kt, int D, int group, int nr, const int *pos) {
     const int nq = nr * group, n_keys = pos[nr - 1] + 1;
     const size_t rb = row_bytes(kt, D), stride = 2 * rb;
-    uint8_t *kc = calloc((size_t)n_keys, stride), *vc = calloc((size_t)n_keys, stride);
+    /* bf16 values: head 1's pairs start 2 rows into each 2-pair stretch (store_v) */
+    const size_t vhead = kt == QNEXT_KV_BF16 ? 2 * rb : rb;
+    uint8_t *kc = calloc((size_t)n_keys, stride), *vc = calloc((size_t)n_keys + 1, stride);
     float *qv = malloc((size_t)nq * D * sizeof(float)), *x = malloc((size_t)D * sizeof(float));
     const float **qp = malloc((size_t)nq * sizeof(*qp));
     int *qpos = malloc((size_t)nq * sizeof(int));
@@ -127,7 +144,7 @@ static void run_case(int kt, int D, int group, int nr, const int *pos) {
             for (int d = 0; d < D; d++) x[d] = nrand() + (sink ? 2.0f * dir[d] : 0.0f);
             store_row(kt, kc + j * stride + h * rb, x, D);
             for (int d = 0; d < D; d++) x[d] = nrand() * (1.0f + (float)(j % 7));
-            store_row(kt, vc + j * stride + h * rb, x, D);
+            store_v(kt, vc + h * vhead, stride, j, x, D);
         }
     }
     for (int i = 0; i < nq; i++) {
@@ -138,7 +155,7 @@ static void run_case(int kt, int D, int group, int nr, const int *pos) {
     const float scale = 1.0f / sqrtf((float)D);
     const int head = 1; /* the second KV head of the interleaved rows */
     attn_tile_args a = {.nq = nq, .D = D, .kv_type = kt, .q = qp, .qpos = qpos, .scale = scale,
-                        .k = kc + head * rb, .v = vc + head * rb, .stride = stride};
+                        .k = kc + head * rb, .v = vc + head * vhead, .stride = stride};
 
     /* reference, double precision; for bf16 caches also from the queries rounded to bf16,
      * with the bound on the difference that rounding can make (see the top) */
@@ -151,7 +168,7 @@ static void run_case(int kt, int D, int group, int nr, const int *pos) {
     for (int j = 0; j < n_keys; j++) /* the stored rows, widened */
         for (int d = 0; d < D; d++) {
             kw[(size_t)j * D + d] = load_elem(kt, a.k + j * stride, D, d);
-            vw[(size_t)j * D + d] = load_elem(kt, a.v + j * stride, D, d);
+            vw[(size_t)j * D + d] = load_v(kt, a.v, stride, j, D, d);
         }
     for (int i = 0; i < nq; i++) {
         for (int d = 0; d < D; d++) qd[d] = qp[i][d];
@@ -190,8 +207,8 @@ static void run_case(int kt, int D, int group, int nr, const int *pos) {
     free(kw);
     free(vw);
 
-    /* the kernel: whole range as one partial, and split into up to 4 ranges at
-     * arbitrary (not block-aligned) cut points */
+    /* the kernel: whole range as one partial, and split into up to 4 ranges at cut
+     * points that are not block-aligned (but even: ranges start on a key pair, attn.h) */
     const size_t ps = attn_part_floats(nq, D);
     float *part = malloc(4 * ps * sizeof(float)), *work = malloc(attn_work_floats(nq, D) * sizeof(float));
     float *out = malloc((size_t)nq * D * sizeof(float));
@@ -201,7 +218,7 @@ static void run_case(int kt, int D, int group, int nr, const int *pos) {
         const attn_kernels *kern = kerns[kk];
         if (D % kern->d_multiple) continue;
         for (int split = 1; split <= 4; split += 3) {
-            int cuts[5] = {0, n_keys / 3, n_keys / 2 + 1, (n_keys * 5) / 6, n_keys};
+            int cuts[5] = {0, n_keys / 3 & ~1, (n_keys / 2 + 1) & ~1, (n_keys * 5) / 6 & ~1, n_keys};
             if (split == 1) { cuts[1] = n_keys; }
             for (int c = 1; c <= split; c++) if (cuts[c] < cuts[c - 1]) cuts[c] = cuts[c - 1];
             for (int p = 0; p < split; p++) {

@@ -333,6 +333,18 @@ static void kv_put(int type, uint8_t *dst, const float *x, int D) {
     memcpy(dst + D, &d, 4);
 }
 
+/* A value vector: as kv_put, but bf16 goes into the key pair of position pos (attn.h's
+ * attn_vpair; dst is the head's row of position 0, rb its row bytes). */
+static void kv_put_v(int type, uint8_t *head, size_t rb, int pos, const float *x, int D) {
+    if (type != QNEXT_KV_BF16) { kv_put(type, head + (size_t)pos * rb, x, D); return; }
+    uint16_t *o = (uint16_t *)(head + attn_vpair(rb, pos)) + (pos & 1);
+    for (int i = 0; i < D; i++) {
+        uint32_t u;
+        memcpy(&u, &x[i], 4);
+        o[2 * i] = (uint16_t)((u + 0x7FFF + ((u >> 16) & 1)) >> 16);
+    }
+}
+
 /* Returns the row as f32: in place for f32 rows, else widened into buf. */
 static inline const float *kv_get(int type, const uint8_t *src, float *buf, int D) {
     if (type == QNEXT_KV_F32) return (const float *)src;
@@ -347,11 +359,20 @@ static inline const float *kv_get(int type, const uint8_t *src, float *buf, int 
     return buf;
 }
 
+/* The value vector of position pos as f32 (kv_get, with bf16 read from its key pair). */
+static inline const float *kv_get_v(int type, const uint8_t *head, size_t rb, int pos, float *buf, int D) {
+    if (type != QNEXT_KV_BF16) return kv_get(type, head + (size_t)pos * rb, buf, D);
+    const uint16_t *h = (const uint16_t *)(head + attn_vpair(rb, pos)) + (pos & 1);
+    for (int i = 0; i < D; i++) buf[i] = qn_bf16_to_f32(h[2 * i]);
+    return buf;
+}
+
 /* Byte offset of the cached row of position pos and KV head h: the cache is head-major,
- * [nkv][n_ctx] rows, so one head's keys (or values) are one contiguous stream, which the
- * hardware prefetchers follow (with position-major rows, interleaving the heads, a decode
- * step at depth 16K read one layer's cache 3-18% slower from memory). */
-static inline size_t kv_at(int n_ctx, size_t rb, int pos, int h) { return ((size_t)h * n_ctx + pos) * rb; }
+ * [nkv][n_ctx rounded up to even] rows (qn_kv_rows: whole bf16 value pairs per head), so
+ * one head's keys (or values) are one contiguous stream, which the hardware prefetchers
+ * follow (with position-major rows, interleaving the heads, a decode step at depth 16K
+ * read one layer's cache 3-18% slower from memory). */
+static inline size_t kv_at(int n_ctx, size_t rb, int pos, int h) { return ((size_t)h * qn_kv_rows(n_ctx) + pos) * rb; }
 
 #define ATT_ROWS 16 /* query rows per attention tile */
 /* Decode-like tiles (up to ATT_SPLIT_ROWS rows) with at least 2*ATT_PART_MIN keys are split
@@ -457,9 +478,8 @@ static void attn_block(qnext_session *s, const qn_layer *ly, qn_seq *seqs, int n
             float *k = sc->proj2 + t * kvw + (int64_t)h * D, *v = k + (int64_t)nkv * D;
             op_rmsnorm1p(k, ly->k_norm, k, D, eps);
             rope_apply(k, cs, sn, half);
-            size_t at = kv_at(owner->params.n_ctx, rb, sc->row_pos[t], h);
-            kv_put(owner->params.kv_type, st->k_cache + at, k, D);
-            kv_put(owner->params.kv_type, st->v_cache + at, v, D);
+            kv_put(owner->params.kv_type, st->k_cache + kv_at(owner->params.n_ctx, rb, sc->row_pos[t], h), k, D);
+            kv_put_v(owner->params.kv_type, st->v_cache + kv_at(owner->params.n_ctx, rb, 0, h), rb, sc->row_pos[t], v, D);
         }
     }
 
@@ -489,7 +509,7 @@ static void attn_block(qnext_session *s, const qn_layer *ly, qn_seq *seqs, int n
                 float *o = sc->core + (int64_t)t * nh * D + (int64_t)h * D;
                 for (int d = 0; d < D; d++) o[d] = 0;
                 for (int j = 0; j < n_keys; j++) {
-                    const float *vv = kv_get(kt, st->v_cache + kv_at(owner->params.n_ctx, rb, j, kvh), buf, D);
+                    const float *vv = kv_get_v(kt, st->v_cache + kv_at(owner->params.n_ctx, rb, 0, kvh), rb, j, buf, D);
                     float p = sco[j] * inv;
                     for (int d = 0; d < D; d++) o[d] += p * vv[d];
                 }

@@ -105,12 +105,16 @@ struct qnext_model {
     size_t n_owned, cap_owned;
 };
 
+/* Cached rows per KV head: the context rounded up to even, so that every head's bf16
+ * values are whole key pairs (attn.h). */
+static inline int64_t qn_kv_rows(int64_t n_ctx) { return (n_ctx + 1) & ~(int64_t)1; }
+
 /* Per-session state of one layer. */
 typedef struct {
     float *conv_state;          /* LINEAR: [K-1][conv_dim], the last K-1 conv inputs, oldest first */
     float *ssm_state;           /* LINEAR: [nv][dk][dv] recurrent state S, fp32 */
-    uint8_t *k_cache;           /* FULL: [nkv][n_ctx] rows of D keys after norm and RoPE, kv_type elements */
-    uint8_t *v_cache;           /* FULL: [nkv][n_ctx] rows of D values */
+    uint8_t *k_cache;           /* FULL: [nkv][qn_kv_rows(n_ctx)] rows of D keys after norm and RoPE, kv_type elements */
+    uint8_t *v_cache;           /* FULL: [nkv][qn_kv_rows(n_ctx)] rows of D values (bf16: in key pairs, attn.h) */
     size_t kv_bytes;            /* FULL: bytes of each of k_cache and v_cache (page-aligned mappings) */
 } qn_layer_state;
 

@@ -149,7 +149,7 @@ qnext_status qnext_session_new(qnext_model *m, const qnext_session_params *param
             if (!st->conv_state || !st->ssm_state) goto oom;
         } else {
             /* zero pages mapped lazily: a long context costs memory only as it fills */
-            st->kv_bytes = (size_t)n_ctx * c->n_kv_heads * s->kv_row_bytes;
+            st->kv_bytes = (size_t)qn_kv_rows(n_ctx) * c->n_kv_heads * s->kv_row_bytes;
             st->k_cache = kv_alloc(st->kv_bytes);
             st->v_cache = kv_alloc(st->kv_bytes);
             if (!st->k_cache || !st->v_cache) goto oom;

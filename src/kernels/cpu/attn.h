@@ -2,9 +2,9 @@
  * head against a range of cached keys, with an online softmax.
  *
  * The cache holds one row per (key, KV head) as f32, bf16 or int8 + f32 scale (the
- * QNEXT_KV_* types, see kv_put in forward.c). The kernels read those rows in place and
- * widen them in registers, fused into the Q.K dot products and the P.V sums; all products
- * and sums are f32.
+ * QNEXT_KV_* types, see kv_put in forward.c), except bf16 values, which are stored in key
+ * pairs (attn_vpair below). The kernels read the cache in place and widen it in registers,
+ * fused into the Q.K dot products and the P.V sums; all products and sums are f32.
  *
  * Each kernel exists as portable C (attn_generic.c) and, on x86-64, compiled for AVX2+FMA
  * (attn_avx2.c) and AVX-512 (attn_avx512.c); attn_select() makes dot_select()'s choice,
@@ -31,7 +31,16 @@ typedef struct {
     size_t stride;           /* bytes from the row of key j to that of key j+1 */
 } attn_tile_args;
 
-/* Partial attention over keys [j0, j1): for every query i,
+/* bf16 values are stored in key pairs: keys 2m and 2m+1 (m counted from key 0 of the head,
+ * an even position) share the 2*stride bytes at v + attn_vpair(stride, 2m), where
+ * dimension d of key j is the 16-bit word 2d + (j & 1), so each dword holds one dimension
+ * of both keys. That is the operand layout of AMX's bf16 tile product for P.V (pairs along
+ * the summed dimension, the keys), so the tile kernel loads value tiles straight from the
+ * cache instead of repacking every block; a vector kernel widens either key of a dword
+ * with one shift or mask. Keys and f32/int8 values are plain rows. */
+static inline size_t attn_vpair(size_t stride, int j) { return (size_t)(j >> 1) * 2 * stride; }
+
+/* Partial attention over keys [j0, j1), j0 even (a key pair's first key, attn_vpair): for every query i,
  *     mx[i]  = max of its visible scores in the range (-FLT_MAX when none is visible),
  *     sum[i] = sum_j exp(s_ij - mx[i]),   O[i*D + d] = sum_j exp(s_ij - mx[i]) v_j[d]
  * (unnormalised). work holds attn_work_floats(nq, D) floats. */

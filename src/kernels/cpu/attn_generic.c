@@ -83,11 +83,16 @@ static inline void g_partial_t(int kt, const attn_tile_args *a, int j0, int j1, 
         for (int j = 0; j < jn; j++) {
             const uint8_t *v = a->v + (size_t)(jb + j) * a->stride;
             float vs = g_row_scale(kt, v, D);
+            /* bf16 values: the key's words in its pair (attn.h), every other one */
+            const uint8_t *vp = a->v + attn_vpair(a->stride, jb + j) + 2 * ((jb + j) & 1);
             for (int i = i0; i < nq; i++) {
                 float p = S[i * ATTN_KEYS + j] * vs;
                 if (p == 0.0f) continue;
                 float *Oi = O + (size_t)i * D;
-                for (int d = 0; d < D; d++) Oi[d] += p * g_widen(kt, v, d);
+                if (kt == QNEXT_KV_BF16)
+                    for (int d = 0; d < D; d++) Oi[d] += p * g_widen(kt, vp, 2 * d);
+                else
+                    for (int d = 0; d < D; d++) Oi[d] += p * g_widen(kt, v, d);
             }
         }
     }
