@@ -208,13 +208,12 @@ static void q4k_unpack_row(const uint8_t *row, int i, int64_t nsb, uint8_t (*A)[
         uint16_t hd, hm;
         memcpy(&hd, blk, 2);
         memcpy(&hm, blk + 2, 2);
-        const float d = _cvtsh_ss(hd), dmin = _cvtsh_ss(hm);
-        for (int j = 0; j < 8; j++) {
-            int sc, m;
-            quant_k4_scale_min(j, blk + 4, &sc, &m);
-            S[b][i][j] = d * (float)sc;
-            M[b][i][j] = dmin * (float)m;
-        }
+        uint64_t sc, mn;
+        quant_k4_unpack(blk + 4, &sc, &mn);
+        _mm256_store_ps(S[b][i], _mm256_mul_ps(_mm256_set1_ps(_cvtsh_ss(hd)),
+                                               _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)sc)))));
+        _mm256_store_ps(M[b][i], _mm256_mul_ps(_mm256_set1_ps(_cvtsh_ss(hm)),
+                                               _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)mn)))));
         for (int c = 0; c < 4; c++) {
             __m256i v = _mm256_loadu_si256((const __m256i *)(blk + 16 + 32 * c));
             _mm256_store_si256((__m256i *)A[b][2 * c][i], _mm256_and_si256(v, m4));

@@ -40,6 +40,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 /* ggml type ids, as stored in GGUF tensor infos (ggml.h enum ggml_type). */
 typedef enum {
@@ -113,6 +114,21 @@ static inline void quant_k4_scale_min(int j, const uint8_t *q, int *sc, int *m) 
         *sc = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
         *m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
     }
+}
+
+/* All eight 6-bit scales and mins of the 12 scale bytes q of a Q4_K/Q5_K block at once:
+ * sub-block j's scale in byte j of *sc, its min in byte j of *mn (quant_k4_scale_min for
+ * every j, with word operations instead of eight branches). */
+static inline void quant_k4_unpack(const uint8_t *q, uint64_t *sc, uint64_t *mn) {
+    uint32_t u0, u1, u2;
+    memcpy(&u0, q, 4);
+    memcpy(&u1, q + 4, 4);
+    memcpy(&u2, q + 8, 4);
+    uint32_t sc_lo = u0 & 0x3f3f3f3fu, mn_lo = u1 & 0x3f3f3f3fu;
+    uint32_t sc_hi = (u2 & 0x0f0f0f0fu) | (((u0 >> 6) & 0x03030303u) << 4);
+    uint32_t mn_hi = ((u2 >> 4) & 0x0f0f0f0fu) | (((u1 >> 6) & 0x03030303u) << 4);
+    *sc = (uint64_t)sc_hi << 32 | sc_lo;
+    *mn = (uint64_t)mn_hi << 32 | mn_lo;
 }
 
 /* IQ4_XS keeps its 8 six-bit sub-block scales as low nibbles in bytes 4-7 (sub-block ib in
