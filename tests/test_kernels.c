@@ -228,8 +228,9 @@ static void test_dotm(int wt) {
         }
         for (int k = 0; k < ns; k++) {
             dotm_fn m = dotm_for_type(sets[k], wt);
-            /* MXFP4 and IQ4_NL have multi-row kernels in the AVX-512 set only */
-            CHECK(m != NULL || ((wt == QUANT_MXFP4 || wt == QUANT_IQ4_NL) && sets[k] != &dot_avx512), "%s has no multi-row %s kernel",
+            /* MXFP4, IQ4_NL and Q5_K have multi-row kernels in the AVX-512 set only */
+            CHECK(m != NULL || ((wt == QUANT_MXFP4 || wt == QUANT_IQ4_NL || wt == QUANT_Q5_K) && sets[k] != &dot_avx512),
+                  "%s has no multi-row %s kernel",
                   sets[k]->name, quant_type_name(wt));
             if (!m) continue;
             for (int T = 1; T <= DOTM_MAX_T; T++) {
@@ -371,6 +372,7 @@ int main(void) {
     test_amxi(QUANT_Q4_K);
     test_dotm(QUANT_Q8_0);
     test_dotm(QUANT_Q4_K);
+    test_dotm(QUANT_Q5_K);
     test_dotm(QUANT_Q6_K);
     test_dotm(QUANT_MXFP4);
     test_dotm(QUANT_IQ4_NL);

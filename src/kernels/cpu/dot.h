@@ -32,7 +32,7 @@ typedef struct {
     dot_fn f32, f16, bf16;   /* activations: f32 */
     dot_fn q8_0, q4_0;       /* activations: Q8_0 blocks */
     dot_fn q4_k, q5_k, q6_k; /* activations: Q8_K blocks */
-    dotm_fn m_q8_0, m_q4_k, m_q6_k; /* multi-row kernels where a set has them, else NULL */
+    dotm_fn m_q8_0, m_q4_k, m_q6_k, m_q5_k; /* multi-row kernels where a set has them, else NULL */
 } dot_kernels;
 /* IQ4_NL and MXFP4 (Q8_0 activations) and IQ4_XS (Q8_K activations) are not in the sets:
  * dot_for_type returns the portable kernels for dot_generic and the AVX2 ones of

@@ -196,7 +196,7 @@ static float g_iq4_xs(const void *w_, const void *a_, int64_t n) {
     return s;
 }
 
-const dot_kernels dot_generic = {"generic", g_f32, g_f16, g_bf16, g_q8_0, g_q4_0, g_q4_k, g_q5_k, g_q6_k, NULL, NULL, NULL};
+const dot_kernels dot_generic = {"generic", g_f32, g_f16, g_bf16, g_q8_0, g_q4_0, g_q4_k, g_q5_k, g_q6_k, NULL, NULL, NULL, NULL};
 
 int dot_act_type(int wtype) {
     switch (wtype) {
@@ -217,6 +217,7 @@ dotm_fn dotm_for_type(const dot_kernels *k, int wtype) {
     case QUANT_Q8_0: return k->m_q8_0;
     case QUANT_Q4_K: return k->m_q4_k;
     case QUANT_Q6_K: return k->m_q6_k;
+    case QUANT_Q5_K: return k->m_q5_k;
 #if defined(__x86_64__) && defined(__GNUC__)
     case QUANT_MXFP4: return k == &dot_avx512 ? dotm_mxfp4_avx512 : NULL;
     case QUANT_IQ4_NL: return k == &dot_avx512 ? dotm_iq4_nl_avx512 : NULL;

@@ -172,9 +172,13 @@ static const amxi_path *use_amxi(const qn_tensor *W, int T) {
     return NULL;
 }
 
-/* Tiles pay off from 16 tokens up; by default only for quantized weights (see gemm_amx.c). */
+/* Tiles pay off from 16 tokens up; by default only for quantized weights (see gemm_amx.c).
+ * Q6_K weights at exactly 16 tokens stay on the AVX-512 VNNI vector kernels (two passes of
+ * 8 rows), which beat widening them to bf16 for the tiles there (an expert layer from
+ * memory: 12.8-13.1 against 15.8-16.3 ms), but not at 24 (18.8-22.0 against 16.6-17.8;
+ * PERF.md). Every CPU with AMX has AVX-512 VNNI. */
 static int use_amx(const qn_tensor *W, int T) {
-    if (T < 16 || use_amxi(W, T)) return 0;
+    if (T < 16 || use_amxi(W, T) || (W->dtype == QN_Q6_K && T == 16)) return 0;
     int mode = gemm_amx_mode();
     int quantized = W->dtype != QN_F32 && W->dtype != QN_F16 && W->dtype != QN_BF16;
     return mode == 2 || (mode == 1 && quantized);
