@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
 
 #include "kernels/cpu/attn.h"
@@ -83,11 +84,12 @@ static void old_tile(const attn_tile_args *a, float *out, float *tmp) {
 }
 
 int main(int argc, char **argv) {
-    int n_keys = 16384, rows = 1, kt = QNEXT_KV_BF16, iters = 10, nh = 16, nkv = 2, D = 256, warm = 0, old = 1, pos_major = 0;
+    int n_keys = 16384, rows = 1, kt = QNEXT_KV_BF16, iters = 10, nh = 16, nkv = 2, D = 256, warm = 0, old = 1, pos_major = 0, huge = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "-w")) { warm = 1; continue; }
         if (!strcmp(argv[i], "-x")) { old = 0; continue; }
         if (!strcmp(argv[i], "-P")) { pos_major = 1; continue; }
+        if (!strcmp(argv[i], "-H")) { huge = 1; continue; }
         if (i + 1 >= argc) break;
         if (!strcmp(argv[i], "-n")) n_keys = atoi(argv[++i]);
         else if (!strcmp(argv[i], "-r")) rows = atoi(argv[++i]);
@@ -106,7 +108,17 @@ int main(int argc, char **argv) {
     const size_t rb = kt == QNEXT_KV_F32 ? (size_t)D * 4 : kt == QNEXT_KV_BF16 ? (size_t)D * 2 : (size_t)D + 4;
     /* cache-line aligned, as forward.c's caches (page-aligned mappings) are */
     const size_t cache_bytes = ((size_t)n_keys * nkv * rb + 63) / 64 * 64;
-    uint8_t *kc = aligned_alloc(64, cache_bytes), *vc = aligned_alloc(64, cache_bytes);
+    uint8_t *kc, *vc;
+    if (huge) { /* anonymous mappings on 2 MB pages where the kernel grants them (THP "madvise") */
+        kc = mmap(NULL, cache_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        vc = mmap(NULL, cache_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (kc == MAP_FAILED || vc == MAP_FAILED) return 1;
+        madvise(kc, cache_bytes, MADV_HUGEPAGE);
+        madvise(vc, cache_bytes, MADV_HUGEPAGE);
+    } else {
+        kc = aligned_alloc(64, cache_bytes);
+        vc = aligned_alloc(64, cache_bytes);
+    }
     srand(1);
     /* rows of uniform values in [-1, 1) in the cache format (no denormals: they would
      * measure the CPU's microcode assists, not the kernels); the values being random, the

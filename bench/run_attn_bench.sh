@@ -3,7 +3,7 @@
 #
 # Built here with plain cc (not part of the CMake build) against the library `make` builds,
 # so the kernels are the ones the engine runs, compiled with CMakeLists.txt's flags.
-# Usage: bench/run_attn_bench.sh [attn_bench args: -n keys -r rows -t kv_type -i iters, -w warm cache, -x skip the old tile, -P position-major rows]
+# Usage: bench/run_attn_bench.sh [attn_bench args: -n keys -r rows -t kv_type -i iters, -w warm cache, -x skip the old tile, -P position-major rows, -H the K/V on 2 MB pages]
 # (QNEXT_ATTN_AMX=0 times the f32-product AVX-512 kernel instead of attn_amx for bf16/int8 caches)
 set -euo pipefail
 cd "$(dirname "$0")/.."
