@@ -313,19 +313,27 @@ static void gdn_block(qnext_session *s, qn_seq *seqs, int n_seqs, int il, int T)
 
 /* ---------------------------------------------------------------- gated attention */
 
+/* D values as bf16 (round to nearest even) into every step-th 16-bit word from o: step 1
+ * for a row, 2 for one key of a bf16 value pair (attn.h). */
+static void kv_put_bf16(uint16_t *o, int step, const float *x, int D) {
+    for (int i = 0; i < D; i++) {
+        uint32_t u;
+        memcpy(&u, &x[i], 4);
+        o[step * i] = (uint16_t)((u + 0x7FFF + ((u >> 16) & 1)) >> 16);
+    }
+}
+
+/* D bf16 values from every step-th word from h into buf as f32 (kv_put_bf16's reverse). */
+static inline const float *kv_get_bf16(const uint16_t *h, int step, float *buf, int D) {
+    for (int i = 0; i < D; i++) buf[i] = qn_bf16_to_f32(h[step * i]);
+    return buf;
+}
+
 /* KV cache rows: f32, bf16 (round to nearest even), or int8 with an f32 scale after the
  * D values (symmetric, scale = max|x| / 127). */
 static void kv_put(int type, uint8_t *dst, const float *x, int D) {
     if (type == QNEXT_KV_F32) { memcpy(dst, x, (size_t)D * 4); return; }
-    if (type == QNEXT_KV_BF16) {
-        uint16_t *o = (uint16_t *)dst;
-        for (int i = 0; i < D; i++) {
-            uint32_t u;
-            memcpy(&u, &x[i], 4);
-            o[i] = (uint16_t)((u + 0x7FFF + ((u >> 16) & 1)) >> 16);
-        }
-        return;
-    }
+    if (type == QNEXT_KV_BF16) { kv_put_bf16((uint16_t *)dst, 1, x, D); return; }
     float amax = 0;
     for (int i = 0; i < D; i++) amax = fabsf(x[i]) > amax ? fabsf(x[i]) : amax;
     float d = amax / 127.0f, id = d ? 1.0f / d : 0.0f;
@@ -337,22 +345,13 @@ static void kv_put(int type, uint8_t *dst, const float *x, int D) {
  * attn_vpair; dst is the head's row of position 0, rb its row bytes). */
 static void kv_put_v(int type, uint8_t *head, size_t rb, int pos, const float *x, int D) {
     if (type != QNEXT_KV_BF16) { kv_put(type, head + (size_t)pos * rb, x, D); return; }
-    uint16_t *o = (uint16_t *)(head + attn_vpair(rb, pos)) + (pos & 1);
-    for (int i = 0; i < D; i++) {
-        uint32_t u;
-        memcpy(&u, &x[i], 4);
-        o[2 * i] = (uint16_t)((u + 0x7FFF + ((u >> 16) & 1)) >> 16);
-    }
+    kv_put_bf16((uint16_t *)(head + attn_vpair(rb, pos)) + (pos & 1), 2, x, D);
 }
 
 /* Returns the row as f32: in place for f32 rows, else widened into buf. */
 static inline const float *kv_get(int type, const uint8_t *src, float *buf, int D) {
     if (type == QNEXT_KV_F32) return (const float *)src;
-    if (type == QNEXT_KV_BF16) {
-        const uint16_t *h = (const uint16_t *)src;
-        for (int i = 0; i < D; i++) buf[i] = qn_bf16_to_f32(h[i]);
-        return buf;
-    }
+    if (type == QNEXT_KV_BF16) return kv_get_bf16((const uint16_t *)src, 1, buf, D);
     float d;
     memcpy(&d, src + D, 4);
     for (int i = 0; i < D; i++) buf[i] = d * (float)(int8_t)src[i];
@@ -362,9 +361,7 @@ static inline const float *kv_get(int type, const uint8_t *src, float *buf, int 
 /* The value vector of position pos as f32 (kv_get, with bf16 read from its key pair). */
 static inline const float *kv_get_v(int type, const uint8_t *head, size_t rb, int pos, float *buf, int D) {
     if (type != QNEXT_KV_BF16) return kv_get(type, head + (size_t)pos * rb, buf, D);
-    const uint16_t *h = (const uint16_t *)(head + attn_vpair(rb, pos)) + (pos & 1);
-    for (int i = 0; i < D; i++) buf[i] = qn_bf16_to_f32(h[2 * i]);
-    return buf;
+    return kv_get_bf16((const uint16_t *)(head + attn_vpair(rb, pos)) + (pos & 1), 2, buf, D);
 }
 
 /* Byte offset of the cached row of position pos and KV head h: the cache is head-major,
