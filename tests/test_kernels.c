@@ -302,12 +302,12 @@ static void test_matmul_multi(int wt) {
 /* The integer-tile products (gemm_amx_q8.c: Q8_0, and Q4_K against Q8_K activations)
  * against the portable dot kernel on the same quantized activations: equal to float
  * rounding, for 1..16 tokens, a row count that is not a multiple of 16, an odd number of
- * blocks, and a row map. */
+ * blocks, a row map, and outputs through row pointers (as the experts write theirs). */
 static void test_amxi(int wt) {
     if (!gemm_amxq8_available()) return;
     const int q8 = wt == QUANT_Q8_0;
     const int64_t rows = 50, colss[2] = {512, q8 ? 2080 : 2304};
-    const int Ts[4] = {1, 2, 5, 16};
+    const int Ts[5] = {1, 2, 5, 12, 16};
     const int at = dot_act_type(wt);
     for (int ci = 0; ci < 2; ci++) {
         const int64_t cols = colss[ci];
@@ -321,30 +321,34 @@ static void test_amxi(int wt) {
         for (int t = 0; t < 16; t++) actq_quantize_row(at, x + t * cols, xq + t * ab, cols);
         int32_t map[50];
         for (int r = 0; r < 50; r++) map[r] = (r * 7) % 50;
-        for (int mapped = 0; mapped < 2; mapped++)
-            for (int ti = 0; ti < 4; ti++) {
+        for (int mapped = 0; mapped < 3; mapped++) /* 2: no map, outputs through row pointers */
+            for (int ti = 0; ti < 5; ti++) {
                 const int T = Ts[ti];
                 qn_tensor W = {.data = wq, .dtype = wt, .rows = rows, .cols = cols, .row_bytes = rb,
-                               .row_map = mapped ? map : NULL, .name = "t"};
+                               .row_map = mapped == 1 ? map : NULL, .name = "t"};
+                float *yrow[16], *const *yr = mapped == 2 ? yrow : NULL;
+                for (int t = 0; t < 16; t++) yrow[t] = y + (15 - t) * rows; /* in reverse, not at t * ldy */
                 for (int i = 0; i < 16 * rows; i++) y[i] = NAN;
                 /* two calls, as two threads split the rows */
                 if (q8) {
                     gemm_amxq8_pack(xq, ab, T, cols, pk);
-                    gemm_amxq8_rows(&W, 0, 32, pk, T, y, rows, NULL);
-                    gemm_amxq8_rows(&W, 32, rows, pk, T, y, rows, NULL);
+                    gemm_amxq8_rows(&W, 0, 32, pk, T, y, rows, yr);
+                    gemm_amxq8_rows(&W, 32, rows, pk, T, y, rows, yr);
                 } else {
                     gemm_amxq4k_pack(xq, ab, T, cols, pk);
-                    gemm_amxq4k_rows(&W, 0, 32, pk, T, y, rows, NULL);
-                    gemm_amxq4k_rows(&W, 32, rows, pk, T, y, rows, NULL);
+                    gemm_amxq4k_rows(&W, 0, 32, pk, T, y, rows, yr);
+                    gemm_amxq4k_rows(&W, 32, rows, pk, T, y, rows, yr);
                 }
                 for (int t = 0; t < T; t++)
                     for (int64_t r = 0; r < rows; r++) {
-                        const uint8_t *wr = wq + rb * (mapped ? map[r] : r);
+                        const int64_t src = mapped == 1 ? map[r] : r;
+                        const uint8_t *wr = wq + rb * src;
                         float g = dot_for_type(&dot_generic, wt)(wr, xq + t * ab, cols);
-                        double scale = norm_d(w + cols * (mapped ? map[r] : r), cols) * norm_d(x + cols * t, cols);
-                        CHECK(fabs(y[t * rows + r] - g) <= 2e-6 * scale + 2e-6 * fabs(g),
+                        double scale = norm_d(w + cols * src, cols) * norm_d(x + cols * t, cols);
+                        const float got = mapped == 2 ? yrow[t][r] : y[t * rows + r];
+                        CHECK(fabs(got - g) <= 2e-6 * scale + 2e-6 * fabs(g),
                               "amx %s cols %lld T %d map %d row %lld tok %d: %.9g vs generic %.9g", quant_type_name(wt),
-                              (long long)cols, T, mapped, (long long)r, t, y[t * rows + r], g);
+                              (long long)cols, T, mapped, (long long)r, t, got, g);
                     }
             }
         free(w); free(x); free(y); free(wq); free(xq); free(pk);
