@@ -279,8 +279,16 @@ void gemm_amxq4k_rows(const qn_tensor *W, int64_t ra, int64_t rz, const uint8_t 
         }
         __m512 acc[16];
         for (int i = 0; i < 16; i++) acc[i] = _mm512_setzero_ps();
+        /* The unpacking above reads the weights in bursts, between which the tiles and the
+         * scaling read none; the next 16 rows (one contiguous region) are fetched into L2
+         * meanwhile, a slice per super-block (an expert layer at 16 tokens from memory:
+         * 8.8-10.1 -> 7.2-8.5 ms). */
+        const char *next = !W->row_map && r0 + 32 <= rz ? (const char *)qn_tensor_row(W, r0 + 16) : NULL;
+        const size_t pf_step = (16 * W->row_bytes / nsb + 63) & ~(size_t)63;
         for (int64_t b = 0; b < nsb; b++) {
             const uint8_t *p = packed + PACK_Q4K * b;
+            if (next)
+                for (size_t o = 0; o < pf_step; o += 64) _mm_prefetch(next + pf_step * b + o, _MM_HINT_T1);
             for (int j = 0; j < 8; j += 2) {
                 _tile_loadd(1, A[b][j], 32);
                 _tile_loadd(2, p + 512 * j, 64);

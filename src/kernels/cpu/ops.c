@@ -145,10 +145,12 @@ const char *op_kernel_name(void) {
 
 /* Integer tiles (gemm_amx_q8.c) for Q8_0 weights against 2..16 tokens, instead of the vector
  * kernels, whose cost grows with every token (a batched decode step gives each expert ~5
- * tokens), and for Q4_K weights against exactly 16, instead of widening them to bf16. Below
- * 16 tokens the Q4_K nibbles cost more to unpack for the tiles than the vector kernels spend
- * (measured: an expert layer at 5 tokens 7% slower, a 16-token step 4% faster; PERF.md).
- * QNEXT_AMXI_MIN moves the lower bound for both (an experiment switch; 17 turns it off). */
+ * tokens), and for Q4_K weights against 9..16 (instead of the vector kernels, which take two
+ * passes of 8 tokens from 9, or of widening to bf16 at 16). Below 9 tokens the Q4_K nibbles
+ * cost more to unpack for the tiles than the vector kernels spend (an expert layer from
+ * memory: at 5 tokens 6.9-7.1 against 4.7-6.2 ms, at 8 even, at 9-12 tiles 7.5-11.0 against
+ * 9.7-15.1; PERF.md). QNEXT_AMXI_MIN sets the lower bound of both (an experiment switch; 17
+ * turns them off). */
 typedef struct {
     size_t (*packed_bytes)(int64_t cols);
     void (*pack)(const uint8_t *act, size_t astride, int T, int64_t cols, uint8_t *packed);
@@ -168,7 +170,7 @@ static const amxi_path *use_amxi(const qn_tensor *W, int T) {
     }
     if (T > 16 || T < lo || !gemm_amxq8_available()) return NULL;
     if (W->dtype == QN_Q8_0 && W->cols % 32 == 0 && T >= 2) return &amxi_q8_0;
-    if (W->dtype == QN_Q4_K && W->cols % 256 == 0 && T >= 16) return &amxi_q4_k;
+    if (W->dtype == QN_Q4_K && W->cols % 256 == 0 && T >= (lo ? lo : 9)) return &amxi_q4_k;
     return NULL;
 }
 
