@@ -235,12 +235,10 @@ int gemm_amx_rows(const qn_tensor *W, int64_t r0, int64_t r1, const float *x, in
                     case 2: _tile_stored(2, C, 64); break;
                     default: _tile_stored(3, C, 64); break;
                     }
-                    for (int n = 0; n < 16; n++) {
-                        int t = (tb0 + j) * 16 + n;
-                        if (t >= T) break;
-                        float *dst = yrows ? yrows[t] : y + (int64_t)t * ldy;
-                        for (int i = 0; i < nr; i++) dst[rbase + i] = C[i * 16 + n];
-                    }
+                    __m512 v[16];
+                    for (int i = 0; i < 16; i++) v[i] = _mm512_load_ps(C + 16 * i);
+                    const int t0 = (tb0 + j) * 16;
+                    amx_store_block(v, nr, rbase, t0, T - t0 < 16 ? T - t0 : 16, y, ldy, yrows);
                 }
             }
         }

@@ -39,4 +39,40 @@ void gemm_amxq4k_rows(const qn_tensor *W, int64_t ra, int64_t rz, const uint8_t 
                       int64_t ldy, float *const *yrows);
 /* Logical row r of W widened to bf16 as the tiles see it (exposed for tests). */
 void gemm_amx_widen_row(const qn_tensor *W, int64_t r, uint16_t *dst);
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+/* A 16 x 16 block of results, v[i] = row r0+i for tokens t0..t0+15 (lane n: token t0+n),
+ * written to y[t*ldy + r] (or yrows[t][r]) for rows < r0+nr and tokens < t0+nt. The block is
+ * transposed in registers (unpack, in-lane shuffle, two 128-bit lane shuffles) so that each
+ * token's nr values go out in one masked store: stored one float at a time, the results
+ * took a sixth of the Q4_K int8 tile kernel's time at 16 tokens. */
+static inline void amx_store_block(const __m512 *v, int nr, int64_t r0, int t0, int nt, float *y, int64_t ldy,
+                                   float *const *yrows) {
+    __m512 t[16], u[16], w[16];
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_ps(v[i], v[i + 1]);     /* rows i, i+1 of columns 4k, 4k+1 */
+        t[i + 1] = _mm512_unpackhi_ps(v[i], v[i + 1]); /* ... of columns 4k+2, 4k+3 */
+    }
+    for (int i = 0; i < 16; i += 4) { /* u[i + c]: rows i..i+3 of columns 4k + c */
+        u[i] = _mm512_shuffle_ps(t[i], t[i + 2], 0x44);
+        u[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], 0xEE);
+        u[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+        u[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+    }
+    for (int h = 0; h < 16; h += 8) /* w[h + c]: rows h..h+7 of columns c, c+8; w[h + 4 + c]: of c+4, c+12 */
+        for (int c = 0; c < 4; c++) {
+            w[h + c] = _mm512_shuffle_f32x4(u[h + c], u[h + 4 + c], 0x88);
+            w[h + 4 + c] = _mm512_shuffle_f32x4(u[h + c], u[h + 4 + c], 0xDD);
+        }
+    const __mmask16 m = (__mmask16)((1u << nr) - 1);
+    for (int c = 0; c < 8 && c < nt; c++) { /* column c from lanes 0, 2 of w[c], w[8+c]; column c+8 from lanes 1, 3 */
+        const int64_t tc = t0 + c;
+        _mm512_mask_storeu_ps(yrows ? yrows[tc] + r0 : y + tc * ldy + r0, m, _mm512_shuffle_f32x4(w[c], w[8 + c], 0x88));
+        if (c + 8 < nt)
+            _mm512_mask_storeu_ps(yrows ? yrows[tc + 8] + r0 : y + (tc + 8) * ldy + r0, m,
+                                  _mm512_shuffle_f32x4(w[c], w[8 + c], 0xDD));
+    }
+}
+#endif
 #endif

@@ -69,38 +69,6 @@ static const amx_tile_config q8_tiles = {.palette_id = 1,
 static _Thread_local uint8_t *tl_rows;
 static _Thread_local size_t tl_rows_cap;
 
-/* Rows r0 .. r0+nr-1 of the result: acc[i] holds row r0+i's value for each token (lane t).
- * The 16 x 16 block is transposed in registers (unpack, in-lane shuffle, two 128-bit lane
- * shuffles), so that each token's nr values go out in one masked store: stored one float at
- * a time, the results took a sixth of the Q4_K tile kernel's time at 16 tokens. */
-static void store_rows(const __m512 *acc, int nr, int64_t r0, int T, float *y, int64_t ldy, float *const *yrows) {
-    __m512 t[16], u[16], v[16];
-    for (int i = 0; i < 16; i += 2) {
-        t[i] = _mm512_unpacklo_ps(acc[i], acc[i + 1]); /* rows i, i+1 of columns 4k, 4k+1 */
-        t[i + 1] = _mm512_unpackhi_ps(acc[i], acc[i + 1]); /* ... of columns 4k+2, 4k+3 */
-    }
-    for (int i = 0; i < 16; i += 4) { /* u[i + c]: rows i..i+3 of columns 4k + c */
-        u[i] = _mm512_shuffle_ps(t[i], t[i + 2], 0x44);
-        u[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], 0xEE);
-        u[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0x44);
-        u[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
-    }
-    for (int h = 0; h < 16; h += 8) /* v[h + c]: rows h..h+7 of columns c, c+8; v[h + 4 + c]: of c+4, c+12 */
-        for (int c = 0; c < 4; c++) {
-            v[h + c] = _mm512_shuffle_f32x4(u[h + c], u[h + 4 + c], 0x88);
-            v[h + 4 + c] = _mm512_shuffle_f32x4(u[h + c], u[h + 4 + c], 0xDD);
-        }
-    const __mmask16 m = (__mmask16)((1u << nr) - 1);
-    for (int c = 0; c < 8 && c < T; c++) { /* columns c (from v[c], v[8+c] lanes 0, 2) and c + 8 (lanes 1, 3) */
-        __m512 col = _mm512_shuffle_f32x4(v[c], v[8 + c], 0x88);
-        _mm512_mask_storeu_ps(yrows ? yrows[c] + r0 : y + (int64_t)c * ldy + r0, m, col);
-        if (c + 8 < T) {
-            __m512 col8 = _mm512_shuffle_f32x4(v[c], v[8 + c], 0xDD);
-            _mm512_mask_storeu_ps(yrows ? yrows[c + 8] + r0 : y + (int64_t)(c + 8) * ldy + r0, m, col8);
-        }
-    }
-}
-
 /* acc[i] += (C[i] as f32) * dx * dw[i] for the 16 rows of one block. */
 static inline void scale_block(__m512 *acc, const int32_t *C, const uint8_t *base, size_t stride, int64_t off,
                                const float *dxp) {
@@ -174,7 +142,7 @@ void gemm_amxq8_rows(const qn_tensor *W, int64_t ra, int64_t rz, const uint8_t *
             _tile_stored(0, C0, 64);
             scale_block(acc, C0, base, rbytes, 34 * b, (const float *)(p + 512));
         }
-        store_rows(acc, nr, r0, T, y, ldy, yrows);
+        amx_store_block(acc, nr, r0, 0, T, y, ldy, yrows); /* acc[i]: row r0+i, lane t: token t */
     }
     _tile_release();
 }
@@ -314,7 +282,7 @@ void gemm_amxq4k_rows(const qn_tensor *W, int64_t ra, int64_t rz, const uint8_t 
                 acc[i] = _mm512_sub_ps(_mm512_fmadd_ps(t, dx, acc[i]), mn);
             }
         }
-        store_rows(acc, nr, r0, T, y, ldy, yrows);
+        amx_store_block(acc, nr, r0, 0, T, y, ldy, yrows); /* acc[i]: row r0+i, lane t: token t */
     }
     _tile_release();
 }
