@@ -306,13 +306,13 @@ static void test_matmul_multi(int wt) {
     }
 }
 
-/* The integer-tile products (gemm_amx_q8.c: Q8_0, and Q4_K against Q8_K activations)
+/* The integer-tile products (gemm_amx_q8.c: Q8_0, and Q4_K and Q6_K against Q8_K activations)
  * against the portable dot kernel on the same quantized activations: equal to float
  * rounding, for 1..16 tokens, a row count that is not a multiple of 16, an odd number of
  * blocks, a row map, and outputs through row pointers (as the experts write theirs). */
 static void test_amxi(int wt) {
     if (!gemm_amxq8_available()) return;
-    const int q8 = wt == QUANT_Q8_0;
+    const int q8 = wt == QUANT_Q8_0, q6 = wt == QUANT_Q6_K;
     const int64_t rows = 50, colss[2] = {512, q8 ? 2080 : 2304};
     const int Ts[5] = {1, 2, 5, 12, 16};
     const int at = dot_act_type(wt);
@@ -341,10 +341,10 @@ static void test_amxi(int wt) {
                     gemm_amxq8_pack(xq, ab, T, cols, pk);
                     gemm_amxq8_rows(&W, 0, 32, pk, T, y, rows, yr);
                     gemm_amxq8_rows(&W, 32, rows, pk, T, y, rows, yr);
-                } else {
+                } else { /* Q4_K and Q6_K share the packing of the Q8_K rows */
                     gemm_amxq4k_pack(xq, ab, T, cols, pk);
-                    gemm_amxq4k_rows(&W, 0, 32, pk, T, y, rows, yr);
-                    gemm_amxq4k_rows(&W, 32, rows, pk, T, y, rows, yr);
+                    (q6 ? gemm_amxq6k_rows : gemm_amxq4k_rows)(&W, 0, 32, pk, T, y, rows, yr);
+                    (q6 ? gemm_amxq6k_rows : gemm_amxq4k_rows)(&W, 32, rows, pk, T, y, rows, yr);
                 }
                 for (int t = 0; t < T; t++)
                     for (int64_t r = 0; r < rows; r++) {
@@ -381,6 +381,7 @@ int main(void) {
     test_actq();
     test_amxi(QUANT_Q8_0);
     test_amxi(QUANT_Q4_K);
+    test_amxi(QUANT_Q6_K);
     test_dotm(QUANT_Q8_0);
     test_dotm(QUANT_Q4_K);
     test_dotm(QUANT_Q5_K);

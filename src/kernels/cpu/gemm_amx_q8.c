@@ -287,6 +287,112 @@ void gemm_amxq4k_rows(const qn_tensor *W, int64_t ra, int64_t rz, const uint8_t 
     _tile_release();
 }
 
+/* ---------------------------------------------------------------- Q6_K */
+
+/* Q6_K super-block (256 values, 210 bytes): 128 bytes of low nibbles (ql), 64 of high bit
+ * pairs (qh), 16 int8 scales, f16 d. Value v is d * sc[v/16] * (q_v - 32). Against a Q8_K
+ * activation block the product is dx * d * sum_s sc[s] * ((q - 32)_s . x_s), s over the 16
+ * sub-blocks of 16. The codes minus 32 are signed bytes, so the tiles (s8 x s8) give each
+ * sub-block's integer sum with no offset term to correct; the activations are packed by
+ * gemm_amxq4k_pack, whose [64][16 tokens][4 bytes] array holds sub-block s's 4-row tile at
+ * 256 * s. */
+static const amx_tile_config q6_tiles = {.palette_id = 1,
+                                         .colsb = {64, 16, 64, 64, 16, 64},
+                                         .rows = {16, 16, 4, 16, 16, 4}};
+
+/* Row i's super-blocks: the codes minus 32 in A[super-block][i][256] (sub-block s at 16 s,
+ * so one tile load with a 256-byte stride takes it for 16 rows), d * sc in S[super-block][i]. */
+static void q6k_unpack_row(const uint8_t *row, int i, int64_t nsb, int8_t (*A)[16][256], float (*S)[16][16]) {
+    const __m512i m4 = _mm512_set1_epi8(0x0F), m3 = _mm512_set1_epi8(3), off = _mm512_set1_epi8(32);
+    /* qh bit pairs 0/1 for values 0..31 / 32..63 of a half, 4/6 for 64..95 / 96..127 */
+    const __m512i sh01 = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(2), 1);
+    const __m512i sh23 = _mm512_add_epi16(sh01, _mm512_set1_epi16(4));
+    for (int64_t b = 0; b < nsb; b++) {
+        const uint8_t *blk = row + 210 * b;
+        uint16_t hd;
+        memcpy(&hd, blk + 208, 2);
+        _mm512_store_ps(S[b][i], _mm512_mul_ps(_mm512_set1_ps(_cvtsh_ss(hd)),
+                                               _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(blk + 192))))));
+        for (int half = 0; half < 2; half++) {
+            const __m512i L = _mm512_loadu_si512((const void *)(blk + 64 * half));
+            const __m512i H = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(blk + 128 + 32 * half)));
+            const __m512i lo = _mm512_or_si512(_mm512_and_si512(L, m4),
+                                               _mm512_slli_epi16(_mm512_and_si512(_mm512_srlv_epi16(H, sh01), m3), 4));
+            const __m512i hi = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(L, 4), m4),
+                                               _mm512_slli_epi16(_mm512_and_si512(_mm512_srlv_epi16(H, sh23), m3), 4));
+            _mm512_store_si512((void *)(A[b][i] + 128 * half), _mm512_sub_epi8(lo, off));
+            _mm512_store_si512((void *)(A[b][i] + 128 * half + 64), _mm512_sub_epi8(hi, off));
+        }
+    }
+}
+
+static _Thread_local void *tl_q6k;
+static _Thread_local int64_t tl_q6k_nsb;
+
+void gemm_amxq6k_rows(const qn_tensor *W, int64_t ra, int64_t rz, const uint8_t *packed, int T, float *y,
+                      int64_t ldy, float *const *yrows) {
+    const int64_t nsb = W->cols / 256;
+    const size_t per_sb = 4096 + 1024; /* 16 rows x 256 codes, then S (16 x 16 floats) */
+    if (nsb > tl_q6k_nsb) {
+        free(tl_q6k);
+        tl_q6k = aligned_alloc(64, per_sb * nsb);
+        if (!tl_q6k) abort();
+        tl_q6k_nsb = nsb;
+    }
+    int8_t(*A)[16][256] = tl_q6k;
+    float(*S)[16][16] = (void *)((uint8_t *)tl_q6k + 4096 * nsb);
+    _tile_loadconfig(&q6_tiles);
+    int32_t C[16][256] __attribute__((aligned(64)));
+    for (int64_t r0 = ra; r0 < rz; r0 += 16) {
+        const int nr = rz - r0 < 16 ? (int)(rz - r0) : 16;
+        for (int i = 0; i < 16; i++) {
+            if (i < nr) {
+                q6k_unpack_row(qn_tensor_row(W, r0 + i), i, nsb, A, S);
+            } else { /* rows past the end: zero codes and zero scales */
+                for (int64_t b = 0; b < nsb; b++) {
+                    memset(A[b][i], 0, sizeof A[b][i]);
+                    memset(S[b][i], 0, sizeof S[b][i]);
+                }
+            }
+        }
+        __m512 acc[16];
+        for (int i = 0; i < 16; i++) acc[i] = _mm512_setzero_ps();
+        /* the next 16 rows into L2 while the tiles and the scaling run (as for Q4_K) */
+        const char *next = !W->row_map && r0 + 32 <= rz ? (const char *)qn_tensor_row(W, r0 + 16) : NULL;
+        const size_t pf_step = (16 * W->row_bytes / nsb + 63) & ~(size_t)63;
+        for (int64_t b = 0; b < nsb; b++) {
+            const uint8_t *p = packed + PACK_Q4K * b;
+            if (next)
+                for (size_t o = 0; o < pf_step; o += 64) _mm_prefetch(next + pf_step * b + o, _MM_HINT_T1);
+            for (int sb = 0; sb < 16; sb += 2) {
+                _tile_loadd(1, A[b][0] + 16 * sb, 256);
+                _tile_loadd(2, p + 256 * sb, 64);
+                _tile_loadd(4, A[b][0] + 16 * (sb + 1), 256);
+                _tile_loadd(5, p + 256 * (sb + 1), 64);
+                _tile_zero(0);
+                _tile_zero(3);
+                _tile_dpbssd(0, 1, 2);
+                _tile_dpbssd(3, 4, 5);
+                _tile_stored(0, C[sb], 64);
+                _tile_stored(3, C[sb + 1], 64);
+            }
+            const __m512 dx = _mm512_loadu_ps((const float *)(p + 4096));
+            for (int i = 0; i < 16; i++) {
+                const float *sv = S[b][i];
+                __m512 t0 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_load_si512(C[0] + 16 * i)), _mm512_set1_ps(sv[0]));
+                __m512 t1 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_load_si512(C[1] + 16 * i)), _mm512_set1_ps(sv[1]));
+                for (int s2 = 2; s2 < 16; s2 += 2) {
+                    t0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(C[s2] + 16 * i)), _mm512_set1_ps(sv[s2]), t0);
+                    t1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(C[s2 + 1] + 16 * i)), _mm512_set1_ps(sv[s2 + 1]), t1);
+                }
+                acc[i] = _mm512_fmadd_ps(_mm512_add_ps(t0, t1), dx, acc[i]);
+            }
+        }
+        amx_store_block(acc, nr, r0, 0, T, y, ldy, yrows); /* acc[i]: row r0+i, lane t: token t */
+    }
+    _tile_release();
+}
+
 #else
 
 int gemm_amxq8_available(void) { return 0; }
@@ -297,6 +403,8 @@ void gemm_amxq8_rows(const qn_tensor *W, int64_t ra, int64_t rz, const uint8_t *
 size_t gemm_amxq4k_packed_bytes(int64_t cols) { return 0; }
 void gemm_amxq4k_pack(const uint8_t *act, size_t astride, int T, int64_t cols, uint8_t *packed) {}
 void gemm_amxq4k_rows(const qn_tensor *W, int64_t ra, int64_t rz, const uint8_t *packed, int T, float *y,
+                      int64_t ldy, float *const *yrows) {}
+void gemm_amxq6k_rows(const qn_tensor *W, int64_t ra, int64_t rz, const uint8_t *packed, int T, float *y,
                       int64_t ldy, float *const *yrows) {}
 
 #endif

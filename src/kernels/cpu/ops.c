@@ -145,12 +145,14 @@ const char *op_kernel_name(void) {
 
 /* Integer tiles (gemm_amx_q8.c) for Q8_0 weights against 2..16 tokens, instead of the vector
  * kernels, whose cost grows with every token (a batched decode step gives each expert ~5
- * tokens), and for Q4_K weights against 9..16 (instead of the vector kernels, which take two
- * passes of 8 tokens from 9, or of widening to bf16 at 16). Below 9 tokens the Q4_K nibbles
- * cost more to unpack for the tiles than the vector kernels spend (an expert layer from
- * memory: at 5 tokens 6.9-7.1 against 4.7-6.2 ms, at 8 even, at 9-12 tiles 7.5-11.0 against
- * 9.7-15.1; PERF.md). QNEXT_AMXI_MIN sets the lower bound of both (an experiment switch; 17
- * turns them off). */
+ * tokens); for Q4_K weights against 9..16 and Q6_K against 10..16 (instead of the vector
+ * kernels, which take two passes of 8 tokens from 9, or of widening to bf16 at 16). Below
+ * that the K-quant codes cost more to unpack and their sub-block sums more to scale than
+ * the vector kernels spend; an expert layer from memory, tiles against vector kernels:
+ * Q4_K at 5 tokens 6.9-7.1 against 4.7-6.2 ms, at 8 even, at 9-12 7.5-11.0 against 9.7-15.1;
+ * Q6_K at 8 9.3-9.5 against 7.7-7.8, at 10 9.1-9.3 against 9.9-10.5, at 16 9.8-10.6 against
+ * 14.7-15.0 (PERF.md). QNEXT_AMXI_MIN sets the lower bound of all three (an experiment
+ * switch; 17 turns them off). */
 typedef struct {
     size_t (*packed_bytes)(int64_t cols);
     void (*pack)(const uint8_t *act, size_t astride, int T, int64_t cols, uint8_t *packed);
@@ -160,6 +162,7 @@ typedef struct {
 
 static const amxi_path amxi_q8_0 = {gemm_amxq8_packed_bytes, gemm_amxq8_pack, gemm_amxq8_rows};
 static const amxi_path amxi_q4_k = {gemm_amxq4k_packed_bytes, gemm_amxq4k_pack, gemm_amxq4k_rows};
+static const amxi_path amxi_q6_k = {gemm_amxq4k_packed_bytes, gemm_amxq4k_pack, gemm_amxq6k_rows}; /* same packing */
 
 static const amxi_path *use_amxi(const qn_tensor *W, int T) {
     static int lo = -1;
@@ -171,16 +174,14 @@ static const amxi_path *use_amxi(const qn_tensor *W, int T) {
     if (T > 16 || T < lo || !gemm_amxq8_available()) return NULL;
     if (W->dtype == QN_Q8_0 && W->cols % 32 == 0 && T >= 2) return &amxi_q8_0;
     if (W->dtype == QN_Q4_K && W->cols % 256 == 0 && T >= (lo ? lo : 9)) return &amxi_q4_k;
+    if (W->dtype == QN_Q6_K && W->cols % 256 == 0 && T >= (lo ? lo : 10)) return &amxi_q6_k;
     return NULL;
 }
 
-/* Tiles pay off from 16 tokens up; by default only for quantized weights (see gemm_amx.c).
- * Q6_K weights at exactly 16 tokens stay on the AVX-512 VNNI vector kernels (two passes of
- * 8 rows), which beat widening them to bf16 for the tiles there (an expert layer from
- * memory: 12.8-13.1 against 15.8-16.3 ms), but not at 24 (18.8-22.0 against 16.6-17.8;
- * PERF.md). Every CPU with AMX has AVX-512 VNNI. */
+/* bf16 tiles (gemm_amx.c) pay off from 16 tokens up, where no integer tiles take the product
+ * (above 16 tokens, or a type without them); by default only for quantized weights. */
 static int use_amx(const qn_tensor *W, int T) {
-    if (T < 16 || use_amxi(W, T) || (W->dtype == QN_Q6_K && T == 16)) return 0;
+    if (T < 16 || use_amxi(W, T)) return 0;
     int mode = gemm_amx_mode();
     int quantized = W->dtype != QN_F32 && W->dtype != QN_F16 && W->dtype != QN_BF16;
     return mode == 2 || (mode == 1 && quantized);
