@@ -1,4 +1,5 @@
-/* gemm_amx_q8.c - Q8_0 weights against a few Q8_0 activation rows on int8 AMX tiles.
+/* gemm_amx_q8.c - quantized weights against a few quantized activation rows on int8 AMX
+ * tiles: Q8_0 against Q8_0 rows, Q4_K and Q6_K against Q8_K rows.
  *
  * A batched decode step gives each routed expert only a handful of tokens (16 streams and
  * top-10 of 32 experts: ~5 each). The vector kernels then pay the integer products once per
@@ -16,14 +17,18 @@
  *
  * Per block the int32 tile result C[row][token] is scaled by the weight row's scale and the
  * token's scale and summed in f32, so the result equals the vector kernels' to float
- * rounding (the integer sums are exact in both). */
+ * rounding (the integer sums are exact in both).
+ *
+ * The K-quant kernels swap the operands (the activations first, C[token][row]; see the Q4_K
+ * section): their sub-blocks of 32 or 16 values each need a scale of their own, and that
+ * scaling is cheaper along a vector of 16 rows than along one of 16 tokens. */
 #include "kernels/cpu/gemm_amx.h"
 #include "kernels/cpu/quant.h"
 
 #include <stdlib.h>
 #include <string.h>
 
-#if defined(__x86_64__) && defined(__AMX_TILE__) && defined(__AMX_INT8__) && defined(__AVX512F__)
+#if defined(__x86_64__) && defined(__AMX_TILE__) && defined(__AMX_INT8__) && defined(__AVX512F__) && defined(__AVX512VBMI__)
 #include <immintrin.h>
 
 #define PACK_BLOCK 576 /* 512 bytes of tile + 16 float scales */
@@ -33,7 +38,7 @@ int gemm_amxq8_available(void) {
     if (ok < 0) {
         __builtin_cpu_init();
         /* gemm_amx_mode has asked Linux for the tile state (and honours QNEXT_AMX=0) */
-        ok = gemm_amx_mode() != 0 && __builtin_cpu_supports("amx-int8");
+        ok = gemm_amx_mode() != 0 && __builtin_cpu_supports("amx-int8") && __builtin_cpu_supports("avx512vbmi");
     }
     return ok;
 }
@@ -154,9 +159,22 @@ void gemm_amxq8_rows(const qn_tensor *W, int64_t ra, int64_t rz, const uint8_t *
  * low nibbles and 2c+1 in their high ones). A value is d*sc[j]*q - dmin*m[j]. Against a Q8_K
  * activation block (f32 scale dx, 256 int8, 16 sums of 16) the product is
  *   dx * (d * sum_j sc[j] * (q_j . x_j) - dmin * sum_j m[j] * sum(x_j)).
- * The tiles compute q_j . x_j (u8 x s8) for 16 rows and 16 tokens per sub-block; the nibbles
- * are unpacked to bytes first, 16 rows at a time. */
-#define PACK_Q4K 4672 /* 8 tiles of 512 bytes, dx[16], dx * sum(x_j) as [8][16] floats */
+ *
+ * The tiles compute q_j . x_j (s8 activations x u8 codes) per sub-block, the activations
+ * as the first operand (up to 16 token rows x 32 bytes) and the weights of 16 rows as the
+ * second, in the layout tiles want there ([4-byte group k4][row][4 bytes]), so that C is
+ * [token][row]. The sub-block scales then run along the vector (one vector of 16 rows'
+ * d*sc per sub-block), and scaling costs 8 conversions and 16 multiply-adds per token and
+ * super-block for all 16 rows. (With the weights as the first operand, C is [row][token]
+ * and the scales are per row: the same work per row whatever the number of tokens, which
+ * made the tiles slower than the vector kernels below 9 tokens; PERF.md.) The weights are
+ * transposed while unpacking: 32 bytes of nibbles of 16 rows are 16 x 8 dwords, turned to
+ * 8 x 16 (q4t_transpose), and one such dword row is a tile row of sub-blocks 2c (low
+ * nibbles) and 2c+1 (high nibbles).
+ *
+ * Packed activations per super-block: the 8 sub-blocks' A tiles [j][16 tokens][32 bytes]
+ * (tokens past T zero), then dx[16] and dx * sum(x_j) as [8][16] floats. */
+#define PACK_Q4K 4672
 
 size_t gemm_amxq4k_packed_bytes(int64_t cols) { return (size_t)(cols / 256) * PACK_Q4K; }
 
@@ -171,15 +189,14 @@ void gemm_amxq4k_pack(const uint8_t *act, size_t astride, int T, int64_t cols, u
             if (n < T) memcpy(&d, blk, 4);
             dx[n] = d;
             for (int j = 0; j < 8; j++) {
-                uint32_t *tile = (uint32_t *)(p + 512 * j);
                 if (n < T) {
-                    for (int k4 = 0; k4 < 8; k4++) memcpy(&tile[k4 * 16 + n], blk + 4 + 32 * j + 4 * k4, 4);
+                    memcpy(p + 512 * j + 32 * n, blk + 4 + 32 * j, 32);
                     int16_t s0, s1;
                     memcpy(&s0, blk + 260 + 4 * j, 2);
                     memcpy(&s1, blk + 262 + 4 * j, 2);
                     bsx[16 * j + n] = d * (float)(s0 + s1);
                 } else {
-                    for (int k4 = 0; k4 < 8; k4++) tile[k4 * 16 + n] = 0;
+                    memset(p + 512 * j + 32 * n, 0, 32);
                     bsx[16 * j + n] = 0;
                 }
             }
@@ -187,102 +204,157 @@ void gemm_amxq4k_pack(const uint8_t *act, size_t astride, int T, int64_t cols, u
     }
 }
 
-/* Row i's super-blocks, all of them: nibbles to bytes in A[super-block][sub-block][i], the
- * scale and min products in S/M[super-block][i][sub-block]. Row by row, so the weights are
- * read in memory order (the rows of a block of 16 are contiguous), which the hardware
- * prefetchers follow. */
-static void q4k_unpack_row(const uint8_t *row, int i, int64_t nsb, uint8_t (*A)[8][16][32], float (*S)[16][8],
-                           float (*M)[16][8]) {
-    const __m256i m4 = _mm256_set1_epi8(0x0F);
-    for (int64_t b = 0; b < nsb; b++) {
-        const uint8_t *blk = row + 144 * b;
-        uint16_t hd, hm;
-        memcpy(&hd, blk, 2);
-        memcpy(&hm, blk + 2, 2);
-        uint64_t sc, mn;
-        quant_k4_unpack(blk + 4, &sc, &mn);
-        _mm256_store_ps(S[b][i], _mm256_mul_ps(_mm256_set1_ps(_cvtsh_ss(hd)),
-                                               _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)sc)))));
-        _mm256_store_ps(M[b][i], _mm256_mul_ps(_mm256_set1_ps(_cvtsh_ss(hm)),
-                                               _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)mn)))));
-        for (int c = 0; c < 4; c++) {
-            __m256i v = _mm256_loadu_si256((const __m256i *)(blk + 16 + 32 * c));
-            _mm256_store_si256((__m256i *)A[b][2 * c][i], _mm256_and_si256(v, m4));
-            _mm256_store_si256((__m256i *)A[b][2 * c + 1][i], _mm256_and_si256(_mm256_srli_epi16(v, 4), m4));
-        }
+/* Tiles 0-3: C [token][row] (four in flight), 4-5: A, activations (T tokens x 32 bytes),
+ * 6-7: B, weights (8 rows x 64 bytes); one configuration per token count, as a tile
+ * product's time grows with its rows. */
+#define Q4T_CFG(m) {.palette_id = 1, .colsb = {64, 64, 64, 64, 32, 32, 64, 64}, .rows = {m, m, m, m, m, m, 8, 8}}
+static const amx_tile_config q4t_tiles[16] = {Q4T_CFG(1),  Q4T_CFG(2),  Q4T_CFG(3),  Q4T_CFG(4),  Q4T_CFG(5),  Q4T_CFG(6),
+                                              Q4T_CFG(7),  Q4T_CFG(8),  Q4T_CFG(9),  Q4T_CFG(10), Q4T_CFG(11), Q4T_CFG(12),
+                                              Q4T_CFG(13), Q4T_CFG(14), Q4T_CFG(15), Q4T_CFG(16)};
+
+/* 32 bytes at offset off of 16 rows, as 16 x 8 dwords, into 8 x 16: out[k] lane i = dword k
+ * of row i. Two rounds of unpacks and one of 128-bit shuffles; a_p holds rows (p, p+4) for
+ * p < 4 and (p+4, p+8) for p >= 4, so that the lanes come out as rows 0..15 in order. */
+static inline void q4t_transpose(const uint8_t *const *rp, size_t off, __m512i *out) {
+    static const int lo_row[8] = {0, 1, 2, 3, 8, 9, 10, 11};
+    __m512i a[8], t[8], u[8];
+    for (int p = 0; p < 8; p++) {
+        const int r = lo_row[p];
+        a[p] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(rp[r] + off))),
+                                  _mm256_loadu_si256((const __m256i *)(rp[r + 4] + off)), 1);
+    }
+    for (int p = 0; p < 8; p += 2) {
+        t[p] = _mm512_unpacklo_epi32(a[p], a[p + 1]);
+        t[p + 1] = _mm512_unpackhi_epi32(a[p], a[p + 1]);
+    }
+    for (int p = 0; p < 8; p += 4) { /* u[p + q]: dword q of each 128-bit lane, 4 rows */
+        u[p] = _mm512_unpacklo_epi64(t[p], t[p + 2]);
+        u[p + 1] = _mm512_unpackhi_epi64(t[p], t[p + 2]);
+        u[p + 2] = _mm512_unpacklo_epi64(t[p + 1], t[p + 3]);
+        u[p + 3] = _mm512_unpackhi_epi64(t[p + 1], t[p + 3]);
+    }
+    for (int q = 0; q < 4; q++) { /* dwords q and q + 4 of all 16 rows */
+        out[q] = _mm512_shuffle_i32x4(u[q], u[q + 4], 0x88);
+        out[q + 4] = _mm512_shuffle_i32x4(u[q], u[q + 4], 0xDD);
     }
 }
 
-static _Thread_local void *tl_q4k;
-static _Thread_local int64_t tl_q4k_nsb;
+/* A row of zero bytes (zero scales: zero products) standing in for rows past the end. */
+static _Thread_local uint8_t *tl_zero_row;
+static _Thread_local size_t tl_zero_cap;
+
+static const uint8_t *zero_row(size_t bytes) {
+    if (bytes > tl_zero_cap) {
+        free(tl_zero_row);
+        tl_zero_row = calloc(1, bytes);
+        if (!tl_zero_row) abort();
+        tl_zero_cap = bytes;
+    }
+    return tl_zero_row;
+}
+
+/* byte 16 j + i: byte 8 i + j of 16 rows' 8 scale bytes, that is [row][j] -> [j][row] */
+static const uint8_t q4t_ix[64] __attribute__((aligned(64))) = {0, 8, 16, 24, 32, 40, 48, 56, 64, 72, 80, 88, 96, 104, 112, 120, 1, 9, 17, 25, 33, 41, 49, 57, 65, 73, 81, 89, 97, 105, 113, 121, 2, 10, 18, 26, 34, 42, 50, 58, 66, 74, 82, 90, 98, 106, 114, 122, 3, 11, 19, 27, 35, 43, 51, 59, 67, 75, 83, 91, 99, 107, 115, 123};
+
+/* Super-block b of 16 rows (row pointers rp) into tile rows: Bw[j][k4][row][4] (the
+ * sub-blocks' codes), and the scale and min vectors S[j], M[j] (16 rows each). */
+static void q4t_unpack(const uint8_t *const *rp, int64_t b, uint8_t (*Bw)[8][64], __m512 *S, __m512 *M) {
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    for (int c = 0; c < 4; c++) {
+        __m512i k[8];
+        q4t_transpose(rp, 144 * b + 16 + 32 * c, k);
+        for (int q = 0; q < 8; q++) {
+            _mm512_store_si512((void *)Bw[2 * c][q], _mm512_and_si512(k[q], m4));
+            _mm512_store_si512((void *)Bw[2 * c + 1][q], _mm512_and_si512(_mm512_srli_epi16(k[q], 4), m4));
+        }
+    }
+    /* scales and mins: 8 bytes each per row, [row][j] -> [j][row] by one two-source byte
+     * permutation per four sub-blocks */
+    uint64_t sc[16], mn[16];
+    uint16_t hd[16], hm[16];
+    for (int i = 0; i < 16; i++) {
+        const uint8_t *blk = rp[i] + 144 * b;
+        memcpy(&hd[i], blk, 2);
+        memcpy(&hm[i], blk + 2, 2);
+        quant_k4_unpack(blk + 4, &sc[i], &mn[i]);
+    }
+    const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)hd)), dm = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)hm));
+    const __m512i ix0 = _mm512_load_si512(q4t_ix), ix1 = _mm512_add_epi8(ix0, _mm512_set1_epi8(4));
+    const __m512i s0 = _mm512_loadu_si512(sc), s1 = _mm512_loadu_si512(sc + 8);
+    const __m512i n0 = _mm512_loadu_si512(mn), n1 = _mm512_loadu_si512(mn + 8);
+    const __m512i st[2] = {_mm512_permutex2var_epi8(s0, ix0, s1), _mm512_permutex2var_epi8(s0, ix1, s1)};
+    const __m512i mt[2] = {_mm512_permutex2var_epi8(n0, ix0, n1), _mm512_permutex2var_epi8(n0, ix1, n1)};
+    for (int j = 0; j < 8; j++) {
+        __m128i sj, mj;
+        switch (j & 3) {
+        case 0: sj = _mm512_extracti32x4_epi32(st[j >> 2], 0); mj = _mm512_extracti32x4_epi32(mt[j >> 2], 0); break;
+        case 1: sj = _mm512_extracti32x4_epi32(st[j >> 2], 1); mj = _mm512_extracti32x4_epi32(mt[j >> 2], 1); break;
+        case 2: sj = _mm512_extracti32x4_epi32(st[j >> 2], 2); mj = _mm512_extracti32x4_epi32(mt[j >> 2], 2); break;
+        default: sj = _mm512_extracti32x4_epi32(st[j >> 2], 3); mj = _mm512_extracti32x4_epi32(mt[j >> 2], 3); break;
+        }
+        S[j] = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(sj)));
+        M[j] = _mm512_mul_ps(dm, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(mj)));
+    }
+}
 
 void gemm_amxq4k_rows(const qn_tensor *W, int64_t ra, int64_t rz, const uint8_t *packed, int T, float *y,
-                      int64_t ldy, float *const *yrows) {
+                       int64_t ldy, float *const *yrows) {
     const int64_t nsb = W->cols / 256;
-    /* per super-block: 8 x 512 bytes of unpacked nibbles, then S and M (16 x 8 floats each) */
-    const size_t per_sb = 4096 + 2 * 512;
-    if (nsb > tl_q4k_nsb) {
-        free(tl_q4k);
-        tl_q4k = aligned_alloc(64, per_sb * nsb);
-        if (!tl_q4k) abort();
-        tl_q4k_nsb = nsb;
-    }
-    uint8_t(*A)[8][16][32] = tl_q4k;
-    float(*S)[16][8] = (void *)((uint8_t *)tl_q4k + 4096 * nsb);
-    float(*M)[16][8] = (void *)((uint8_t *)tl_q4k + 4096 * nsb + 512 * nsb);
-    _tile_loadconfig(&q8_tiles);
+    const uint8_t *zero = zero_row(W->row_bytes);
+    _tile_loadconfig(&q4t_tiles[T - 1]);
+    uint8_t Bw[2][8][8][64] __attribute__((aligned(64)));
     int32_t C[8][256] __attribute__((aligned(64)));
     for (int64_t r0 = ra; r0 < rz; r0 += 16) {
         const int nr = rz - r0 < 16 ? (int)(rz - r0) : 16;
-        for (int i = 0; i < 16; i++) {
-            if (i < nr) {
-                q4k_unpack_row(qn_tensor_row(W, r0 + i), i, nsb, A, S, M);
-            } else { /* rows past the end: zero bytes and zero scales */
-                for (int64_t b = 0; b < nsb; b++) {
-                    for (int j = 0; j < 8; j++) memset(A[b][j][i], 0, 32);
-                    memset(S[b][i], 0, sizeof S[b][i]);
-                    memset(M[b][i], 0, sizeof M[b][i]);
-                }
-            }
-        }
+        const uint8_t *rp[16];
+        for (int i = 0; i < 16; i++) rp[i] = i < nr ? qn_tensor_row(W, r0 + i) : zero;
         __m512 acc[16];
-        for (int i = 0; i < 16; i++) acc[i] = _mm512_setzero_ps();
-        /* The unpacking above reads the weights in bursts, between which the tiles and the
-         * scaling read none; the next 16 rows (one contiguous region) are fetched into L2
-         * meanwhile, a slice per super-block (an expert layer at 16 tokens from memory:
-         * 8.8-10.1 -> 7.2-8.5 ms). */
+        for (int t = 0; t < 16; t++) acc[t] = _mm512_setzero_ps();
         const char *next = !W->row_map && r0 + 32 <= rz ? (const char *)qn_tensor_row(W, r0 + 16) : NULL;
         const size_t pf_step = (16 * W->row_bytes / nsb + 63) & ~(size_t)63;
+        __m512 S[2][8], M[2][8];
+        q4t_unpack(rp, 0, Bw[0], S[0], M[0]);
         for (int64_t b = 0; b < nsb; b++) {
             const uint8_t *p = packed + PACK_Q4K * b;
+            uint8_t(*B)[8][64] = Bw[b & 1];
             if (next)
                 for (size_t o = 0; o < pf_step; o += 64) _mm_prefetch(next + pf_step * b + o, _MM_HINT_T1);
-            for (int j = 0; j < 8; j += 2) {
-                _tile_loadd(1, A[b][j], 32);
-                _tile_loadd(2, p + 512 * j, 64);
-                _tile_loadd(4, A[b][j + 1], 32);
-                _tile_loadd(5, p + 512 * (j + 1), 64);
-                _tile_zero(0);
-                _tile_zero(3);
-                _tile_dpbusd(0, 1, 2);
-                _tile_dpbusd(3, 4, 5);
-                _tile_stored(0, C[j], 64);
-                _tile_stored(3, C[j + 1], 64);
-            }
-            const float *dxp = (const float *)(p + 4096), *bsx = dxp + 16;
-            const __m512 dx = _mm512_loadu_ps(dxp);
-            for (int i = 0; i < 16; i++) {
-                const float *sv = S[b][i], *mv = M[b][i];
-                __m512 t = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_load_si512(C[0] + 16 * i)), _mm512_set1_ps(sv[0]));
-                __m512 mn = _mm512_mul_ps(_mm512_loadu_ps(bsx), _mm512_set1_ps(mv[0]));
+            /* sub-block j: A tile 4 + j%2, B tile 6 + j%2, C tile j%4, stored two products later */
+#define Q4T_STEP(j, tc, ta, tb) \
+    _tile_loadd(ta, p + 512 * (j), 32); \
+    _tile_loadd(tb, B[j], 64); \
+    _tile_zero(tc); \
+    _tile_dpbsud(tc, ta, tb);
+            Q4T_STEP(0, 0, 4, 6) Q4T_STEP(1, 1, 5, 7) Q4T_STEP(2, 2, 4, 6) Q4T_STEP(3, 3, 5, 7)
+            _tile_stored(0, C[0], 64);
+            Q4T_STEP(4, 0, 4, 6)
+            _tile_stored(1, C[1], 64);
+            Q4T_STEP(5, 1, 5, 7)
+            _tile_stored(2, C[2], 64);
+            Q4T_STEP(6, 2, 4, 6)
+            _tile_stored(3, C[3], 64);
+            Q4T_STEP(7, 3, 5, 7)
+#undef Q4T_STEP
+            /* the next super-block's unpacking overlaps the products in flight */
+            if (b + 1 < nsb) q4t_unpack(rp, b + 1, Bw[(b + 1) & 1], S[(b + 1) & 1], M[(b + 1) & 1]);
+            _tile_stored(0, C[4], 64);
+            _tile_stored(1, C[5], 64);
+            _tile_stored(2, C[6], 64);
+            _tile_stored(3, C[7], 64);
+            const __m512 *Sb = S[b & 1], *Mb = M[b & 1];
+            const float *dx = (const float *)(p + 4096), *bsx = dx + 16;
+            for (int t = 0; t < T; t++) {
+                __m512 sv = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_load_si512(C[0] + 16 * t)), Sb[0]);
+                __m512 m = _mm512_mul_ps(_mm512_set1_ps(bsx[t]), Mb[0]);
                 for (int j = 1; j < 8; j++) {
-                    t = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(C[j] + 16 * i)), _mm512_set1_ps(sv[j]), t);
-                    mn = _mm512_fmadd_ps(_mm512_loadu_ps(bsx + 16 * j), _mm512_set1_ps(mv[j]), mn);
+                    sv = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(C[j] + 16 * t)), Sb[j], sv);
+                    m = _mm512_fmadd_ps(_mm512_set1_ps(bsx[16 * j + t]), Mb[j], m);
                 }
-                acc[i] = _mm512_sub_ps(_mm512_fmadd_ps(t, dx, acc[i]), mn);
+                acc[t] = _mm512_sub_ps(_mm512_fmadd_ps(sv, _mm512_set1_ps(dx[t]), acc[t]), m);
             }
         }
-        amx_store_block(acc, nr, r0, 0, T, y, ldy, yrows); /* acc[i]: row r0+i, lane t: token t */
+        const __mmask16 mk = (__mmask16)((1u << nr) - 1);
+        for (int t = 0; t < T; t++) _mm512_mask_storeu_ps(yrows ? yrows[t] + r0 : y + (int64_t)t * ldy + r0, mk, acc[t]);
     }
     _tile_release();
 }
@@ -293,102 +365,141 @@ void gemm_amxq4k_rows(const qn_tensor *W, int64_t ra, int64_t rz, const uint8_t 
  * pairs (qh), 16 int8 scales, f16 d. Value v is d * sc[v/16] * (q_v - 32). Against a Q8_K
  * activation block the product is dx * d * sum_s sc[s] * ((q - 32)_s . x_s), s over the 16
  * sub-blocks of 16. The codes minus 32 are signed bytes, so the tiles (s8 x s8) give each
- * sub-block's integer sum with no offset term to correct; the activations are packed by
- * gemm_amxq4k_pack, whose [64][16 tokens][4 bytes] array holds sub-block s's 4-row tile at
- * 256 * s. */
-static const amx_tile_config q6_tiles = {.palette_id = 1,
-                                         .colsb = {64, 16, 64, 64, 16, 64},
-                                         .rows = {16, 16, 4, 16, 16, 4}};
+ * sub-block's integer sum with no offset term to correct. As for Q4_K the activations are
+ * the first operand (gemm_amxq4k_pack: sub-block s of 16 values is half of a 32-byte tile
+ * row, loaded with a 32-byte stride) and the weights the second, transposed while
+ * unpacking: of each half of the super-block, ql bytes 0-31, 32-63 and qh bytes 0-31 of 16
+ * rows are each 16 x 8 dwords; dword k of the three gives four 4-value groups of codes, at
+ * values 32 g + 4 k (g = 0..3) of the half, that is row k % 4 of sub-block 2 g + k / 4. */
+#define Q6T_CFG(m) {.palette_id = 1, .colsb = {64, 64, 64, 64, 16, 16, 64, 64}, .rows = {m, m, m, m, m, m, 4, 4}}
+static const amx_tile_config q6t_tiles[16] = {Q6T_CFG(1),  Q6T_CFG(2),  Q6T_CFG(3),  Q6T_CFG(4),  Q6T_CFG(5),  Q6T_CFG(6),
+                                              Q6T_CFG(7),  Q6T_CFG(8),  Q6T_CFG(9),  Q6T_CFG(10), Q6T_CFG(11), Q6T_CFG(12),
+                                              Q6T_CFG(13), Q6T_CFG(14), Q6T_CFG(15), Q6T_CFG(16)};
 
-/* Row i's super-blocks: the codes minus 32 in A[super-block][i][256] (sub-block s at 16 s,
- * so one tile load with a 256-byte stride takes it for 16 rows), d * sc in S[super-block][i]. */
-static void q6k_unpack_row(const uint8_t *row, int i, int64_t nsb, int8_t (*A)[16][256], float (*S)[16][16]) {
+/* byte 8 s + i: byte 16 i + s of 8 rows' 16 scale bytes (rows 0-3 in the first source, 4-7
+ * in the second), for s < 8; the same + 8 gives s = 8..15 */
+static const uint8_t q6t_ix_a[64] __attribute__((aligned(64))) = {
+    0, 16, 32, 48, 64, 80, 96, 112, 1, 17, 33, 49, 65, 81, 97, 113, 2, 18, 34, 50, 66, 82, 98, 114,
+    3, 19, 35, 51, 67, 83, 99, 115, 4, 20, 36, 52, 68, 84, 100, 116, 5, 21, 37, 53, 69, 85, 101, 117,
+    6, 22, 38, 54, 70, 86, 102, 118, 7, 23, 39, 55, 71, 87, 103, 119};
+/* byte 16 s + i: rows i < 8 from byte 8 s + i of the first source, rows i >= 8 from byte
+ * 8 s + i - 8 of the second (64 + ...), for s < 4; the same + 32 gives s = 4..7 */
+static const uint8_t q6t_ix_b[64] __attribute__((aligned(64))) = {
+    0, 1, 2, 3, 4, 5, 6, 7, 64, 65, 66, 67, 68, 69, 70, 71, 8, 9, 10, 11, 12, 13, 14, 15,
+    72, 73, 74, 75, 76, 77, 78, 79, 16, 17, 18, 19, 20, 21, 22, 23, 80, 81, 82, 83, 84, 85, 86, 87,
+    24, 25, 26, 27, 28, 29, 30, 31, 88, 89, 90, 91, 92, 93, 94, 95};
+
+/* Super-block b of 16 rows into tile rows Bw[s][k4][row][4] (codes minus 32) and the scale
+ * vectors S[s] (16 rows' d * sc[s]). */
+static void q6t_unpack(const uint8_t *const *rp, int64_t b, uint8_t (*Bw)[4][64], __m512 *S) {
     const __m512i m4 = _mm512_set1_epi8(0x0F), m3 = _mm512_set1_epi8(3), off = _mm512_set1_epi8(32);
-    /* qh bit pairs 0/1 for values 0..31 / 32..63 of a half, 4/6 for 64..95 / 96..127 */
-    const __m512i sh01 = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(2), 1);
-    const __m512i sh23 = _mm512_add_epi16(sh01, _mm512_set1_epi16(4));
-    for (int64_t b = 0; b < nsb; b++) {
-        const uint8_t *blk = row + 210 * b;
-        uint16_t hd;
-        memcpy(&hd, blk + 208, 2);
-        _mm512_store_ps(S[b][i], _mm512_mul_ps(_mm512_set1_ps(_cvtsh_ss(hd)),
-                                               _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(blk + 192))))));
-        for (int half = 0; half < 2; half++) {
-            const __m512i L = _mm512_loadu_si512((const void *)(blk + 64 * half));
-            const __m512i H = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(blk + 128 + 32 * half)));
-            const __m512i lo = _mm512_or_si512(_mm512_and_si512(L, m4),
-                                               _mm512_slli_epi16(_mm512_and_si512(_mm512_srlv_epi16(H, sh01), m3), 4));
-            const __m512i hi = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(L, 4), m4),
-                                               _mm512_slli_epi16(_mm512_and_si512(_mm512_srlv_epi16(H, sh23), m3), 4));
-            _mm512_store_si512((void *)(A[b][i] + 128 * half), _mm512_sub_epi8(lo, off));
-            _mm512_store_si512((void *)(A[b][i] + 128 * half + 64), _mm512_sub_epi8(hi, off));
+    for (int h = 0; h < 2; h++) {
+        __m512i ta[8], tb[8], th[8];
+        q4t_transpose(rp, 210 * b + 64 * h, ta);
+        q4t_transpose(rp, 210 * b + 64 * h + 32, tb);
+        q4t_transpose(rp, 210 * b + 128 + 32 * h, th);
+        for (int k = 0; k < 8; k++) {
+            const __m512i A = ta[k], B = tb[k], H = th[k];
+            const __m512i q0 = _mm512_or_si512(_mm512_and_si512(A, m4), _mm512_slli_epi16(_mm512_and_si512(H, m3), 4));
+            const __m512i q1 = _mm512_or_si512(_mm512_and_si512(B, m4),
+                                               _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(H, 2), m3), 4));
+            const __m512i q2 = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(A, 4), m4),
+                                               _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(H, 4), m3), 4));
+            const __m512i q3 = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(B, 4), m4),
+                                               _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(H, 6), m3), 4));
+            const int s = 8 * h + k / 4, r = k % 4;
+            _mm512_store_si512((void *)Bw[s][r], _mm512_sub_epi8(q0, off));
+            _mm512_store_si512((void *)Bw[s + 2][r], _mm512_sub_epi8(q1, off));
+            _mm512_store_si512((void *)Bw[s + 4][r], _mm512_sub_epi8(q2, off));
+            _mm512_store_si512((void *)Bw[s + 6][r], _mm512_sub_epi8(q3, off));
         }
     }
+    /* the 16 x 16 scale bytes [row][s] -> [s][row], two rounds of two-source byte permutes */
+    uint8_t sc[256] __attribute__((aligned(64)));
+    uint16_t hd[16];
+    for (int i = 0; i < 16; i++) {
+        memcpy(sc + 16 * i, rp[i] + 210 * b + 192, 16);
+        memcpy(&hd[i], rp[i] + 210 * b + 208, 2);
+    }
+    const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)hd));
+    const __m512i ia = _mm512_load_si512(q6t_ix_a), ia8 = _mm512_add_epi8(ia, _mm512_set1_epi8(8));
+    const __m512i ib = _mm512_load_si512(q6t_ix_b), ib32 = _mm512_add_epi8(ib, _mm512_set1_epi8(32));
+    const __m512i r0 = _mm512_load_si512(sc), r1 = _mm512_load_si512(sc + 64), r2 = _mm512_load_si512(sc + 128),
+                  r3 = _mm512_load_si512(sc + 192);
+    const __m512i x0 = _mm512_permutex2var_epi8(r0, ia, r1), x1 = _mm512_permutex2var_epi8(r0, ia8, r1); /* rows 0-7 */
+    const __m512i y0 = _mm512_permutex2var_epi8(r2, ia, r3), y1 = _mm512_permutex2var_epi8(r2, ia8, r3); /* rows 8-15 */
+    const __m512i z[4] = {_mm512_permutex2var_epi8(x0, ib, y0), _mm512_permutex2var_epi8(x0, ib32, y0),
+                          _mm512_permutex2var_epi8(x1, ib, y1), _mm512_permutex2var_epi8(x1, ib32, y1)};
+    for (int q = 0; q < 4; q++) {
+        S[4 * q] = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm512_extracti32x4_epi32(z[q], 0))));
+        S[4 * q + 1] = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm512_extracti32x4_epi32(z[q], 1))));
+        S[4 * q + 2] = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm512_extracti32x4_epi32(z[q], 2))));
+        S[4 * q + 3] = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm512_extracti32x4_epi32(z[q], 3))));
+    }
 }
-
-static _Thread_local void *tl_q6k;
-static _Thread_local int64_t tl_q6k_nsb;
 
 void gemm_amxq6k_rows(const qn_tensor *W, int64_t ra, int64_t rz, const uint8_t *packed, int T, float *y,
                       int64_t ldy, float *const *yrows) {
     const int64_t nsb = W->cols / 256;
-    const size_t per_sb = 4096 + 1024; /* 16 rows x 256 codes, then S (16 x 16 floats) */
-    if (nsb > tl_q6k_nsb) {
-        free(tl_q6k);
-        tl_q6k = aligned_alloc(64, per_sb * nsb);
-        if (!tl_q6k) abort();
-        tl_q6k_nsb = nsb;
-    }
-    int8_t(*A)[16][256] = tl_q6k;
-    float(*S)[16][16] = (void *)((uint8_t *)tl_q6k + 4096 * nsb);
-    _tile_loadconfig(&q6_tiles);
+    const uint8_t *zero = zero_row(W->row_bytes);
+    _tile_loadconfig(&q6t_tiles[T - 1]);
+    uint8_t Bw[2][16][4][64] __attribute__((aligned(64)));
     int32_t C[16][256] __attribute__((aligned(64)));
+    __m512 S[2][16];
     for (int64_t r0 = ra; r0 < rz; r0 += 16) {
         const int nr = rz - r0 < 16 ? (int)(rz - r0) : 16;
-        for (int i = 0; i < 16; i++) {
-            if (i < nr) {
-                q6k_unpack_row(qn_tensor_row(W, r0 + i), i, nsb, A, S);
-            } else { /* rows past the end: zero codes and zero scales */
-                for (int64_t b = 0; b < nsb; b++) {
-                    memset(A[b][i], 0, sizeof A[b][i]);
-                    memset(S[b][i], 0, sizeof S[b][i]);
-                }
-            }
-        }
+        const uint8_t *rp[16];
+        for (int i = 0; i < 16; i++) rp[i] = i < nr ? qn_tensor_row(W, r0 + i) : zero;
         __m512 acc[16];
-        for (int i = 0; i < 16; i++) acc[i] = _mm512_setzero_ps();
-        /* the next 16 rows into L2 while the tiles and the scaling run (as for Q4_K) */
+        for (int t = 0; t < 16; t++) acc[t] = _mm512_setzero_ps();
         const char *next = !W->row_map && r0 + 32 <= rz ? (const char *)qn_tensor_row(W, r0 + 16) : NULL;
         const size_t pf_step = (16 * W->row_bytes / nsb + 63) & ~(size_t)63;
+        q6t_unpack(rp, 0, Bw[0], S[0]);
         for (int64_t b = 0; b < nsb; b++) {
             const uint8_t *p = packed + PACK_Q4K * b;
+            uint8_t(*B)[4][64] = Bw[b & 1];
             if (next)
                 for (size_t o = 0; o < pf_step; o += 64) _mm_prefetch(next + pf_step * b + o, _MM_HINT_T1);
-            for (int sb = 0; sb < 16; sb += 2) {
-                _tile_loadd(1, A[b][0] + 16 * sb, 256);
-                _tile_loadd(2, p + 256 * sb, 64);
-                _tile_loadd(4, A[b][0] + 16 * (sb + 1), 256);
-                _tile_loadd(5, p + 256 * (sb + 1), 64);
-                _tile_zero(0);
-                _tile_zero(3);
-                _tile_dpbssd(0, 1, 2);
-                _tile_dpbssd(3, 4, 5);
-                _tile_stored(0, C[sb], 64);
-                _tile_stored(3, C[sb + 1], 64);
-            }
-            const __m512 dx = _mm512_loadu_ps((const float *)(p + 4096));
-            for (int i = 0; i < 16; i++) {
-                const float *sv = S[b][i];
-                __m512 t0 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_load_si512(C[0] + 16 * i)), _mm512_set1_ps(sv[0]));
-                __m512 t1 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_load_si512(C[1] + 16 * i)), _mm512_set1_ps(sv[1]));
-                for (int s2 = 2; s2 < 16; s2 += 2) {
-                    t0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(C[s2] + 16 * i)), _mm512_set1_ps(sv[s2]), t0);
-                    t1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(C[s2 + 1] + 16 * i)), _mm512_set1_ps(sv[s2 + 1]), t1);
+            /* sub-block s: A tile 4 + s%2 (half a 32-byte row of the packed activations),
+             * B tile 6 + s%2, C tile s%4, stored two products later */
+#define Q6T_STEP(s, tc, ta, tb) \
+    _tile_loadd(ta, p + 512 * ((s) / 2) + 16 * ((s) % 2), 32); \
+    _tile_loadd(tb, B[s], 64); \
+    _tile_zero(tc); \
+    _tile_dpbssd(tc, ta, tb);
+            Q6T_STEP(0, 0, 4, 6) Q6T_STEP(1, 1, 5, 7) Q6T_STEP(2, 2, 4, 6) Q6T_STEP(3, 3, 5, 7)
+            _tile_stored(0, C[0], 64); Q6T_STEP(4, 0, 4, 6)
+            _tile_stored(1, C[1], 64); Q6T_STEP(5, 1, 5, 7)
+            _tile_stored(2, C[2], 64); Q6T_STEP(6, 2, 4, 6)
+            _tile_stored(3, C[3], 64); Q6T_STEP(7, 3, 5, 7)
+            _tile_stored(0, C[4], 64); Q6T_STEP(8, 0, 4, 6)
+            _tile_stored(1, C[5], 64); Q6T_STEP(9, 1, 5, 7)
+            _tile_stored(2, C[6], 64); Q6T_STEP(10, 2, 4, 6)
+            _tile_stored(3, C[7], 64); Q6T_STEP(11, 3, 5, 7)
+            _tile_stored(0, C[8], 64); Q6T_STEP(12, 0, 4, 6)
+            _tile_stored(1, C[9], 64); Q6T_STEP(13, 1, 5, 7)
+            _tile_stored(2, C[10], 64); Q6T_STEP(14, 2, 4, 6)
+            _tile_stored(3, C[11], 64); Q6T_STEP(15, 3, 5, 7)
+#undef Q6T_STEP
+            if (b + 1 < nsb) q6t_unpack(rp, b + 1, Bw[(b + 1) & 1], S[(b + 1) & 1]);
+            _tile_stored(0, C[12], 64);
+            _tile_stored(1, C[13], 64);
+            _tile_stored(2, C[14], 64);
+            _tile_stored(3, C[15], 64);
+            const __m512 *Sb = S[b & 1];
+            const float *dx = (const float *)(p + 4096);
+            for (int t = 0; t < T; t++) {
+                __m512 s0 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_load_si512(C[0] + 16 * t)), Sb[0]);
+                __m512 s1 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_load_si512(C[1] + 16 * t)), Sb[1]);
+                for (int sb = 2; sb < 16; sb += 2) {
+                    s0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(C[sb] + 16 * t)), Sb[sb], s0);
+                    s1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(C[sb + 1] + 16 * t)), Sb[sb + 1], s1);
                 }
-                acc[i] = _mm512_fmadd_ps(_mm512_add_ps(t0, t1), dx, acc[i]);
+                acc[t] = _mm512_fmadd_ps(_mm512_add_ps(s0, s1), _mm512_set1_ps(dx[t]), acc[t]);
             }
         }
-        amx_store_block(acc, nr, r0, 0, T, y, ldy, yrows); /* acc[i]: row r0+i, lane t: token t */
+        const __mmask16 mk = (__mmask16)((1u << nr) - 1);
+        for (int t = 0; t < T; t++) _mm512_mask_storeu_ps(yrows ? yrows[t] + r0 : y + (int64_t)t * ldy + r0, mk, acc[t]);
     }
     _tile_release();
 }

@@ -145,14 +145,13 @@ const char *op_kernel_name(void) {
 
 /* Integer tiles (gemm_amx_q8.c) for Q8_0 weights against 2..16 tokens, instead of the vector
  * kernels, whose cost grows with every token (a batched decode step gives each expert ~5
- * tokens); for Q4_K weights against 9..16 and Q6_K against 10..16 (instead of the vector
- * kernels, which take two passes of 8 tokens from 9, or of widening to bf16 at 16). Below
- * that the K-quant codes cost more to unpack and their sub-block sums more to scale than
- * the vector kernels spend; an expert layer from memory, tiles against vector kernels:
- * Q4_K at 5 tokens 6.9-7.1 against 4.7-6.2 ms, at 8 even, at 9-12 7.5-11.0 against 9.7-15.1;
- * Q6_K at 8 9.3-9.5 against 7.7-7.8, at 10 9.1-9.3 against 9.9-10.5, at 16 9.8-10.6 against
- * 14.7-15.0 (PERF.md). QNEXT_AMXI_MIN sets the lower bound of all three (an experiment
- * switch; 17 turns them off). */
+ * tokens); for Q4_K weights against 5..16 and Q6_K against 9..16 (instead of the vector
+ * kernels, or of widening to bf16 at 16). Below that the K-quant codes cost more to unpack
+ * and transpose than the vector kernels spend on the products. An expert layer from memory,
+ * tiles against vector kernels (medians, ms; PERF.md): Q4_K at 4 tokens 6.2 / 5.2, at 5
+ * 4.6 / 5.4 and 6.9 / 6.2 (two runs), at 6 5.5 / 6.4, at 16 7.5 / 17.2; Q6_K at 7 7.8 / 6.9,
+ * at 8 even, at 10 7.8 / 9.8, at 16 9.8 / 17.9. QNEXT_AMXI_MIN sets the lower bound of all
+ * three (an experiment switch; 17 turns them off). */
 typedef struct {
     size_t (*packed_bytes)(int64_t cols);
     void (*pack)(const uint8_t *act, size_t astride, int T, int64_t cols, uint8_t *packed);
@@ -173,8 +172,8 @@ static const amxi_path *use_amxi(const qn_tensor *W, int T) {
     }
     if (T > 16 || T < lo || !gemm_amxq8_available()) return NULL;
     if (W->dtype == QN_Q8_0 && W->cols % 32 == 0 && T >= 2) return &amxi_q8_0;
-    if (W->dtype == QN_Q4_K && W->cols % 256 == 0 && T >= (lo ? lo : 9)) return &amxi_q4_k;
-    if (W->dtype == QN_Q6_K && W->cols % 256 == 0 && T >= (lo ? lo : 10)) return &amxi_q6_k;
+    if (W->dtype == QN_Q4_K && W->cols % 256 == 0 && T >= (lo ? lo : 5)) return &amxi_q4_k;
+    if (W->dtype == QN_Q6_K && W->cols % 256 == 0 && T >= (lo ? lo : 9)) return &amxi_q6_k;
     return NULL;
 }
 
