@@ -458,6 +458,7 @@ void gemm_amxq6k_rows(const qn_tensor *W, int64_t ra, int64_t rz, const uint8_t 
         for (int i = 0; i < 16; i++) rp[i] = i < nr ? qn_tensor_row(W, r0 + i) : zero;
         __m512 acc[16];
         for (int t = 0; t < 16; t++) acc[t] = _mm512_setzero_ps();
+        /* the next 16 rows into L2 while the products and the scaling run, as for Q4_K */
         const char *next = !W->row_map && r0 + 32 <= rz ? (const char *)qn_tensor_row(W, r0 + 16) : NULL;
         const size_t pf_step = (16 * W->row_bytes / nsb + 63) & ~(size_t)63;
         q6t_unpack(rp, 0, Bw[0], S[0]);
