@@ -13,6 +13,7 @@
 
 #include "kernels/cpu/attn.h"
 #include "kernels/cpu/ops.h"
+#include "kernels/cpu/quant.h"
 #include "model.h"
 
 #define GDN_CHUNK 64
@@ -313,14 +314,10 @@ static void gdn_block(qnext_session *s, qn_seq *seqs, int n_seqs, int il, int T)
 
 /* ---------------------------------------------------------------- gated attention */
 
-/* D values as bf16 (round to nearest even) into every step-th 16-bit word from o: step 1
- * for a row, 2 for one key of a bf16 value pair (attn.h). */
+/* D values as bf16 (quant.c's rounding: to nearest even, NaN kept NaN) into every step-th
+ * 16-bit word from o: step 1 for a row, 2 for one key of a bf16 value pair (attn.h). */
 static void kv_put_bf16(uint16_t *o, int step, const float *x, int D) {
-    for (int i = 0; i < D; i++) {
-        uint32_t u;
-        memcpy(&u, &x[i], 4);
-        o[step * i] = (uint16_t)((u + 0x7FFF + ((u >> 16) & 1)) >> 16);
-    }
+    for (int i = 0; i < D; i++) o[step * i] = quant_f32_to_bf16(x[i]);
 }
 
 /* D bf16 values from every step-th word from h into buf as f32 (kv_put_bf16's reverse). */
