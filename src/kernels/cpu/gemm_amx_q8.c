@@ -284,21 +284,18 @@ static void q4t_unpack(const uint8_t *const *rp, int64_t b, uint8_t (*Bw)[8][64]
     const __m512i n0 = _mm512_loadu_si512(mn), n1 = _mm512_loadu_si512(mn + 8);
     const __m512i st[2] = {_mm512_permutex2var_epi8(s0, ix0, s1), _mm512_permutex2var_epi8(s0, ix1, s1)};
     const __m512i mt[2] = {_mm512_permutex2var_epi8(n0, ix0, n1), _mm512_permutex2var_epi8(n0, ix1, n1)};
-    for (int j = 0; j < 8; j++) {
-        __m128i sj, mj;
-        switch (j & 3) {
-        case 0: sj = _mm512_extracti32x4_epi32(st[j >> 2], 0); mj = _mm512_extracti32x4_epi32(mt[j >> 2], 0); break;
-        case 1: sj = _mm512_extracti32x4_epi32(st[j >> 2], 1); mj = _mm512_extracti32x4_epi32(mt[j >> 2], 1); break;
-        case 2: sj = _mm512_extracti32x4_epi32(st[j >> 2], 2); mj = _mm512_extracti32x4_epi32(mt[j >> 2], 2); break;
-        default: sj = _mm512_extracti32x4_epi32(st[j >> 2], 3); mj = _mm512_extracti32x4_epi32(mt[j >> 2], 3); break;
-        }
-        S[j] = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(sj)));
-        M[j] = _mm512_mul_ps(dm, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(mj)));
+    /* sub-block 4 q + l is 128-bit lane l of st[q] / mt[q] (the lane must be a constant) */
+#define Q4T_SM(q, l) \
+    S[4 * (q) + (l)] = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32(st[q], l)))); \
+    M[4 * (q) + (l)] = _mm512_mul_ps(dm, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32(mt[q], l))));
+    for (int q = 0; q < 2; q++) {
+        Q4T_SM(q, 0) Q4T_SM(q, 1) Q4T_SM(q, 2) Q4T_SM(q, 3)
     }
+#undef Q4T_SM
 }
 
 void gemm_amxq4k_rows(const qn_tensor *W, int64_t ra, int64_t rz, const uint8_t *packed, int T, float *y,
-                       int64_t ldy, float *const *yrows) {
+                      int64_t ldy, float *const *yrows) {
     const int64_t nsb = W->cols / 256;
     const uint8_t *zero = zero_row(W->row_bytes);
     _tile_loadconfig(&q4t_tiles[T - 1]);
