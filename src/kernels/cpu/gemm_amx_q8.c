@@ -253,6 +253,20 @@ static const uint8_t *zero_row(size_t bytes) {
     return tl_zero_row;
 }
 
+/* The K-quant kernels' block of 16 rows from r0: row pointers (rows past rz read the zero
+ * row), and the number of real rows. */
+static inline int kq_block_rows(const qn_tensor *W, int64_t r0, int64_t rz, const uint8_t *zero, const uint8_t **rp) {
+    const int nr = rz - r0 < 16 ? (int)(rz - r0) : 16;
+    for (int i = 0; i < 16; i++) rp[i] = i < nr ? qn_tensor_row(W, r0 + i) : zero;
+    return nr;
+}
+
+/* acc[t]: the block's rows r0..r0+nr-1 for token t, one masked store per token. */
+static inline void kq_store(const __m512 *acc, int nr, int64_t r0, int T, float *y, int64_t ldy, float *const *yrows) {
+    const __mmask16 mk = (__mmask16)((1u << nr) - 1);
+    for (int t = 0; t < T; t++) _mm512_mask_storeu_ps(yrows ? yrows[t] + r0 : y + (int64_t)t * ldy + r0, mk, acc[t]);
+}
+
 /* byte 16 j + i: byte 8 i + j of 16 rows' 8 scale bytes, that is [row][j] -> [j][row] */
 static const uint8_t q4t_ix[64] __attribute__((aligned(64))) = {0, 8, 16, 24, 32, 40, 48, 56, 64, 72, 80, 88, 96, 104, 112, 120, 1, 9, 17, 25, 33, 41, 49, 57, 65, 73, 81, 89, 97, 105, 113, 121, 2, 10, 18, 26, 34, 42, 50, 58, 66, 74, 82, 90, 98, 106, 114, 122, 3, 11, 19, 27, 35, 43, 51, 59, 67, 75, 83, 91, 99, 107, 115, 123};
 
@@ -302,16 +316,17 @@ void gemm_amxq4k_rows(const qn_tensor *W, int64_t ra, int64_t rz, const uint8_t 
     uint8_t Bw[2][8][8][64] __attribute__((aligned(64)));
     int32_t C[8][256] __attribute__((aligned(64)));
     for (int64_t r0 = ra; r0 < rz; r0 += 16) {
-        const int nr = rz - r0 < 16 ? (int)(rz - r0) : 16;
         const uint8_t *rp[16];
-        for (int i = 0; i < 16; i++) rp[i] = i < nr ? qn_tensor_row(W, r0 + i) : zero;
+        const int nr = kq_block_rows(W, r0, rz, zero, rp);
         __m512 acc[16];
         for (int t = 0; t < 16; t++) acc[t] = _mm512_setzero_ps();
         /* The unpacking reads the weights in bursts, and the products and the scaling read
          * none; the next 16 rows (one contiguous region) are fetched into L2 meanwhile, a
          * slice per super-block. Without it an expert layer at 5 tokens from memory took
          * 10.6 ms instead of 6.0; spreading the slice over the token loop (7.7) or fetching
-         * into L1 or two blocks ahead (6.4) did not help (PERF.md). */
+         * into L1 or two blocks ahead (6.4) did not help (PERF.md). Written out here and in
+         * the Q6_K kernel: moved into shared inline helpers, this prefetch made both kernels
+         * 40-55% slower on the expert benchmark (reason not found). */
         const char *next = !W->row_map && r0 + 32 <= rz ? (const char *)qn_tensor_row(W, r0 + 16) : NULL;
         const size_t pf_step = (16 * W->row_bytes / nsb + 63) & ~(size_t)63;
         __m512 S[2][8], M[2][8];
@@ -356,8 +371,7 @@ void gemm_amxq4k_rows(const qn_tensor *W, int64_t ra, int64_t rz, const uint8_t 
                 acc[t] = _mm512_sub_ps(_mm512_fmadd_ps(sv, _mm512_set1_ps(dx[t]), acc[t]), m);
             }
         }
-        const __mmask16 mk = (__mmask16)((1u << nr) - 1);
-        for (int t = 0; t < T; t++) _mm512_mask_storeu_ps(yrows ? yrows[t] + r0 : y + (int64_t)t * ldy + r0, mk, acc[t]);
+        kq_store(acc, nr, r0, T, y, ldy, yrows);
     }
     _tile_release();
 }
@@ -450,9 +464,8 @@ void gemm_amxq6k_rows(const qn_tensor *W, int64_t ra, int64_t rz, const uint8_t 
     int32_t C[16][256] __attribute__((aligned(64)));
     __m512 S[2][16];
     for (int64_t r0 = ra; r0 < rz; r0 += 16) {
-        const int nr = rz - r0 < 16 ? (int)(rz - r0) : 16;
         const uint8_t *rp[16];
-        for (int i = 0; i < 16; i++) rp[i] = i < nr ? qn_tensor_row(W, r0 + i) : zero;
+        const int nr = kq_block_rows(W, r0, rz, zero, rp);
         __m512 acc[16];
         for (int t = 0; t < 16; t++) acc[t] = _mm512_setzero_ps();
         /* the next 16 rows into L2 while the products and the scaling run, as for Q4_K */
@@ -502,8 +515,7 @@ void gemm_amxq6k_rows(const qn_tensor *W, int64_t ra, int64_t rz, const uint8_t 
                 acc[t] = _mm512_fmadd_ps(_mm512_add_ps(s0, s1), _mm512_set1_ps(dx[t]), acc[t]);
             }
         }
-        const __mmask16 mk = (__mmask16)((1u << nr) - 1);
-        for (int t = 0; t < T; t++) _mm512_mask_storeu_ps(yrows ? yrows[t] + r0 : y + (int64_t)t * ldy + r0, mk, acc[t]);
+        kq_store(acc, nr, r0, T, y, ldy, yrows);
     }
     _tile_release();
 }
