@@ -267,8 +267,29 @@ static inline void kq_store(const __m512 *acc, int nr, int64_t r0, int T, float 
     for (int t = 0; t < T; t++) _mm512_mask_storeu_ps(yrows ? yrows[t] + r0 : y + (int64_t)t * ldy + r0, mk, acc[t]);
 }
 
-/* byte 16 j + i: byte 8 i + j of 16 rows' 8 scale bytes, that is [row][j] -> [j][row] */
-static const uint8_t q4t_ix[64] __attribute__((aligned(64))) = {0, 8, 16, 24, 32, 40, 48, 56, 64, 72, 80, 88, 96, 104, 112, 120, 1, 9, 17, 25, 33, 41, 49, 57, 65, 73, 81, 89, 97, 105, 113, 121, 2, 10, 18, 26, 34, 42, 50, 58, 66, 74, 82, 90, 98, 106, 114, 122, 3, 11, 19, 27, 35, 43, 51, 59, 67, 75, 83, 91, 99, 107, 115, 123};
+/* The 16-byte heads of 16 rows' super-blocks at offset off (f16 d and dmin, then the 12
+ * scale bytes as three dwords u0 u1 u2) as four vectors: w[k] lane i = dword k of row i's
+ * head. Four rows per register as 128-bit lanes, then two-source dword permutes: p[k] holds
+ * dwords k (lanes 0-7) and k + 2 (lanes 8-15) of rows 0-7, q[k] the same of rows 8-15. This
+ * replaces a scalar unpacking per row, which was a fifth of the kernel's instructions. */
+static inline void q4t_heads(const uint8_t *const *rp, size_t off, __m512i *w) {
+    __m512i h[4];
+    for (int g = 0; g < 4; g++) {
+        __m512i v = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)(rp[4 * g] + off)));
+        v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)(rp[4 * g + 1] + off)), 1);
+        v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)(rp[4 * g + 2] + off)), 2);
+        h[g] = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)(rp[4 * g + 3] + off)), 3);
+    }
+    /* lane i: row i % 8 (rows 4-7 from the second source, at 16 +), dword k + 2 (i / 8) */
+    const __m512i i0 = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 2, 6, 10, 14, 18, 22, 26, 30);
+    const __m512i i1 = _mm512_add_epi32(i0, _mm512_set1_epi32(1));
+    const __m512i p0 = _mm512_permutex2var_epi32(h[0], i0, h[1]), p1 = _mm512_permutex2var_epi32(h[0], i1, h[1]);
+    const __m512i q0 = _mm512_permutex2var_epi32(h[2], i0, h[3]), q1 = _mm512_permutex2var_epi32(h[2], i1, h[3]);
+    w[0] = _mm512_shuffle_i64x2(p0, q0, 0x44);
+    w[1] = _mm512_shuffle_i64x2(p1, q1, 0x44);
+    w[2] = _mm512_shuffle_i64x2(p0, q0, 0xEE);
+    w[3] = _mm512_shuffle_i64x2(p1, q1, 0xEE);
+}
 
 /* Super-block b of 16 rows (row pointers rp) into tile rows: Bw[j][k4][row][4] (the
  * sub-blocks' codes), and the scale and min vectors S[j], M[j] (16 rows each). */
@@ -282,30 +303,26 @@ static void q4t_unpack(const uint8_t *const *rp, int64_t b, uint8_t (*Bw)[8][64]
             _mm512_store_si512((void *)Bw[2 * c + 1][q], _mm512_and_si512(_mm512_srli_epi16(k[q], 4), m4));
         }
     }
-    /* scales and mins: 8 bytes each per row, [row][j] -> [j][row] by one two-source byte
-     * permutation per four sub-blocks */
-    uint64_t sc[16], mn[16];
-    uint16_t hd[16], hm[16];
-    for (int i = 0; i < 16; i++) {
-        const uint8_t *blk = rp[i] + 144 * b;
-        memcpy(&hd[i], blk, 2);
-        memcpy(&hm[i], blk + 2, 2);
-        quant_k4_unpack(blk + 4, &sc[i], &mn[i]);
+    /* the 6-bit scales and mins of sub-blocks 0-3 are the low 6 bits of u0 and u1 bytes;
+     * of sub-blocks 4-7, the nibbles of u2 with the top 2 bits of u0 / u1 bytes above them
+     * (quant_k4_unpack, here for 16 rows at once) */
+    __m512i w[4];
+    q4t_heads(rp, 144 * b, w);
+    const __m512 d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(w[0]));
+    const __m512 dm = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(w[0], 16)));
+    const __m512i c6 = _mm512_set1_epi32(0x3f3f3f3f), c4 = _mm512_set1_epi32(0x0f0f0f0f),
+                  c2 = _mm512_set1_epi32(0x30303030), ff = _mm512_set1_epi32(0xFF);
+    const __m512i sc[2] = {_mm512_and_si512(w[1], c6),
+                           _mm512_or_si512(_mm512_and_si512(w[3], c4), _mm512_and_si512(_mm512_srli_epi32(w[1], 2), c2))};
+    const __m512i mn[2] = {_mm512_and_si512(w[2], c6),
+                           _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(w[3], 4), c4),
+                                           _mm512_and_si512(_mm512_srli_epi32(w[2], 2), c2))};
+    for (int j = 0; j < 8; j++) {
+        const __m512i s = _mm512_and_si512(_mm512_srli_epi32(sc[j / 4], 8 * (j % 4)), ff);
+        const __m512i m = _mm512_and_si512(_mm512_srli_epi32(mn[j / 4], 8 * (j % 4)), ff);
+        S[j] = _mm512_mul_ps(d, _mm512_cvtepi32_ps(s));
+        M[j] = _mm512_mul_ps(dm, _mm512_cvtepi32_ps(m));
     }
-    const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)hd)), dm = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)hm));
-    const __m512i ix0 = _mm512_load_si512(q4t_ix), ix1 = _mm512_add_epi8(ix0, _mm512_set1_epi8(4));
-    const __m512i s0 = _mm512_loadu_si512(sc), s1 = _mm512_loadu_si512(sc + 8);
-    const __m512i n0 = _mm512_loadu_si512(mn), n1 = _mm512_loadu_si512(mn + 8);
-    const __m512i st[2] = {_mm512_permutex2var_epi8(s0, ix0, s1), _mm512_permutex2var_epi8(s0, ix1, s1)};
-    const __m512i mt[2] = {_mm512_permutex2var_epi8(n0, ix0, n1), _mm512_permutex2var_epi8(n0, ix1, n1)};
-    /* sub-block 4 q + l is 128-bit lane l of st[q] / mt[q] (the lane must be a constant) */
-#define Q4T_SM(q, l) \
-    S[4 * (q) + (l)] = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32(st[q], l)))); \
-    M[4 * (q) + (l)] = _mm512_mul_ps(dm, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32(mt[q], l))));
-    for (int q = 0; q < 2; q++) {
-        Q4T_SM(q, 0) Q4T_SM(q, 1) Q4T_SM(q, 2) Q4T_SM(q, 3)
-    }
-#undef Q4T_SM
 }
 
 void gemm_amxq4k_rows(const qn_tensor *W, int64_t ra, int64_t rz, const uint8_t *packed, int T, float *y,
