@@ -308,13 +308,13 @@ static void test_matmul_multi(int wt) {
 
 /* The integer-tile products (gemm_amx_q8.c: Q8_0, and Q4_K and Q6_K against Q8_K activations)
  * against the portable dot kernel on the same quantized activations: equal to float
- * rounding, for 1..16 tokens, a row count that is not a multiple of 16, an odd number of
+ * rounding, for 1..16 tokens (both sides of Q4_K's paired sub-blocks at 8), a row count that is not a multiple of 16, an odd number of
  * blocks, a row map, and outputs through row pointers (as the experts write theirs). */
 static void test_amxi(int wt) {
     if (!gemm_amxq8_available()) return;
     const int q8 = wt == QUANT_Q8_0, q6 = wt == QUANT_Q6_K;
     const int64_t rows = 50, colss[2] = {512, q8 ? 2080 : 2304};
-    const int Ts[5] = {1, 2, 5, 12, 16};
+    const int Ts[7] = {1, 2, 5, 8, 9, 12, 16}; /* Q4_K pairs sub-blocks up to 8 */
     const int at = dot_act_type(wt);
     for (int ci = 0; ci < 2; ci++) {
         const int64_t cols = colss[ci];
@@ -329,7 +329,7 @@ static void test_amxi(int wt) {
         int32_t map[50];
         for (int r = 0; r < 50; r++) map[r] = (r * 7) % 50;
         for (int mapped = 0; mapped < 3; mapped++) /* 2: no map, outputs through row pointers */
-            for (int ti = 0; ti < 5; ti++) {
+            for (int ti = 0; ti < 7; ti++) {
                 const int T = Ts[ti];
                 qn_tensor W = {.data = wq, .dtype = wt, .rows = rows, .cols = cols, .row_bytes = rb,
                                .row_map = mapped == 1 ? map : NULL, .name = "t"};
@@ -341,8 +341,8 @@ static void test_amxi(int wt) {
                     gemm_amxq8_pack(xq, ab, T, cols, pk);
                     gemm_amxq8_rows(&W, 0, 32, pk, T, y, rows, yr);
                     gemm_amxq8_rows(&W, 32, rows, pk, T, y, rows, yr);
-                } else { /* Q4_K and Q6_K share the packing of the Q8_K rows */
-                    gemm_amxq4k_pack(xq, ab, T, cols, pk);
+                } else { /* Q4_K and Q6_K pack the Q8_K rows alike above 8 tokens */
+                    (q6 ? gemm_amxq6k_pack : gemm_amxq4k_pack)(xq, ab, T, cols, pk);
                     (q6 ? gemm_amxq6k_rows : gemm_amxq4k_rows)(&W, 0, 32, pk, T, y, rows, yr);
                     (q6 ? gemm_amxq6k_rows : gemm_amxq4k_rows)(&W, 32, rows, pk, T, y, rows, yr);
                 }

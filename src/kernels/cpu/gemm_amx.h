@@ -37,8 +37,9 @@ size_t gemm_amxq4k_packed_bytes(int64_t cols);
 void gemm_amxq4k_pack(const uint8_t *act, size_t astride, int T, int64_t cols, uint8_t *packed);
 void gemm_amxq4k_rows(const qn_tensor *W, int64_t ra, int64_t rz, const uint8_t *packed, int T, float *y,
                       int64_t ldy, float *const *yrows);
-/* Q6_K weights against Q8_K activation rows packed by gemm_amxq4k_pack (cols a multiple of
- * 256). */
+/* Q6_K weights against Q8_K activation rows packed by gemm_amxq6k_pack (cols a multiple of
+ * 256; gemm_amxq4k_packed_bytes of space; the Q4_K packing differs up to 8 tokens). */
+void gemm_amxq6k_pack(const uint8_t *act, size_t astride, int T, int64_t cols, uint8_t *packed);
 void gemm_amxq6k_rows(const qn_tensor *W, int64_t ra, int64_t rz, const uint8_t *packed, int T, float *y,
                       int64_t ldy, float *const *yrows);
 /* Logical row r of W widened to bf16 as the tiles see it (exposed for tests). */

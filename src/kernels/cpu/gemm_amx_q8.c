@@ -172,17 +172,32 @@ void gemm_amxq8_rows(const qn_tensor *W, int64_t ra, int64_t rz, const uint8_t *
  * 8 x 16 (q4t_transpose), and one such dword row is a tile row of sub-blocks 2c (low
  * nibbles) and 2c+1 (high nibbles).
  *
+ * Up to 8 tokens, one product covers two sub-blocks: its A tile has 2T rows, the tokens'
+ * sub-block 2c in the first 32 bytes of rows 0..T-1 and 2c+1 in the last 32 bytes of rows
+ * T..2T-1, zeros elsewhere, so against the 64-byte B rows of both sub-blocks the C rows
+ * 0..T-1 are sub-block 2c's sums and T..2T-1 those of 2c+1. That halves the products and,
+ * above all, the tile stores, which cost a fifth of the kernel's time at 5 tokens (PERF.md).
+ *
  * Packed activations per super-block: the 8 sub-blocks' A tiles [j][16 tokens][32 bytes]
- * (tokens past T zero), then dx[16] and dx * sum(x_j) as [8][16] floats. */
+ * (tokens past T zero; gemm_amxq6k_pack, and gemm_amxq4k_pack above 8 tokens), or the four
+ * paired tiles [c][16 rows][64 bytes] (gemm_amxq4k_pack up to 8 tokens); then dx[16] and
+ * dx * sum(x_j) as [8][16] floats. */
 #define PACK_Q4K 4672
 
 size_t gemm_amxq4k_packed_bytes(int64_t cols) { return (size_t)(cols / 256) * PACK_Q4K; }
 
-void gemm_amxq4k_pack(const uint8_t *act, size_t astride, int T, int64_t cols, uint8_t *packed) {
+/* Where sub-block j of token n goes in a packed super-block: paired tiles or one per
+ * sub-block (above). */
+static inline size_t q4k_pack_at(int paired, int T, int j, int n) {
+    return paired ? (size_t)1024 * (j >> 1) + 64 * ((j & 1) * T + n) + 32 * (j & 1) : (size_t)512 * j + 32 * n;
+}
+
+static void kq_pack(const uint8_t *act, size_t astride, int T, int64_t cols, uint8_t *packed, int paired) {
     const int64_t nsb = cols / 256;
     for (int64_t b = 0; b < nsb; b++) {
         uint8_t *p = packed + PACK_Q4K * b;
         float *dx = (float *)(p + 4096), *bsx = dx + 16;
+        if (paired) memset(p, 0, 4096);
         for (int n = 0; n < 16; n++) {
             float d = 0;
             const uint8_t *blk = act + astride * n + 292 * b;
@@ -190,13 +205,13 @@ void gemm_amxq4k_pack(const uint8_t *act, size_t astride, int T, int64_t cols, u
             dx[n] = d;
             for (int j = 0; j < 8; j++) {
                 if (n < T) {
-                    memcpy(p + 512 * j + 32 * n, blk + 4 + 32 * j, 32);
+                    memcpy(p + q4k_pack_at(paired, T, j, n), blk + 4 + 32 * j, 32);
                     int16_t s0, s1;
                     memcpy(&s0, blk + 260 + 4 * j, 2);
                     memcpy(&s1, blk + 262 + 4 * j, 2);
                     bsx[16 * j + n] = d * (float)(s0 + s1);
                 } else {
-                    memset(p + 512 * j + 32 * n, 0, 32);
+                    if (!paired) memset(p + 512 * j + 32 * n, 0, 32);
                     bsx[16 * j + n] = 0;
                 }
             }
@@ -204,12 +219,22 @@ void gemm_amxq4k_pack(const uint8_t *act, size_t astride, int T, int64_t cols, u
     }
 }
 
+void gemm_amxq4k_pack(const uint8_t *act, size_t astride, int T, int64_t cols, uint8_t *packed) {
+    kq_pack(act, astride, T, cols, packed, T <= 8);
+}
+
+void gemm_amxq6k_pack(const uint8_t *act, size_t astride, int T, int64_t cols, uint8_t *packed) {
+    kq_pack(act, astride, T, cols, packed, 0);
+}
+
 /* Tiles 0-3: C [token][row] (four in flight), 4-5: A, activations (T tokens x 32 bytes),
  * 6-7: B, weights (8 rows x 64 bytes); one configuration per token count, as a tile
  * product's time grows with its rows. */
 #define Q4T_CFG(m) {.palette_id = 1, .colsb = {64, 64, 64, 64, 32, 32, 64, 64}, .rows = {m, m, m, m, m, m, 8, 8}}
-static const amx_tile_config q4t_tiles[16] = {Q4T_CFG(1),  Q4T_CFG(2),  Q4T_CFG(3),  Q4T_CFG(4),  Q4T_CFG(5),  Q4T_CFG(6),
-                                              Q4T_CFG(7),  Q4T_CFG(8),  Q4T_CFG(9),  Q4T_CFG(10), Q4T_CFG(11), Q4T_CFG(12),
+/* Paired sub-blocks (up to 8 tokens): C and A tiles of 2T rows x 64 bytes, B 16 x 64. */
+#define Q4P_CFG(m) {.palette_id = 1, .colsb = {64, 64, 64, 64, 64, 64, 64, 64}, .rows = {2 * m, 2 * m, 2 * m, 2 * m, 2 * m, 2 * m, 16, 16}}
+static const amx_tile_config q4t_tiles[16] = {Q4P_CFG(1),  Q4P_CFG(2),  Q4P_CFG(3),  Q4P_CFG(4),  Q4P_CFG(5),  Q4P_CFG(6),
+                                              Q4P_CFG(7),  Q4P_CFG(8),  Q4T_CFG(9),  Q4T_CFG(10), Q4T_CFG(11), Q4T_CFG(12),
                                               Q4T_CFG(13), Q4T_CFG(14), Q4T_CFG(15), Q4T_CFG(16)};
 
 /* 32 bytes at offset off of 16 rows, as 16 x 8 dwords, into 8 x 16: out[k] lane i = dword k
@@ -332,6 +357,10 @@ void gemm_amxq4k_rows(const qn_tensor *W, int64_t ra, int64_t rz, const uint8_t 
     _tile_loadconfig(&q4t_tiles[T - 1]);
     uint8_t Bw[2][8][8][64] __attribute__((aligned(64)));
     int32_t C[8][256] __attribute__((aligned(64)));
+    /* cj[j]: sub-block j's C rows (token t at + 16 t), as the products leave them */
+    const int paired = T <= 8;
+    const int32_t *cj[8];
+    for (int j = 0; j < 8; j++) cj[j] = paired ? C[j >> 1] + 16 * ((j & 1) * T) : C[j];
     for (int64_t r0 = ra; r0 < rz; r0 += 16) {
         const uint8_t *rp[16];
         const int nr = kq_block_rows(W, r0, rz, zero, rp);
@@ -353,36 +382,52 @@ void gemm_amxq4k_rows(const qn_tensor *W, int64_t ra, int64_t rz, const uint8_t 
             uint8_t(*B)[8][64] = Bw[b & 1];
             if (next)
                 for (size_t o = 0; o < pf_step; o += 64) _mm_prefetch(next + pf_step * b + o, _MM_HINT_T1);
-            /* sub-block j: A tile 4 + j%2, B tile 6 + j%2, C tile j%4, stored once three more
-             * products are issued */
+            if (paired) {
+                /* sub-blocks 2c and 2c+1: A tile 4 + c%2, B tile 6 + c%2, C tile c */
+#define Q4P_STEP(c, ta, tb) \
+    _tile_loadd(ta, p + 1024 * (c), 64); \
+    _tile_loadd(tb, B[2 * (c)], 64); \
+    _tile_zero(c); \
+    _tile_dpbsud(c, ta, tb);
+                Q4P_STEP(0, 4, 6) Q4P_STEP(1, 5, 7) Q4P_STEP(2, 4, 6) Q4P_STEP(3, 5, 7)
+#undef Q4P_STEP
+                if (b + 1 < nsb) q4t_unpack(rp, b + 1, Bw[(b + 1) & 1], S[(b + 1) & 1], M[(b + 1) & 1]);
+                _tile_stored(0, C[0], 64);
+                _tile_stored(1, C[1], 64);
+                _tile_stored(2, C[2], 64);
+                _tile_stored(3, C[3], 64);
+            } else {
+                /* sub-block j: A tile 4 + j%2, B tile 6 + j%2, C tile j%4, stored once three more
+                 * products are issued */
 #define Q4T_STEP(j, tc, ta, tb) \
     _tile_loadd(ta, p + 512 * (j), 32); \
     _tile_loadd(tb, B[j], 64); \
     _tile_zero(tc); \
     _tile_dpbsud(tc, ta, tb);
-            Q4T_STEP(0, 0, 4, 6) Q4T_STEP(1, 1, 5, 7) Q4T_STEP(2, 2, 4, 6) Q4T_STEP(3, 3, 5, 7)
-            _tile_stored(0, C[0], 64);
-            Q4T_STEP(4, 0, 4, 6)
-            _tile_stored(1, C[1], 64);
-            Q4T_STEP(5, 1, 5, 7)
-            _tile_stored(2, C[2], 64);
-            Q4T_STEP(6, 2, 4, 6)
-            _tile_stored(3, C[3], 64);
-            Q4T_STEP(7, 3, 5, 7)
+                Q4T_STEP(0, 0, 4, 6) Q4T_STEP(1, 1, 5, 7) Q4T_STEP(2, 2, 4, 6) Q4T_STEP(3, 3, 5, 7)
+                _tile_stored(0, C[0], 64);
+                Q4T_STEP(4, 0, 4, 6)
+                _tile_stored(1, C[1], 64);
+                Q4T_STEP(5, 1, 5, 7)
+                _tile_stored(2, C[2], 64);
+                Q4T_STEP(6, 2, 4, 6)
+                _tile_stored(3, C[3], 64);
+                Q4T_STEP(7, 3, 5, 7)
 #undef Q4T_STEP
-            /* the next super-block's unpacking overlaps the products in flight */
-            if (b + 1 < nsb) q4t_unpack(rp, b + 1, Bw[(b + 1) & 1], S[(b + 1) & 1], M[(b + 1) & 1]);
-            _tile_stored(0, C[4], 64);
-            _tile_stored(1, C[5], 64);
-            _tile_stored(2, C[6], 64);
-            _tile_stored(3, C[7], 64);
+                /* the next super-block's unpacking overlaps the products in flight */
+                if (b + 1 < nsb) q4t_unpack(rp, b + 1, Bw[(b + 1) & 1], S[(b + 1) & 1], M[(b + 1) & 1]);
+                _tile_stored(0, C[4], 64);
+                _tile_stored(1, C[5], 64);
+                _tile_stored(2, C[6], 64);
+                _tile_stored(3, C[7], 64);
+            }
             const __m512 *Sb = S[b & 1], *Mb = M[b & 1];
             const float *dx = (const float *)(p + 4096), *bsx = dx + 16;
             for (int t = 0; t < T; t++) {
-                __m512 sv = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_load_si512(C[0] + 16 * t)), Sb[0]);
+                __m512 sv = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_load_si512(cj[0] + 16 * t)), Sb[0]);
                 __m512 m = _mm512_mul_ps(_mm512_set1_ps(bsx[t]), Mb[0]);
                 for (int j = 1; j < 8; j++) {
-                    sv = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(C[j] + 16 * t)), Sb[j], sv);
+                    sv = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(cj[j] + 16 * t)), Sb[j], sv);
                     m = _mm512_fmadd_ps(_mm512_set1_ps(bsx[16 * j + t]), Mb[j], m);
                 }
                 acc[t] = _mm512_sub_ps(_mm512_fmadd_ps(sv, _mm512_set1_ps(dx[t]), acc[t]), m);
@@ -400,7 +445,7 @@ void gemm_amxq4k_rows(const qn_tensor *W, int64_t ra, int64_t rz, const uint8_t 
  * activation block the product is dx * d * sum_s sc[s] * ((q - 32)_s . x_s), s over the 16
  * sub-blocks of 16. The codes minus 32 are signed bytes, so the tiles (s8 x s8) give each
  * sub-block's integer sum with no offset term to correct. As for Q4_K the activations are
- * the first operand (gemm_amxq4k_pack: sub-block s of 16 values is half of a 32-byte tile
+ * the first operand (gemm_amxq6k_pack: sub-block s of 16 values is half of a 32-byte tile
  * row, loaded with a 32-byte stride) and the weights the second, transposed while
  * unpacking: of each half of the super-block, ql bytes 0-31, 32-63 and qh bytes 0-31 of 16
  * rows are each 16 x 8 dwords; dword k of the three gives four 4-value groups of codes, at
@@ -546,6 +591,7 @@ void gemm_amxq8_rows(const qn_tensor *W, int64_t ra, int64_t rz, const uint8_t *
                      int64_t ldy, float *const *yrows) {}
 size_t gemm_amxq4k_packed_bytes(int64_t cols) { return 0; }
 void gemm_amxq4k_pack(const uint8_t *act, size_t astride, int T, int64_t cols, uint8_t *packed) {}
+void gemm_amxq6k_pack(const uint8_t *act, size_t astride, int T, int64_t cols, uint8_t *packed) {}
 void gemm_amxq4k_rows(const qn_tensor *W, int64_t ra, int64_t rz, const uint8_t *packed, int T, float *y,
                       int64_t ldy, float *const *yrows) {}
 void gemm_amxq6k_rows(const qn_tensor *W, int64_t ra, int64_t rz, const uint8_t *packed, int T, float *y,

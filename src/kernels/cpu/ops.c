@@ -145,13 +145,13 @@ const char *op_kernel_name(void) {
 
 /* Integer tiles (gemm_amx_q8.c) for Q8_0 weights against 2..16 tokens, instead of the vector
  * kernels, whose cost grows with every token (a batched decode step gives each expert ~5
- * tokens); for Q4_K weights against 5..16 and Q6_K against 9..16 (instead of the vector
+ * tokens); for Q4_K weights against 4..16 and Q6_K against 9..16 (instead of the vector
  * kernels, or of widening to bf16 at 16). Below that the K-quant codes cost more to unpack
  * and transpose than the vector kernels spend on the products. An expert layer from memory,
- * tiles against vector kernels (medians, ms; PERF.md): Q4_K at 4 tokens 6.2 / 5.2, at 5
- * 4.6 / 5.4 and 6.9 / 6.2 (two runs), at 6 5.5 / 6.4, at 16 7.5 / 17.2; Q6_K at 7 7.8 / 6.9,
- * at 8 even, at 10 7.8 / 9.8, at 16 9.8 / 17.9. QNEXT_AMXI_MIN sets the lower bound of all
- * three (an experiment switch; 17 turns them off). */
+ * tiles against vector kernels (medians, ms; PERF.md): Q4_K (paired sub-blocks) at 3 tokens
+ * 3.96 / 3.68, at 4 5.05 / 5.51, at 16 7.5 / 17.2; Q6_K at 7 7.8 / 6.9, at 8 even, at 10
+ * 7.8 / 9.8, at 16 9.8 / 17.9. QNEXT_AMXI_MIN sets the lower bound of all three (an
+ * experiment switch; 17 turns them off). */
 typedef struct {
     size_t (*packed_bytes)(int64_t cols);
     void (*pack)(const uint8_t *act, size_t astride, int T, int64_t cols, uint8_t *packed);
@@ -161,7 +161,7 @@ typedef struct {
 
 static const amxi_path amxi_q8_0 = {gemm_amxq8_packed_bytes, gemm_amxq8_pack, gemm_amxq8_rows};
 static const amxi_path amxi_q4_k = {gemm_amxq4k_packed_bytes, gemm_amxq4k_pack, gemm_amxq4k_rows};
-static const amxi_path amxi_q6_k = {gemm_amxq4k_packed_bytes, gemm_amxq4k_pack, gemm_amxq6k_rows}; /* same packing */
+static const amxi_path amxi_q6_k = {gemm_amxq4k_packed_bytes, gemm_amxq6k_pack, gemm_amxq6k_rows};
 
 static const amxi_path *use_amxi(const qn_tensor *W, int T) {
     static int lo = -1;
@@ -172,7 +172,7 @@ static const amxi_path *use_amxi(const qn_tensor *W, int T) {
     }
     if (T > 16 || T < lo || !gemm_amxq8_available()) return NULL;
     if (W->dtype == QN_Q8_0 && W->cols % 32 == 0 && T >= 2) return &amxi_q8_0;
-    if (W->dtype == QN_Q4_K && W->cols % 256 == 0 && T >= (lo ? lo : 5)) return &amxi_q4_k;
+    if (W->dtype == QN_Q4_K && W->cols % 256 == 0 && T >= (lo ? lo : 4)) return &amxi_q4_k;
     if (W->dtype == QN_Q6_K && W->cols % 256 == 0 && T >= (lo ? lo : 9)) return &amxi_q6_k;
     return NULL;
 }
