@@ -31,19 +31,86 @@ static void mean_sd(const double *v, int n, double *mean, double *sd) {
     *sd = n > 1 ? sqrt(q / (n - 1)) : 0;
 }
 
+/* tgN on S sessions decoding together against one session, interleaved per repeat. Each
+ * session first takes its own 32-token prompt (untimed), so the streams differ as a
+ * server's do; then n steps feed every session one token, in one forward pass. */
+#define STREAM_PROMPT 32
+static int bench_streams(qnext_model *m, int S, int n, int reps, int kv_type, const int32_t *toks, int n_toks) {
+    const qnext_config *c = qnext_model_config(m);
+    char err[1024];
+    int rc = 1;
+    qnext_session **ss = calloc((size_t)S, sizeof *ss);
+    qnext_batch_item *it = calloc((size_t)S, sizeof *it);
+    float *lg = malloc(sizeof(float) * (size_t)c->vocab_size * (size_t)S);
+    double *v1 = malloc(sizeof(double) * (size_t)reps), *vs = malloc(sizeof(double) * (size_t)reps);
+    if (!ss || !it || !lg || !v1 || !vs) { fprintf(stderr, "qnext: out of memory\n"); goto out; }
+    qnext_session_params sp = {.n_ctx = STREAM_PROMPT + n + 16, .n_ubatch = S > STREAM_PROMPT ? S : STREAM_PROMPT,
+                                .kv_type = kv_type};
+    for (int i = 0; i < S; i++)
+        if (qnext_session_new(m, &sp, &ss[i], err, sizeof err)) { fprintf(stderr, "qnext: %s\n", err); goto out; }
+    /* stream i's tokens: toks from offset (STREAM_PROMPT + n) * i, modulo the table */
+#define STREAM_TOK(i, j) toks[((size_t)(STREAM_PROMPT + n) * (i) + (j)) % (size_t)n_toks]
+    for (int k = 0; k < reps; k++)
+        for (int batched = 0; batched <= 1; batched++) {
+            const int ns = batched ? S : 1;
+            int32_t prompt[STREAM_PROMPT];
+            for (int i = 0; i < ns; i++) {
+                qnext_session_reset(ss[i]);
+                for (int j = 0; j < STREAM_PROMPT; j++) prompt[j] = STREAM_TOK(i, j);
+                if (qnext_session_feed(ss[i], prompt, STREAM_PROMPT, NULL, QNEXT_LOGITS_NONE, err, sizeof err)) {
+                    fprintf(stderr, "qnext: %s\n", err);
+                    goto out;
+                }
+            }
+            double t0 = now_s();
+            for (int step = 0; step < n; step++) {
+                for (int i = 0; i < ns; i++)
+                    it[i] = (qnext_batch_item){.session = ss[i], .tokens = &STREAM_TOK(i, STREAM_PROMPT + step),
+                                               .n_tokens = 1, .logits = lg + (size_t)c->vocab_size * i,
+                                               .logits_mode = QNEXT_LOGITS_LAST};
+                if (qnext_batch_feed(it, ns, err, sizeof err)) { fprintf(stderr, "qnext: %s\n", err); goto out; }
+            }
+            (batched ? vs : v1)[k] = (double)n * ns / (now_s() - t0);
+        }
+#undef STREAM_TOK
+    double mu1, sd1, mus, sds;
+    mean_sd(v1, reps, &mu1, &sd1);
+    mean_sd(vs, reps, &mus, &sds);
+    char name[48];
+    snprintf(name, sizeof name, "tg%d x1", n);
+    printf("| %-14s | %7.2f ± %6.2f |       |        |\n", name, mu1, sd1);
+    snprintf(name, sizeof name, "tg%d x%d", n, S);
+    printf("| %-14s | %7.2f ± %6.2f |       |        |\n", name, mus, sds);
+    printf("\n%d streams: %.2f t/s together, %.2fx one stream's (interleaved in this run)\n", S, mus, mus / mu1);
+    rc = 0;
+out:
+    for (int i = 0; i < S && ss; i++)
+        if (ss[i]) qnext_session_free(ss[i]);
+    free(ss);
+    free(it);
+    free(lg);
+    free(v1);
+    free(vs);
+    return rc;
+}
+
 static const char *bench_usage =
-    "usage: qnext bench -m MODEL [-p 512] [-n 128] [-d DEPTH] [-t THREADS] [-r REPS] [--ubatch N] [--kv-type auto|f32|bf16|q8] [--no-mmap]\n"
+    "usage: qnext bench -m MODEL [-p 512] [-n 128] [-d DEPTH] [-s STREAMS] [-t THREADS] [-r REPS] [--ubatch N] [--kv-type auto|f32|bf16|q8] [--no-mmap]\n"
     "Prints prompt (ppP) and generation (tgN) tokens per second, mean +- sd over REPS runs,\n"
     "and for generation the bytes read per token (weights, plus the KV cache at depth) and the achieved GB/s;\n"
     "the +state column adds the recurrent and conv state, which each generated token reads and writes.\n"
     "-p 0 or -n 0 skips that test; -d fills D tokens of context once (timed: fill dD) before generation,\n"
     "and each repeat then also runs tgN at depth 0 just before the one at depth D, so that the cost of\n"
     "depth is measured in one run, interleaved, however the machine's speed drifts.\n"
-    "--no-mmap reads the weights into memory (huge pages) instead of mapping the file.\n";
+    "--no-mmap reads the weights into memory (huge pages) instead of mapping the file.\n"
+    "-s S (S >= 2) also runs tgN on S sessions that decode together, one token each per step in one\n"
+    "forward pass (qnext_batch_feed, as qnext serve's continuous batching does), each after its own\n"
+    "32-token prompt, interleaved with the same on one session; prints both, the aggregate t/s and\n"
+    "their ratio.\n";
 
 int cmd_bench(int argc, char **argv) {
     const char *model = NULL;
-    long p = 512, n = 128, d = 0, threads = 0, reps = 3, ubatch = 512;
+    long p = 512, n = 128, d = 0, threads = 0, reps = 3, ubatch = 512, streams = 0;
     int kv_type = 0, no_mmap = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
@@ -52,6 +119,7 @@ int cmd_bench(int argc, char **argv) {
         else if (!strcmp(a, "-p")) { if (!(v = args_value(argc, argv, &i)) || !args_int(a, v, 0, 1 << 20, &p)) return 2; }
         else if (!strcmp(a, "-n")) { if (!(v = args_value(argc, argv, &i)) || !args_int(a, v, 0, 1 << 20, &n)) return 2; }
         else if (!strcmp(a, "-d")) { if (!(v = args_value(argc, argv, &i)) || !args_int(a, v, 0, 1 << 24, &d)) return 2; }
+        else if (!strcmp(a, "-s")) { if (!(v = args_value(argc, argv, &i)) || !args_int(a, v, 2, 256, &streams)) return 2; }
         else if (!strcmp(a, "-t")) { if (!(v = args_value(argc, argv, &i)) || !args_int(a, v, 0, 4096, &threads)) return 2; }
         else if (!strcmp(a, "-r")) { if (!(v = args_value(argc, argv, &i)) || !args_int(a, v, 1, 1000, &reps)) return 2; }
         else if (!strcmp(a, "--ubatch") || !strcmp(a, "-ub")) { if (!(v = args_value(argc, argv, &i)) || !args_int(a, v, 1, 1 << 16, &ubatch)) return 2; }
@@ -159,6 +227,7 @@ int cmd_bench(int argc, char **argv) {
         printf("| %-14s | %7.2f ± %6.2f | %5.1f | %6.1f |\n", name, mu, sd, mu * bytes / 1e9, mu * (bytes + state_rw) / 1e9);
         if (d && mu0 > 0) printf("\ndepth %ld: %+.1f%% generation speed against depth 0 (interleaved in this run)\n", d, 100.0 * (mu / mu0 - 1));
     }
+    if (streams > 1 && n > 0 && bench_streams(m, (int)streams, (int)n, (int)reps, kv_type, toks, n_ctx)) rc = 1;
 done:
     free(v);
     free(v0);
