@@ -37,6 +37,11 @@ $Q bench -m $fx -p 8 -n 4 -d 16 -r 2 -t 1 >$tmp/bench.txt 2>&1 && ok || bad "ben
 for row in "| pp8 " "| fill d16 " "| tg4 " "| tg4 @ d16 " "depth 16: "; do
   grep -qF -- "$row" $tmp/bench.txt && ok || bad "bench output lacks '$row'"
 done
+# -s: S sessions decoding together, interleaved with one, and their ratio
+$Q bench -m $fx -p 0 -n 4 -s 3 -r 2 -t 1 >$tmp/bench.txt 2>&1 && ok || bad "bench -s failed: $(cat $tmp/bench.txt)"
+for row in "| tg4 x1 " "| tg4 x3 " "3 streams: "; do
+  grep -qF -- "$row" $tmp/bench.txt && ok || bad "bench -s output lacks '$row'"
+done
 
 # bad input: one line on stderr, exit code 1 or 2, no crash
 expect_err() { # code pattern args...
@@ -55,6 +60,7 @@ expect_err 2 "unknown command" frobnicate
 expect_err 2 "needs a value" generate -m $fx --ids
 expect_err 2 "unknown option" bench -m $fx --bogus
 expect_err 2 "is required" bench -p 8
+expect_err 2 "not an integer in \[2, 256\]" bench -m $fx -s 1
 
 echo "test_cli_model: $pass passed, $fail failed"
 [ $fail -eq 0 ]
