@@ -239,7 +239,7 @@ static void gdn_block(qnext_session *s, qn_seq *seqs, int n_seqs, int il, int T)
                     const float *x = tau >= 0 ? P + (int64_t)tau * n_qkvz : cs + (int64_t)(K - 1 + tau) * conv_dim;
                     for (int64_t ch = c0; ch < c1; ch++) yt[ch] += ly->conv_w[ch * K + j] * x[ch];
                 }
-                for (int64_t ch = c0; ch < c1; ch++) yt[ch] = qn_silu(yt[ch]);
+                op_silu_mul(yt + c0, NULL, c1 - c0);
             }
             /* Keep the last K-1 inputs. Ascending i only reads rows not yet overwritten. */
             for (int i = 0; i < K - 1; i++) {
@@ -307,7 +307,13 @@ static void gdn_block(qnext_session *s, qn_seq *seqs, int n_seqs, int il, int T)
             double ss = 0;
             for (int j = 0; j < dv; j++) ss += (double)o[j] * o[j];
             float inv = 1.0f / sqrtf((float)(ss / dv) + (float)c->rms_eps);
-            for (int j = 0; j < dv; j++) o[j] = ly->gdn_norm[j] * (o[j] * inv) * qn_silu(z[j]);
+            float zs[64]; /* silu(z), a piece at a time */
+            for (int j0 = 0; j0 < dv; j0 += 64) {
+                const int m = dv - j0 < 64 ? dv - j0 : 64;
+                memcpy(zs, z + j0, (size_t)m * sizeof(float));
+                op_silu_mul(zs, NULL, m);
+                for (int j = 0; j < m; j++) o[j0 + j] = ly->gdn_norm[j0 + j] * (o[j0 + j] * inv) * zs[j];
+            }
         }
     op_matmul(&ly->out_proj, sc->core, T, sc->y);
 }
@@ -578,7 +584,7 @@ static void swiglu(const qn_tensor *gate, const qn_tensor *up, const qn_tensor *
     op_matmul(gate, x, n, a);
     op_matmul(up, x, n, b);
     int64_t I = gate->rows;
-    for (int64_t i = 0; i < (int64_t)n * I; i++) a[i] = qn_silu(a[i]) * b[i];
+    op_silu_mul(a, b, (int64_t)n * I);
     op_matmul(down, a, n, out);
 }
 
@@ -612,7 +618,7 @@ static void moe_decode_one(qnext_session *s, const qn_layer *ly) {
     for (int j = 0; j < ne; j++) {
         int w = j < k ? I : Is;
         float *a = sc->mlp_a + (size_t)j * I, *b = sc->mlp_b + (size_t)j * I;
-        for (int i = 0; i < w; i++) a[i] = qn_silu(a[i]) * b[i];
+        op_silu_mul(a, b, w);
     }
     nj = 0;
     for (int j = 0; j < ne; j++)
@@ -691,7 +697,7 @@ static void moe_block(qnext_session *s, const qn_layer *ly, int T) {
         }
         op_matmul_multi(jobs, nj);
 #pragma omp parallel for schedule(static) if (rows >= ROWS_PAR)
-        for (int64_t i = 0; i < (int64_t)rows * I; i++) sc->mlp_a[i] = qn_silu(sc->mlp_a[i]) * sc->mlp_b[i];
+        for (int64_t r = 0; r < rows; r++) op_silu_mul(sc->mlp_a + r * I, sc->mlp_b + r * I, I);
         nj = 0;
         for (int e = e0; e < e1; e++) {
             int n = first[e + 1] - first[e], o = first[e] - base;

@@ -5,7 +5,9 @@
 #include "dot.h"
 #include "quant.h"
 
-void actq_quantize_row(int at, const float *x, void *dst, int64_t n) {
+#include <math.h>
+
+static const actq_kernels *actq_select(void) {
     static const actq_kernels *k;
     static int chosen;
     if (!chosen) {
@@ -15,6 +17,17 @@ void actq_quantize_row(int at, const float *x, void *dst, int64_t n) {
 #endif
         chosen = 1;
     }
+    return k;
+}
+
+void actq_silu_mul(float *a, const float *b, int64_t n) {
+    const actq_kernels *k = actq_select();
+    if (k) { k->silu_mul(a, b, n); return; }
+    for (int64_t i = 0; i < n; i++) a[i] = a[i] / (1.0f + expf(-a[i])) * (b ? b[i] : 1.0f);
+}
+
+void actq_quantize_row(int at, const float *x, void *dst, int64_t n) {
+    const actq_kernels *k = actq_select();
     if (k && at == QUANT_Q8_0 && n % 32 == 0) k->q8_0(x, dst, n);
     else if (k && at == QUANT_Q8_K && n % 256 == 0) k->q8_k(x, dst, n);
     else quant_quantize_row(at, x, dst, n);

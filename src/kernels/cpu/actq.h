@@ -1,5 +1,5 @@
 /* actq.h - SIMD quantization of activation rows for the dot kernels (Q8_0 for Q8_0/Q4_0
- * weights, Q8_K for the K formats).
+ * weights, Q8_K for the K formats), and the SiLU gate on activation rows.
  *
  * Decode quantizes every activation row once per product, so the plain C quantizers of
  * quant.c (a roundf call per value) cost about 5% of a decode step. These produce the same
@@ -15,6 +15,7 @@ typedef void (*actq_fn)(const float *x, void *dst, int64_t n);
 
 typedef struct {
     actq_fn q8_0, q8_k; /* n a multiple of 32 / 256 */
+    void (*silu_mul)(float *a, const float *b, int64_t n); /* a = silu(a) * b, b may be NULL */
 } actq_kernels;
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -25,5 +26,9 @@ extern const actq_kernels actq_avx512;
 /* Quantizes n activations to type at (QUANT_Q8_0 or QUANT_Q8_K) with the fastest kernel
  * the selected dot kernel set allows; any other type goes to quant_quantize_row. */
 void actq_quantize_row(int at, const float *x, void *dst, int64_t n);
+
+/* a[i] = silu(a[i]) * b[i] (b NULL: silu alone) with the SIMD kernel of the selected set, or
+ * the scalar formula of ops.h (qn_silu) where there is none. */
+void actq_silu_mul(float *a, const float *b, int64_t n);
 
 #endif

@@ -138,6 +138,15 @@ static dot_fn kernel_for(const qn_tensor *W) {
     return dot_for_type(g_kern, W->dtype);
 }
 
+void op_silu_mul(float *a, const float *b, int64_t n) {
+    qn_tensor t = {.dtype = QN_F32};
+    if (!kernel_for(&t)) { /* the reference path */
+        for (int64_t i = 0; i < n; i++) a[i] = qn_silu(a[i]) * (b ? b[i] : 1.0f);
+        return;
+    }
+    actq_silu_mul(a, b, n);
+}
+
 const char *op_kernel_name(void) {
     if (!g_kern) { qn_tensor t = {.dtype = QN_F32}; kernel_for(&t); }
     return g_reference ? "reference" : g_kern->name;

@@ -100,6 +100,10 @@ typedef struct {
 #define OP_MULTI_MAX 256 /* jobs per call */
 void op_matmul_multi(const op_job *jobs, int n);
 
+/* a[i] = silu(a[i]) * b[i] over n values (b NULL: silu alone); SIMD where the kernel set has
+ * it, qn_silu on the reference path (QNEXT_KERNELS=reference|generic). */
+void op_silu_mul(float *a, const float *b, int64_t n);
+
 /* Zero-centred RMSNorm: y = x * rsqrt(mean(x^2) + eps) * (1 + w), fp32. y may alias x. */
 void op_rmsnorm1p(const float *x, const float *w, float *y, int n, float eps);
 
