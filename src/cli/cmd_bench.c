@@ -31,47 +31,55 @@ static void mean_sd(const double *v, int n, double *mean, double *sd) {
     *sd = n > 1 ? sqrt(q / (n - 1)) : 0;
 }
 
-/* tgN on S sessions decoding together against one session, interleaved per repeat. Each
- * session first takes its own 32-token prompt (untimed), so the streams differ as a
- * server's do; then n steps feed every session one token, in one forward pass. */
+/* tgN on S sessions decoding together against one session. Each session first takes its
+ * own 32-token prompt (untimed), so the streams differ as a server's do; then each of the n
+ * steps feeds the single session one token and, right after, every one of the S sessions one
+ * token in one forward pass. Alternating step by step keeps both measures in the same
+ * conditions however this machine's speed drifts, which matters for their ratio. */
 #define STREAM_PROMPT 32
 static int bench_streams(qnext_model *m, int S, int n, int reps, int kv_type, const int32_t *toks, int n_toks) {
     const qnext_config *c = qnext_model_config(m);
     char err[1024];
     int rc = 1;
-    qnext_session **ss = calloc((size_t)S, sizeof *ss);
+    qnext_session **ss = calloc((size_t)S + 1, sizeof *ss); /* ss[S]: the single stream */
     qnext_batch_item *it = calloc((size_t)S, sizeof *it);
-    float *lg = malloc(sizeof(float) * (size_t)c->vocab_size * (size_t)S);
+    float *lg = malloc(sizeof(float) * (size_t)c->vocab_size * (size_t)(S + 1));
     double *v1 = malloc(sizeof(double) * (size_t)reps), *vs = malloc(sizeof(double) * (size_t)reps);
     if (!ss || !it || !lg || !v1 || !vs) { fprintf(stderr, "qnext: out of memory\n"); goto out; }
     qnext_session_params sp = {.n_ctx = STREAM_PROMPT + n + 16, .n_ubatch = S > STREAM_PROMPT ? S : STREAM_PROMPT,
                                 .kv_type = kv_type};
-    for (int i = 0; i < S; i++)
+    for (int i = 0; i <= S; i++)
         if (qnext_session_new(m, &sp, &ss[i], err, sizeof err)) { fprintf(stderr, "qnext: %s\n", err); goto out; }
-    /* stream i's tokens: toks from offset (STREAM_PROMPT + n) * i, modulo the table */
-#define STREAM_TOK(i, j) toks[((size_t)(STREAM_PROMPT + n) * (i) + (j)) % (size_t)n_toks]
-    for (int k = 0; k < reps; k++)
-        for (int batched = 0; batched <= 1; batched++) {
-            const int ns = batched ? S : 1;
-            int32_t prompt[STREAM_PROMPT];
-            for (int i = 0; i < ns; i++) {
-                qnext_session_reset(ss[i]);
-                for (int j = 0; j < STREAM_PROMPT; j++) prompt[j] = STREAM_TOK(i, j);
-                if (qnext_session_feed(ss[i], prompt, STREAM_PROMPT, NULL, QNEXT_LOGITS_NONE, err, sizeof err)) {
-                    fprintf(stderr, "qnext: %s\n", err);
-                    goto out;
-                }
+    /* stream i's tokens: toks from offset (STREAM_PROMPT + n) * i, modulo the table (the
+     * single stream takes stream 0's) */
+#define STREAM_TOK(i, j) toks[((size_t)(STREAM_PROMPT + n) * (size_t)((i) % S) + (j)) % (size_t)n_toks]
+    for (int k = 0; k < reps; k++) {
+        int32_t prompt[STREAM_PROMPT];
+        for (int i = 0; i <= S; i++) {
+            qnext_session_reset(ss[i]);
+            for (int j = 0; j < STREAM_PROMPT; j++) prompt[j] = STREAM_TOK(i, j);
+            if (qnext_session_feed(ss[i], prompt, STREAM_PROMPT, NULL, QNEXT_LOGITS_NONE, err, sizeof err)) {
+                fprintf(stderr, "qnext: %s\n", err);
+                goto out;
             }
-            double t0 = now_s();
-            for (int step = 0; step < n; step++) {
-                for (int i = 0; i < ns; i++)
-                    it[i] = (qnext_batch_item){.session = ss[i], .tokens = &STREAM_TOK(i, STREAM_PROMPT + step),
-                                               .n_tokens = 1, .logits = lg + (size_t)c->vocab_size * i,
-                                               .logits_mode = QNEXT_LOGITS_LAST};
-                if (qnext_batch_feed(it, ns, err, sizeof err)) { fprintf(stderr, "qnext: %s\n", err); goto out; }
-            }
-            (batched ? vs : v1)[k] = (double)n * ns / (now_s() - t0);
         }
+        double t1 = 0, ts = 0;
+        for (int step = 0; step < n; step++) {
+            double t0 = now_s();
+            if (qnext_session_feed(ss[S], &STREAM_TOK(S, STREAM_PROMPT + step), 1, lg + (size_t)c->vocab_size * S,
+                                   QNEXT_LOGITS_LAST, err, sizeof err)) { fprintf(stderr, "qnext: %s\n", err); goto out; }
+            double t2 = now_s();
+            for (int i = 0; i < S; i++)
+                it[i] = (qnext_batch_item){.session = ss[i], .tokens = &STREAM_TOK(i, STREAM_PROMPT + step),
+                                           .n_tokens = 1, .logits = lg + (size_t)c->vocab_size * i,
+                                           .logits_mode = QNEXT_LOGITS_LAST};
+            if (qnext_batch_feed(it, S, err, sizeof err)) { fprintf(stderr, "qnext: %s\n", err); goto out; }
+            t1 += t2 - t0;
+            ts += now_s() - t2;
+        }
+        v1[k] = n / t1;
+        vs[k] = (double)n * S / ts;
+    }
 #undef STREAM_TOK
     double mu1, sd1, mus, sds;
     mean_sd(v1, reps, &mu1, &sd1);
@@ -81,10 +89,11 @@ static int bench_streams(qnext_model *m, int S, int n, int reps, int kv_type, co
     printf("| %-14s | %7.2f ± %6.2f |       |        |\n", name, mu1, sd1);
     snprintf(name, sizeof name, "tg%d x%d", n, S);
     printf("| %-14s | %7.2f ± %6.2f |       |        |\n", name, mus, sds);
-    printf("\n%d streams: %.2f t/s together, %.2fx one stream's (interleaved in this run)\n", S, mus, mus / mu1);
+    printf("\n%d streams: %.2f t/s together, %.2fx one stream's (step by step interleaved in this run)\n", S, mus,
+           mus / mu1);
     rc = 0;
 out:
-    for (int i = 0; i < S && ss; i++)
+    for (int i = 0; i <= S && ss; i++)
         if (ss[i]) qnext_session_free(ss[i]);
     free(ss);
     free(it);
@@ -105,8 +114,8 @@ static const char *bench_usage =
     "--no-mmap reads the weights into memory (huge pages) instead of mapping the file.\n"
     "-s S (S >= 2) also runs tgN on S sessions that decode together, one token each per step in one\n"
     "forward pass (qnext_batch_feed, as qnext serve's continuous batching does), each after its own\n"
-    "32-token prompt, interleaved with the same on one session; prints both, the aggregate t/s and\n"
-    "their ratio.\n";
+    "32-token prompt, alternating step by step with the same on one session; prints both, the\n"
+    "aggregate t/s and their ratio.\n";
 
 int cmd_bench(int argc, char **argv) {
     const char *model = NULL;
