@@ -382,45 +382,38 @@ void gemm_amxq4k_rows(const qn_tensor *W, int64_t ra, int64_t rz, const uint8_t 
             uint8_t(*B)[8][64] = Bw[b & 1];
             if (next)
                 for (size_t o = 0; o < pf_step; o += 64) _mm_prefetch(next + pf_step * b + o, _MM_HINT_T1);
-            if (paired) {
-                /* sub-blocks 2c and 2c+1: A tile 4 + c%2, B tile 6 + c%2, C tile c */
-#define Q4P_STEP(c, ta, tb) \
-    _tile_loadd(ta, p + 1024 * (c), 64); \
-    _tile_loadd(tb, B[2 * (c)], 64); \
-    _tile_zero(c); \
-    _tile_dpbsud(c, ta, tb);
-                Q4P_STEP(0, 4, 6) Q4P_STEP(1, 5, 7) Q4P_STEP(2, 4, 6) Q4P_STEP(3, 5, 7)
-#undef Q4P_STEP
-                if (b + 1 < nsb) q4t_unpack(rp, b + 1, Bw[(b + 1) & 1], S[(b + 1) & 1], M[(b + 1) & 1]);
-                _tile_stored(0, C[0], 64);
-                _tile_stored(1, C[1], 64);
-                _tile_stored(2, C[2], 64);
-                _tile_stored(3, C[3], 64);
-            } else {
-                /* sub-block j: A tile 4 + j%2, B tile 6 + j%2, C tile j%4, stored once three more
-                 * products are issued */
-#define Q4T_STEP(j, tc, ta, tb) \
-    _tile_loadd(ta, p + 512 * (j), 32); \
-    _tile_loadd(tb, B[j], 64); \
+            /* a product: A tile ta (the packed activations at aoff, astride bytes a row), B tile
+             * tb (Bw rows from sub-block bj), into C tile tc */
+#define Q4T_STEP(aoff, astride, bj, tc, ta, tb) \
+    _tile_loadd(ta, p + (aoff), astride); \
+    _tile_loadd(tb, B[bj], 64); \
     _tile_zero(tc); \
     _tile_dpbsud(tc, ta, tb);
-                Q4T_STEP(0, 0, 4, 6) Q4T_STEP(1, 1, 5, 7) Q4T_STEP(2, 2, 4, 6) Q4T_STEP(3, 3, 5, 7)
+            if (paired) { /* sub-blocks 2c and 2c+1: A tile 4 + c%2, B tile 6 + c%2, C tile c */
+                Q4T_STEP(0, 64, 0, 0, 4, 6) Q4T_STEP(1024, 64, 2, 1, 5, 7)
+                Q4T_STEP(2048, 64, 4, 2, 4, 6) Q4T_STEP(3072, 64, 6, 3, 5, 7)
+            } else { /* sub-block j: A tile 4 + j%2, B tile 6 + j%2, C tile j%4, stored once three
+                      * more products are issued */
+                Q4T_STEP(0, 32, 0, 0, 4, 6) Q4T_STEP(512, 32, 1, 1, 5, 7)
+                Q4T_STEP(1024, 32, 2, 2, 4, 6) Q4T_STEP(1536, 32, 3, 3, 5, 7)
                 _tile_stored(0, C[0], 64);
-                Q4T_STEP(4, 0, 4, 6)
+                Q4T_STEP(2048, 32, 4, 0, 4, 6)
                 _tile_stored(1, C[1], 64);
-                Q4T_STEP(5, 1, 5, 7)
+                Q4T_STEP(2560, 32, 5, 1, 5, 7)
                 _tile_stored(2, C[2], 64);
-                Q4T_STEP(6, 2, 4, 6)
+                Q4T_STEP(3072, 32, 6, 2, 4, 6)
                 _tile_stored(3, C[3], 64);
-                Q4T_STEP(7, 3, 5, 7)
-#undef Q4T_STEP
-                /* the next super-block's unpacking overlaps the products in flight */
-                if (b + 1 < nsb) q4t_unpack(rp, b + 1, Bw[(b + 1) & 1], S[(b + 1) & 1], M[(b + 1) & 1]);
-                _tile_stored(0, C[4], 64);
-                _tile_stored(1, C[5], 64);
-                _tile_stored(2, C[6], 64);
-                _tile_stored(3, C[7], 64);
+                Q4T_STEP(3584, 32, 7, 3, 5, 7)
             }
+#undef Q4T_STEP
+            /* the next super-block's unpacking overlaps the products in flight; then the last
+             * four products' C (all four when paired) */
+            if (b + 1 < nsb) q4t_unpack(rp, b + 1, Bw[(b + 1) & 1], S[(b + 1) & 1], M[(b + 1) & 1]);
+            const int cl = paired ? 0 : 4;
+            _tile_stored(0, C[cl], 64);
+            _tile_stored(1, C[cl + 1], 64);
+            _tile_stored(2, C[cl + 2], 64);
+            _tile_stored(3, C[cl + 3], 64);
             const __m512 *Sb = S[b & 1], *Mb = M[b & 1];
             const float *dx = (const float *)(p + 4096), *bsx = dx + 16;
             for (int t = 0; t < T; t++) {
