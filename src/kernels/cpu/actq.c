@@ -5,9 +5,7 @@
 #include "dot.h"
 #include "quant.h"
 
-#include <math.h>
-
-static const actq_kernels *actq_select(void) {
+const actq_kernels *actq_select(void) {
     static const actq_kernels *k;
     static int chosen;
     if (!chosen) {
@@ -18,12 +16,6 @@ static const actq_kernels *actq_select(void) {
         chosen = 1;
     }
     return k;
-}
-
-void actq_silu_mul(float *a, const float *b, int64_t n) {
-    const actq_kernels *k = actq_select();
-    if (k) { k->silu_mul(a, b, n); return; }
-    for (int64_t i = 0; i < n; i++) a[i] = a[i] / (1.0f + expf(-a[i])) * (b ? b[i] : 1.0f);
 }
 
 void actq_quantize_row(int at, const float *x, void *dst, int64_t n) {

@@ -27,8 +27,8 @@ extern const actq_kernels actq_avx512;
  * the selected dot kernel set allows; any other type goes to quant_quantize_row. */
 void actq_quantize_row(int at, const float *x, void *dst, int64_t n);
 
-/* a[i] = silu(a[i]) * b[i] (b NULL: silu alone) with the SIMD kernel of the selected set, or
- * the scalar formula of ops.h (qn_silu) where there is none. */
-void actq_silu_mul(float *a, const float *b, int64_t n);
+/* The set that matches the selected dot kernels, or NULL (the portable set: quant.c's
+ * quantizers, ops.h's qn_silu). */
+const actq_kernels *actq_select(void);
 
 #endif

@@ -140,11 +140,9 @@ static dot_fn kernel_for(const qn_tensor *W) {
 
 void op_silu_mul(float *a, const float *b, int64_t n) {
     qn_tensor t = {.dtype = QN_F32};
-    if (!kernel_for(&t)) { /* the reference path */
-        for (int64_t i = 0; i < n; i++) a[i] = qn_silu(a[i]) * (b ? b[i] : 1.0f);
-        return;
-    }
-    actq_silu_mul(a, b, n);
+    const actq_kernels *k = kernel_for(&t) ? actq_select() : NULL; /* none on the reference path */
+    if (k) { k->silu_mul(a, b, n); return; }
+    for (int64_t i = 0; i < n; i++) a[i] = qn_silu(a[i]) * (b ? b[i] : 1.0f);
 }
 
 const char *op_kernel_name(void) {
