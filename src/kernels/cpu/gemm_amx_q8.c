@@ -23,7 +23,6 @@
  * section): their sub-blocks of 32 or 16 values each need a scale of their own, and that
  * scaling is cheaper along a vector of 16 rows than along one of 16 tokens. */
 #include "kernels/cpu/gemm_amx.h"
-#include "kernels/cpu/quant.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -186,6 +185,10 @@ void gemm_amxq8_rows(const qn_tensor *W, int64_t ra, int64_t rz, const uint8_t *
 
 size_t gemm_amxq4k_packed_bytes(int64_t cols) { return (size_t)(cols / 256) * PACK_Q4K; }
 
+/* Whether T tokens take the paired Q4_K products (2T tile rows must fit in 16); the packing,
+ * the kernel and the tile configurations (q4t_tiles) follow it. */
+static inline int q4k_paired(int T) { return 2 * T <= 16; }
+
 /* Where sub-block j of token n goes in a packed super-block: paired tiles or one per
  * sub-block (above). */
 static inline size_t q4k_pack_at(int paired, int T, int j, int n) {
@@ -220,7 +223,7 @@ static void kq_pack(const uint8_t *act, size_t astride, int T, int64_t cols, uin
 }
 
 void gemm_amxq4k_pack(const uint8_t *act, size_t astride, int T, int64_t cols, uint8_t *packed) {
-    kq_pack(act, astride, T, cols, packed, T <= 8);
+    kq_pack(act, astride, T, cols, packed, q4k_paired(T));
 }
 
 void gemm_amxq6k_pack(const uint8_t *act, size_t astride, int T, int64_t cols, uint8_t *packed) {
@@ -231,7 +234,7 @@ void gemm_amxq6k_pack(const uint8_t *act, size_t astride, int T, int64_t cols, u
  * 6-7: B, weights (8 rows x 64 bytes); one configuration per token count, as a tile
  * product's time grows with its rows. */
 #define Q4T_CFG(m) {.palette_id = 1, .colsb = {64, 64, 64, 64, 32, 32, 64, 64}, .rows = {m, m, m, m, m, m, 8, 8}}
-/* Paired sub-blocks (up to 8 tokens): C and A tiles of 2T rows x 64 bytes, B 16 x 64. */
+/* Paired sub-blocks (q4k_paired: up to 8 tokens): C and A tiles of 2T rows x 64 bytes, B 16 x 64. */
 #define Q4P_CFG(m) {.palette_id = 1, .colsb = {64, 64, 64, 64, 64, 64, 64, 64}, .rows = {2 * m, 2 * m, 2 * m, 2 * m, 2 * m, 2 * m, 16, 16}}
 static const amx_tile_config q4t_tiles[16] = {Q4P_CFG(1),  Q4P_CFG(2),  Q4P_CFG(3),  Q4P_CFG(4),  Q4P_CFG(5),  Q4P_CFG(6),
                                               Q4P_CFG(7),  Q4P_CFG(8),  Q4T_CFG(9),  Q4T_CFG(10), Q4T_CFG(11), Q4T_CFG(12),
@@ -358,7 +361,7 @@ void gemm_amxq4k_rows(const qn_tensor *W, int64_t ra, int64_t rz, const uint8_t 
     uint8_t Bw[2][8][8][64] __attribute__((aligned(64)));
     int32_t C[8][256] __attribute__((aligned(64)));
     /* cj[j]: sub-block j's C rows (token t at + 16 t), as the products leave them */
-    const int paired = T <= 8;
+    const int paired = q4k_paired(T);
     const int32_t *cj[8];
     for (int j = 0; j < 8; j++) cj[j] = paired ? C[j >> 1] + 16 * ((j & 1) * T) : C[j];
     for (int64_t r0 = ra; r0 < rz; r0 += 16) {
