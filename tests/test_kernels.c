@@ -169,14 +169,22 @@ static void test_amx(int wt) {
  * state-like rows, on rows of exact ties (values whose scaled magnitude ends in .5, where
  * Q8_0 rounds away from zero and Q8_K to even), on tiny values (subnormal f16 scales),
  * and on all-zero blocks. */
-static void test_actq(void) {
-#if defined(__x86_64__)
-    const actq_kernels *sets[2];
+/* The SIMD activation kernel sets this CPU runs, into sets[]; returns their count. */
+static int actq_sets(const actq_kernels **sets) {
     int ns = 0;
+#if defined(__x86_64__)
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")) sets[ns++] = &actq_avx2;
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
         __builtin_cpu_supports("avx512vnni"))
         sets[ns++] = &actq_avx512;
+#endif
+    return ns;
+}
+
+static void test_actq(void) {
+#if defined(__x86_64__)
+    const actq_kernels *sets[2];
+    const int ns = actq_sets(sets);
     const int64_t n = 2048;
     float *x = malloc(n * 4);
     uint8_t *ref = malloc(quant_row_bytes(QUANT_Q8_K, n) + 64), *got = malloc(quant_row_bytes(QUANT_Q8_K, n) + 64);
@@ -213,13 +221,7 @@ static void test_actq(void) {
  * NaN stays NaN and +inf stays +inf. */
 static void test_silu(void) {
     const actq_kernels *sets[3];
-    int ns = 0;
-#if defined(__x86_64__)
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")) sets[ns++] = &actq_avx2;
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
-        __builtin_cpu_supports("avx512vnni"))
-        sets[ns++] = &actq_avx512;
-#endif
+    int ns = actq_sets(sets);
     sets[ns++] = NULL; /* op_silu_mul */
     static const float edges[] = {0.0f, -0.0f, 1e-30f, -1e-30f, 1e-3f, -1e-3f, 86.9f, 87.0f, 87.1f, 88.0f, 88.5f,
                                   -86.9f, -87.0f, -87.1f, -88.0f, -88.5f, -89.0f, -100.0f, 100.0f, 1e10f, -1e10f,
@@ -356,8 +358,9 @@ static void test_matmul_multi(int wt) {
 
 /* The integer-tile products (gemm_amx_q8.c: Q8_0, and Q4_K and Q6_K against Q8_K activations)
  * against the portable dot kernel on the same quantized activations: equal to float
- * rounding, for 1..16 tokens (both sides of Q4_K's paired sub-blocks at 8), a row count that is not a multiple of 16, an odd number of
- * blocks, a row map, and outputs through row pointers (as the experts write theirs). */
+ * rounding, for 1..16 tokens (both sides of Q4_K's paired sub-blocks at 8), a row count
+ * that is not a multiple of 16, an odd number of blocks, a row map, and outputs through row
+ * pointers (as the experts write theirs). */
 static void test_amxi(int wt) {
     if (!gemm_amxq8_available()) return;
     const int q8 = wt == QUANT_Q8_0, q6 = wt == QUANT_Q6_K;
