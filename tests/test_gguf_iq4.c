@@ -15,10 +15,11 @@
  *    gguf package). On the plain C reference kernels (QNEXT_KERNELS=reference, a child run)
  *    the engine reproduces them to max rel L2 <= 1e-4 (measured 1.5e-6 / 6.7e-6 / 4.6e-6).
  *    On the fast kernels the activations are quantized (8-bit blocks; bf16 in AMX tiles):
- *    h256 IQ4_XS prompt in one piece (AMX bf16 tiles where present) max rel L2 <= 0.03
- *    (measured 8.9e-3); token by token (Q8_K activations, coarser for small elements than
- *    bf16) median <= 0.05 and top-1 >= 0.9 (measured 0.026 / 0.96: every position ~0.025 but
- *    one expert choice of the 2-expert top-1 router flipping at the last position). The
+ *    h256 IQ4_XS prompt in one piece on AMX bf16 tiles max rel L2 <= 0.03 (measured
+ *    8.9e-3); token by token, and the prompt too on CPUs without AMX (Q8_K activations,
+ *    coarser for small elements than bf16), median <= 0.05 and top-1 >= 0.9 (measured
+ *    0.026 / 0.96 on a Xeon, and the same on an AMD EPYC without AMX: every position ~0.025
+ *    but one expert choice of the 2-expert top-1 router flipping at the last position). The
  *    short_top1 files have the same top-1 routing, which flips for small perturbations (see
  *    test_gguf_models): median <= 0.1 and top-1 agreement >= 0.8 (measured 0.019-0.029 and
  *    0.92-0.98 for IQ4_NL and MXFP4, either way of feeding). */
@@ -208,7 +209,7 @@ static void test_models(void) {
             printf("%s%s: max rel L2 %.2e, median %.2e, top-1 %.3f (%s)\n", name, mode ? " token by token" : "", mx, med,
                    top1, g_reference ? "reference kernels" : "fast kernels");
             if (g_reference) CHECK(mx <= 1e-4, "%s: reference kernels, max rel L2 %.3e", name, mx);
-            else if (!strcmp(ftype, "IQ4_XS") && !mode) CHECK(mx <= 0.03, "%s: max rel L2 %.3e", name, mx);
+            else if (!strcmp(ftype, "IQ4_XS") && !mode && gemm_amx_mode()) CHECK(mx <= 0.03, "%s: max rel L2 %.3e", name, mx);
             else if (!strcmp(ftype, "IQ4_XS")) CHECK(med <= 0.05 && top1 >= 0.9, "%s: median %.3e, top-1 %.3f", name, med, top1);
             else CHECK(med <= 0.1 && top1 >= 0.8, "%s: median %.3e, top-1 %.3f", name, med, top1);
             free(er);
