@@ -14,6 +14,7 @@
 #include "kernels/cpu/actq.h"
 #include "kernels/cpu/dot.h"
 #include "kernels/cpu/gemm_amx.h"
+#include "kernels/cpu/gemm_vnni.h"
 #include "kernels/cpu/gemm_float.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/quant.h"
@@ -310,10 +311,10 @@ static void test_dotm(int wt) {
  * error of the reference. Token counts cover single rows, the multi-row kernels, two jobs
  * sharing one input (gate and up of an expert), and the AMX / float paths from 16 tokens. */
 static void test_matmul_multi(int wt) {
-    enum { NJ = 7 };
+    enum { NJ = 8 };
     const int64_t cols = 512;
-    const int64_t rows[NJ] = {48, 64, 64, 32, 40, 48, 16};
-    const int Ts[NJ] = {1, 3, 5, 5, 16, 20, 2};
+    const int64_t rows[NJ] = {48, 64, 64, 32, 40, 48, 16, 24};
+    const int Ts[NJ] = {1, 3, 5, 5, 16, 20, 2, 40};
     qn_tensor W[NJ];
     float *x[NJ], *y1[NJ], *y2[NJ], *y3[NJ];
     uint8_t *wq[NJ];
@@ -356,47 +357,52 @@ static void test_matmul_multi(int wt) {
     }
 }
 
-/* The integer-tile products (gemm_amx_q8.c: Q8_0, and Q4_K and Q6_K against Q8_K activations)
- * against the portable dot kernel on the same quantized activations: equal to float
- * rounding, for 1..16 tokens (both sides of Q4_K's paired sub-blocks at 8), a row count
- * that is not a multiple of 16, an odd number of blocks, a row map, and outputs through row
- * pointers (as the experts write theirs). */
-static void test_amxi(int wt) {
-    if (!gemm_amxq8_available()) return;
-    const int q8 = wt == QUANT_Q8_0, q6 = wt == QUANT_Q6_K;
+/* The integer products that pack the activations once per product: the AMX tiles
+ * (gemm_amx_q8.c: Q8_0, and Q4_K and Q6_K against Q8_K activations; 1..16 tokens, both sides
+ * of Q4_K's paired sub-blocks at 8) and, on CPUs with AVX-512 VNNI, the tokens-in-lanes
+ * kernels (gemm_vnni.c: Q4_K and Q6_K; every lane width, 4, 8 and 16 token slots, and more
+ * tokens than one group of 16 holds, in pairs of groups and a single last one). Each against
+ * the portable dot kernel on the same quantized activations: equal to float rounding, for a
+ * row count that is not a multiple of 16, an odd number of blocks, a row map, and outputs
+ * through row pointers (as the experts write theirs). */
+typedef struct {
+    const char *name;
+    size_t (*bytes)(int64_t cols, int T);
+    void (*pack)(const uint8_t *act, size_t astride, int T, int64_t cols, uint8_t *packed);
+    void (*rows)(const qn_tensor *W, int64_t ra, int64_t rz, const uint8_t *packed, int T, float *y, int64_t ldy,
+                 float *const *yrows);
+} int_path;
+static size_t amxq8_bytes(int64_t cols, int T) { return gemm_amxq8_packed_bytes(cols); }
+static size_t amxq4k_bytes(int64_t cols, int T) { return gemm_amxq4k_packed_bytes(cols); }
+
+static void test_int_path(int wt, const int_path *p, const int *Ts, int nT) {
+    const int q8 = wt == QUANT_Q8_0;
     const int64_t rows = 50, colss[2] = {512, q8 ? 2080 : 2304};
-    const int Ts[7] = {1, 2, 5, 8, 9, 12, 16}; /* Q4_K pairs sub-blocks up to 8 */
-    const int at = dot_act_type(wt);
+    const int at = dot_act_type(wt), Tmax = Ts[nT - 1];
     for (int ci = 0; ci < 2; ci++) {
         const int64_t cols = colss[ci];
-        size_t rb = quant_row_bytes(wt, cols), ab = quant_row_bytes(at, cols);
-        size_t pb = q8 ? gemm_amxq8_packed_bytes(cols) : gemm_amxq4k_packed_bytes(cols);
-        float *w = malloc(rows * cols * 4), *x = malloc(16 * cols * 4), *y = malloc(16 * rows * 4);
-        uint8_t *wq = malloc(rb * rows), *xq = malloc(ab * 16), *pk = aligned_alloc(64, (pb + 63) & ~(size_t)63);
+        size_t rb = quant_row_bytes(wt, cols), ab = quant_row_bytes(at, cols), pb = p->bytes(cols, Tmax);
+        float *w = malloc(rows * cols * 4), *x = malloc(Tmax * cols * 4), *y = malloc(Tmax * rows * 4);
+        uint8_t *wq = malloc(rb * rows), *xq = malloc(ab * Tmax), *pk = aligned_alloc(64, (pb + 63) & ~(size_t)63);
         fill(w, rows * cols, 0.05f);
-        fill(x, 16 * cols, 1.0f);
+        fill(x, Tmax * cols, 1.0f);
         for (int64_t r = 0; r < rows; r++) quant_quantize_row(wt, w + r * cols, wq + r * rb, cols);
-        for (int t = 0; t < 16; t++) actq_quantize_row(at, x + t * cols, xq + t * ab, cols);
+        for (int t = 0; t < Tmax; t++) actq_quantize_row(at, x + t * cols, xq + t * ab, cols);
         int32_t map[50];
         for (int r = 0; r < 50; r++) map[r] = (r * 7) % 50;
+        float **yrow = malloc(Tmax * sizeof *yrow);
         for (int mapped = 0; mapped < 3; mapped++) /* 2: no map, outputs through row pointers */
-            for (int ti = 0; ti < 7; ti++) {
+            for (int ti = 0; ti < nT; ti++) {
                 const int T = Ts[ti];
                 qn_tensor W = {.data = wq, .dtype = wt, .rows = rows, .cols = cols, .row_bytes = rb,
                                .row_map = mapped == 1 ? map : NULL, .name = "t"};
-                float *yrow[16], *const *yr = mapped == 2 ? yrow : NULL;
-                for (int t = 0; t < 16; t++) yrow[t] = y + (15 - t) * rows; /* in reverse, not at t * ldy */
-                for (int i = 0; i < 16 * rows; i++) y[i] = NAN;
+                float *const *yr = mapped == 2 ? yrow : NULL;
+                for (int t = 0; t < T; t++) yrow[t] = y + (T - 1 - t) * rows; /* in reverse, not at t * ldy */
+                for (int i = 0; i < Tmax * rows; i++) y[i] = NAN;
                 /* two calls, as two threads split the rows */
-                if (q8) {
-                    gemm_amxq8_pack(xq, ab, T, cols, pk);
-                    gemm_amxq8_rows(&W, 0, 32, pk, T, y, rows, yr);
-                    gemm_amxq8_rows(&W, 32, rows, pk, T, y, rows, yr);
-                } else { /* Q4_K and Q6_K pack the Q8_K rows alike above 8 tokens */
-                    (q6 ? gemm_amxq6k_pack : gemm_amxq4k_pack)(xq, ab, T, cols, pk);
-                    (q6 ? gemm_amxq6k_rows : gemm_amxq4k_rows)(&W, 0, 32, pk, T, y, rows, yr);
-                    (q6 ? gemm_amxq6k_rows : gemm_amxq4k_rows)(&W, 32, rows, pk, T, y, rows, yr);
-                }
+                p->pack(xq, ab, T, cols, pk);
+                p->rows(&W, 0, 32, pk, T, y, rows, yr);
+                p->rows(&W, 32, rows, pk, T, y, rows, yr);
                 for (int t = 0; t < T; t++)
                     for (int64_t r = 0; r < rows; r++) {
                         const int64_t src = mapped == 1 ? map[r] : r;
@@ -405,11 +411,27 @@ static void test_amxi(int wt) {
                         double scale = norm_d(w + cols * src, cols) * norm_d(x + cols * t, cols);
                         const float got = mapped == 2 ? yrow[t][r] : y[t * rows + r];
                         CHECK(fabs(got - g) <= 2e-6 * scale + 2e-6 * fabs(g),
-                              "amx %s cols %lld T %d map %d row %lld tok %d: %.9g vs generic %.9g", quant_type_name(wt),
-                              (long long)cols, T, mapped, (long long)r, t, got, g);
+                              "%s %s cols %lld T %d map %d row %lld tok %d: %.9g vs generic %.9g", p->name,
+                              quant_type_name(wt), (long long)cols, T, mapped, (long long)r, t, got, g);
                     }
             }
-        free(w); free(x); free(y); free(wq); free(xq); free(pk);
+        free(w); free(x); free(y); free(wq); free(xq); free(pk); free(yrow);
+    }
+}
+
+static void test_int_paths(int wt) {
+    const int q6 = wt == QUANT_Q6_K;
+    if (gemm_amxq8_available()) {
+        const int Ts[7] = {1, 2, 5, 8, 9, 12, 16};
+        const int_path p = wt == QUANT_Q8_0 ? (int_path){"amx", amxq8_bytes, gemm_amxq8_pack, gemm_amxq8_rows}
+                           : q6 ? (int_path){"amx", amxq4k_bytes, gemm_amxq6k_pack, gemm_amxq6k_rows}
+                                : (int_path){"amx", amxq4k_bytes, gemm_amxq4k_pack, gemm_amxq4k_rows};
+        test_int_path(wt, &p, Ts, 7);
+    }
+    if (gemm_vnni_available() && wt != QUANT_Q8_0) {
+        const int Ts[11] = {1, 3, 4, 5, 8, 9, 16, 17, 32, 33, 50};
+        const int_path p = {"vnni", gemm_vnni_packed_bytes, gemm_vnni_pack, q6 ? gemm_vnniq6k_rows : gemm_vnniq4k_rows};
+        test_int_path(wt, &p, Ts, 11);
     }
 }
 
@@ -431,9 +453,9 @@ int main(void) {
     test_type(QUANT_Q8_0, 288);
     test_actq();
     test_silu();
-    test_amxi(QUANT_Q8_0);
-    test_amxi(QUANT_Q4_K);
-    test_amxi(QUANT_Q6_K);
+    test_int_paths(QUANT_Q8_0);
+    test_int_paths(QUANT_Q4_K);
+    test_int_paths(QUANT_Q6_K);
     test_dotm(QUANT_Q8_0);
     test_dotm(QUANT_Q4_K);
     test_dotm(QUANT_Q5_K);

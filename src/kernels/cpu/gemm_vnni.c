@@ -1,0 +1,305 @@
+/* gemm_vnni.c - Q4_K and Q6_K weights against 2..16 Q8_K activation rows on AVX-512 VNNI,
+ * with the tokens in the vector lanes; for CPUs without AMX (AMD Zen 4, Intel before
+ * Sapphire Rapids).
+ *
+ * Why. A batched decode step gives each routed expert a handful of tokens (16 streams and
+ * top-10 of 32 experts: ~5 each) and every other projection 16. The vector kernels of
+ * dot_x86.inc give one weight row's block to a register and dot it with one token at a
+ * time: each token then costs the 4 vpdpbusd of its products plus ~13 instructions to apply
+ * the sub-block scales, the mins and the block scales to that token's 16 partial sums. On
+ * two cores that overhead, paid per token, is what bounds the step.
+ *
+ * How. Here a 512-bit register holds 16 lanes of 4 bytes, and the lanes belong to the
+ * tokens: with L = 16 / G token slots (G = 1, 2 or 4 lanes per token, the fewest slots that
+ * hold T), slot t's G lanes hold 4G consecutive activation codes of token t, and the
+ * weight's same 4G codes (unsigned, 0..15 or 0..63) are broadcast to every slot. One
+ * vpdpbusd then advances all tokens by 4G values of the row, and the scales are applied
+ * once per sub-block for all tokens together: convert the sub-block's int32 sums, multiply
+ * by d * scale, and once per block by the tokens' activation scales. What stays per token is
+ * only the products. The tokens' codes are laid out once per product (gemm_vnni_pack) and
+ * are shared by all rows and threads; a row's block is unpacked once into 256 value-ordered
+ * bytes on the stack, from which the broadcasts load.
+ *
+ * The integer sums are exact, as in the vector kernels; only the float rounding order
+ * differs. Q4_K's mins and Q6_K's -32 offset go through the activations' 16-value sums
+ * (bsums of Q8_K), packed per lane with the token's scale already applied. */
+#include "kernels/cpu/gemm_vnni.h"
+
+#include <string.h>
+
+#include "kernels/cpu/quant.h"
+
+#if defined(__x86_64__) && defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && \
+    defined(__AVX512VNNI__) && defined(__F16C__)
+#include <immintrin.h>
+
+/* One packed block of 256 values: the codes of all token slots (64 / G operands of 64
+ * bytes), the activation scale of each lane, dx times the 16-value sums (lane t * G of row
+ * s16 for sub-block s16 of 16 values; 0 elsewhere), and the same for the 32-value sums. */
+#define PK_CODES 0
+#define PK_DX 4096
+#define PK_BS16 (PK_DX + 64)
+#define PK_BS32 (PK_BS16 + 1024)
+#define PK_BLOCK (PK_BS32 + 512)
+
+int gemm_vnni_available(void) {
+    static int ok = -1;
+    if (ok < 0) {
+        __builtin_cpu_init();
+        ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni") &&
+             __builtin_cpu_supports("f16c");
+    }
+    return ok;
+}
+
+/* Lanes per token: up to 16 tokens, the fewest token slots (16, 8 or 4) that hold them;
+ * more tokens go in groups of 16 slots. */
+static inline int lanes_per_token(int T) { return T > 8 ? 1 : T > 4 ? 2 : 4; }
+
+size_t gemm_vnni_packed_bytes(int64_t cols, int T) { return (size_t)((T + 15) / 16) * (size_t)(cols / 256) * PK_BLOCK; }
+
+void gemm_vnni_pack(const uint8_t *act, size_t astride, int T, int64_t cols, uint8_t *packed) {
+    const int G = lanes_per_token(T), L = 16 / G, cb = 4 * G, nv = 64 / G;
+    const int64_t nb = cols / 256;
+    for (int g = 0; g < (T + 15) / 16; g++)
+        for (int64_t b = 0; b < nb; b++) {
+            uint8_t *pk = packed + PK_BLOCK * (g * nb + b);
+            float *dxv = (float *)(pk + PK_DX), *bs16 = (float *)(pk + PK_BS16), *bs32 = (float *)(pk + PK_BS32);
+            memset(pk + PK_DX, 0, PK_BLOCK - PK_DX);
+            for (int t = 0; t < L; t++) {
+                if (16 * g + t >= T) { /* empty slots: zero codes, so their lanes stay 0 */
+                    for (int v = 0; v < nv; v++) memset(pk + 64 * v + cb * t, 0, cb);
+                    continue;
+                }
+                const uint8_t *a = act + astride * (16 * g + t) + 292 * (size_t)b; /* Q8_K: d, 256 codes, 16 sums */
+                float dx;
+                int16_t bs[16];
+                memcpy(&dx, a, 4);
+                memcpy(bs, a + 260, 32);
+                for (int v = 0; v < nv; v++) memcpy(pk + 64 * v + cb * t, a + 4 + cb * v, cb);
+                for (int j = 0; j < G; j++) dxv[t * G + j] = dx;
+                for (int s = 0; s < 16; s++) bs16[16 * s + t * G] = dx * (float)bs[s];
+                for (int s = 0; s < 8; s++) bs32[16 * s + t * G] = dx * (float)(bs[2 * s] + bs[2 * s + 1]);
+            }
+        }
+}
+
+static inline float h2f(const uint8_t *p) {
+    uint16_t h;
+    memcpy(&h, p, 2);
+    return _cvtsh_ss(h);
+}
+
+/* A weight block unpacked: its 256 values in order, one byte each, and its scales times d
+ * (Q4_K: 8 scales and 8 mins times dmin; Q6_K: 16 scales). */
+typedef struct {
+    _Alignas(64) uint8_t U[256];
+    float dsc[16];
+    float dmm[8];
+    float pad[8];
+} wblock;
+
+/* Q4_K (144-byte blocks: d, dmin, 12 bytes of 6-bit scales and mins, 128 bytes of nibbles;
+ * value 64j + l is the low nibble of byte 32j + l for l < 32, the high nibble of byte
+ * 32j + l - 32 above). */
+static inline void q4k_unpack(const uint8_t *w, wblock *o) {
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    uint64_t sc, mn;
+    quant_k4_unpack(w + 4, &sc, &mn);
+    _mm256_storeu_ps(o->dsc, _mm256_mul_ps(_mm256_set1_ps(h2f(w)),
+                                          _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)sc)))));
+    _mm256_storeu_ps(o->dmm, _mm256_mul_ps(_mm256_set1_ps(h2f(w + 2)),
+                                          _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)mn)))));
+    for (int h = 0; h < 2; h++) { /* bytes 64h.. hold values 128h + [0,32) [64,96) (low) and [32,64) [96,128) (high) */
+        const __m512i z = _mm512_loadu_si512((const void *)(w + 16 + 64 * h));
+        const __m512i lo = _mm512_and_si512(z, m4), hi = _mm512_and_si512(_mm512_srli_epi16(z, 4), m4);
+        _mm512_store_si512((void *)(o->U + 128 * h), _mm512_shuffle_i64x2(lo, hi, 0x44));
+        _mm512_store_si512((void *)(o->U + 128 * h + 64), _mm512_shuffle_i64x2(lo, hi, 0xEE));
+    }
+}
+
+/* Q6_K (210-byte blocks: 128 bytes of low nibbles, 64 of 2-bit high parts, 16 int8 scales,
+ * d; for half h and l < 32, values 128h + l, +32, +64, +96 are the low nibbles of ql bytes
+ * 64h + l and 64h + 32 + l, then their high nibbles, with bits 0-1, 2-3, 4-5, 6-7 of qh byte
+ * 32h + l on top). */
+static inline void q6k_unpack(const uint8_t *w, wblock *o) {
+    const __m512i m4 = _mm512_set1_epi8(0x0F), m30 = _mm512_set1_epi8(0x30);
+    /* per 16-bit lane: values 0..31 take qh << 4, 32..63 qh << 2; 64..95 qh, 96..127 qh >> 2 */
+    const __m512i up = _mm512_inserti64x4(_mm512_set1_epi16(4), _mm256_set1_epi16(2), 1);
+    const __m512i dn = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(2), 1);
+    _mm512_storeu_ps(o->dsc, _mm512_mul_ps(_mm512_set1_ps(h2f(w + 208)),
+                                          _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(w + 192))))));
+    for (int h = 0; h < 2; h++) {
+        const __m512i l = _mm512_loadu_si512((const void *)(w + 64 * h));
+        const __m512i q = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(w + 128 + 32 * h)));
+        _mm512_store_si512((void *)(o->U + 128 * h),
+                           _mm512_or_si512(_mm512_and_si512(l, m4), _mm512_and_si512(_mm512_sllv_epi16(q, up), m30)));
+        _mm512_store_si512((void *)(o->U + 128 * h + 64), _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l, 4), m4),
+                                                                         _mm512_and_si512(_mm512_srlv_epi16(q, dn), m30)));
+    }
+}
+
+/* The weight's 4G codes at u, in every token slot. */
+static inline __attribute__((always_inline)) __m512i bcast_codes(const uint8_t *u, const int G) {
+    if (G == 1) { int32_t v; memcpy(&v, u, 4); return _mm512_set1_epi32(v); }
+    if (G == 2) { int64_t v; memcpy(&v, u, 8); return _mm512_set1_epi64(v); }
+    return _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)u));
+}
+
+/* One row (its nb blocks unpacked at ub) against NG = 1 or 2 groups of token slots (packed
+ * at pk[0], pk[1]), for Q4_K (q6 = 0: NS = 8 sub-blocks of 32) or Q6_K (q6 = 1: 16 of 16).
+ * Per block and sub-block s, the int32 sums of the products go round the sub-blocks, so
+ * that consecutive vpdpbusd do not wait on each other (one sub-block's chain alone would
+ * leave the unit idle for most of its latency), and a second group reuses each broadcast.
+ * Then, per lane: Q4_K adds d sc_s sum(x q) - dmin m_s sum(x), Q6_K d sc_s (sum(x q) -
+ * 32 sum(x)), the x sums coming scaled by dx from the packing and the rest multiplied by dx
+ * once per block. */
+static inline __attribute__((always_inline)) void row_dot(const wblock *ub, int64_t nb, const uint8_t *const *pk,
+                                                        const int NG, const int G, const int q6, __m512 *out) {
+    const int NS = q6 ? 16 : 8, n = 256 / NS;
+    __m512 acc[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()}, accm[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
+    for (int64_t b = 0; b < nb; b++) {
+        const wblock *wb = ub + b;
+        __m512i s[2][16];
+#pragma GCC unroll 16
+        for (int j = 0; j < NS; j++) s[0][j] = s[1][j] = _mm512_setzero_si512();
+#pragma GCC unroll 8
+        for (int i = 0; i < n / (4 * G); i++)
+#pragma GCC unroll 16
+            for (int j = 0; j < NS; j++) {
+                const int v = n * j + 4 * G * i;
+                const __m512i w = bcast_codes(wb->U + v, G);
+#pragma GCC unroll 2
+                for (int g = 0; g < NG; g++)
+                    s[g][j] = _mm512_dpbusd_epi32(s[g][j], w,
+                                                  _mm512_load_si512((const void *)(pk[g] + PK_BLOCK * b + 64 * (v / (4 * G)))));
+            }
+        /* Two chains each for the scaled sums and for the mins, so that only one multiply-add
+         * (acc) and one add (accm) carry from block to block. */
+#pragma GCC unroll 2
+        for (int g = 0; g < NG; g++) {
+            const float *bsx = (const float *)(pk[g] + PK_BLOCK * b + (q6 ? PK_BS16 : PK_BS32));
+            __m512 blk[2], mn[2];
+#pragma GCC unroll 2
+            for (int k = 0; k < 2; k++) {
+                blk[k] = _mm512_mul_ps(_mm512_cvtepi32_ps(s[g][k]), _mm512_set1_ps(wb->dsc[k]));
+                mn[k] = _mm512_mul_ps(_mm512_set1_ps(q6 ? 32.0f * wb->dsc[k] : wb->dmm[k]), _mm512_load_ps(bsx + 16 * k));
+            }
+#pragma GCC unroll 16
+            for (int j = 2; j < NS; j++) {
+                blk[j & 1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[g][j]), _mm512_set1_ps(wb->dsc[j]), blk[j & 1]);
+                mn[j & 1] = _mm512_fmadd_ps(_mm512_set1_ps(q6 ? 32.0f * wb->dsc[j] : wb->dmm[j]),
+                                            _mm512_load_ps(bsx + 16 * j), mn[j & 1]);
+            }
+            acc[g] = _mm512_fmadd_ps(_mm512_add_ps(blk[0], blk[1]),
+                                     _mm512_load_ps((const float *)(pk[g] + PK_BLOCK * b + PK_DX)), acc[g]);
+            accm[g] = _mm512_add_ps(accm[g], _mm512_add_ps(mn[0], mn[1]));
+        }
+    }
+    out[0] = _mm512_sub_ps(acc[0], accm[0]);
+    out[1] = _mm512_sub_ps(acc[1], accm[1]);
+}
+
+/* Token t0 + t's result is the sum of its G lanes, t < n. */
+static inline void store_tokens(__m512 acc, int G, int t0, int n, int64_t r, float *y, int64_t ldy,
+                                float *const *yrows) {
+    float o[16];
+    _mm512_storeu_ps(o, acc);
+    for (int t = 0; t < n; t++) {
+        float v = o[t * G];
+        for (int j = 1; j < G; j++) v += o[t * G + j];
+        *(yrows ? &yrows[t0 + t][r] : &y[(int64_t)(t0 + t) * ldy + r]) = v;
+    }
+}
+
+#define TILE_BLOCKS 64 /* weight blocks unpacked at a time: 24 KiB */
+
+/* Rows [ra, rz) in tiles of up to 16 rows (TILE_BLOCKS blocks): each tile is unpacked once,
+ * then dotted with every group of 16 tokens, two groups at a time. The columns go in pieces
+ * of 16 KiB of packed codes, and every row of the tile takes a piece before the next: the
+ * codes of one group span 4 KiB per block, and a row of 2048 values against a whole group
+ * from L2 would wait on L2 at every product. */
+static void rows_run(const qn_tensor *W, int64_t ra, int64_t rz, const uint8_t *packed, int T, float *y, int64_t ldy,
+                     float *const *yrows, const int q6) {
+    const int G = lanes_per_token(T), ng = (T + 15) / 16;
+    const int64_t nb = W->cols / 256, gstride = nb * PK_BLOCK;
+    wblock ub[TILE_BLOCKS];
+    __m512 acc[16][2];
+    int64_t R = TILE_BLOCKS / nb;
+    if (R > 16) R = 16;
+    if (R < 1) R = 1;
+    for (int64_t r0 = ra; r0 < rz; r0 += R) {
+        const int64_t r1 = r0 + R < rz ? r0 + R : rz;
+        for (int g = 0; g < ng; g += 2) {
+            const int NG = g + 1 < ng ? 2 : 1;
+            const int64_t piece = 4 * G / NG; /* blocks per piece: 16 KiB of codes */
+            for (int64_t r = r0; r < r1; r++) acc[r - r0][0] = acc[r - r0][1] = _mm512_setzero_ps();
+            for (int64_t b0 = 0; b0 < nb; b0 += piece)
+                for (int64_t r = r0; r < r1; r++) {
+                    const int64_t nbp = nb - b0 < piece ? nb - b0 : piece;
+                    wblock *u;
+                    if (g == 0 && b0 == 0 && r + R < rz) {
+                        /* The tile after this one is read in a burst when its turn comes, and the
+                         * hardware prefetchers, idle through this tile's products, would not have
+                         * it ready: fetch the row of it that matches this one now. */
+                        const char *nx = (const char *)qn_tensor_row(W, r + R);
+                        for (size_t off = 0; off < W->row_bytes; off += 64) _mm_prefetch(nx + off, _MM_HINT_T1);
+                    }
+                    if (R > 1) {
+                        u = ub + (r - r0) * nb + b0;
+                        if (g == 0) { /* first use of this row's blocks: unpack them */
+                            const uint8_t *w = qn_tensor_row(W, r) + (size_t)b0 * (q6 ? 210 : 144);
+                            for (int64_t b = 0; b < nbp; b++)
+                                q6 ? q6k_unpack(w + 210 * b, u + b) : q4k_unpack(w + 144 * b, u + b);
+                        }
+                    } else { /* a row wider than the tile: unpacked piece by piece, each time */
+                        u = ub;
+                        const uint8_t *w = qn_tensor_row(W, r) + (size_t)b0 * (q6 ? 210 : 144);
+                        for (int64_t b = 0; b < nbp; b++) q6 ? q6k_unpack(w + 210 * b, u + b) : q4k_unpack(w + 144 * b, u + b);
+                    }
+                    const uint8_t *pk[2] = {packed + gstride * g + PK_BLOCK * b0,
+                                            packed + gstride * (g + NG - 1) + PK_BLOCK * b0};
+                    __m512 o[2];
+                    if (q6) {
+                        if (NG == 2) row_dot(u, nbp, pk, 2, 1, 1, o);
+                        else if (G == 1) row_dot(u, nbp, pk, 1, 1, 1, o);
+                        else if (G == 2) row_dot(u, nbp, pk, 1, 2, 1, o);
+                        else row_dot(u, nbp, pk, 1, 4, 1, o);
+                    } else {
+                        if (NG == 2) row_dot(u, nbp, pk, 2, 1, 0, o);
+                        else if (G == 1) row_dot(u, nbp, pk, 1, 1, 0, o);
+                        else if (G == 2) row_dot(u, nbp, pk, 1, 2, 0, o);
+                        else row_dot(u, nbp, pk, 1, 4, 0, o);
+                    }
+                    acc[r - r0][0] = _mm512_add_ps(acc[r - r0][0], o[0]);
+                    acc[r - r0][1] = _mm512_add_ps(acc[r - r0][1], o[1]);
+                }
+            for (int64_t r = r0; r < r1; r++)
+                for (int k = 0; k < NG; k++) {
+                    const int t0 = 16 * (g + k), n = T - t0 < 16 / G ? T - t0 : 16 / G;
+                    store_tokens(acc[r - r0][k], G, t0, n, r, y, ldy, yrows);
+                }
+        }
+    }
+}
+
+void gemm_vnniq4k_rows(const qn_tensor *W, int64_t ra, int64_t rz, const uint8_t *packed, int T, float *y,
+                       int64_t ldy, float *const *yrows) {
+    rows_run(W, ra, rz, packed, T, y, ldy, yrows, 0);
+}
+
+void gemm_vnniq6k_rows(const qn_tensor *W, int64_t ra, int64_t rz, const uint8_t *packed, int T, float *y,
+                       int64_t ldy, float *const *yrows) {
+    rows_run(W, ra, rz, packed, T, y, ldy, yrows, 1);
+}
+
+#else
+int gemm_vnni_available(void) { return 0; }
+size_t gemm_vnni_packed_bytes(int64_t cols, int T) { return 0; }
+void gemm_vnni_pack(const uint8_t *act, size_t astride, int T, int64_t cols, uint8_t *packed) {}
+void gemm_vnniq4k_rows(const qn_tensor *W, int64_t ra, int64_t rz, const uint8_t *packed, int T, float *y,
+                       int64_t ldy, float *const *yrows) {}
+void gemm_vnniq6k_rows(const qn_tensor *W, int64_t ra, int64_t rz, const uint8_t *packed, int T, float *y,
+                       int64_t ldy, float *const *yrows) {}
+#endif
