@@ -360,7 +360,7 @@ static void test_matmul_multi(int wt) {
 /* The integer products that pack the activations once per product: the AMX tiles
  * (gemm_amx_q8.c: Q8_0, and Q4_K and Q6_K against Q8_K activations; 1..16 tokens, both sides
  * of Q4_K's paired sub-blocks at 8) and, on CPUs with AVX-512 VNNI, the tokens-in-lanes
- * kernels (gemm_vnni.c: Q4_K and Q6_K; every lane width, 4, 8 and 16 token slots, and more
+ * kernels (gemm_vnni.c: Q4_K, Q6_K and Q8_0; every lane width, 4, 8 and 16 token slots, and more
  * tokens than one group of 16 holds, in pairs of groups and a single last one). Each against
  * the portable dot kernel on the same quantized activations: equal to float rounding, for a
  * row count that is not a multiple of 16, an odd number of blocks, a row map, and outputs
@@ -376,7 +376,7 @@ static size_t amxq8_bytes(int64_t cols, int T) { return gemm_amxq8_packed_bytes(
 static size_t amxq4k_bytes(int64_t cols, int T) { return gemm_amxq4k_packed_bytes(cols); }
 
 static void test_int_path(int wt, const int_path *p, const int *Ts, int nT) {
-    const int q8 = wt == QUANT_Q8_0;
+    const int q8 = wt == QUANT_Q8_0 && !strcmp(p->name, "amx"); /* the lanes take multiples of 256 */
     const int64_t rows = 50, colss[2] = {512, q8 ? 2080 : 2304};
     const int at = dot_act_type(wt), Tmax = Ts[nT - 1];
     for (int ci = 0; ci < 2; ci++) {
@@ -428,9 +428,11 @@ static void test_int_paths(int wt) {
                                 : (int_path){"amx", amxq4k_bytes, gemm_amxq4k_pack, gemm_amxq4k_rows};
         test_int_path(wt, &p, Ts, 7);
     }
-    if (gemm_vnni_available() && wt != QUANT_Q8_0) {
+    if (gemm_vnni_available()) {
         const int Ts[11] = {1, 3, 4, 5, 8, 9, 16, 17, 32, 33, 50};
-        const int_path p = {"vnni", gemm_vnni_packed_bytes, gemm_vnni_pack, q6 ? gemm_vnniq6k_rows : gemm_vnniq4k_rows};
+        const int_path p = wt == QUANT_Q8_0 ? (int_path){"vnni", gemm_vnni_packed_bytes, gemm_vnni_pack_q8, gemm_vnniq8_rows}
+                                            : (int_path){"vnni", gemm_vnni_packed_bytes, gemm_vnni_pack,
+                                                         q6 ? gemm_vnniq6k_rows : gemm_vnniq4k_rows};
         test_int_path(wt, &p, Ts, 11);
     }
 }

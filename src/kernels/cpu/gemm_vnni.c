@@ -85,14 +85,50 @@ void gemm_vnni_pack(const uint8_t *act, size_t astride, int T, int64_t cols, uin
         }
 }
 
+/* Q8_0 activation rows (34-byte blocks: d, 32 codes) for Q8_0 weights, per 256 values: the
+ * codes as above, and per lane and 32-value block the token's scale (at PK_BS32) and 128 times
+ * its codes' sum times the scale (at PK_BS16), the correction for the weights' offset codes. */
+void gemm_vnni_pack_q8(const uint8_t *act, size_t astride, int T, int64_t cols, uint8_t *packed) {
+    const int G = lanes_per_token(T), L = 16 / G, cb = 4 * G, nv = 64 / G;
+    const int64_t nb = cols / 256;
+    for (int g = 0; g < (T + 15) / 16; g++)
+        for (int64_t b = 0; b < nb; b++) {
+            uint8_t *pk = packed + PK_BLOCK * (g * nb + b);
+            float *cor = (float *)(pk + PK_BS16), *dxb = (float *)(pk + PK_BS32);
+            memset(pk + PK_DX, 0, PK_BLOCK - PK_DX);
+            for (int t = 0; t < L; t++) {
+                if (16 * g + t >= T) {
+                    for (int v = 0; v < nv; v++) memset(pk + 64 * v + cb * t, 0, cb);
+                    continue;
+                }
+                const uint8_t *a = act + astride * (16 * g + t) + 34 * 8 * (size_t)b;
+                for (int v = 0; v < nv; v++) {
+                    const int k = cb * v; /* value k of the 256: block k / 32, code k % 32 */
+                    memcpy(pk + 64 * v + cb * t, a + 34 * (k / 32) + 2 + k % 32, cb);
+                }
+                for (int j = 0; j < 8; j++) {
+                    uint16_t h;
+                    memcpy(&h, a + 34 * j, 2);
+                    const float dx = _cvtsh_ss(h);
+                    int sum = 0;
+                    for (int i = 0; i < 32; i++) sum += (int8_t)a[34 * j + 2 + i];
+                    for (int l = 0; l < G; l++) dxb[16 * j + t * G + l] = dx;
+                    cor[16 * j + t * G] = 128.0f * (float)sum * dx;
+                }
+            }
+        }
+}
+
 static inline float h2f(const uint8_t *p) {
     uint16_t h;
     memcpy(&h, p, 2);
     return _cvtsh_ss(h);
 }
 
+enum { FMT_Q4_K, FMT_Q6_K, FMT_Q8_0 };
+
 /* A weight block unpacked: its 256 values in order, one byte each, and its scales times d
- * (Q4_K: 8 scales and 8 mins times dmin; Q6_K: 16 scales). */
+ * (Q4_K: 8 scales and 8 mins times dmin; Q6_K: 16 scales; Q8_0: the 8 blocks' d). */
 typedef struct {
     _Alignas(64) uint8_t U[256];
     float dsc[16];
@@ -140,6 +176,18 @@ static inline void q6k_unpack(const uint8_t *w, wblock *o) {
     }
 }
 
+/* Q8_0, 256 values (eight 34-byte blocks: d, 32 signed codes): the codes plus 128 as unsigned
+ * bytes (the first operand of vpdpbusd is unsigned; the offset comes back out through the
+ * activations' sums), and the eight d. */
+static inline void q8_unpack(const uint8_t *w, wblock *o) {
+    const __m256i x80 = _mm256_set1_epi8((char)0x80);
+    for (int j = 0; j < 8; j++) {
+        o->dsc[j] = h2f(w + 34 * j);
+        _mm256_store_si256((__m256i *)(o->U + 32 * j),
+                           _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(w + 34 * j + 2)), x80));
+    }
+}
+
 /* The weight's 4G codes at u, in every token slot. */
 static inline __attribute__((always_inline)) __m512i bcast_codes(const uint8_t *u, const int G) {
     if (G == 1) { int32_t v; memcpy(&v, u, 4); return _mm512_set1_epi32(v); }
@@ -148,16 +196,16 @@ static inline __attribute__((always_inline)) __m512i bcast_codes(const uint8_t *
 }
 
 /* One row (its nb blocks unpacked at ub) against NG = 1 or 2 groups of token slots (packed
- * at pk[0], pk[1]), for Q4_K (q6 = 0: NS = 8 sub-blocks of 32) or Q6_K (q6 = 1: 16 of 16).
- * Per block and sub-block s, the int32 sums of the products go round the sub-blocks, so
+ * at pk[0], pk[1]), for Q4_K (NS = 8 sub-blocks of 32), Q6_K (16 of 16) or Q8_0 (8 blocks of
+ * 32). Per block and sub-block s, the int32 sums of the products go round the sub-blocks, so
  * that consecutive vpdpbusd do not wait on each other (one sub-block's chain alone would
  * leave the unit idle for most of its latency), and a second group reuses each broadcast.
  * Then, per lane: Q4_K adds d sc_s sum(x q) - dmin m_s sum(x), Q6_K d sc_s (sum(x q) -
  * 32 sum(x)), the x sums coming scaled by dx from the packing and the rest multiplied by dx
- * once per block. */
+ * once per block; Q8_0 adds d_s (dx_s sum(x (q + 128)) - 128 dx_s sum(x)). */
 static inline __attribute__((always_inline)) void row_dot(const wblock *ub, int64_t nb, const uint8_t *const *pk,
-                                                        const int NG, const int G, const int q6, __m512 *out) {
-    const int NS = q6 ? 16 : 8, n = 256 / NS;
+                                                        const int NG, const int G, const int fmt, __m512 *out) {
+    const int q6 = fmt == FMT_Q6_K, NS = q6 ? 16 : 8, n = 256 / NS;
     __m512 acc[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()}, accm[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
     for (int64_t b = 0; b < nb; b++) {
         const wblock *wb = ub + b;
@@ -175,6 +223,21 @@ static inline __attribute__((always_inline)) void row_dot(const wblock *ub, int6
                     s[g][j] = _mm512_dpbusd_epi32(s[g][j], w,
                                                   _mm512_load_si512((const void *)(pk[g] + PK_BLOCK * b + 64 * (v / (4 * G)))));
             }
+        if (fmt == FMT_Q8_0) { /* per 32-value block j: d_j (dx S'_j - 128 dx sum(x)) */
+#pragma GCC unroll 2
+            for (int g = 0; g < NG; g++) {
+                const float *cor = (const float *)(pk[g] + PK_BLOCK * b + PK_BS16);
+                const float *dxb = (const float *)(pk[g] + PK_BLOCK * b + PK_BS32);
+#pragma GCC unroll 8
+                for (int j = 0; j < 8; j++) {
+                    const __m512 t = _mm512_fmsub_ps(_mm512_cvtepi32_ps(s[g][j]), _mm512_load_ps(dxb + 16 * j),
+                                                     _mm512_load_ps(cor + 16 * j));
+                    if (j & 1) accm[g] = _mm512_fnmadd_ps(t, _mm512_set1_ps(wb->dsc[j]), accm[g]);
+                    else acc[g] = _mm512_fmadd_ps(t, _mm512_set1_ps(wb->dsc[j]), acc[g]);
+                }
+            }
+            continue;
+        }
         /* Two chains each for the scaled sums and for the mins, so that only one multiply-add
          * (acc) and one add (accm) carry from block to block. */
 #pragma GCC unroll 2
@@ -213,6 +276,14 @@ static inline void store_tokens(__m512 acc, int G, int t0, int n, int64_t r, flo
     }
 }
 
+static void unpack_row(const uint8_t *w, int64_t n, int fmt, wblock *u) {
+    for (int64_t b = 0; b < n; b++) {
+        if (fmt == FMT_Q4_K) q4k_unpack(w + 144 * b, u + b);
+        else if (fmt == FMT_Q6_K) q6k_unpack(w + 210 * b, u + b);
+        else q8_unpack(w + 272 * b, u + b);
+    }
+}
+
 #define TILE_BLOCKS 64 /* weight blocks unpacked at a time: 24 KiB */
 
 /* Rows [ra, rz) in tiles of up to 16 rows (TILE_BLOCKS blocks): each tile is unpacked once,
@@ -221,7 +292,8 @@ static inline void store_tokens(__m512 acc, int G, int t0, int n, int64_t r, flo
  * codes of one group span 4 KiB per block, and a row of 2048 values against a whole group
  * from L2 would wait on L2 at every product. */
 static void rows_run(const qn_tensor *W, int64_t ra, int64_t rz, const uint8_t *packed, int T, float *y, int64_t ldy,
-                     float *const *yrows, const int q6) {
+                     float *const *yrows, const int fmt) {
+    const size_t wbytes = fmt == FMT_Q4_K ? 144 : fmt == FMT_Q6_K ? 210 : 272; /* per 256 values */
     const int G = lanes_per_token(T), ng = (T + 15) / 16;
     const int64_t nb = W->cols / 256, gstride = nb * PK_BLOCK;
     wblock ub[TILE_BLOCKS];
@@ -248,30 +320,25 @@ static void rows_run(const qn_tensor *W, int64_t ra, int64_t rz, const uint8_t *
                     }
                     if (R > 1) {
                         u = ub + (r - r0) * nb + b0;
-                        if (g == 0) { /* first use of this row's blocks: unpack them */
-                            const uint8_t *w = qn_tensor_row(W, r) + (size_t)b0 * (q6 ? 210 : 144);
-                            for (int64_t b = 0; b < nbp; b++)
-                                q6 ? q6k_unpack(w + 210 * b, u + b) : q4k_unpack(w + 144 * b, u + b);
-                        }
+                        if (g == 0) unpack_row(qn_tensor_row(W, r) + (size_t)b0 * wbytes, nbp, fmt, u);
                     } else { /* a row wider than the tile: unpacked piece by piece, each time */
                         u = ub;
-                        const uint8_t *w = qn_tensor_row(W, r) + (size_t)b0 * (q6 ? 210 : 144);
-                        for (int64_t b = 0; b < nbp; b++) q6 ? q6k_unpack(w + 210 * b, u + b) : q4k_unpack(w + 144 * b, u + b);
+                        unpack_row(qn_tensor_row(W, r) + (size_t)b0 * wbytes, nbp, fmt, u);
                     }
                     const uint8_t *pk[2] = {packed + gstride * g + PK_BLOCK * b0,
                                             packed + gstride * (g + NG - 1) + PK_BLOCK * b0};
                     __m512 o[2];
-                    if (q6) {
-                        if (NG == 2) row_dot(u, nbp, pk, 2, 1, 1, o);
-                        else if (G == 1) row_dot(u, nbp, pk, 1, 1, 1, o);
-                        else if (G == 2) row_dot(u, nbp, pk, 1, 2, 1, o);
-                        else row_dot(u, nbp, pk, 1, 4, 1, o);
-                    } else {
-                        if (NG == 2) row_dot(u, nbp, pk, 2, 1, 0, o);
-                        else if (G == 1) row_dot(u, nbp, pk, 1, 1, 0, o);
-                        else if (G == 2) row_dot(u, nbp, pk, 1, 2, 0, o);
-                        else row_dot(u, nbp, pk, 1, 4, 0, o);
-                    }
+#define ROW_DOT(F)                                                                                           \
+    do {                                                                                                     \
+        if (NG == 2) row_dot(u, nbp, pk, 2, 1, F, o);                                                        \
+        else if (G == 1) row_dot(u, nbp, pk, 1, 1, F, o);                                                    \
+        else if (G == 2) row_dot(u, nbp, pk, 1, 2, F, o);                                                    \
+        else row_dot(u, nbp, pk, 1, 4, F, o);                                                                \
+    } while (0)
+                    if (fmt == FMT_Q4_K) ROW_DOT(FMT_Q4_K);
+                    else if (fmt == FMT_Q6_K) ROW_DOT(FMT_Q6_K);
+                    else ROW_DOT(FMT_Q8_0);
+#undef ROW_DOT
                     acc[r - r0][0] = _mm512_add_ps(acc[r - r0][0], o[0]);
                     acc[r - r0][1] = _mm512_add_ps(acc[r - r0][1], o[1]);
                 }
@@ -286,12 +353,17 @@ static void rows_run(const qn_tensor *W, int64_t ra, int64_t rz, const uint8_t *
 
 void gemm_vnniq4k_rows(const qn_tensor *W, int64_t ra, int64_t rz, const uint8_t *packed, int T, float *y,
                        int64_t ldy, float *const *yrows) {
-    rows_run(W, ra, rz, packed, T, y, ldy, yrows, 0);
+    rows_run(W, ra, rz, packed, T, y, ldy, yrows, FMT_Q4_K);
 }
 
 void gemm_vnniq6k_rows(const qn_tensor *W, int64_t ra, int64_t rz, const uint8_t *packed, int T, float *y,
                        int64_t ldy, float *const *yrows) {
-    rows_run(W, ra, rz, packed, T, y, ldy, yrows, 1);
+    rows_run(W, ra, rz, packed, T, y, ldy, yrows, FMT_Q6_K);
+}
+
+void gemm_vnniq8_rows(const qn_tensor *W, int64_t ra, int64_t rz, const uint8_t *packed, int T, float *y,
+                      int64_t ldy, float *const *yrows) {
+    rows_run(W, ra, rz, packed, T, y, ldy, yrows, FMT_Q8_0);
 }
 
 #else
@@ -302,4 +374,7 @@ void gemm_vnniq4k_rows(const qn_tensor *W, int64_t ra, int64_t rz, const uint8_t
                        int64_t ldy, float *const *yrows) {}
 void gemm_vnniq6k_rows(const qn_tensor *W, int64_t ra, int64_t rz, const uint8_t *packed, int T, float *y,
                        int64_t ldy, float *const *yrows) {}
+void gemm_vnni_pack_q8(const uint8_t *act, size_t astride, int T, int64_t cols, uint8_t *packed) {}
+void gemm_vnniq8_rows(const qn_tensor *W, int64_t ra, int64_t rz, const uint8_t *packed, int T, float *y,
+                      int64_t ldy, float *const *yrows) {}
 #endif

@@ -1,4 +1,4 @@
-/* gemm_vnni.h - K-quant weights against a few quantized activation rows with the tokens in
+/* gemm_vnni.h - K-quant and Q8_0 weights against a few quantized activation rows with the tokens in
  * the vector lanes, on AVX-512 VNNI (see gemm_vnni.c). The same interface as the AMX integer
  * tiles of gemm_amx.h, for CPUs without AMX. */
 #ifndef QNEXT_GEMM_VNNI_H
@@ -18,5 +18,10 @@ void gemm_vnniq4k_rows(const qn_tensor *W, int64_t ra, int64_t rz, const uint8_t
                        int64_t ldy, float *const *yrows);
 void gemm_vnniq6k_rows(const qn_tensor *W, int64_t ra, int64_t rz, const uint8_t *packed, int T, float *y,
                        int64_t ldy, float *const *yrows);
+/* The same for Q8_0 weights against Q8_0 activation rows (cols a multiple of 256), packed by
+ * gemm_vnni_pack_q8 into gemm_vnni_packed_bytes(cols, T) bytes. */
+void gemm_vnni_pack_q8(const uint8_t *act, size_t astride, int T, int64_t cols, uint8_t *packed);
+void gemm_vnniq8_rows(const qn_tensor *W, int64_t ra, int64_t rz, const uint8_t *packed, int T, float *y,
+                      int64_t ldy, float *const *yrows);
 
 #endif

@@ -173,13 +173,15 @@ static const amxi_path amxi_q8_0 = {amxq8_bytes, gemm_amxq8_pack, gemm_amxq8_row
 static const amxi_path amxi_q4_k = {amxq4k_bytes, gemm_amxq4k_pack, gemm_amxq4k_rows};
 static const amxi_path amxi_q6_k = {amxq4k_bytes, gemm_amxq6k_pack, gemm_amxq6k_rows};
 /* Without AMX (AMD Zen 4, Intel before Sapphire Rapids): the tokens in the lanes of VNNI
- * vectors (gemm_vnni.c), Q4_K and Q6_K, from 32 tokens (prompts, and the experts of a prompt).
- * On an AMD EPYC (2 cores, PERF.md), 512 x 2048 from memory, medians of 7, us, lanes against
- * the vector kernels: Q4_K at 8 tokens 95 / 84, at 16 152 / 148, at 32 227 / 264, at 160
- * 968 / 1271; Q6_K at 16 179 / 139, at 32 even, at 160 1207 / 1286. Below 32 tokens the
- * vector kernels keep the products. */
+ * vectors (gemm_vnni.c): Q4_K and Q6_K from 32 tokens (prompts, and the experts of a prompt),
+ * Q8_0 from 12. On an AMD EPYC (2 cores, PERF.md), 512 x 2048 from memory, medians of 5-7, us,
+ * lanes against the vector kernels: Q4_K at 8 tokens 95 / 84, at 16 152 / 148, at 32 227 /
+ * 264, at 160 968 / 1271; Q6_K at 16 179 / 139, at 32 even, at 160 1207 / 1286; Q8_0 at 10
+ * 162 / 149, at 12 168 / 175, at 16 168 / 237, at 32 252 / 449, at 160 1011 / 2232. Below
+ * that the vector kernels keep the products. */
 static const amxi_path vnni_q4_k = {gemm_vnni_packed_bytes, gemm_vnni_pack, gemm_vnniq4k_rows};
 static const amxi_path vnni_q6_k = {gemm_vnni_packed_bytes, gemm_vnni_pack, gemm_vnniq6k_rows};
+static const amxi_path vnni_q8_0 = {gemm_vnni_packed_bytes, gemm_vnni_pack_q8, gemm_vnniq8_rows};
 
 static const amxi_path *use_amxi(const qn_tensor *W, int T) {
     static int lo = -1;
@@ -193,6 +195,7 @@ static const amxi_path *use_amxi(const qn_tensor *W, int T) {
         if (!gemm_vnni_available() || g_kern != &dot_avx512 || W->cols % 256) return NULL;
         if (W->dtype == QN_Q4_K && T >= (lo ? lo : 32)) return &vnni_q4_k;
         if (W->dtype == QN_Q6_K && T >= (lo ? lo : 32)) return &vnni_q6_k;
+        if (W->dtype == QN_Q8_0 && T >= (lo ? lo : 12)) return &vnni_q8_0;
         return NULL;
     }
     if (T > 16) return NULL;
