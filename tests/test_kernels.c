@@ -360,7 +360,7 @@ static void test_matmul_multi(int wt) {
 /* The integer products that pack the activations once per product: the AMX tiles
  * (gemm_amx_q8.c: Q8_0, and Q4_K and Q6_K against Q8_K activations; 1..16 tokens, both sides
  * of Q4_K's paired sub-blocks at 8) and, on CPUs with AVX-512 VNNI, the tokens-in-lanes
- * kernels (gemm_vnni.c: Q4_K, Q6_K and Q8_0; every lane width, 4, 8 and 16 token slots, and more
+ * kernels (gemm_vnni.c: Q4_K, Q5_K, Q6_K and Q8_0; every lane width, 4, 8 and 16 token slots, and more
  * tokens than one group of 16 holds, in pairs of groups and a single last one). Each against
  * the portable dot kernel on the same quantized activations: equal to float rounding, for a
  * row count that is not a multiple of 16, an odd number of blocks, a row map, and outputs
@@ -421,7 +421,7 @@ static void test_int_path(int wt, const int_path *p, const int *Ts, int nT) {
 
 static void test_int_paths(int wt) {
     const int q6 = wt == QUANT_Q6_K;
-    if (gemm_amxq8_available()) {
+    if (gemm_amxq8_available() && wt != QUANT_Q5_K) { /* no AMX path for Q5_K */
         const int Ts[7] = {1, 2, 5, 8, 9, 12, 16};
         const int_path p = wt == QUANT_Q8_0 ? (int_path){"amx", amxq8_bytes, gemm_amxq8_pack, gemm_amxq8_rows}
                            : q6 ? (int_path){"amx", amxq4k_bytes, gemm_amxq6k_pack, gemm_amxq6k_rows}
@@ -432,7 +432,8 @@ static void test_int_paths(int wt) {
         const int Ts[11] = {1, 3, 4, 5, 8, 9, 16, 17, 32, 33, 50};
         const int_path p = wt == QUANT_Q8_0 ? (int_path){"vnni", gemm_vnni_packed_bytes, gemm_vnni_pack_q8, gemm_vnniq8_rows}
                                             : (int_path){"vnni", gemm_vnni_packed_bytes, gemm_vnni_pack,
-                                                         q6 ? gemm_vnniq6k_rows : gemm_vnniq4k_rows};
+                                                         q6 ? gemm_vnniq6k_rows
+                                                         : wt == QUANT_Q5_K ? gemm_vnniq5k_rows : gemm_vnniq4k_rows};
         test_int_path(wt, &p, Ts, 11);
     }
 }
@@ -458,6 +459,7 @@ int main(void) {
     test_int_paths(QUANT_Q8_0);
     test_int_paths(QUANT_Q4_K);
     test_int_paths(QUANT_Q6_K);
+    test_int_paths(QUANT_Q5_K);
     test_dotm(QUANT_Q8_0);
     test_dotm(QUANT_Q4_K);
     test_dotm(QUANT_Q5_K);

@@ -1,4 +1,4 @@
-/* gemm_vnni.c - Q4_K and Q6_K weights against 2..16 Q8_K activation rows on AVX-512 VNNI,
+/* gemm_vnni.c - Q4_K, Q5_K, Q6_K and Q8_0 weights against many activation rows on AVX-512 VNNI,
  * with the tokens in the vector lanes; for CPUs without AMX (AMD Zen 4, Intel before
  * Sapphire Rapids).
  *
@@ -125,7 +125,7 @@ static inline float h2f(const uint8_t *p) {
     return _cvtsh_ss(h);
 }
 
-enum { FMT_Q4_K, FMT_Q6_K, FMT_Q8_0 };
+enum { FMT_Q4_K, FMT_Q6_K, FMT_Q8_0, FMT_Q5_K };
 
 /* A weight block unpacked: its 256 values in order, one byte each, and its scales times d
  * (Q4_K: 8 scales and 8 mins times dmin; Q6_K: 16 scales; Q8_0: the 8 blocks' d). */
@@ -139,7 +139,24 @@ typedef struct {
 /* Q4_K (144-byte blocks: d, dmin, 12 bytes of 6-bit scales and mins, 128 bytes of nibbles;
  * value 64j + l is the low nibble of byte 32j + l for l < 32, the high nibble of byte
  * 32j + l - 32 above). */
-static inline void q4k_unpack(const uint8_t *w, wblock *o) {
+static inline void q45_unpack(const uint8_t *w, const uint8_t *qs, wblock *o);
+static inline void q4k_unpack(const uint8_t *w, wblock *o) { q45_unpack(w, w + 16, o); }
+
+/* Q5_K (176-byte blocks: Q4_K's d, dmin and scales, then 32 bytes qh, then the nibbles at 48):
+ * value 64j + l has its fifth bit in bit 2j of qh byte l (l < 32), value 64j + 32 + l in bit
+ * 2j + 1; it adds 16. */
+static inline void q5k_unpack(const uint8_t *w, wblock *o) {
+    q45_unpack(w, w + 48, o);
+    const __m512i h = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(w + 16)));
+    const __m512i bit0 = _mm512_inserti64x4(_mm512_set1_epi8(1), _mm256_set1_epi8(2), 1), sixteen = _mm512_set1_epi8(16);
+    for (int j = 0; j < 4; j++) { /* bytes 1 << 2j, then 2 << 2j: no carry into the next byte */
+        const __m512i u = _mm512_load_si512((const void *)(o->U + 64 * j));
+        _mm512_store_si512((void *)(o->U + 64 * j),
+                           _mm512_mask_add_epi8(u, _mm512_test_epi8_mask(h, _mm512_slli_epi16(bit0, 2 * j)), u, sixteen));
+    }
+}
+
+static inline void q45_unpack(const uint8_t *w, const uint8_t *qs, wblock *o) {
     const __m512i m4 = _mm512_set1_epi8(0x0F);
     uint64_t sc, mn;
     quant_k4_unpack(w + 4, &sc, &mn);
@@ -148,7 +165,7 @@ static inline void q4k_unpack(const uint8_t *w, wblock *o) {
     _mm256_storeu_ps(o->dmm, _mm256_mul_ps(_mm256_set1_ps(h2f(w + 2)),
                                           _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)mn)))));
     for (int h = 0; h < 2; h++) { /* bytes 64h.. hold values 128h + [0,32) [64,96) (low) and [32,64) [96,128) (high) */
-        const __m512i z = _mm512_loadu_si512((const void *)(w + 16 + 64 * h));
+        const __m512i z = _mm512_loadu_si512((const void *)(qs + 64 * h));
         const __m512i lo = _mm512_and_si512(z, m4), hi = _mm512_and_si512(_mm512_srli_epi16(z, 4), m4);
         _mm512_store_si512((void *)(o->U + 128 * h), _mm512_shuffle_i64x2(lo, hi, 0x44));
         _mm512_store_si512((void *)(o->U + 128 * h + 64), _mm512_shuffle_i64x2(lo, hi, 0xEE));
@@ -205,7 +222,7 @@ static inline __attribute__((always_inline)) __m512i bcast_codes(const uint8_t *
  * once per block; Q8_0 adds d_s (dx_s sum(x (q + 128)) - 128 dx_s sum(x)). */
 static inline __attribute__((always_inline)) void row_dot(const wblock *ub, int64_t nb, const uint8_t *const *pk,
                                                         const int NG, const int G, const int fmt, __m512 *out) {
-    const int q6 = fmt == FMT_Q6_K, NS = q6 ? 16 : 8, n = 256 / NS;
+    const int q6 = fmt == FMT_Q6_K, NS = q6 ? 16 : 8, n = 256 / NS; /* Q5_K computes as Q4_K */
     __m512 acc[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()}, accm[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
     for (int64_t b = 0; b < nb; b++) {
         const wblock *wb = ub + b;
@@ -279,6 +296,7 @@ static inline void store_tokens(__m512 acc, int G, int t0, int n, int64_t r, flo
 static void unpack_row(const uint8_t *w, int64_t n, int fmt, wblock *u) {
     for (int64_t b = 0; b < n; b++) {
         if (fmt == FMT_Q4_K) q4k_unpack(w + 144 * b, u + b);
+        else if (fmt == FMT_Q5_K) q5k_unpack(w + 176 * b, u + b);
         else if (fmt == FMT_Q6_K) q6k_unpack(w + 210 * b, u + b);
         else q8_unpack(w + 272 * b, u + b);
     }
@@ -293,7 +311,7 @@ static void unpack_row(const uint8_t *w, int64_t n, int fmt, wblock *u) {
  * from L2 would wait on L2 at every product. */
 static void rows_run(const qn_tensor *W, int64_t ra, int64_t rz, const uint8_t *packed, int T, float *y, int64_t ldy,
                      float *const *yrows, const int fmt) {
-    const size_t wbytes = fmt == FMT_Q4_K ? 144 : fmt == FMT_Q6_K ? 210 : 272; /* per 256 values */
+    const size_t wbytes = fmt == FMT_Q4_K ? 144 : fmt == FMT_Q5_K ? 176 : fmt == FMT_Q6_K ? 210 : 272; /* per 256 values */
     const int G = lanes_per_token(T), ng = (T + 15) / 16;
     const int64_t nb = W->cols / 256, gstride = nb * PK_BLOCK;
     wblock ub[TILE_BLOCKS];
@@ -335,7 +353,7 @@ static void rows_run(const qn_tensor *W, int64_t ra, int64_t rz, const uint8_t *
         else if (G == 2) row_dot(u, nbp, pk, 1, 2, F, o);                                                    \
         else row_dot(u, nbp, pk, 1, 4, F, o);                                                                \
     } while (0)
-                    if (fmt == FMT_Q4_K) ROW_DOT(FMT_Q4_K);
+                    if (fmt == FMT_Q4_K || fmt == FMT_Q5_K) ROW_DOT(FMT_Q4_K);
                     else if (fmt == FMT_Q6_K) ROW_DOT(FMT_Q6_K);
                     else ROW_DOT(FMT_Q8_0);
 #undef ROW_DOT
@@ -361,6 +379,11 @@ void gemm_vnniq6k_rows(const qn_tensor *W, int64_t ra, int64_t rz, const uint8_t
     rows_run(W, ra, rz, packed, T, y, ldy, yrows, FMT_Q6_K);
 }
 
+void gemm_vnniq5k_rows(const qn_tensor *W, int64_t ra, int64_t rz, const uint8_t *packed, int T, float *y,
+                       int64_t ldy, float *const *yrows) {
+    rows_run(W, ra, rz, packed, T, y, ldy, yrows, FMT_Q5_K);
+}
+
 void gemm_vnniq8_rows(const qn_tensor *W, int64_t ra, int64_t rz, const uint8_t *packed, int T, float *y,
                       int64_t ldy, float *const *yrows) {
     rows_run(W, ra, rz, packed, T, y, ldy, yrows, FMT_Q8_0);
@@ -375,6 +398,8 @@ void gemm_vnniq4k_rows(const qn_tensor *W, int64_t ra, int64_t rz, const uint8_t
 void gemm_vnniq6k_rows(const qn_tensor *W, int64_t ra, int64_t rz, const uint8_t *packed, int T, float *y,
                        int64_t ldy, float *const *yrows) {}
 void gemm_vnni_pack_q8(const uint8_t *act, size_t astride, int T, int64_t cols, uint8_t *packed) {}
+void gemm_vnniq5k_rows(const qn_tensor *W, int64_t ra, int64_t rz, const uint8_t *packed, int T, float *y,
+                       int64_t ldy, float *const *yrows) {}
 void gemm_vnniq8_rows(const qn_tensor *W, int64_t ra, int64_t rz, const uint8_t *packed, int T, float *y,
                       int64_t ldy, float *const *yrows) {}
 #endif

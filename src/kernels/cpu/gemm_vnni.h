@@ -10,13 +10,15 @@ int gemm_vnni_available(void);
 /* Bytes of the packed activations of one product of T tokens (cols a multiple of 256). */
 size_t gemm_vnni_packed_bytes(int64_t cols, int T);
 /* Lays out T Q8_K activation rows (row t at act + t * astride) for the kernels below, in
- * gemm_vnni_packed_bytes(cols, T) bytes, 64-byte aligned. Q4_K and Q6_K take the same. */
+ * gemm_vnni_packed_bytes(cols, T) bytes, 64-byte aligned. Q4_K, Q5_K and Q6_K take the same. */
 void gemm_vnni_pack(const uint8_t *act, size_t astride, int T, int64_t cols, uint8_t *packed);
 /* y[t*ldy + r] (or yrows[t][r]) = W[r] . x[t] for r in [ra, rz), t < T, on the calling thread
- * alone; W is Q4_K or Q6_K (cols a multiple of 256). */
+ * alone; W is Q4_K, Q5_K or Q6_K (cols a multiple of 256). */
 void gemm_vnniq4k_rows(const qn_tensor *W, int64_t ra, int64_t rz, const uint8_t *packed, int T, float *y,
                        int64_t ldy, float *const *yrows);
 void gemm_vnniq6k_rows(const qn_tensor *W, int64_t ra, int64_t rz, const uint8_t *packed, int T, float *y,
+                       int64_t ldy, float *const *yrows);
+void gemm_vnniq5k_rows(const qn_tensor *W, int64_t ra, int64_t rz, const uint8_t *packed, int T, float *y,
                        int64_t ldy, float *const *yrows);
 /* The same for Q8_0 weights against Q8_0 activation rows (cols a multiple of 256), packed by
  * gemm_vnni_pack_q8 into gemm_vnni_packed_bytes(cols, T) bytes. */

@@ -182,6 +182,7 @@ static const amxi_path amxi_q6_k = {amxq4k_bytes, gemm_amxq6k_pack, gemm_amxq6k_
 static const amxi_path vnni_q4_k = {gemm_vnni_packed_bytes, gemm_vnni_pack, gemm_vnniq4k_rows};
 static const amxi_path vnni_q6_k = {gemm_vnni_packed_bytes, gemm_vnni_pack, gemm_vnniq6k_rows};
 static const amxi_path vnni_q8_0 = {gemm_vnni_packed_bytes, gemm_vnni_pack_q8, gemm_vnniq8_rows};
+static const amxi_path vnni_q5_k = {gemm_vnni_packed_bytes, gemm_vnni_pack, gemm_vnniq5k_rows};
 
 static const amxi_path *use_amxi(const qn_tensor *W, int T) {
     static int lo = -1;
@@ -194,6 +195,7 @@ static const amxi_path *use_amxi(const qn_tensor *W, int T) {
     if (!gemm_amxq8_available()) { /* any number of tokens, prompts included */
         if (!gemm_vnni_available() || g_kern != &dot_avx512 || W->cols % 256) return NULL;
         if (W->dtype == QN_Q4_K && T >= (lo ? lo : 32)) return &vnni_q4_k;
+        if (W->dtype == QN_Q5_K && T >= (lo ? lo : 32)) return &vnni_q5_k;
         if (W->dtype == QN_Q6_K && T >= (lo ? lo : 32)) return &vnni_q6_k;
         if (W->dtype == QN_Q8_0 && T >= (lo ? lo : 12)) return &vnni_q8_0;
         return NULL;
