@@ -173,8 +173,8 @@ static const amxi_path amxi_q8_0 = {amxq8_bytes, gemm_amxq8_pack, gemm_amxq8_row
 static const amxi_path amxi_q4_k = {amxq4k_bytes, gemm_amxq4k_pack, gemm_amxq4k_rows};
 static const amxi_path amxi_q6_k = {amxq4k_bytes, gemm_amxq6k_pack, gemm_amxq6k_rows};
 /* Without AMX (AMD Zen 4, Intel before Sapphire Rapids): the tokens in the lanes of VNNI
- * vectors (gemm_vnni.c): Q4_K and Q6_K from 32 tokens (prompts, and the experts of a prompt),
- * Q8_0 from 12. On an AMD EPYC (2 cores, PERF.md), 512 x 2048 from memory, medians of 5-7, us,
+ * vectors (gemm_vnni.c): Q4_K, Q5_K and Q6_K from 32 tokens (prompts, and the experts of a
+ * prompt), Q8_0 from 12. On an AMD EPYC (2 cores, PERF.md), 512 x 2048 from memory, medians of 5-7, us,
  * lanes against the vector kernels: Q4_K at 8 tokens 95 / 84, at 16 152 / 148, at 32 227 /
  * 264, at 160 968 / 1271; Q6_K at 16 179 / 139, at 32 even, at 160 1207 / 1286; Q8_0 at 10
  * 162 / 149, at 12 168 / 175, at 16 168 / 237, at 32 252 / 449, at 160 1011 / 2232. Below
