@@ -59,64 +59,67 @@ static inline int lanes_per_token(int T) { return T > 8 ? 1 : T > 4 ? 2 : 4; }
 
 size_t gemm_vnni_packed_bytes(int64_t cols, int T) { return (size_t)((T + 15) / 16) * (size_t)(cols / 256) * PK_BLOCK; }
 
-void gemm_vnni_pack(const uint8_t *act, size_t astride, int T, int64_t cols, uint8_t *packed) {
-    const int G = lanes_per_token(T), L = 16 / G, cb = 4 * G, nv = 64 / G;
+/* Token t's slot of packed block pk from its Q8_K block a (d, 256 codes, 16 sums): the
+ * codes, its scale in each of its lanes, and in its first lane the scale times its 16- and
+ * 32-value sums. */
+static void slot_q8k(const uint8_t *a, int t, int G, uint8_t *pk) {
+    const int cb = 4 * G;
+    float *dxv = (float *)(pk + PK_DX), *bs16 = (float *)(pk + PK_BS16), *bs32 = (float *)(pk + PK_BS32);
+    float dx;
+    int16_t bs[16];
+    memcpy(&dx, a, 4);
+    memcpy(bs, a + 260, 32);
+    for (int v = 0; v < 64 / G; v++) memcpy(pk + 64 * v + cb * t, a + 4 + cb * v, cb);
+    for (int j = 0; j < G; j++) dxv[t * G + j] = dx;
+    for (int s = 0; s < 16; s++) bs16[16 * s + t * G] = dx * (float)bs[s];
+    for (int s = 0; s < 8; s++) bs32[16 * s + t * G] = dx * (float)(bs[2 * s] + bs[2 * s + 1]);
+}
+
+/* The same from eight Q8_0 blocks at a (34 bytes: d, 32 codes), for Q8_0 weights: per lane and
+ * 32-value block the token's scale (at PK_BS32), and 128 times its codes' sum times the scale
+ * (at PK_BS16): the correction for the weights' codes, which come offset by 128. */
+static void slot_q8_0(const uint8_t *a, int t, int G, uint8_t *pk) {
+    const int cb = 4 * G;
+    float *cor = (float *)(pk + PK_BS16), *dxb = (float *)(pk + PK_BS32);
+    for (int v = 0; v < 64 / G; v++) {
+        const int k = cb * v; /* value k of the 256: block k / 32, code k % 32 */
+        memcpy(pk + 64 * v + cb * t, a + 34 * (k / 32) + 2 + k % 32, cb);
+    }
+    for (int j = 0; j < 8; j++) {
+        uint16_t h;
+        memcpy(&h, a + 34 * j, 2);
+        const float dx = _cvtsh_ss(h);
+        int sum = 0;
+        for (int i = 0; i < 32; i++) sum += (int8_t)a[34 * j + 2 + i];
+        for (int l = 0; l < G; l++) dxb[16 * j + t * G + l] = dx;
+        cor[16 * j + t * G] = 128.0f * (float)sum * dx;
+    }
+}
+
+/* Groups of 16 token slots, each as blocks of 256 values; empty slots get zero codes, so that
+ * their lanes stay 0. rb: bytes of 256 values of an activation row. */
+static void pack_run(const uint8_t *act, size_t astride, int T, int64_t cols, uint8_t *packed, size_t rb,
+                     void (*slot)(const uint8_t *, int, int, uint8_t *)) {
+    const int G = lanes_per_token(T), L = 16 / G, cb = 4 * G;
     const int64_t nb = cols / 256;
     for (int g = 0; g < (T + 15) / 16; g++)
         for (int64_t b = 0; b < nb; b++) {
             uint8_t *pk = packed + PK_BLOCK * (g * nb + b);
-            float *dxv = (float *)(pk + PK_DX), *bs16 = (float *)(pk + PK_BS16), *bs32 = (float *)(pk + PK_BS32);
             memset(pk + PK_DX, 0, PK_BLOCK - PK_DX);
             for (int t = 0; t < L; t++) {
-                if (16 * g + t >= T) { /* empty slots: zero codes, so their lanes stay 0 */
-                    for (int v = 0; v < nv; v++) memset(pk + 64 * v + cb * t, 0, cb);
-                    continue;
-                }
-                const uint8_t *a = act + astride * (16 * g + t) + 292 * (size_t)b; /* Q8_K: d, 256 codes, 16 sums */
-                float dx;
-                int16_t bs[16];
-                memcpy(&dx, a, 4);
-                memcpy(bs, a + 260, 32);
-                for (int v = 0; v < nv; v++) memcpy(pk + 64 * v + cb * t, a + 4 + cb * v, cb);
-                for (int j = 0; j < G; j++) dxv[t * G + j] = dx;
-                for (int s = 0; s < 16; s++) bs16[16 * s + t * G] = dx * (float)bs[s];
-                for (int s = 0; s < 8; s++) bs32[16 * s + t * G] = dx * (float)(bs[2 * s] + bs[2 * s + 1]);
+                if (16 * g + t < T) slot(act + astride * (16 * g + t) + rb * (size_t)b, t, G, pk);
+                else
+                    for (int v = 0; v < 64 / G; v++) memset(pk + 64 * v + cb * t, 0, cb);
             }
         }
 }
 
-/* Q8_0 activation rows (34-byte blocks: d, 32 codes) for Q8_0 weights, per 256 values: the
- * codes as above, and per lane and 32-value block the token's scale (at PK_BS32) and 128 times
- * its codes' sum times the scale (at PK_BS16), the correction for the weights' offset codes. */
+void gemm_vnni_pack(const uint8_t *act, size_t astride, int T, int64_t cols, uint8_t *packed) {
+    pack_run(act, astride, T, cols, packed, 292, slot_q8k);
+}
+
 void gemm_vnni_pack_q8(const uint8_t *act, size_t astride, int T, int64_t cols, uint8_t *packed) {
-    const int G = lanes_per_token(T), L = 16 / G, cb = 4 * G, nv = 64 / G;
-    const int64_t nb = cols / 256;
-    for (int g = 0; g < (T + 15) / 16; g++)
-        for (int64_t b = 0; b < nb; b++) {
-            uint8_t *pk = packed + PK_BLOCK * (g * nb + b);
-            float *cor = (float *)(pk + PK_BS16), *dxb = (float *)(pk + PK_BS32);
-            memset(pk + PK_DX, 0, PK_BLOCK - PK_DX);
-            for (int t = 0; t < L; t++) {
-                if (16 * g + t >= T) {
-                    for (int v = 0; v < nv; v++) memset(pk + 64 * v + cb * t, 0, cb);
-                    continue;
-                }
-                const uint8_t *a = act + astride * (16 * g + t) + 34 * 8 * (size_t)b;
-                for (int v = 0; v < nv; v++) {
-                    const int k = cb * v; /* value k of the 256: block k / 32, code k % 32 */
-                    memcpy(pk + 64 * v + cb * t, a + 34 * (k / 32) + 2 + k % 32, cb);
-                }
-                for (int j = 0; j < 8; j++) {
-                    uint16_t h;
-                    memcpy(&h, a + 34 * j, 2);
-                    const float dx = _cvtsh_ss(h);
-                    int sum = 0;
-                    for (int i = 0; i < 32; i++) sum += (int8_t)a[34 * j + 2 + i];
-                    for (int l = 0; l < G; l++) dxb[16 * j + t * G + l] = dx;
-                    cor[16 * j + t * G] = 128.0f * (float)sum * dx;
-                }
-            }
-        }
+    pack_run(act, astride, T, cols, packed, 8 * 34, slot_q8_0);
 }
 
 static inline float h2f(const uint8_t *p) {
@@ -369,37 +372,27 @@ static void rows_run(const qn_tensor *W, int64_t ra, int64_t rz, const uint8_t *
     }
 }
 
-void gemm_vnniq4k_rows(const qn_tensor *W, int64_t ra, int64_t rz, const uint8_t *packed, int T, float *y,
-                       int64_t ldy, float *const *yrows) {
-    rows_run(W, ra, rz, packed, T, y, ldy, yrows, FMT_Q4_K);
-}
+/* The entry points, one per weight format (gemm_vnni.h). */
+#define VNNI_ROWS(name, body)                                                                                  \
+    void name(const qn_tensor *W, int64_t ra, int64_t rz, const uint8_t *packed, int T, float *y, int64_t ldy, \
+              float *const *yrows) {                                                                         \
+        body;                                                                                                \
+    }
+VNNI_ROWS(gemm_vnniq4k_rows, rows_run(W, ra, rz, packed, T, y, ldy, yrows, FMT_Q4_K))
+VNNI_ROWS(gemm_vnniq5k_rows, rows_run(W, ra, rz, packed, T, y, ldy, yrows, FMT_Q5_K))
+VNNI_ROWS(gemm_vnniq6k_rows, rows_run(W, ra, rz, packed, T, y, ldy, yrows, FMT_Q6_K))
+VNNI_ROWS(gemm_vnniq8_rows, rows_run(W, ra, rz, packed, T, y, ldy, yrows, FMT_Q8_0))
 
-void gemm_vnniq6k_rows(const qn_tensor *W, int64_t ra, int64_t rz, const uint8_t *packed, int T, float *y,
-                       int64_t ldy, float *const *yrows) {
-    rows_run(W, ra, rz, packed, T, y, ldy, yrows, FMT_Q6_K);
-}
-
-void gemm_vnniq5k_rows(const qn_tensor *W, int64_t ra, int64_t rz, const uint8_t *packed, int T, float *y,
-                       int64_t ldy, float *const *yrows) {
-    rows_run(W, ra, rz, packed, T, y, ldy, yrows, FMT_Q5_K);
-}
-
-void gemm_vnniq8_rows(const qn_tensor *W, int64_t ra, int64_t rz, const uint8_t *packed, int T, float *y,
-                      int64_t ldy, float *const *yrows) {
-    rows_run(W, ra, rz, packed, T, y, ldy, yrows, FMT_Q8_0);
-}
-
-#else
+#else /* not built for AVX-512 VNNI: gemm_vnni_available() says so, and nothing else is called */
+#define VNNI_ROWS(name)                                                                                        \
+    void name(const qn_tensor *W, int64_t ra, int64_t rz, const uint8_t *packed, int T, float *y, int64_t ldy, \
+              float *const *yrows) {}
 int gemm_vnni_available(void) { return 0; }
 size_t gemm_vnni_packed_bytes(int64_t cols, int T) { return 0; }
 void gemm_vnni_pack(const uint8_t *act, size_t astride, int T, int64_t cols, uint8_t *packed) {}
-void gemm_vnniq4k_rows(const qn_tensor *W, int64_t ra, int64_t rz, const uint8_t *packed, int T, float *y,
-                       int64_t ldy, float *const *yrows) {}
-void gemm_vnniq6k_rows(const qn_tensor *W, int64_t ra, int64_t rz, const uint8_t *packed, int T, float *y,
-                       int64_t ldy, float *const *yrows) {}
 void gemm_vnni_pack_q8(const uint8_t *act, size_t astride, int T, int64_t cols, uint8_t *packed) {}
-void gemm_vnniq5k_rows(const qn_tensor *W, int64_t ra, int64_t rz, const uint8_t *packed, int T, float *y,
-                       int64_t ldy, float *const *yrows) {}
-void gemm_vnniq8_rows(const qn_tensor *W, int64_t ra, int64_t rz, const uint8_t *packed, int T, float *y,
-                      int64_t ldy, float *const *yrows) {}
+VNNI_ROWS(gemm_vnniq4k_rows)
+VNNI_ROWS(gemm_vnniq5k_rows)
+VNNI_ROWS(gemm_vnniq6k_rows)
+VNNI_ROWS(gemm_vnniq8_rows)
 #endif
