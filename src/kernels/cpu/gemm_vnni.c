@@ -2,27 +2,32 @@
  * with the tokens in the vector lanes; for CPUs without AMX (AMD Zen 4, Intel before
  * Sapphire Rapids).
  *
- * Why. A batched decode step gives each routed expert a handful of tokens (16 streams and
- * top-10 of 32 experts: ~5 each) and every other projection 16. The vector kernels of
- * dot_x86.inc give one weight row's block to a register and dot it with one token at a
- * time: each token then costs the 4 vpdpbusd of its products plus ~13 instructions to apply
- * the sub-block scales, the mins and the block scales to that token's 16 partial sums. On
- * two cores that overhead, paid per token, is what bounds the step.
+ * Why. The vector kernels of dot_x86.inc give one weight row's block to a register and dot it
+ * with one token at a time: each token then costs the 4 vpdpbusd of its products plus ~13
+ * instructions that apply the sub-block scales, the mins and the block scale to that token's
+ * partial sums. Without AMX tiles, that per-token overhead is what bounds a prompt.
  *
  * How. Here a 512-bit register holds 16 lanes of 4 bytes, and the lanes belong to the
  * tokens: with L = 16 / G token slots (G = 1, 2 or 4 lanes per token, the fewest slots that
- * hold T), slot t's G lanes hold 4G consecutive activation codes of token t, and the
- * weight's same 4G codes (unsigned, 0..15 or 0..63) are broadcast to every slot. One
- * vpdpbusd then advances all tokens by 4G values of the row, and the scales are applied
- * once per sub-block for all tokens together: convert the sub-block's int32 sums, multiply
- * by d * scale, and once per block by the tokens' activation scales. What stays per token is
- * only the products. The tokens' codes are laid out once per product (gemm_vnni_pack) and
- * are shared by all rows and threads; a row's block is unpacked once into 256 value-ordered
- * bytes on the stack, from which the broadcasts load.
+ * hold T; more tokens go in groups of 16), slot t's G lanes hold 4G consecutive activation
+ * codes of token t, and the weight's same 4G codes (unsigned: 0..15, 0..31, 0..63, or Q8_0's
+ * plus 128) are broadcast to every slot. One vpdpbusd then advances all tokens by 4G values
+ * of the row, and the scales are applied once per sub-block for all tokens together: convert
+ * the sub-block's int32 sums, multiply by d * scale, and once per block by the tokens'
+ * activation scales. What stays per token is only the products. The tokens' codes are laid
+ * out once per product (gemm_vnni_pack, gemm_vnni_pack_q8) and shared by all rows and
+ * threads; a tile of rows is unpacked once into value-ordered bytes on the stack, from which
+ * the broadcasts load, and dotted with two groups of tokens at a time.
+ *
+ * Where. A row block costs ~50 cycles whatever the number of tokens (unpacking, and the
+ * scale work of 16 lanes), and the rows are read in bursts that the hardware prefetchers
+ * follow worse than the vector kernels' steady stream; so with the weights coming from
+ * memory the lanes only win from 32 tokens (12 for Q8_0). ops.c sends them prompts and the
+ * experts of a prompt (and Q8_0's dense products of a batched step); PERF.md has the numbers.
  *
  * The integer sums are exact, as in the vector kernels; only the float rounding order
- * differs. Q4_K's mins and Q6_K's -32 offset go through the activations' 16-value sums
- * (bsums of Q8_K), packed per lane with the token's scale already applied. */
+ * differs. Q4_K's and Q5_K's mins, Q6_K's -32 offset and Q8_0's +128 go through the
+ * activations' block sums, packed per lane with the token's scale already applied. */
 #include "kernels/cpu/gemm_vnni.h"
 
 #include <string.h>
