@@ -159,7 +159,8 @@ const char *op_kernel_name(void) {
  * tiles against vector kernels (medians, ms; PERF.md): Q4_K (paired sub-blocks) at 3 tokens
  * 3.96 / 3.68, at 4 5.05 / 5.51, at 16 7.5 / 17.2; Q6_K at 7 7.8 / 6.9, at 8 even, at 10
  * 7.8 / 9.8, at 16 9.8 / 17.9. QNEXT_AMXI_MIN sets the lower bound of all three (an
- * experiment switch; 17 turns them off). */
+ * experiment switch; a bound above any token count, such as 100000, turns them and the
+ * VNNI lanes below off). */
 typedef struct {
     size_t (*packed_bytes)(int64_t cols, int T);
     void (*pack)(const uint8_t *act, size_t astride, int T, int64_t cols, uint8_t *packed);
