@@ -39,9 +39,8 @@
 #include <immintrin.h>
 
 /* One packed block of 256 values: the codes of all token slots (64 / G operands of 64
- * bytes), the activation scale of each lane, dx times the 16-value sums (lane t * G of row
+ * bytes, at 0), the activation scale of each lane, dx times the 16-value sums (lane t * G of row
  * s16 for sub-block s16 of 16 values; 0 elsewhere), and the same for the 32-value sums. */
-#define PK_CODES 0
 #define PK_DX 4096
 #define PK_BS16 (PK_DX + 64)
 #define PK_BS32 (PK_BS16 + 1024)
@@ -63,6 +62,12 @@ int gemm_vnni_available(void) {
 static inline int lanes_per_token(int T) { return T > 8 ? 1 : T > 4 ? 2 : 4; }
 
 size_t gemm_vnni_packed_bytes(int64_t cols, int T) { return (size_t)((T + 15) / 16) * (size_t)(cols / 256) * PK_BLOCK; }
+
+static inline float h2f(const uint8_t *p) {
+    uint16_t h;
+    memcpy(&h, p, 2);
+    return _cvtsh_ss(h);
+}
 
 /* Token t's slot of packed block pk from its Q8_K block a (d, 256 codes, 16 sums): the
  * codes, its scale in each of its lanes, and in its first lane the scale times its 16- and
@@ -91,9 +96,7 @@ static void slot_q8_0(const uint8_t *a, int t, int G, uint8_t *pk) {
         memcpy(pk + 64 * v + cb * t, a + 34 * (k / 32) + 2 + k % 32, cb);
     }
     for (int j = 0; j < 8; j++) {
-        uint16_t h;
-        memcpy(&h, a + 34 * j, 2);
-        const float dx = _cvtsh_ss(h);
+        const float dx = h2f(a + 34 * j);
         int sum = 0;
         for (int i = 0; i < 32; i++) sum += (int8_t)a[34 * j + 2 + i];
         for (int l = 0; l < G; l++) dxb[16 * j + t * G + l] = dx;
@@ -127,21 +130,16 @@ void gemm_vnni_pack_q8(const uint8_t *act, size_t astride, int T, int64_t cols, 
     pack_run(act, astride, T, cols, packed, 8 * 34, slot_q8_0);
 }
 
-static inline float h2f(const uint8_t *p) {
-    uint16_t h;
-    memcpy(&h, p, 2);
-    return _cvtsh_ss(h);
-}
-
 enum { FMT_Q4_K, FMT_Q6_K, FMT_Q8_0, FMT_Q5_K };
 
-/* A weight block unpacked: its 256 values in order, one byte each, and its scales times d
- * (Q4_K: 8 scales and 8 mins times dmin; Q6_K: 16 scales; Q8_0: the 8 blocks' d). */
+/* A weight block unpacked: its 256 values in order, one byte each, its scales times d
+ * (Q4_K and Q5_K: 8; Q6_K: 16; Q8_0: the 8 blocks' d), and the coefficients of the
+ * activation sums that row_dot subtracts (Q4_K and Q5_K: the 8 mins times dmin; Q6_K: the
+ * offset, 32 times each scale times d). */
 typedef struct {
     _Alignas(64) uint8_t U[256];
     float dsc[16];
-    float dmm[8];
-    float pad[8];
+    float dmm[16];
 } wblock;
 
 /* Q4_K (144-byte blocks: d, dmin, 12 bytes of 6-bit scales and mins, 128 bytes of nibbles;
@@ -189,8 +187,10 @@ static inline void q6k_unpack(const uint8_t *w, wblock *o) {
     /* per 16-bit lane: values 0..31 take qh << 4, 32..63 qh << 2; 64..95 qh, 96..127 qh >> 2 */
     const __m512i up = _mm512_inserti64x4(_mm512_set1_epi16(4), _mm256_set1_epi16(2), 1);
     const __m512i dn = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(2), 1);
-    _mm512_storeu_ps(o->dsc, _mm512_mul_ps(_mm512_set1_ps(h2f(w + 208)),
-                                          _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(w + 192))))));
+    const __m512 dsc = _mm512_mul_ps(_mm512_set1_ps(h2f(w + 208)),
+                                     _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(w + 192)))));
+    _mm512_storeu_ps(o->dsc, dsc);
+    _mm512_storeu_ps(o->dmm, _mm512_mul_ps(dsc, _mm512_set1_ps(32.0f)));
     for (int h = 0; h < 2; h++) {
         const __m512i l = _mm512_loadu_si512((const void *)(w + 64 * h));
         const __m512i q = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(w + 128 + 32 * h)));
@@ -272,13 +272,12 @@ static inline __attribute__((always_inline)) void row_dot(const wblock *ub, int6
 #pragma GCC unroll 2
             for (int k = 0; k < 2; k++) {
                 blk[k] = _mm512_mul_ps(_mm512_cvtepi32_ps(s[g][k]), _mm512_set1_ps(wb->dsc[k]));
-                mn[k] = _mm512_mul_ps(_mm512_set1_ps(q6 ? 32.0f * wb->dsc[k] : wb->dmm[k]), _mm512_load_ps(bsx + 16 * k));
+                mn[k] = _mm512_mul_ps(_mm512_set1_ps(wb->dmm[k]), _mm512_load_ps(bsx + 16 * k));
             }
 #pragma GCC unroll 16
             for (int j = 2; j < NS; j++) {
                 blk[j & 1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[g][j]), _mm512_set1_ps(wb->dsc[j]), blk[j & 1]);
-                mn[j & 1] = _mm512_fmadd_ps(_mm512_set1_ps(q6 ? 32.0f * wb->dsc[j] : wb->dmm[j]),
-                                            _mm512_load_ps(bsx + 16 * j), mn[j & 1]);
+                mn[j & 1] = _mm512_fmadd_ps(_mm512_set1_ps(wb->dmm[j]), _mm512_load_ps(bsx + 16 * j), mn[j & 1]);
             }
             acc[g] = _mm512_fmadd_ps(_mm512_add_ps(blk[0], blk[1]),
                                      _mm512_load_ps((const float *)(pk[g] + PK_BLOCK * b + PK_DX)), acc[g]);
@@ -301,12 +300,19 @@ static inline void store_tokens(__m512 acc, int G, int t0, int n, int64_t r, flo
     }
 }
 
+/* Bytes of 256 weight values in each format. */
+static inline size_t fmt_bytes(int fmt) {
+    return fmt == FMT_Q4_K ? 144 : fmt == FMT_Q5_K ? 176 : fmt == FMT_Q6_K ? 210 : 272;
+}
+
+/* n blocks of 256 values from w. */
 static void unpack_row(const uint8_t *w, int64_t n, int fmt, wblock *u) {
+    const size_t wb = fmt_bytes(fmt);
     for (int64_t b = 0; b < n; b++) {
-        if (fmt == FMT_Q4_K) q4k_unpack(w + 144 * b, u + b);
-        else if (fmt == FMT_Q5_K) q5k_unpack(w + 176 * b, u + b);
-        else if (fmt == FMT_Q6_K) q6k_unpack(w + 210 * b, u + b);
-        else q8_unpack(w + 272 * b, u + b);
+        if (fmt == FMT_Q4_K) q4k_unpack(w + wb * b, u + b);
+        else if (fmt == FMT_Q5_K) q5k_unpack(w + wb * b, u + b);
+        else if (fmt == FMT_Q6_K) q6k_unpack(w + wb * b, u + b);
+        else q8_unpack(w + wb * b, u + b);
     }
 }
 
@@ -319,7 +325,7 @@ static void unpack_row(const uint8_t *w, int64_t n, int fmt, wblock *u) {
  * from L2 would wait on L2 at every product. */
 static void rows_run(const qn_tensor *W, int64_t ra, int64_t rz, const uint8_t *packed, int T, float *y, int64_t ldy,
                      float *const *yrows, const int fmt) {
-    const size_t wbytes = fmt == FMT_Q4_K ? 144 : fmt == FMT_Q5_K ? 176 : fmt == FMT_Q6_K ? 210 : 272; /* per 256 values */
+    const size_t wbytes = fmt_bytes(fmt);
     const int G = lanes_per_token(T), ng = (T + 15) / 16;
     const int64_t nb = W->cols / 256, gstride = nb * PK_BLOCK;
     wblock ub[TILE_BLOCKS];
@@ -333,9 +339,9 @@ static void rows_run(const qn_tensor *W, int64_t ra, int64_t rz, const uint8_t *
             const int NG = g + 1 < ng ? 2 : 1;
             const int64_t piece = 4 * G / NG; /* blocks per piece: 16 KiB of codes */
             for (int64_t r = r0; r < r1; r++) acc[r - r0][0] = acc[r - r0][1] = _mm512_setzero_ps();
-            for (int64_t b0 = 0; b0 < nb; b0 += piece)
+            for (int64_t b0 = 0; b0 < nb; b0 += piece) {
+                const int64_t nbp = nb - b0 < piece ? nb - b0 : piece;
                 for (int64_t r = r0; r < r1; r++) {
-                    const int64_t nbp = nb - b0 < piece ? nb - b0 : piece;
                     wblock *u;
                     if (g == 0 && b0 == 0 && r + R < rz) {
                         /* The tile after this one is read in a burst when its turn comes, and the
@@ -368,6 +374,7 @@ static void rows_run(const qn_tensor *W, int64_t ra, int64_t rz, const uint8_t *
                     acc[r - r0][0] = _mm512_add_ps(acc[r - r0][0], o[0]);
                     acc[r - r0][1] = _mm512_add_ps(acc[r - r0][1], o[1]);
                 }
+            }
             for (int64_t r = r0; r < r1; r++)
                 for (int k = 0; k < NG; k++) {
                     const int t0 = 16 * (g + k), n = T - t0 < 16 / G ? T - t0 : 16 / G;
