@@ -372,8 +372,6 @@ typedef struct {
     void (*rows)(const qn_tensor *W, int64_t ra, int64_t rz, const uint8_t *packed, int T, float *y, int64_t ldy,
                  float *const *yrows);
 } int_path;
-static size_t amxq8_bytes(int64_t cols, int T) { return gemm_amxq8_packed_bytes(cols); }
-static size_t amxq4k_bytes(int64_t cols, int T) { return gemm_amxq4k_packed_bytes(cols); }
 
 static void test_int_path(int wt, const int_path *p, const int *Ts, int nT) {
     const int q8 = wt == QUANT_Q8_0 && !strcmp(p->name, "amx"); /* the lanes take multiples of 256 */
@@ -423,9 +421,9 @@ static void test_int_paths(int wt) {
     const int q6 = wt == QUANT_Q6_K;
     if (gemm_amxq8_available() && wt != QUANT_Q5_K) { /* no AMX path for Q5_K */
         const int Ts[7] = {1, 2, 5, 8, 9, 12, 16};
-        const int_path p = wt == QUANT_Q8_0 ? (int_path){"amx", amxq8_bytes, gemm_amxq8_pack, gemm_amxq8_rows}
-                           : q6 ? (int_path){"amx", amxq4k_bytes, gemm_amxq6k_pack, gemm_amxq6k_rows}
-                                : (int_path){"amx", amxq4k_bytes, gemm_amxq4k_pack, gemm_amxq4k_rows};
+        const int_path p = wt == QUANT_Q8_0 ? (int_path){"amx", gemm_amxq8_packed_bytes, gemm_amxq8_pack, gemm_amxq8_rows}
+                           : q6 ? (int_path){"amx", gemm_amxq4k_packed_bytes, gemm_amxq6k_pack, gemm_amxq6k_rows}
+                                : (int_path){"amx", gemm_amxq4k_packed_bytes, gemm_amxq4k_pack, gemm_amxq4k_rows};
         test_int_path(wt, &p, Ts, 7);
     }
     if (gemm_vnni_available()) {

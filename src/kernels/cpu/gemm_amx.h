@@ -23,17 +23,17 @@ int gemm_amx_rows(const qn_tensor *W, int64_t r0, int64_t r1, const float *x, in
                   int64_t ldy, float *const *yrows);
 /* Q8_0 weights against 1..16 activation rows already quantized to Q8_0, on int8 tiles
  * (gemm_amx_q8.c). gemm_amxq8_pack lays the rows (row t at act + t * astride) out for the
- * tiles in gemm_amxq8_packed_bytes(cols) bytes, 64-byte aligned; gemm_amxq8_rows then
+ * tiles in gemm_amxq8_packed_bytes(cols, T) bytes, 64-byte aligned; gemm_amxq8_rows then
  * computes y[t*ldy + r] (or yrows[t][r]) for r in [ra, rz) on the calling thread alone (it
  * opens no parallel region, so several threads can share one product's rows). cols must be
  * a multiple of 32. */
 int gemm_amxq8_available(void);
-size_t gemm_amxq8_packed_bytes(int64_t cols);
+size_t gemm_amxq8_packed_bytes(int64_t cols, int T); /* T: unused here; the lanes of gemm_vnni.h size by it */
 void gemm_amxq8_pack(const uint8_t *act, size_t astride, int T, int64_t cols, uint8_t *packed);
 void gemm_amxq8_rows(const qn_tensor *W, int64_t ra, int64_t rz, const uint8_t *packed, int T, float *y,
                      int64_t ldy, float *const *yrows);
 /* The same for Q4_K weights against Q8_K activation rows (cols a multiple of 256). */
-size_t gemm_amxq4k_packed_bytes(int64_t cols);
+size_t gemm_amxq4k_packed_bytes(int64_t cols, int T);
 void gemm_amxq4k_pack(const uint8_t *act, size_t astride, int T, int64_t cols, uint8_t *packed);
 void gemm_amxq4k_rows(const qn_tensor *W, int64_t ra, int64_t rz, const uint8_t *packed, int T, float *y,
                       int64_t ldy, float *const *yrows);

@@ -42,7 +42,7 @@ int gemm_amxq8_available(void) {
     return ok;
 }
 
-size_t gemm_amxq8_packed_bytes(int64_t cols) { return (size_t)(cols / 32) * PACK_BLOCK; }
+size_t gemm_amxq8_packed_bytes(int64_t cols, int T) { return (size_t)(cols / 32) * PACK_BLOCK; }
 
 void gemm_amxq8_pack(const uint8_t *act, size_t astride, int T, int64_t cols, uint8_t *packed) {
     const int64_t nb = cols / 32;
@@ -183,7 +183,7 @@ void gemm_amxq8_rows(const qn_tensor *W, int64_t ra, int64_t rz, const uint8_t *
  * dx * sum(x_j) as [8][16] floats. */
 #define PACK_Q4K 4672
 
-size_t gemm_amxq4k_packed_bytes(int64_t cols) { return (size_t)(cols / 256) * PACK_Q4K; }
+size_t gemm_amxq4k_packed_bytes(int64_t cols, int T) { return (size_t)(cols / 256) * PACK_Q4K; }
 
 /* Whether T tokens take the paired Q4_K products (2T tile rows must fit in 16); the packing,
  * the kernel and the tile configurations (q4t_tiles) follow it. */
@@ -581,11 +581,11 @@ void gemm_amxq6k_rows(const qn_tensor *W, int64_t ra, int64_t rz, const uint8_t 
 #else
 
 int gemm_amxq8_available(void) { return 0; }
-size_t gemm_amxq8_packed_bytes(int64_t cols) { return 0; }
+size_t gemm_amxq8_packed_bytes(int64_t cols, int T) { return 0; }
 void gemm_amxq8_pack(const uint8_t *act, size_t astride, int T, int64_t cols, uint8_t *packed) {}
 void gemm_amxq8_rows(const qn_tensor *W, int64_t ra, int64_t rz, const uint8_t *packed, int T, float *y,
                      int64_t ldy, float *const *yrows) {}
-size_t gemm_amxq4k_packed_bytes(int64_t cols) { return 0; }
+size_t gemm_amxq4k_packed_bytes(int64_t cols, int T) { return 0; }
 void gemm_amxq4k_pack(const uint8_t *act, size_t astride, int T, int64_t cols, uint8_t *packed) {}
 void gemm_amxq6k_pack(const uint8_t *act, size_t astride, int T, int64_t cols, uint8_t *packed) {}
 void gemm_amxq4k_rows(const qn_tensor *W, int64_t ra, int64_t rz, const uint8_t *packed, int T, float *y,

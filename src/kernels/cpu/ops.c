@@ -168,11 +168,9 @@ typedef struct {
                  float *const *yrows);
 } amxi_path;
 
-static size_t amxq8_bytes(int64_t cols, int T) { return gemm_amxq8_packed_bytes(cols); }
-static size_t amxq4k_bytes(int64_t cols, int T) { return gemm_amxq4k_packed_bytes(cols); }
-static const amxi_path amxi_q8_0 = {amxq8_bytes, gemm_amxq8_pack, gemm_amxq8_rows};
-static const amxi_path amxi_q4_k = {amxq4k_bytes, gemm_amxq4k_pack, gemm_amxq4k_rows};
-static const amxi_path amxi_q6_k = {amxq4k_bytes, gemm_amxq6k_pack, gemm_amxq6k_rows};
+static const amxi_path amxi_q8_0 = {gemm_amxq8_packed_bytes, gemm_amxq8_pack, gemm_amxq8_rows};
+static const amxi_path amxi_q4_k = {gemm_amxq4k_packed_bytes, gemm_amxq4k_pack, gemm_amxq4k_rows};
+static const amxi_path amxi_q6_k = {gemm_amxq4k_packed_bytes, gemm_amxq6k_pack, gemm_amxq6k_rows};
 /* Without AMX (AMD Zen 4, Intel before Sapphire Rapids): the tokens in the lanes of VNNI
  * vectors (gemm_vnni.c): Q4_K, Q5_K and Q6_K from 32 tokens (prompts, and the experts of a
  * prompt), Q8_0 from 12. On an AMD EPYC (2 cores, PERF.md), 512 x 2048 from memory, medians of 5-7, us,
