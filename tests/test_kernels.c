@@ -373,9 +373,9 @@ typedef struct {
                  float *const *yrows);
 } int_path;
 
-static void test_int_path(int wt, const int_path *p, const int *Ts, int nT) {
-    const int q8 = wt == QUANT_Q8_0 && !strcmp(p->name, "amx"); /* the lanes take multiples of 256 */
-    const int64_t rows = 50, colss[2] = {512, q8 ? 2080 : 2304};
+/* wide: the second width, odd in blocks of what the path takes (32 or 256 values) */
+static void test_int_path(int wt, const int_path *p, const int *Ts, int nT, int64_t wide) {
+    const int64_t rows = 50, colss[2] = {512, wide};
     const int at = dot_act_type(wt), Tmax = Ts[nT - 1];
     for (int ci = 0; ci < 2; ci++) {
         const int64_t cols = colss[ci];
@@ -424,7 +424,7 @@ static void test_int_paths(int wt) {
         const int_path p = wt == QUANT_Q8_0 ? (int_path){"amx", gemm_amxq8_packed_bytes, gemm_amxq8_pack, gemm_amxq8_rows}
                            : q6 ? (int_path){"amx", gemm_amxq4k_packed_bytes, gemm_amxq6k_pack, gemm_amxq6k_rows}
                                 : (int_path){"amx", gemm_amxq4k_packed_bytes, gemm_amxq4k_pack, gemm_amxq4k_rows};
-        test_int_path(wt, &p, Ts, 7);
+        test_int_path(wt, &p, Ts, 7, wt == QUANT_Q8_0 ? 2080 : 2304);
     }
     if (gemm_vnni_available()) {
         const int Ts[11] = {1, 3, 4, 5, 8, 9, 16, 17, 32, 33, 50};
@@ -432,7 +432,7 @@ static void test_int_paths(int wt) {
                                             : (int_path){"vnni", gemm_vnni_packed_bytes, gemm_vnni_pack,
                                                          q6 ? gemm_vnniq6k_rows
                                                          : wt == QUANT_Q5_K ? gemm_vnniq5k_rows : gemm_vnniq4k_rows};
-        test_int_path(wt, &p, Ts, 11);
+        test_int_path(wt, &p, Ts, 11, 2304); /* the lanes take multiples of 256 */
     }
 }
 
