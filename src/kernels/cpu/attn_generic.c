@@ -159,7 +159,13 @@ const attn_kernels *attn_select_kv(int kv_type) {
         const char *env = getenv("QNEXT_ATTN_AMX");
         amx = attn_amx_usable() && !(env && !strcmp(env, "0"));
     }
+    static int bf16 = -1;
+    if (bf16 < 0) {
+        const char *env = getenv("QNEXT_ATTN_BF16");
+        bf16 = attn_bf16_usable() && !(env && !strcmp(env, "0"));
+    }
     if (kv_type != QNEXT_KV_F32 && k == &attn_avx512 && amx) k = &attn_amx;
+    else if (kv_type == QNEXT_KV_BF16 && k == &attn_avx512 && bf16) k = &attn_bf16;
 #else
     (void)kv_type;
 #endif
@@ -169,7 +175,7 @@ const attn_kernels *attn_select_kv(int kv_type) {
 void attn_partial(const attn_tile_args *a, int j0, int j1, float *O, float *mx, float *sum, float *work) {
     const attn_kernels *k = attn_select_kv(a->kv_type);
 #if defined(__x86_64__) || defined(_M_X64)
-    if (a->D % k->d_multiple && (k == &attn_avx512 || k == &attn_amx)) k = &attn_avx2;
+    if (a->D % k->d_multiple && (k == &attn_avx512 || k == &attn_amx || k == &attn_bf16)) k = &attn_avx2;
 #endif
     if (a->D % k->d_multiple) k = &attn_generic;
     k->partial(a, j0, j1, O, mx, sum, work);
