@@ -1,6 +1,8 @@
 /* test_kv.c - the bf16 and 8-bit KV caches stay close to the exact f32 cache, and the
  * session reports the memory the issue promises (per token: layers x 2 x kv heads x D
- * elements; 24 KiB at bf16 for the 80B model's 12 attention layers). */
+ * elements; 24 KiB at bf16 for the 80B model's 12 attention layers). Two fixtures: base_gqa
+ * (head_dim 32) and v5_layer_types (head_dim 64, which the attention kernels that need
+ * D % 64 == 0, attn_vnni for int8 caches, take). */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,11 +16,11 @@ static double rel_l2(const float *a, const float *b, size_t n) {
     return sqrt(num / den);
 }
 
-int main(void) {
+static void check_caches(const char *dir) {
     qnext_model *m;
     char err[512];
     qnext_model_params mp = {.quiet = 1};
-    if (qnext_model_open("tests/fixtures/base_gqa", &mp, &m, err, sizeof err)) { fprintf(stderr, "%s\n", err); return 1; }
+    if (qnext_model_open(dir, &mp, &m, err, sizeof err)) { CHECK(0, "%s", err); return; }
     const qnext_config *c = qnext_model_config(m);
     const int V = c->vocab_size, n = 149;
     int32_t ids[150];
@@ -35,7 +37,7 @@ int main(void) {
         CHECK(!qnext_session_feed(s, ids, n, kt ? got : ref, QNEXT_LOGITS_ALL, err, sizeof err), "%s", err);
         if (kt) {
             double e = rel_l2(got, ref, (size_t)V * n);
-            printf("kv type %d: rel L2 vs f32 cache %.2e\n", kt, e);
+            printf("%s: kv type %d: rel L2 vs f32 cache %.2e\n", dir, kt, e);
             CHECK(e < tol[kt], "kv type %d: rel L2 %.3e >= %.1e", kt, e, tol[kt]);
         }
         qnext_session_memory mem;
@@ -62,5 +64,10 @@ int main(void) {
     free(ref);
     free(got);
     qnext_model_close(m);
+}
+
+int main(void) {
+    check_caches("tests/fixtures/base_gqa");
+    check_caches("tests/fixtures/v5_layer_types");
     return tu_finish("test_kv");
 }

@@ -14,7 +14,9 @@
  * 1/32258 of their largest value (int8)); QNEXT_ATTN_AMX=0 or QNEXT_AMX=0 keep attn_avx512.
  * Without AMX, bf16 caches on CPUs with AVX512_BF16 use attn_bf16 (attn_bf16.c: VDPBF16PS
  * on the stored pairs, the queries and probabilities rounded to bf16 once);
- * QNEXT_ATTN_BF16=0 keeps attn_avx512. */
+ * QNEXT_ATTN_BF16=0 keeps attn_avx512. Likewise int8 caches use attn_vnni (attn_vnni.c:
+ * VPDPBUSD, the queries quantized to int8 once and the probabilities split in two bytes);
+ * QNEXT_ATTN_VNNI=0 keeps attn_avx512. */
 #ifndef QNEXT_ATTN_H
 #define QNEXT_ATTN_H
 
@@ -63,6 +65,8 @@ extern const attn_kernels attn_avx512;
 extern const attn_kernels attn_amx;        /* AMX tiles for bf16 and int8 caches (f32: as attn_avx512) */
 extern const attn_kernels attn_bf16;       /* AVX512-BF16 products for bf16 caches (others: as attn_avx512) */
 int attn_bf16_usable(void);                /* the CPU has AVX512_BF16 (and F, BW, VL, DQ) */
+extern const attn_kernels attn_vnni;       /* AVX512-VNNI products for int8 caches (others: as attn_avx512) */
+int attn_vnni_usable(void);                /* the CPU has AVX512_VNNI (and F, BW, VL, DQ) */
 int attn_amx_usable(void);                 /* the CPU and the OS allow attn_amx, and QNEXT_AMX is not 0 */
 size_t attn_amx_work_bytes(int nq, int D); /* its extra work space */
 #endif
@@ -77,7 +81,7 @@ const attn_kernels *attn_select(void);
 /* The kernel set attn_partial() uses for a cache of type kv_type (attn_select()'s, or
  * attn_amx for bf16 and int8 caches where the CPU has AMX and neither QNEXT_ATTN_AMX nor
  * QNEXT_AMX is 0; else attn_bf16 for bf16 caches where the CPU has AVX512_BF16 and
- * QNEXT_ATTN_BF16 is not 0). */
+ * QNEXT_ATTN_BF16 is not 0, and attn_vnni for int8 caches unless QNEXT_ATTN_VNNI is 0). */
 const attn_kernels *attn_select_kv(int kv_type);
 
 /* Runs the tile over keys [j0, j1) with attn_select_kv()'s kernel (AVX2 or the generic one

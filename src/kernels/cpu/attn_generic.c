@@ -13,7 +13,8 @@
 #include "qnext.h"
 
 size_t attn_work_floats(int nq, int D) {
-    size_t n = (size_t)nq * ATTN_KEYS + (size_t)nq + ATTN_KEYS + (size_t)nq * D + 64;
+    /* S, corr, vs, Q (attn_x86.inc's partial_t), then attn_vnni's value quads of a block */
+    size_t n = (size_t)nq * ATTN_KEYS + (size_t)nq + ATTN_KEYS + (size_t)nq * D + (size_t)ATTN_KEYS * D / 4 + 64;
 #if defined(__x86_64__) || defined(_M_X64)
     size_t amx = (attn_amx_work_bytes(nq, D) + 3) / 4; /* attn_amx: its own layout of the same space */
     if (amx > n) n = amx;
@@ -159,13 +160,16 @@ const attn_kernels *attn_select_kv(int kv_type) {
         const char *env = getenv("QNEXT_ATTN_AMX");
         amx = attn_amx_usable() && !(env && !strcmp(env, "0"));
     }
-    static int bf16 = -1;
+    static int bf16 = -1, vnni = -1;
     if (bf16 < 0) {
         const char *env = getenv("QNEXT_ATTN_BF16");
         bf16 = attn_bf16_usable() && !(env && !strcmp(env, "0"));
+        env = getenv("QNEXT_ATTN_VNNI");
+        vnni = attn_vnni_usable() && !(env && !strcmp(env, "0"));
     }
     if (kv_type != QNEXT_KV_F32 && k == &attn_avx512 && amx) k = &attn_amx;
     else if (kv_type == QNEXT_KV_BF16 && k == &attn_avx512 && bf16) k = &attn_bf16;
+    else if (kv_type == QNEXT_KV_Q8 && k == &attn_avx512 && vnni) k = &attn_vnni;
 #else
     (void)kv_type;
 #endif
@@ -175,7 +179,7 @@ const attn_kernels *attn_select_kv(int kv_type) {
 void attn_partial(const attn_tile_args *a, int j0, int j1, float *O, float *mx, float *sum, float *work) {
     const attn_kernels *k = attn_select_kv(a->kv_type);
 #if defined(__x86_64__) || defined(_M_X64)
-    if (a->D % k->d_multiple && (k == &attn_avx512 || k == &attn_amx || k == &attn_bf16)) k = &attn_avx2;
+    if (a->D % k->d_multiple && (k == &attn_avx512 || k == &attn_amx || k == &attn_bf16 || k == &attn_vnni)) k = &attn_avx2;
 #endif
     if (a->D % k->d_multiple) k = &attn_generic;
     k->partial(a, j0, j1, O, mx, sum, work);
