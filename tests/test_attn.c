@@ -122,32 +122,23 @@ static void ref_query(const double *q, int qpos, int D, double scale, const doub
     if (emax) *emax = ldexp(1.0, -8) * scale * em;
 }
 
-/* The AMX kernel when this CPU runs it, else NULL. */
-static const attn_kernels *amx_kernel(void) {
 #if defined(__x86_64__)
-    for (int k = 0; k < n_kerns; k++) if (kerns[k] == &attn_amx) return kerns[k];
-#endif
+/* Kernel k when this CPU runs it (it is in kerns[]), else NULL. */
+static const attn_kernels *if_run(const attn_kernels *k) {
+    for (int i = 0; i < n_kerns; i++) if (kerns[i] == k) return k;
     return NULL;
 }
+static const attn_kernels *amx_kernel(void) { return if_run(&attn_amx); }   /* AMX tiles */
+static const attn_kernels *bf16_kernel(void) { return if_run(&attn_bf16); } /* AVX512-BF16 */
+static const attn_kernels *vnni_kernel(void) { return if_run(&attn_vnni); } /* AVX512-VNNI */
+#else
+static const attn_kernels *amx_kernel(void) { return NULL; }
+static const attn_kernels *bf16_kernel(void) { return NULL; }
+static const attn_kernels *vnni_kernel(void) { return NULL; }
+#endif
 static double amx_worst[2]; /* attn_amx: largest rel error vs the exact reference, bf16 and int8 caches */
-
-/* The AVX512-BF16 kernel when this CPU runs it, else NULL. */
-static const attn_kernels *bf16_kernel(void) {
-#if defined(__x86_64__)
-    for (int k = 0; k < n_kerns; k++) if (kerns[k] == &attn_bf16) return kerns[k];
-#endif
-    return NULL;
-}
-static double bf16_worst; /* attn_bf16 on bf16 caches: largest rel error vs the exact reference */
-
-/* The AVX512-VNNI kernel when this CPU runs it, else NULL. */
-static const attn_kernels *vnni_kernel(void) {
-#if defined(__x86_64__)
-    for (int k = 0; k < n_kerns; k++) if (kerns[k] == &attn_vnni) return kerns[k];
-#endif
-    return NULL;
-}
-static double vnni_worst; /* attn_vnni on int8 caches: largest rel error vs the exact reference */
+static double bf16_worst;   /* attn_bf16 on bf16 caches: the same */
+static double vnni_worst;   /* attn_vnni on int8 caches: the same */
 
 /* Query q rounded as attn_bf16 (bf16, nearest even) or attn_vnni (int8 per query:
  * round(q * 127 / max|q|) in f32, nearest even, times max|q| / 127) rounds it, in qd. */

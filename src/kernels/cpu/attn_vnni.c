@@ -13,16 +13,11 @@
 #define ATT_VNNI8 1
 #include "attn_x86.inc"
 
-int attn_vnni_usable(void) {
-    static int ok = -1;
-    if (ok < 0) {
-        __builtin_cpu_init();
-        ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-             __builtin_cpu_supports("avx512vnni");
-    }
-    return ok;
-}
+#include "kernels/cpu/gemm_vnni.h"
+
+/* The same CPU check as the VNNI products (AVX-512 F, BW, VL, VNNI; and F16C, which every
+ * such CPU has); DQ, which this build also uses, comes with BW and VL on every CPU so far. */
+int attn_vnni_usable(void) { return gemm_vnni_available(); }
 #elif defined(__x86_64__) || defined(_M_X64)
 /* built without the flag (another compiler): never chosen */
 #include "attn.h"
