@@ -11,8 +11,8 @@
  * so QNEXT_KERNELS=generic|avx2 selects them too. On CPUs with AMX (BF16 and INT8), bf16
  * and int8 caches use attn_amx instead (attn_amx.inc: both products on tiles, with the
  * queries and probabilities split into two parts so that they stay within 2^-17 (bf16) or
- * 1/32258 of their largest value (int8)); QNEXT_ATTN_AMX=0 or QNEXT_AMX=0 keep attn_avx512.
- * Without AMX, bf16 caches on CPUs with AVX512_BF16 use attn_bf16 (attn_bf16.c: VDPBF16PS
+ * 1/32258 of their largest value (int8)); QNEXT_ATTN_AMX=0 or QNEXT_AMX=0 turn them off.
+ * Without AMX (or with it turned off), bf16 caches on CPUs with AVX512_BF16 use attn_bf16 (attn_bf16.c: VDPBF16PS
  * on the stored pairs, the queries and probabilities rounded to bf16 once);
  * QNEXT_ATTN_BF16=0 keeps attn_avx512. Likewise int8 caches use attn_vnni (attn_vnni.c:
  * VPDPBUSD, the queries quantized to int8 once and the probabilities split in two bytes);
