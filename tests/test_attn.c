@@ -431,13 +431,13 @@ int main(void) {
 #endif
     const int kts[3] = {QNEXT_KV_F32, QNEXT_KV_BF16, QNEXT_KV_Q8};
     /* decode: one row at the last position */
-    const int decode_keys[] = {1, 31, 33, 64, 65, 1100}; /* around blocks of ATTN_KEYS (32) */
+    const int decode_keys[] = {1, 31, 33, 64, 65, 129, 1100}; /* around blocks of ATTN_KEYS (64) and half blocks */
     const int dims[] = {256, 64, 96, 48, 32, 16, 40};
     for (int t = 0; t < 3; t++)
         for (int di = 0; di < 7; di++) {
             int D = dims[di];
             for (int g = 8; g >= 1; g -= 7) {
-                for (int n = 0; n < 6; n++) {
+                for (int n = 0; n < 7; n++) {
                     int pos = decode_keys[n] - 1;
                     run_case(kts[t], D, g, 1, &pos);
                 }

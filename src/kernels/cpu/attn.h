@@ -24,8 +24,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define ATTN_KEYS 32 /* keys per step of the online softmax (64 rows of a 1 KB stride, two KV heads of
-                        * bf16 D=256, would not stay in the few L1 sets they map to) */
+#define ATTN_KEYS 64 /* keys per step of the online softmax. Each step ends with work per query
+                        * (the rescale of its output, the softmax's reductions; attn_vnni's byte
+                        * split), so 64 keys took 3-16% less time than 32 for attn_bf16 and
+                        * attn_vnni on Zen 4 and no more for the f32 kernels (docs/PERF.md); the
+                        * cache is head-major, so a step's rows are contiguous. */
 
 /* One tile: nq queries against the keys of one KV head. */
 typedef struct {
