@@ -155,6 +155,27 @@ static void round_query(int kt, const float *q, int D, double *qd) {
     for (int d = 0; d < D; d++) qd[d] = (double)nearbyintf(q[d] * inv) * s;
 }
 
+/* For int8 caches: the bound on output errors from weights x_j = p_j vs_j (p normalised from
+ * ref_query's sc[0..qpos], vs the value row scales) that each move by at most f times the
+ * largest x within w keys of j: out[d] += sum_j M_j f |v8_jd|, v8 = vw / vs the stored bytes. */
+static void window_bound(int qpos, const double *sc, const uint8_t *v, size_t stride, int D, const double *vw, int w,
+                         double f, double *win, double *out) {
+    double l = 0;
+    for (int j = 0; j <= qpos; j++) l += sc[j];
+    for (int j = 0; j <= qpos; j++) {
+        float vsj;
+        memcpy(&vsj, v + j * stride + D, 4);
+        win[j] = sc[j] / l * vsj;
+    }
+    for (int j = 0; j <= qpos; j++) {
+        double m = 0;
+        for (int t = j - w < 0 ? 0 : j - w; t <= j + w && t <= qpos; t++) m = fmax(m, win[t]);
+        float vsj;
+        memcpy(&vsj, v + j * stride + D, 4);
+        for (int d = 0; d < D; d++) out[d] += m * f * (vsj > 0 ? fabs(vw[(size_t)j * D + d]) / vsj : 0);
+    }
+}
+
 static void run_case(int kt, int D, int group, int nr, const int *pos) {
     const int nq = nr * group, n_keys = pos[nr - 1] + 1;
     const size_t rb = row_bytes(kt, D), stride = 2 * rb;
@@ -215,7 +236,7 @@ static void run_case(int kt, int D, int group, int nr, const int *pos) {
              * row scale folded in) by at most 1/32258 of the largest such product in its
              * block of 64 keys, all within 63 keys of j: pq8[d] = sum_j M_j |v8_jd| / 32258
              * with M_j the largest p vs within 63 keys (times exp(2 e8) for the score error). */
-            double qa = 0, ka = 0, l = 0;
+            double qa = 0, ka = 0;
             for (int d = 0; d < D; d++) qa = fmax(qa, fabs(qp[i][d]));
             for (int j = 0; j <= qpos[i]; j++) {
                 double sa = 0;
@@ -223,20 +244,7 @@ static void run_case(int kt, int D, int group, int nr, const int *pos) {
                 ka = fmax(ka, sa);
             }
             e8[i] = qa / 127.0 / 254.0 * scale * ka;
-            for (int j = 0; j <= qpos[i]; j++) l += sc[j]; /* ref_query's exp(s_j - max) */
-            for (int j = 0; j <= qpos[i]; j++) {
-                float vsj;
-                memcpy(&vsj, a.v + j * stride + D, 4);
-                win[j] = sc[j] / l * vsj;
-            }
-            for (int j = 0; j <= qpos[i]; j++) {
-                double m = 0;
-                for (int t = j - 63 < 0 ? 0 : j - 63; t <= j + 63 && t <= qpos[i]; t++) m = fmax(m, win[t]);
-                float vsj;
-                memcpy(&vsj, a.v + j * stride + D, 4);
-                for (int d = 0; d < D; d++)
-                    pq8[(size_t)i * D + d] += m * exp(2 * e8[i]) * (vsj > 0 ? fabs(vw[(size_t)j * D + d]) / vsj : 0) / 32258.0;
-            }
+            window_bound(qpos[i], sc, a.v, stride, D, vw, 63, exp(2 * e8[i]) / 32258.0, win, pq8 + (size_t)i * D);
         }
     }
     /* attn_bf16 and attn_vnni round the queries (round_query) by design, so they are held to
@@ -257,23 +265,8 @@ static void run_case(int kt, int D, int group, int nr, const int *pos) {
         for (int i = 0; i < nq; i++) {
             round_query(kt, qp[i], D, qd);
             ref_query(qd, qpos[i], D, scale, kw, vw, sc, ref2 + (size_t)i * D, pabs2 + (size_t)i * D, NULL);
-            if (kt != QNEXT_KV_Q8) continue;
-            double l = 0;
-            for (int j = 0; j <= qpos[i]; j++) l += sc[j];
-            for (int j = 0; j <= qpos[i]; j++) {
-                float vsj;
-                memcpy(&vsj, a.v + j * stride + D, 4);
-                win[j] = sc[j] / l * vsj;
-            }
-            for (int j = 0; j <= qpos[i]; j++) {
-                double m = 0;
-                for (int t = j - (ATTN_KEYS - 1) < 0 ? 0 : j - (ATTN_KEYS - 1); t <= j + ATTN_KEYS - 1 && t <= qpos[i]; t++)
-                    m = fmax(m, win[t]);
-                float vsj;
-                memcpy(&vsj, a.v + j * stride + D, 4);
-                for (int d = 0; d < D; d++)
-                    pv2[(size_t)i * D + d] += m * (vsj > 0 ? fabs(vw[(size_t)j * D + d]) / vsj : 0) / 129000.0;
-            }
+            if (kt == QNEXT_KV_Q8)
+                window_bound(qpos[i], sc, a.v, stride, D, vw, ATTN_KEYS - 1, 1 / 129000.0, win, pv2 + (size_t)i * D);
         }
     }
     free(kw);
