@@ -12,14 +12,13 @@
 #define ATT_DPBF16 1
 #include "attn_x86.inc"
 
+#include "kernels/cpu/gemm_vnni.h"
+
+/* The VNNI products' AVX-512 check plus BF16: attn_bf16 only ever replaces attn_avx512,
+ * which dot_select() chooses only with VNNI, so asking for it here loses no CPU. */
 int attn_bf16_usable(void) {
     static int ok = -1;
-    if (ok < 0) {
-        __builtin_cpu_init();
-        ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-             __builtin_cpu_supports("avx512bf16");
-    }
+    if (ok < 0) ok = gemm_vnni_available() && __builtin_cpu_supports("avx512bf16");
     return ok;
 }
 #elif defined(__x86_64__) || defined(_M_X64)
