@@ -161,6 +161,23 @@ int main(int argc, char **argv) {
             args[h].v = vc + (size_t)h * n_keys * rb;
             args[h].stride = rb;
         }
+    /* int8 caches that attn_vnni reads are tiled (attn.h): the rows rewritten in its layout,
+     * head-major (the scalar baseline reads rows, so it is skipped) */
+    const int tiled = !pos_major && attn_kv_tiled(kt, D);
+    if (tiled) {
+        uint8_t *kt8 = aligned_alloc(64, cache_bytes + 16 * nkv * rb), *vt8 = aligned_alloc(64, cache_bytes + 16 * nkv * rb);
+        const size_t hb = ((size_t)n_keys + 15) / 16 * 16 * rb; /* bytes per head, whole tiles */
+        for (int h = 0; h < nkv; h++) {
+            for (int j = 0; j < n_keys; j++) {
+                attn_k8_put(kt8 + h * hb, rb, D, j, args[h].k + (size_t)j * rb);
+                attn_v8_put(vt8 + h * hb, rb, D, j, args[h].v + (size_t)j * rb);
+            }
+            args[h].k = kt8 + h * hb;
+            args[h].v = vt8 + h * hb;
+            args[h].tiled = 1;
+        }
+        old = 0;
+    }
     float **outp = malloc((size_t)nkv * nq * sizeof(*outp));
     for (int i = 0; i < nkv * nq; i++) outp[i] = out + (size_t)i * D;
 

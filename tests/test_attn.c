@@ -9,6 +9,10 @@
  * multiple of a SIMD kernel's block are skipped for it), GQA groups 8 and 1, KV lengths 1..1100, several rows at arbitrary positions,
  * and scores with a realistic spread plus a few dominant "sink" keys.
  *
+ * Where attn_vnni runs, int8 caches are also stored tiled (attn.h: key tiles of 16, value
+ * quads; the unwritten rest of the last tile holds 0x7f bytes and NaN scales) and run through
+ * it and the portable C kernel, with key ranges cut on tiles.
+ *
  * The AVX512-BF16 kernel (attn_bf16, bf16 caches) rounds the queries and the probabilities
  * to bf16, and the AVX512-VNNI kernel (attn_vnni, int8 caches) quantizes the queries to int8
  * and splits the probabilities into two bytes: both are held to the reference computed from
@@ -158,30 +162,27 @@ static void round_query(int kt, const float *q, int D, double *qd) {
 /* For int8 caches: the bound on output errors from weights x_j = p_j vs_j (p normalised from
  * ref_query's sc[0..qpos], vs the value row scales) that each move by at most f times the
  * largest x within w keys of j: out[d] += sum_j M_j f |v8_jd|, v8 = vw / vs the stored bytes. */
-static void window_bound(int qpos, const double *sc, const uint8_t *v, size_t stride, int D, const double *vw, int w,
-                         double f, double *win, double *out) {
+static void window_bound(int qpos, const double *sc, const float *vsc, int D, const double *vw, int w, double f,
+                         double *win, double *out) {
     double l = 0;
     for (int j = 0; j <= qpos; j++) l += sc[j];
-    for (int j = 0; j <= qpos; j++) {
-        float vsj;
-        memcpy(&vsj, v + j * stride + D, 4);
-        win[j] = sc[j] / l * vsj;
-    }
+    for (int j = 0; j <= qpos; j++) win[j] = sc[j] / l * vsc[j];
     for (int j = 0; j <= qpos; j++) {
         double m = 0;
         for (int t = j - w < 0 ? 0 : j - w; t <= j + w && t <= qpos; t++) m = fmax(m, win[t]);
-        float vsj;
-        memcpy(&vsj, v + j * stride + D, 4);
-        for (int d = 0; d < D; d++) out[d] += m * f * (vsj > 0 ? fabs(vw[(size_t)j * D + d]) / vsj : 0);
+        for (int d = 0; d < D; d++) out[d] += m * f * (vsc[j] > 0 ? fabs(vw[(size_t)j * D + d]) / vsc[j] : 0);
     }
 }
 
-static void run_case(int kt, int D, int group, int nr, const int *pos) {
-    const int nq = nr * group, n_keys = pos[nr - 1] + 1;
-    const size_t rb = row_bytes(kt, D), stride = 2 * rb;
+/* tiled: an int8 cache in attn_vnni's layout (attn.h: key tiles of 16, value quads), the two
+ * KV heads one after the other (whole tiles each), else rows of the two heads interleaved. */
+static void run_case(int kt, int tiled, int D, int group, int nr, const int *pos) {
+    const int nq = nr * group, n_keys = pos[nr - 1] + 1, rows16 = (n_keys + 1 + 15) / 16 * 16;
+    const size_t rb = row_bytes(kt, D), stride = tiled ? rb : 2 * rb;
     /* bf16 values: head 1's pairs start 2 rows into each 2-pair stretch (store_v) */
-    const size_t vhead = kt == QNEXT_KV_BF16 ? 2 * rb : rb;
-    uint8_t *kc = calloc((size_t)n_keys, stride), *vc = calloc((size_t)n_keys + 1, stride);
+    const size_t vhead = tiled ? rows16 * rb : kt == QNEXT_KV_BF16 ? 2 * rb : rb, khead = tiled ? rows16 * rb : rb;
+    uint8_t *kc = calloc((size_t)rows16, 2 * rb), *vc = calloc((size_t)rows16, 2 * rb), row[4100];
+    float *vsc = malloc((size_t)n_keys * sizeof(float)); /* the value row scales (int8) */
     float *qv = malloc((size_t)nq * D * sizeof(float)), *x = malloc((size_t)D * sizeof(float));
     const float **qp = malloc((size_t)nq * sizeof(*qp));
     int *qpos = malloc((size_t)nq * sizeof(int));
@@ -193,10 +194,29 @@ static void run_case(int kt, int D, int group, int nr, const int *pos) {
         int sink = j == 0 || urand() < 0.01;
         for (int h = 0; h < 2; h++) {
             for (int d = 0; d < D; d++) x[d] = nrand() + (sink ? 2.0f * dir[d] : 0.0f);
-            store_row(kt, kc + j * stride + h * rb, x, D);
+            if (tiled) {
+                store_row(kt, row, x, D);
+                attn_k8_put(kc + h * khead, stride, D, j, row);
+            } else
+                store_row(kt, kc + j * stride + h * rb, x, D);
             for (int d = 0; d < D; d++) x[d] = nrand() * (1.0f + (float)(j % 7));
-            store_v(kt, vc + h * vhead, stride, j, x, D);
+            if (tiled) {
+                store_row(kt, row, x, D);
+                attn_v8_put(vc + h * vhead, stride, D, j, row);
+            } else
+                store_v(kt, vc + h * vhead, stride, j, x, D);
         }
+    }
+    if (tiled) { /* the unwritten rest of the last tile and quad: bytes 0x7f and NaN scales,
+                  * which a kernel must mask (keys) or weigh by an exact 0 (values) */
+        float nan = NAN;
+        memset(row, 0x7f, (size_t)D);
+        memcpy(row + D, &nan, 4);
+        for (int j = n_keys; j < rows16; j++)
+            for (int h = 0; h < 2; h++) {
+                attn_k8_put(kc + h * khead, stride, D, j, row);
+                attn_v8_put(vc + h * vhead, stride, D, j, row);
+            }
     }
     if (kt == QNEXT_KV_BF16 && n_keys % 2) { /* the unwritten partner of the last key's value pair: Inf, which
                                                * a kernel must not multiply (0 * Inf is NaN) */
@@ -210,8 +230,8 @@ static void run_case(int kt, int D, int group, int nr, const int *pos) {
     }
     const float scale = 1.0f / sqrtf((float)D);
     const int head = 1; /* the second KV head of the interleaved rows */
-    attn_tile_args a = {.nq = nq, .D = D, .kv_type = kt, .q = qp, .qpos = qpos, .scale = scale,
-                        .k = kc + head * rb, .v = vc + head * vhead, .stride = stride};
+    attn_tile_args a = {.nq = nq, .D = D, .kv_type = kt, .tiled = tiled, .q = qp, .qpos = qpos, .scale = scale,
+                        .k = kc + head * khead, .v = vc + head * vhead, .stride = stride};
 
     /* reference, double precision; for bf16 caches also from the queries rounded to bf16,
      * with the bound on the difference that rounding can make (see the top) */
@@ -221,11 +241,13 @@ static void run_case(int kt, int D, int group, int nr, const int *pos) {
     double *pq8 = calloc((size_t)nq * D, sizeof(double));
     double *e8 = malloc((size_t)nq * sizeof(double)), *win = malloc((size_t)n_keys * sizeof(double));
     double *kw = malloc((size_t)n_keys * D * sizeof(double)), *vw = malloc((size_t)n_keys * D * sizeof(double));
-    for (int j = 0; j < n_keys; j++) /* the stored rows, widened */
-        for (int d = 0; d < D; d++) {
-            kw[(size_t)j * D + d] = load_elem(kt, a.k + j * stride, D, d);
-            vw[(size_t)j * D + d] = load_v(kt, a.v, stride, j, D, d);
-        }
+    for (int j = 0; j < n_keys; j++) { /* the stored rows, widened */
+        if (tiled) attn_k8_get(a.k, stride, D, j, row);
+        for (int d = 0; d < D; d++) kw[(size_t)j * D + d] = load_elem(kt, tiled ? row : a.k + j * stride, D, d);
+        if (tiled) attn_v8_get(a.v, stride, D, j, row);
+        for (int d = 0; d < D; d++) vw[(size_t)j * D + d] = tiled ? load_elem(kt, row, D, d) : load_v(kt, a.v, stride, j, D, d);
+        if (kt == QNEXT_KV_Q8) memcpy(vsc + j, (tiled ? row : a.v + j * stride) + D, 4);
+    }
     for (int i = 0; i < nq; i++) {
         for (int d = 0; d < D; d++) qd[d] = qp[i][d];
         ref_query(qd, qpos[i], D, scale, kw, vw, sc, ref + (size_t)i * D, pabs + (size_t)i * D, emax + i);
@@ -244,7 +266,7 @@ static void run_case(int kt, int D, int group, int nr, const int *pos) {
                 ka = fmax(ka, sa);
             }
             e8[i] = qa / 127.0 / 254.0 * scale * ka;
-            window_bound(qpos[i], sc, a.v, stride, D, vw, 63, exp(2 * e8[i]) / 32258.0, win, pq8 + (size_t)i * D);
+            window_bound(qpos[i], sc, vsc, D, vw, 63, exp(2 * e8[i]) / 32258.0, win, pq8 + (size_t)i * D);
         }
     }
     /* attn_bf16 and attn_vnni round the queries (round_query) by design, so they are held to
@@ -256,7 +278,7 @@ static void run_case(int kt, int D, int group, int nr, const int *pos) {
      * moves x_j by at most s / 130050 (s / 129000 with the f32 rounding of x * 255 / s), so
      * output element d by at most pv2[d] = sum_j M_j |v8_jd| / 129000, M_j the largest
      * normalised x within ATTN_KEYS - 1 keys of j. */
-    const int rq = (kt == QNEXT_KV_BF16 && bf16_kernel()) || (kt == QNEXT_KV_Q8 && vnni_kernel() && D % 64 == 0);
+    const int rq = (kt == QNEXT_KV_BF16 && bf16_kernel()) || (tiled && vnni_kernel());
     double *ref2 = NULL, *pabs2 = NULL, *pv2 = NULL;
     if (rq) {
         ref2 = malloc((size_t)nq * D * sizeof(double));
@@ -266,14 +288,15 @@ static void run_case(int kt, int D, int group, int nr, const int *pos) {
             round_query(kt, qp[i], D, qd);
             ref_query(qd, qpos[i], D, scale, kw, vw, sc, ref2 + (size_t)i * D, pabs2 + (size_t)i * D, NULL);
             if (kt == QNEXT_KV_Q8)
-                window_bound(qpos[i], sc, a.v, stride, D, vw, ATTN_KEYS - 1, 1 / 129000.0, win, pv2 + (size_t)i * D);
+                window_bound(qpos[i], sc, vsc, D, vw, ATTN_KEYS - 1, 1 / 129000.0, win, pv2 + (size_t)i * D);
         }
     }
     free(kw);
     free(vw);
 
     /* the kernel: whole range as one partial, and split into up to 4 ranges at cut
-     * points that are not block-aligned (but even: ranges start on a key pair, attn.h) */
+     * points that are not block-aligned (but even: ranges start on a key pair; tiled: on a
+     * key tile, attn.h); a tiled cache only for the kernels that read it */
     const size_t ps = attn_part_floats(nq, D);
     float *part = malloc(4 * ps * sizeof(float)), *work = malloc(attn_work_floats(nq, D) * sizeof(float));
     float *out = malloc((size_t)nq * D * sizeof(float));
@@ -282,8 +305,10 @@ static void run_case(int kt, int D, int group, int nr, const int *pos) {
     for (int kk = 0; kk < n_kerns; kk++) {
         const attn_kernels *kern = kerns[kk];
         if (D % kern->d_multiple) continue;
+        if (tiled && kern != &attn_generic && kern != vnni_kernel()) continue;
         for (int split = 1; split <= 4; split += 3) {
-            int cuts[5] = {0, n_keys / 3 & ~1, (n_keys / 2 + 1) & ~1, (n_keys * 5) / 6 & ~1, n_keys};
+            const int al = tiled ? ~15 : ~1;
+            int cuts[5] = {0, n_keys / 3 & al, (n_keys / 2 + 1) & al, (n_keys * 5) / 6 & al, n_keys};
             if (split == 1) { cuts[1] = n_keys; }
             for (int c = 1; c <= split; c++) if (cuts[c] < cuts[c - 1]) cuts[c] = cuts[c - 1];
             for (int p = 0; p < split; p++) {
@@ -293,7 +318,7 @@ static void run_case(int kt, int D, int group, int nr, const int *pos) {
             attn_merge(split, part, ps, nq, D, outp);
             const int amx = kt != QNEXT_KV_F32 && kern == amx_kernel() && D % 64 == 0;
             const int dp = kt == QNEXT_KV_BF16 && kern == bf16_kernel();
-            const int i8 = kt == QNEXT_KV_Q8 && kern == vnni_kernel() && D % 64 == 0;
+            const int i8 = tiled && kern == vnni_kernel();
             if (dp || i8) { /* against ref2, bounds from above */
                 double worst_x = 0;
                 int bad = 0;
@@ -310,8 +335,8 @@ static void run_case(int kt, int D, int group, int nr, const int *pos) {
                         worst_x = fmax(worst_x, fabs(out[id] - ref[id]) / (amax_x > 0 ? amax_x : 1));
                         if (!(ex <= bound)) {
                             bad = 1;
-                            CHECK(0, "%s kv=%s D=%d group=%d rows=%d keys=%d split=%d: query %d elem %d off by %.3g (bound %.3g)",
-                                  kern->name, kv_name(kt), D, group, nr, n_keys, split, i, d, ex, bound);
+                            CHECK(0, "%s kv=%s%s D=%d group=%d rows=%d keys=%d split=%d: query %d elem %d off by %.3g (bound %.3g)",
+                                  kern->name, kv_name(kt), tiled ? " tiled" : "", D, group, nr, n_keys, split, i, d, ex, bound);
                         }
                     }
                 }
@@ -356,11 +381,11 @@ static void run_case(int kt, int D, int group, int nr, const int *pos) {
                 double rel = err / (amax > 0 ? amax : 1);
                 if (!(rel <= worst)) { worst = rel; bad_i = i; }
             }
-            CHECK(worst < 1e-5, "%s kv=%s D=%d group=%d rows=%d keys=%d split=%d: rel err %.3g (query %d)", kern->name,
-                  kv_name(kt), D, group, nr, n_keys, split, worst, bad_i);
+            CHECK(worst < 1e-5, "%s kv=%s%s D=%d group=%d rows=%d keys=%d split=%d: rel err %.3g (query %d)", kern->name,
+                  kv_name(kt), tiled ? " tiled" : "", D, group, nr, n_keys, split, worst, bad_i);
         }
     }
-    free(kc); free(vc); free(qv); free(x); free(qp); free(qpos); free(dir); free(ref); free(sc);
+    free(kc); free(vc); free(vsc); free(qv); free(x); free(qp); free(qpos); free(dir); free(ref); free(sc);
     free(pabs); free(emax); free(qd); free(pq8); free(e8); free(win); free(ref2); free(pabs2); free(pv2);
     free(part); free(work); free(out); free(outp);
 }
@@ -422,25 +447,27 @@ int main(void) {
     if (n_kerns >= 3 && attn_bf16_usable()) kerns[n_kerns++] = &attn_bf16;
     if (n_kerns >= 3 && attn_vnni_usable()) kerns[n_kerns++] = &attn_vnni;
 #endif
-    const int kts[3] = {QNEXT_KV_F32, QNEXT_KV_BF16, QNEXT_KV_Q8};
+    /* kinds of cache: f32, bf16, int8 rows, and where attn_vnni runs, int8 tiled (its D % 64 == 0 only) */
+    const int kts[4] = {QNEXT_KV_F32, QNEXT_KV_BF16, QNEXT_KV_Q8, QNEXT_KV_Q8}, tls[4] = {0, 0, 0, 1};
     /* decode: one row at the last position */
     const int decode_keys[] = {1, 31, 33, 64, 65, 129, 1100}; /* around blocks of ATTN_KEYS (64) and half blocks */
     const int dims[] = {256, 64, 96, 48, 32, 16, 40};
-    for (int t = 0; t < 3; t++)
+    for (int t = 0; t < 4; t++)
         for (int di = 0; di < 7; di++) {
             int D = dims[di];
+            if (tls[t] && !(vnni_kernel() && D % 64 == 0)) continue;
             for (int g = 8; g >= 1; g -= 7) {
                 for (int n = 0; n < 7; n++) {
                     int pos = decode_keys[n] - 1;
-                    run_case(kts[t], D, g, 1, &pos);
+                    run_case(kts[t], tls[t], D, g, 1, &pos);
                 }
                 /* prefill tiles: consecutive rows (one block of 16 at 300, a short one
                  * across a 64-key boundary), and scattered non-decreasing positions */
                 int cons[16], cross[5] = {60, 61, 62, 63, 64}, scat[6] = {0, 5, 5, 63, 64, 700};
                 for (int r = 0; r < 16; r++) cons[r] = 300 + r;
-                if (D == 256 || D == 96) run_case(kts[t], D, g, 16, cons);
-                run_case(kts[t], D, g, 5, cross);
-                run_case(kts[t], D, g, 6, scat);
+                if (D == 256 || D == 96) run_case(kts[t], tls[t], D, g, 16, cons);
+                run_case(kts[t], tls[t], D, g, 5, cross);
+                run_case(kts[t], tls[t], D, g, 6, scat);
             }
         }
     if (amx_kernel())

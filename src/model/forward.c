@@ -344,31 +344,65 @@ static void kv_put(int type, uint8_t *dst, const float *x, int D) {
     memcpy(dst + D, &d, 4);
 }
 
-/* A value vector: as kv_put, but bf16 goes into the key pair of position pos (attn.h's
- * attn_vpair; dst is the head's row of position 0, rb its row bytes). */
-static void kv_put_v(int type, uint8_t *head, size_t rb, int pos, const float *x, int D) {
+/* A key vector at position pos of the head (head: its row of position 0, rb its row bytes):
+ * a row, or in a tiled int8 cache (attn.h's attn_k8_tile) the row's place in its key tile. */
+static void kv_put_k(int type, int tiled, uint8_t *head, size_t rb, int pos, const float *x, int D) {
+    if (!tiled) { kv_put(type, head + (size_t)pos * rb, x, D); return; }
+    uint8_t row[4096 + 4]; /* config.c: head_dim <= 4096 */
+    kv_put(type, row, x, D);
+    attn_k8_put(head, rb, D, pos, row);
+}
+
+/* A value vector: as kv_put_k, but bf16 goes into the key pair of position pos (attn.h's
+ * attn_vpair), and tiled int8 into its value quad (attn_v8_quad). */
+static void kv_put_v(int type, int tiled, uint8_t *head, size_t rb, int pos, const float *x, int D) {
+    if (tiled) {
+        uint8_t row[4096 + 4];
+        kv_put(type, row, x, D);
+        attn_v8_put(head, rb, D, pos, row);
+        return;
+    }
     if (type != QNEXT_KV_BF16) { kv_put(type, head + (size_t)pos * rb, x, D); return; }
     kv_put_bf16((uint16_t *)(head + attn_vpair(rb, pos)) + (pos & 1), 2, x, D);
 }
 
-/* Returns the row as f32: in place for f32 rows, else widened into buf. */
-static inline const float *kv_get(int type, const uint8_t *src, float *buf, int D) {
-    if (type == QNEXT_KV_F32) return (const float *)src;
-    if (type == QNEXT_KV_BF16) return kv_get_bf16((const uint16_t *)src, 1, buf, D);
+/* An int8 row (D values, then the f32 scale) widened into buf. */
+static inline const float *kv_get_q8(const uint8_t *src, float *buf, int D) {
     float d;
     memcpy(&d, src + D, 4);
     for (int i = 0; i < D; i++) buf[i] = d * (float)(int8_t)src[i];
     return buf;
 }
 
-/* The value vector of position pos as f32 (kv_get, with bf16 read from its key pair). */
-static inline const float *kv_get_v(int type, const uint8_t *head, size_t rb, int pos, float *buf, int D) {
+/* Returns the row as f32: in place for f32 rows, else widened into buf. */
+static inline const float *kv_get(int type, const uint8_t *src, float *buf, int D) {
+    if (type == QNEXT_KV_F32) return (const float *)src;
+    if (type == QNEXT_KV_BF16) return kv_get_bf16((const uint16_t *)src, 1, buf, D);
+    return kv_get_q8(src, buf, D);
+}
+
+/* The key vector of position pos as f32 (kv_get, tiled int8 read from its key tile). */
+static inline const float *kv_get_k(int type, int tiled, const uint8_t *head, size_t rb, int pos, float *buf, int D) {
+    if (!tiled) return kv_get(type, head + (size_t)pos * rb, buf, D);
+    uint8_t row[4096 + 4];
+    attn_k8_get(head, rb, D, pos, row);
+    return kv_get_q8(row, buf, D);
+}
+
+/* The value vector of position pos as f32 (kv_get, with bf16 read from its key pair and
+ * tiled int8 from its value quad). */
+static inline const float *kv_get_v(int type, int tiled, const uint8_t *head, size_t rb, int pos, float *buf, int D) {
+    if (tiled) {
+        uint8_t row[4096 + 4];
+        attn_v8_get(head, rb, D, pos, row);
+        return kv_get_q8(row, buf, D);
+    }
     if (type != QNEXT_KV_BF16) return kv_get(type, head + (size_t)pos * rb, buf, D);
     return kv_get_bf16((const uint16_t *)(head + attn_vpair(rb, pos)) + (pos & 1), 2, buf, D);
 }
 
 /* Byte offset of the cached row of position pos and KV head h: the cache is head-major,
- * [nkv][n_ctx rounded up to even] rows (qn_kv_rows: whole bf16 value pairs per head), so
+ * [nkv][n_ctx rounded up to 16] rows (qn_kv_rows: whole bf16 value pairs and int8 key tiles per head), so
  * one head's keys (or values) are one contiguous stream, which the hardware prefetchers
  * follow (with position-major rows, interleaving the heads, a decode step at depth 16K
  * read one layer's cache 3-18% slower from memory). */
@@ -402,7 +436,7 @@ static int attn_reference_path(void) {
 /* Rows r0..r0+nr-1 (one sequence, consecutive positions) and query heads
  * kvh*group..kvh*group+group-1 against the cached keys [j0, j1) (j1 <= pos(last row) + 1):
  * the tile kernel of attn.h writes the unnormalised partial to part (attn_part_floats). */
-static void attn_tile(qn_scratch *sc, const qn_layer_state *st, int kv_type, size_t kv_rb, int r0, int nr, int kvh,
+static void attn_tile(qn_scratch *sc, const qn_layer_state *st, int kv_type, int tiled, size_t kv_rb, int r0, int nr, int kvh,
                       int group, int n_ctx, int D, int64_t qw, float scale, int j0, int j1, float *part, float *work) {
     const int nq = nr * group;
     const float *Q[ATT_ROWS * 64];
@@ -412,7 +446,7 @@ static void attn_tile(qn_scratch *sc, const qn_layer_state *st, int kv_type, siz
         Q[i] = sc->proj + t * qw + (int64_t)h * D;
         qpos[i] = sc->row_pos[t];
     }
-    attn_tile_args a = {.nq = nq, .D = D, .kv_type = kv_type, .q = Q, .qpos = qpos, .scale = scale,
+    attn_tile_args a = {.nq = nq, .D = D, .kv_type = kv_type, .tiled = tiled, .q = Q, .qpos = qpos, .scale = scale,
                         .k = st->k_cache + kv_at(n_ctx, kv_rb, 0, kvh), .v = st->v_cache + kv_at(n_ctx, kv_rb, 0, kvh),
                         .stride = kv_rb};
     float *O = part, *mx = O + (size_t)nq * D, *sum = mx + nq;
@@ -478,8 +512,8 @@ static void attn_block(qnext_session *s, const qn_layer *ly, qn_seq *seqs, int n
             float *k = sc->proj2 + t * kvw + (int64_t)h * D, *v = k + (int64_t)nkv * D;
             op_rmsnorm1p(k, ly->k_norm, k, D, eps);
             rope_apply(k, cs, sn, half);
-            kv_put(owner->params.kv_type, st->k_cache + kv_at(owner->params.n_ctx, rb, sc->row_pos[t], h), k, D);
-            kv_put_v(owner->params.kv_type, st->v_cache + kv_at(owner->params.n_ctx, rb, 0, h), rb, sc->row_pos[t], v, D);
+            kv_put_k(owner->params.kv_type, owner->kv_tiled, st->k_cache + kv_at(owner->params.n_ctx, rb, 0, h), rb, sc->row_pos[t], k, D);
+            kv_put_v(owner->params.kv_type, owner->kv_tiled, st->v_cache + kv_at(owner->params.n_ctx, rb, 0, h), rb, sc->row_pos[t], v, D);
         }
     }
 
@@ -500,7 +534,7 @@ static void attn_block(qnext_session *s, const qn_layer *ly, qn_seq *seqs, int n
                 int kvh = h / group, n_keys = sc->row_pos[t] + 1;
                 float mx = -FLT_MAX;
                 for (int j = 0; j < n_keys; j++) {
-                    sco[j] = op_dot_f32(q, kv_get(kt, st->k_cache + kv_at(owner->params.n_ctx, rb, j, kvh), buf, D), D) * scale;
+                    sco[j] = op_dot_f32(q, kv_get_k(kt, owner->kv_tiled, st->k_cache + kv_at(owner->params.n_ctx, rb, 0, kvh), rb, j, buf, D), D) * scale;
                     if (sco[j] > mx) mx = sco[j];
                 }
                 float sum = 0;
@@ -509,7 +543,7 @@ static void attn_block(qnext_session *s, const qn_layer *ly, qn_seq *seqs, int n
                 float *o = sc->core + (int64_t)t * nh * D + (int64_t)h * D;
                 for (int d = 0; d < D; d++) o[d] = 0;
                 for (int j = 0; j < n_keys; j++) {
-                    const float *vv = kv_get_v(kt, st->v_cache + kv_at(owner->params.n_ctx, rb, 0, kvh), rb, j, buf, D);
+                    const float *vv = kv_get_v(kt, owner->kv_tiled, st->v_cache + kv_at(owner->params.n_ctx, rb, 0, kvh), rb, j, buf, D);
                     float p = sco[j] * inv;
                     for (int d = 0; d < D; d++) o[d] += p * vv[d];
                 }
@@ -532,7 +566,7 @@ static void attn_block(qnext_session *s, const qn_layer *ly, qn_seq *seqs, int n
                 if (g.parts > 1) continue;
                 const qnext_session *owner = seqs[g.q].s;
                 float *part = sc->att_tile + (size_t)omp_get_thread_num() * sc->att_tile_stride, *out[ATT_ROWS * 64];
-                attn_tile(sc, &owner->ls[il], owner->params.kv_type, owner->kv_row_bytes, g.r0, g.nr, g.kvh, group, owner->params.n_ctx, D,
+                attn_tile(sc, &owner->ls[il], owner->params.kv_type, owner->kv_tiled, owner->kv_row_bytes, g.r0, g.nr, g.kvh, group, owner->params.n_ctx, D,
                           qw, scale, 0, g.n_keys, part, part + pstride);
                 attn_tile_outputs(sc, g.r0, g.nr, g.kvh, group, nh, D, out);
                 attn_merge(1, part, pstride, g.nr * group, D, out);
@@ -554,7 +588,7 @@ static void attn_block(qnext_session *s, const qn_layer *ly, qn_seq *seqs, int n
                 const qnext_session *owner = seqs[g.q].s;
                 int j0 = w_part[w] * g.chunk, j1 = j0 + g.chunk < g.n_keys ? j0 + g.chunk : g.n_keys;
                 float *work = sc->att_tile + (size_t)omp_get_thread_num() * sc->att_tile_stride + pstride;
-                attn_tile(sc, &owner->ls[il], owner->params.kv_type, owner->kv_row_bytes, g.r0, g.nr, g.kvh, group, owner->params.n_ctx, D,
+                attn_tile(sc, &owner->ls[il], owner->params.kv_type, owner->kv_tiled, owner->kv_row_bytes, g.r0, g.nr, g.kvh, group, owner->params.n_ctx, D,
                           qw, scale, j0, j1, sc->att_part + (size_t)w * sstride, work);
             }
             for (int w = 0; w < n_work;) {

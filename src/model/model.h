@@ -105,16 +105,16 @@ struct qnext_model {
     size_t n_owned, cap_owned;
 };
 
-/* Cached rows per KV head: the context rounded up to even, so that every head's bf16
- * values are whole key pairs (attn.h). */
-static inline int64_t qn_kv_rows(int64_t n_ctx) { return (n_ctx + 1) & ~(int64_t)1; }
+/* Cached rows per KV head: the context rounded up to 16, so that every head's bf16 values
+ * are whole key pairs and a tiled int8 head whole key tiles (attn.h). */
+static inline int64_t qn_kv_rows(int64_t n_ctx) { return (n_ctx + 15) & ~(int64_t)15; }
 
 /* Per-session state of one layer. */
 typedef struct {
     float *conv_state;          /* LINEAR: [K-1][conv_dim], the last K-1 conv inputs, oldest first */
     float *ssm_state;           /* LINEAR: [nv][dk][dv] recurrent state S, fp32 */
-    uint8_t *k_cache;           /* FULL: [nkv][qn_kv_rows(n_ctx)] rows of D keys after norm and RoPE, kv_type elements */
-    uint8_t *v_cache;           /* FULL: [nkv][qn_kv_rows(n_ctx)] rows of D values (bf16: in key pairs, attn.h) */
+    uint8_t *k_cache;           /* FULL: [nkv][qn_kv_rows(n_ctx)] rows of D keys after norm and RoPE, kv_type elements (tiled int8: in key tiles, attn.h) */
+    uint8_t *v_cache;           /* FULL: [nkv][qn_kv_rows(n_ctx)] rows of D values (bf16: in key pairs; tiled int8: in quads, attn.h) */
     size_t kv_bytes;            /* FULL: bytes of each of k_cache and v_cache (page-aligned mappings) */
 } qn_layer_state;
 
@@ -168,6 +168,7 @@ struct qnext_session {
     qn_layer_state *ls;         /* [n_layers (+1: the MTP layer's KV cache when mtp_on)] */
     qn_scratch sc;
     size_t kv_row_bytes;        /* bytes of one cached head vector (D elements of params.kv_type) */
+    int kv_tiled;               /* the int8 cache is in attn_vnni's tiled layout (attn_kv_tiled) */
     size_t scratch_bytes;
     uint64_t clock;             /* increments on every feed, for snapshot validity */
     uint64_t *kv_written;       /* [n_ctx] clock at which each KV position was last written */

@@ -7,6 +7,7 @@
 #include <string.h>
 #include <sys/mman.h>
 
+#include "kernels/cpu/attn.h"
 #include "kernels/cpu/ops.h"
 #include "model.h"
 
@@ -133,6 +134,7 @@ qnext_status qnext_session_new(qnext_model *m, const qnext_session_params *param
 
     if (s->params.kv_type == QNEXT_KV_AUTO) s->params.kv_type = m->gguf ? QNEXT_KV_BF16 : QNEXT_KV_F32;
     s->kv_row_bytes = s->params.kv_type == QNEXT_KV_F32 ? (size_t)D * 4 : s->params.kv_type == QNEXT_KV_BF16 ? (size_t)D * 2 : (size_t)D + 4;
+    s->kv_tiled = attn_kv_tiled(s->params.kv_type, (int)D);
     if (s->params.mtp && c->n_mtp_layers != 1) {
         snprintf(err, errlen, "qnext_session_new: mtp requested but the model has no MTP layer");
         free(s);

@@ -3,7 +3,8 @@
  *
  * The cache holds one row per (key, KV head) as f32, bf16 or int8 + f32 scale (the
  * QNEXT_KV_* types, see kv_put in forward.c), except bf16 values, which are stored in key
- * pairs (attn_vpair below). The kernels read the cache in place; the f32 ones widen it in
+ * pairs (attn_vpair below), and int8 caches that attn_vnni reads, which are tiled
+ * (attn_k8_tile below). The kernels read the cache in place; the f32 ones widen it in
  * registers, fused into the Q.K dot products and the P.V sums, all products and sums f32.
  *
  * Each kernel exists as portable C (attn_generic.c) and, on x86-64, compiled for AVX2+FMA
@@ -16,13 +17,14 @@
  * (attn_bf16.c: VDPBF16PS on the stored pairs, the queries and probabilities rounded to
  * bf16 once);
  * QNEXT_ATTN_BF16=0 keeps attn_avx512. Likewise int8 caches use attn_vnni (attn_vnni.c:
- * VPDPBUSD, the queries quantized to int8 once and the probabilities split in two bytes);
- * QNEXT_ATTN_VNNI=0 keeps attn_avx512. */
+ * VPDPBUSD on the tiled cache, the queries quantized to int8 once and the probabilities
+ * split in two bytes); QNEXT_ATTN_VNNI=0 keeps attn_avx512 and int8 rows. */
 #ifndef QNEXT_ATTN_H
 #define QNEXT_ATTN_H
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #define ATTN_KEYS 64 /* keys per step of the online softmax. Each step ends with work per query
                         * (the rescale of its output, the softmax's reductions; attn_vnni's byte
@@ -33,6 +35,7 @@
 /* One tile: nq queries against the keys of one KV head. */
 typedef struct {
     int nq, D, kv_type;      /* kv_type: QNEXT_KV_F32, QNEXT_KV_BF16 or QNEXT_KV_Q8 */
+    int tiled;               /* an int8 cache in attn_vnni's tiled layout (see attn_k8_tile) */
     const float *const *q;   /* nq query vectors of D floats */
     const int *qpos;         /* key j is visible to query i when j <= qpos[i]; non-decreasing in i */
     float scale;             /* score = scale * q.k */
@@ -49,7 +52,50 @@ typedef struct {
  * with one shift or mask. Keys and f32/int8 values are plain rows. */
 static inline size_t attn_vpair(size_t stride, int j) { return (size_t)(j >> 1) * 2 * stride; }
 
-/* Partial attention over keys [j0, j1), j0 even (a key pair's first key, attn_vpair): for every query i,
+/* int8 caches read by attn_vnni are tiled (attn_kv_tiled): stored the way its VPDPBUSD
+ * products take them, so that no block of keys is rearranged at every decode step (that
+ * took a fifth of the kernel's time: docs/PERF.md). The bytes per key (stride) stay
+ * D + 4, so a head takes as much memory as in rows; positions count from key 0 of the head.
+ *  - keys, in tiles of 16: the tile of key j, 16 * stride bytes at attn_k8_tile(stride, j),
+ *    holds dimensions 4c..4c+3 of its 16 keys in the 64 bytes at 64c (key 16t + i in dword
+ *    i), then the 16 row scales (f32) at 16 D;
+ *  - values, in quads of 4: the quad of key j, 4 * stride bytes at attn_v8_quad(stride, j),
+ *    holds dimension d of its 4 keys in the dword at 4d (key 4m + i in byte i), then the
+ *    4 row scales (f32) at 4 D.
+ * A tiled head has whole tiles: qn_kv_rows() rounds the rows up to 16. The int8 values and
+ * scales are those of a row (forward.c's kv_put); attn_k8_put and attn_v8_put place a row,
+ * attn_k8_get and attn_v8_get read one back. */
+static inline size_t attn_k8_tile(size_t stride, int j) { return (size_t)(j >> 4) * 16 * stride; }
+static inline size_t attn_v8_quad(size_t stride, int j) { return (size_t)(j >> 2) * 4 * stride; }
+
+static inline void attn_k8_put(uint8_t *head, size_t stride, int D, int j, const uint8_t *row) {
+    uint8_t *t = head + attn_k8_tile(stride, j);
+    for (int c = 0; c < D / 4; c++) memcpy(t + 64 * (size_t)c + 4 * (j & 15), row + 4 * c, 4);
+    memcpy(t + 16 * (size_t)D + 4 * (j & 15), row + D, 4);
+}
+static inline void attn_k8_get(const uint8_t *head, size_t stride, int D, int j, uint8_t *row) {
+    const uint8_t *t = head + attn_k8_tile(stride, j);
+    for (int c = 0; c < D / 4; c++) memcpy(row + 4 * c, t + 64 * (size_t)c + 4 * (j & 15), 4);
+    memcpy(row + D, t + 16 * (size_t)D + 4 * (j & 15), 4);
+}
+static inline void attn_v8_put(uint8_t *head, size_t stride, int D, int j, const uint8_t *row) {
+    uint8_t *q = head + attn_v8_quad(stride, j);
+    for (int d = 0; d < D; d++) q[4 * (size_t)d + (j & 3)] = row[d];
+    memcpy(q + 4 * (size_t)D + 4 * (j & 3), row + D, 4);
+}
+static inline void attn_v8_get(const uint8_t *head, size_t stride, int D, int j, uint8_t *row) {
+    const uint8_t *q = head + attn_v8_quad(stride, j);
+    for (int d = 0; d < D; d++) row[d] = q[4 * (size_t)d + (j & 3)];
+    memcpy(row + D, q + 4 * (size_t)D + 4 * (j & 3), 4);
+}
+
+/* Whether caches of kv_type with head size D are tiled (attn_k8_tile): int8 caches whose
+ * attention attn_partial() runs on attn_vnni's VPDPBUSD products. Fixed for the process, so
+ * a session decides it once, when it allocates its cache. */
+int attn_kv_tiled(int kv_type, int D);
+
+/* Partial attention over keys [j0, j1), j0 even (a key pair's first key, attn_vpair) and, for a
+ * tiled cache, a multiple of 16 (a tile's first key): for every query i,
  *     mx[i]  = max of its visible scores in the range (-FLT_MAX when none is visible),
  *     sum[i] = sum_j exp(s_ij - mx[i]),   O[i*D + d] = sum_j exp(s_ij - mx[i]) v_j[d]
  * (unnormalised). work holds attn_work_floats(nq, D) floats. */

@@ -4,6 +4,7 @@
  * Cached rows are widened element by element inside the dot product and the value sum
  * (no copy of the row); the kernel type is a constant in each instantiation, so the
  * compiler drops the type test from the loops. */
+#include <assert.h>
 #include <float.h>
 #include <math.h>
 #include <stdlib.h>
@@ -13,8 +14,9 @@
 #include "qnext.h"
 
 size_t attn_work_floats(int nq, int D) {
-    /* S, corr, vs, Q (attn_x86.inc's partial_t), then attn_vnni's value quads of a block */
-    size_t n = (size_t)nq * ATTN_KEYS + (size_t)nq + ATTN_KEYS + (size_t)nq * D + (size_t)ATTN_KEYS * D / 4 + 64;
+    /* S, corr, vs, Q (attn_x86.inc's partial_t; the generic kernel's gathered row of a tiled
+     * cache in Q's place) */
+    size_t n = (size_t)nq * ATTN_KEYS + (size_t)nq + ATTN_KEYS + (size_t)nq * D + (size_t)D / 4 + 64;
 #if defined(__x86_64__) || defined(_M_X64)
     size_t amx = (attn_amx_work_bytes(nq, D) + 3) / 4; /* attn_amx: its own layout of the same space */
     if (amx > n) n = amx;
@@ -43,10 +45,24 @@ static inline float g_row_scale(int kt, const uint8_t *row, int D) {
     return s;
 }
 
+/* Key j (value j) of the head as a row: in place, or gathered from a tiled int8 head into buf
+ * (attn.h). */
+static inline const uint8_t *g_key(const attn_tile_args *a, int j, uint8_t *buf) {
+    if (!a->tiled) return a->k + (size_t)j * a->stride;
+    attn_k8_get(a->k, a->stride, a->D, j, buf);
+    return buf;
+}
+static inline const uint8_t *g_value(const attn_tile_args *a, int j, uint8_t *buf) {
+    if (!a->tiled) return a->v + (size_t)j * a->stride;
+    attn_v8_get(a->v, a->stride, a->D, j, buf);
+    return buf;
+}
+
 static inline void g_partial_t(int kt, const attn_tile_args *a, int j0, int j1, float *O, float *mx, float *sum,
                                float *work) {
     const int nq = a->nq, D = a->D;
     float *S = work;
+    uint8_t *buf = (uint8_t *)(S + (size_t)nq * ATTN_KEYS + (size_t)nq + ATTN_KEYS); /* D + 4 bytes */
     for (int i = 0; i < nq; i++) { mx[i] = -FLT_MAX; sum[i] = 0; }
     memset(O, 0, (size_t)nq * D * sizeof(float));
     for (int jb = j0; jb < j1; jb += ATTN_KEYS) {
@@ -55,7 +71,7 @@ static inline void g_partial_t(int kt, const attn_tile_args *a, int j0, int j1, 
         while (i0 < nq && a->qpos[i0] < jb) i0++;
         if (i0 == nq) break;
         for (int j = 0; j < jn; j++) {
-            const uint8_t *k = a->k + (size_t)(jb + j) * a->stride;
+            const uint8_t *k = g_key(a, jb + j, buf);
             float ks = g_row_scale(kt, k, D) * a->scale;
             for (int i = i0; i < nq; i++) {
                 if (jb + j > a->qpos[i]) { S[i * ATTN_KEYS + j] = -INFINITY; continue; }
@@ -82,7 +98,7 @@ static inline void g_partial_t(int kt, const attn_tile_args *a, int j0, int j1, 
             }
         }
         for (int j = 0; j < jn; j++) {
-            const uint8_t *v = a->v + (size_t)(jb + j) * a->stride;
+            const uint8_t *v = g_value(a, jb + j, buf);
             float vs = g_row_scale(kt, v, D);
             /* bf16 values: the key's words in its pair (attn.h), every other one */
             const uint8_t *vp = a->v + attn_vpair(a->stride, jb + j) + 2 * ((jb + j) & 1);
@@ -176,11 +192,24 @@ const attn_kernels *attn_select_kv(int kv_type) {
     return k;
 }
 
+int attn_kv_tiled(int kv_type, int D) {
+#if defined(__x86_64__) || defined(_M_X64)
+    return kv_type == QNEXT_KV_Q8 && D % 64 == 0 && attn_select_kv(kv_type) == &attn_vnni;
+#else
+    (void)kv_type;
+    (void)D;
+    return 0;
+#endif
+}
+
 void attn_partial(const attn_tile_args *a, int j0, int j1, float *O, float *mx, float *sum, float *work) {
     const attn_kernels *k = attn_select_kv(a->kv_type);
 #if defined(__x86_64__) || defined(_M_X64)
     if (a->D % k->d_multiple && (k == &attn_avx512 || k == &attn_amx || k == &attn_bf16 || k == &attn_vnni)) k = &attn_avx2;
 #endif
     if (a->D % k->d_multiple) k = &attn_generic;
+#if defined(__x86_64__) || defined(_M_X64)
+    assert(!a->tiled || k == &attn_vnni); /* attn_kv_tiled() made the same choice */
+#endif
     k->partial(a, j0, j1, O, mx, sum, work);
 }
