@@ -29,7 +29,9 @@
  *
  * Then the model: decode steps past 1024 cached tokens, whose attention tiles forward.c
  * splits into key ranges computed in parallel and merged, against the same positions
- * computed as rows of one prompt (tiles not split), for the three KV cache types. */
+ * computed as rows of one prompt (tiles not split), for the three KV cache types, on two
+ * fixtures (head_dim 32 and 64; with 64, attn_bf16 and attn_vnni on its tiled cache run where
+ * the CPU has them). */
 #include <float.h>
 #include <math.h>
 #include <stdint.h>
@@ -396,11 +398,11 @@ static double rel_l2(const float *a, const float *b, size_t n) {
     return sqrt(num / den);
 }
 
-static void test_model_split(void) {
+static void test_model_split(const char *dir) {
     qnext_model *m;
     char err[512];
     qnext_model_params mp = {.quiet = 1};
-    if (qnext_model_open("tests/fixtures/base_gqa", &mp, &m, err, sizeof err)) { CHECK(0, "%s", err); return; }
+    if (qnext_model_open(dir, &mp, &m, err, sizeof err)) { CHECK(0, "%s", err); return; }
     const int V = qnext_model_config(m)->vocab_size, n0 = 1030, n = 1042;
     int32_t *ids = malloc(n * sizeof(int32_t));
     for (int i = 0; i < n; i++) ids[i] = (int32_t)((i * 131 + 17) % V);
@@ -423,12 +425,13 @@ static void test_model_split(void) {
             double e = rel_l2(one, all + (size_t)(t - n0) * V, V);
             worst = e > worst ? e : worst;
         }
-        printf("kv %s: decode at depth %d..%d vs prompt rows: rel L2 %.2e\n", kv_name(kt), n0, n - 1, worst);
+        printf("%s, kv %s%s: decode at depth %d..%d vs prompt rows: rel L2 %.2e\n", dir, kv_name(kt),
+               attn_kv_tiled(kt, qnext_model_config(m)->head_dim) ? " (tiled)" : "", n0, n - 1, worst);
         /* attn_bf16 rounds each range's probabilities to bf16 relative to that range's running
          * max, so the two ways differ by up to 2^-8 of each probability; the others by f32
          * rounding alone */
         const double tol = kt == QNEXT_KV_BF16 && attn_select_kv(kt) == bf16_kernel() ? ldexp(1.0, -8) : 1e-5;
-        CHECK(worst < tol, "kv %s: split decode vs prompt rows rel L2 %.3e", kv_name(kt), worst);
+        CHECK(worst < tol, "%s, kv %s: split decode vs prompt rows rel L2 %.3e", dir, kv_name(kt), worst);
         qnext_session_free(a);
     }
     free(ids); free(all); free(one);
@@ -476,6 +479,7 @@ int main(void) {
         printf("avx512bf16 on bf16 caches: largest rel error vs the exact reference %.2e\n", bf16_worst);
     if (vnni_kernel())
         printf("avx512vnni on int8 caches: largest rel error vs the exact reference %.2e\n", vnni_worst);
-    test_model_split();
+    test_model_split("tests/fixtures/base_gqa");       /* head_dim 32 */
+    test_model_split("tests/fixtures/v5_layer_types"); /* head_dim 64: attn_vnni and a tiled int8 cache where it runs */
     return tu_finish("test_attn");
 }
