@@ -14,9 +14,9 @@
 #include "qnext.h"
 
 size_t attn_work_floats(int nq, int D) {
-    /* S, corr, vs, Q (attn_x86.inc's partial_t; the generic kernel's gathered row of a tiled
-     * cache in Q's place) */
-    size_t n = (size_t)nq * ATTN_KEYS + (size_t)nq + ATTN_KEYS + (size_t)nq * D + (size_t)D / 4 + 64;
+    /* S, corr, vs, Q (attn_x86.inc's partial_t; the generic kernel's row gathered from a tiled
+     * cache, D + 4 bytes, in Q's place) */
+    size_t n = (size_t)nq * ATTN_KEYS + (size_t)nq + ATTN_KEYS + (size_t)nq * D + 64;
 #if defined(__x86_64__) || defined(_M_X64)
     size_t amx = (attn_amx_work_bytes(nq, D) + 3) / 4; /* attn_amx: its own layout of the same space */
     if (amx > n) n = amx;
