@@ -2,7 +2,9 @@
  *
  * Three sessions at different positions (and one in a prompt chunk) are fed together
  * with qnext_batch_feed; their logits must equal feeding each session by itself, and
- * misuse (the same session twice, too many tokens) is an error. */
+ * misuse (the same session twice, too many tokens) is an error. On base_gqa with the default
+ * cache, and on v5_layer_types (head_dim 64) with the int8 cache, which is tiled where
+ * attn_vnni reads it (attn.h). */
 #include <math.h>
 #include <stdlib.h>
 
@@ -15,19 +17,18 @@ static double rel_l2(const float *a, const float *b, int n) {
     return sqrt(num / den);
 }
 
-int main(void) {
-    const char *dir = "tests/fixtures/base_gqa";
+static void check_batch(const char *dir, int kv_type) {
     qnext_model *m;
     char err[512];
     qnext_model_params mp = {.quiet = 1};
-    if (qnext_model_open(dir, &mp, &m, err, sizeof err)) { fprintf(stderr, "%s\n", err); return 1; }
+    if (qnext_model_open(dir, &mp, &m, err, sizeof err)) { CHECK(0, "%s", err); return; }
     const int V = qnext_model_config(m)->vocab_size;
     int32_t prompt[100];
     for (int i = 0; i < 100; i++) prompt[i] = (i * 37 + 11) % V;
     const int lens[3] = {5, 70, 33};
 
     qnext_session *solo[3], *bat[3];
-    qnext_session_params sp = {.n_ctx = 256, .n_ubatch = 64};
+    qnext_session_params sp = {.n_ctx = 256, .n_ubatch = 64, .kv_type = kv_type};
     for (int i = 0; i < 3; i++) {
         CHECK(!qnext_session_new(m, &sp, &solo[i], err, sizeof err), "%s", err);
         CHECK(!qnext_session_new(m, &sp, &bat[i], err, sizeof err), "%s", err);
@@ -47,7 +48,7 @@ int main(void) {
         CHECK(qnext_batch_feed(items, 3, err, sizeof err) == QNEXT_OK, "%s", err);
         for (int i = 0; i < 3; i++) {
             double e = rel_l2(b + (size_t)i * V, a + (size_t)i * V, V);
-            CHECK(e < 1e-6, "step %d session %d: batched vs alone rel L2 %.3e", step, i, e);
+            CHECK(e < 1e-6, "%s: step %d session %d: batched vs alone rel L2 %.3e", dir, step, i, e);
             CHECK(qnext_session_pos(bat[i]) == qnext_session_pos(solo[i]), "positions differ");
         }
     }
@@ -59,7 +60,7 @@ int main(void) {
         qnext_session_feed(solo[0], prompt + 20, 9, a, QNEXT_LOGITS_ALL, err, sizeof err);
         qnext_session_feed(solo[1], prompt + 3, 1, a + (size_t)9 * V, QNEXT_LOGITS_LAST, err, sizeof err);
         for (int r = 0; r < 10; r++)
-            CHECK(rel_l2(b + (size_t)r * V, a + (size_t)r * V, V) < 1e-5, "mixed batch row %d differs", r);
+            CHECK(rel_l2(b + (size_t)r * V, a + (size_t)r * V, V) < 1e-5, "%s: mixed batch row %d differs", dir, r);
     }
     /* Misuse is an error and feeds nothing. */
     {
@@ -76,5 +77,10 @@ int main(void) {
     free(a);
     free(b);
     qnext_model_close(m);
+}
+
+int main(void) {
+    check_batch("tests/fixtures/base_gqa", QNEXT_KV_AUTO);
+    check_batch("tests/fixtures/v5_layer_types", QNEXT_KV_Q8);
     return tu_finish("test_batch");
 }
