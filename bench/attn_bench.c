@@ -7,7 +7,9 @@
  * [-i iters] [-w: warm cache] [-x: skip the old tile] [-P: position-major cache rows] links it
  * with build/libqnext.a and runs it.
  * Prints ms per layer for decode-like (1 row) or prefill-like (-r 16) tiles, single thread
- * per KV head (as attn_block runs them) and with the key range split over all threads. */
+ * per KV head (as attn_block runs them) and with the key range split over all threads.
+ * An int8 cache that attn_vnni reads is stored tiled, as a session stores it (attn.h); the
+ * old tile, which reads rows, is then skipped. */
 #include <float.h>
 #include <math.h>
 #include <omp.h>
