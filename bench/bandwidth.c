@@ -9,7 +9,11 @@
  *
  * Self-contained on purpose (not part of the CMake build): bench/run_bandwidth.sh builds it with
  *   cc -O3 -march=native -fopenmp bench/bandwidth.c -o build/bandwidth
- * Usage: bandwidth [-s MiB] [-r runs] [-t threads[,threads...]]     (defaults: -s 2048 -r 10 -t 1,2)
+ * Usage: bandwidth [-s MiB] [-r runs] [-t threads[,threads...]] [-f FILE [-n]]   (defaults: -s 2048 -r 10 -t 1,2)
+ *   -f FILE reads a mapping of FILE (its first whole 2 MiB units) instead of anonymous memory, mapped as qnext
+ *           maps weights (src/util/filemap.c: at a 2 MiB boundary, MADV_HUGEPAGE); -n leaves the advice out.
+ *           Whether the page cache then maps it on huge pages depends on how the file came into the cache
+ *           (docs/PERF.md); the line "huge pages" says what this mapping got (FilePmdMapped).
  */
 #define _DEFAULT_SOURCE
 #include <omp.h>
@@ -17,8 +21,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 #if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
@@ -103,50 +110,8 @@ static double timed_pass(const unsigned char *buf, size_t bytes, int threads, ui
     return t1 - t0;
 }
 
-int main(int argc, char **argv) {
-    size_t mib = 2048;
-    int runs = 10;
-    const char *thread_list = "1,2";
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "-s") && i + 1 < argc) mib = (size_t)strtoull(argv[++i], NULL, 10);
-        else if (!strcmp(argv[i], "-r") && i + 1 < argc) runs = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "-t") && i + 1 < argc) thread_list = argv[++i];
-        else {
-            fprintf(stderr, "usage: %s [-s MiB] [-r runs] [-t threads[,threads...]]\n", argv[0]);
-            return 2;
-        }
-    }
-    if (mib < 1 || runs < 1) {
-        fprintf(stderr, "bandwidth: -s and -r must be >= 1\n");
-        return 2;
-    }
-    size_t bytes = mib << 20;
-    /* On transparent huge pages where the kernel gives them (2 MiB aligned, MADV_HUGEPAGE: with THP
-     * in "madvise" mode, the usual default, an unadvised buffer gets 4 KB pages). qnext maps the
-     * weights on huge pages too (src/util/filemap.c), so this is the ceiling its decode is held to;
-     * 4 KB pages read slower (more TLB misses, the prefetchers stop at every page). */
-    unsigned char *buf = aligned_alloc(2u << 20, bytes);
-    if (!buf) {
-        fprintf(stderr, "bandwidth: cannot allocate %zu MiB\n", mib);
-        return 1;
-    }
-#ifdef MADV_HUGEPAGE
-    madvise(buf, bytes, MADV_HUGEPAGE);
-#endif
-    /* First touch in parallel, with non-zero data so no page stays the shared zero page. */
-#pragma omp parallel for schedule(static)
-    for (size_t i = 0; i < bytes / 8; i++) ((uint64_t *)buf)[i] = i * 0x9E3779B97F4A7C15ull;
-
-    long huge_kb = -1; /* what the buffer got, as /proc/self/smaps_rollup says (Linux) */
-    FILE *f = fopen("/proc/self/smaps_rollup", "r");
-    if (f) {
-        char line[256];
-        while (fgets(line, sizeof line, f))
-            if (sscanf(line, "AnonHugePages: %ld kB", &huge_kb) == 1) break;
-        fclose(f);
-    }
-    printf("buffer %zu MiB, best of %d runs, kernel %s\n", mib, runs, kernel_name);
-    if (huge_kb >= 0) printf("huge pages: %ld of %zu MiB\n", huge_kb / 1024, mib);
+/* Best-of-runs GB/s over buf for each thread count of the list. */
+static void report(const unsigned char *buf, size_t bytes, int runs, const char *thread_list) {
     uint64_t sink = 0;
     char list[256];
     snprintf(list, sizeof list, "%s", thread_list);
@@ -166,6 +131,101 @@ int main(int argc, char **argv) {
                (double)bytes / best / 1e9, (double)bytes * runs / sum / 1e9, (double)bytes / best_cpu / 1e9);
     }
     printf("(sink %llu)\n", (unsigned long long)(sink & 0xff));
+}
+
+/* A field of /proc/self/smaps_rollup in kB, or -1 (not Linux, or no such field). */
+static long smaps_kb(const char *field) {
+    long kb = -1;
+    char line[256], fmt[64];
+    snprintf(fmt, sizeof fmt, "%s: %%ld kB", field);
+    FILE *f = fopen("/proc/self/smaps_rollup", "r");
+    if (!f) return -1;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, fmt, &kb) == 1) break;
+    fclose(f);
+    return kb;
+}
+
+static int probe_file(const char *path, int advise, int runs, const char *thread_list) {
+    const size_t huge = (size_t)2 << 20;
+    int fd = open(path, O_RDONLY);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) != 0) {
+        perror(path);
+        return 1;
+    }
+    size_t bytes = (size_t)st.st_size & ~(huge - 1);
+    if (!bytes) {
+        fprintf(stderr, "bandwidth: %s is smaller than 2 MiB\n", path);
+        return 1;
+    }
+    unsigned char *r = mmap(NULL, bytes + huge, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (r == MAP_FAILED) {
+        perror("mmap");
+        return 1;
+    }
+    unsigned char *d = (unsigned char *)(((uintptr_t)r + huge - 1) & ~(uintptr_t)(huge - 1));
+    if (mmap(d, bytes, PROT_READ, MAP_PRIVATE | MAP_FIXED, fd, 0) == MAP_FAILED) {
+        perror("mmap");
+        return 1;
+    }
+    close(fd);
+#ifdef MADV_HUGEPAGE
+    if (advise) madvise(d, bytes, MADV_HUGEPAGE);
+#endif
+    volatile uint64_t sink = sum_bytes(d, bytes / 256 * 256); /* fault it in (from disk if it is not cached) */
+    printf("file %s: %zu MiB mapped%s, best of %d runs, kernel %s\n", path, bytes >> 20,
+           advise ? " (MADV_HUGEPAGE)" : "", runs, kernel_name);
+    long pmd = smaps_kb("FilePmdMapped");
+    if (pmd >= 0) printf("huge pages: %ld of %zu MiB\n", pmd / 1024, bytes >> 20);
+    report(d, bytes, runs, thread_list);
+    munmap(r, bytes + huge);
+    (void)sink;
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    size_t mib = 2048;
+    int runs = 10;
+    const char *thread_list = "1,2", *file = NULL;
+    int advise = 1;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "-s") && i + 1 < argc) mib = (size_t)strtoull(argv[++i], NULL, 10);
+        else if (!strcmp(argv[i], "-r") && i + 1 < argc) runs = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "-t") && i + 1 < argc) thread_list = argv[++i];
+        else if (!strcmp(argv[i], "-f") && i + 1 < argc) file = argv[++i];
+        else if (!strcmp(argv[i], "-n")) advise = 0;
+        else {
+            fprintf(stderr, "usage: %s [-s MiB] [-r runs] [-t threads[,threads...]] [-f FILE [-n]]\n", argv[0]);
+            return 2;
+        }
+    }
+    if (mib < 1 || runs < 1) {
+        fprintf(stderr, "bandwidth: -s and -r must be >= 1\n");
+        return 2;
+    }
+    size_t bytes = mib << 20;
+    if (file) return probe_file(file, advise, runs, thread_list);
+    /* On transparent huge pages where the kernel gives them (2 MiB aligned, MADV_HUGEPAGE: with THP
+     * in "madvise" mode, the usual default, an unadvised buffer gets 4 KB pages). qnext maps the
+     * weights on huge pages too (src/util/filemap.c), so this is the ceiling its decode is held to;
+     * 4 KB pages read slower (more TLB misses, the prefetchers stop at every page). */
+    unsigned char *buf = aligned_alloc(2u << 20, bytes);
+    if (!buf) {
+        fprintf(stderr, "bandwidth: cannot allocate %zu MiB\n", mib);
+        return 1;
+    }
+#ifdef MADV_HUGEPAGE
+    madvise(buf, bytes, MADV_HUGEPAGE);
+#endif
+    /* First touch in parallel, with non-zero data so no page stays the shared zero page. */
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < bytes / 8; i++) ((uint64_t *)buf)[i] = i * 0x9E3779B97F4A7C15ull;
+
+    long huge_kb = smaps_kb("AnonHugePages"); /* what the buffer got */
+    printf("buffer %zu MiB, best of %d runs, kernel %s\n", mib, runs, kernel_name);
+    if (huge_kb >= 0) printf("huge pages: %ld of %zu MiB\n", huge_kb / 1024, mib);
+    report(buf, bytes, runs, thread_list);
     free(buf);
     return 0;
 }
