@@ -169,8 +169,8 @@ struct qnext_session {
     qn_scratch sc;
     size_t kv_row_bytes;        /* bytes of one cached head vector (D elements of params.kv_type) */
     int kv_tiled;               /* the int8 cache is in attn_vnni's tiled layout (attn_kv_tiled) */
-    void *ssm_region;           /* one mapping holding every LINEAR layer's ssm_state (on huge pages) */
-    size_t ssm_region_bytes;
+    void *ssm_region;           /* every LINEAR layer's ssm_state: a mapping on huge pages, or a calloc'd block */
+    size_t ssm_region_bytes;    /* the mapping's size, 0 for the calloc'd block */
     size_t scratch_bytes;
     uint64_t clock;             /* increments on every feed, for snapshot validity */
     uint64_t *kv_written;       /* [n_ctx] clock at which each KV position was last written */

@@ -78,19 +78,25 @@ static void kv_free(uint8_t *p, size_t bytes) {
  * boundary on transparent huge pages where the kernel gives them. Decode reads and writes
  * every state once per token (72 MB for 36 layers of the 80B model, 2 MB each); on 4 KB pages
  * that is 18K TLB entries, more than the second-level TLB holds, and 36K first-touch faults.
- * A model whose states take less than 2 MB in all keeps 4 KB pages: a huge page per session
- * would cost more memory than its states. Returns the first state, or NULL; the others follow
- * at *stride floats. */
+ * A model whose states take less than 2 MB in all keeps them in one calloc'd block (a huge page
+ * per session would cost more memory than its states; the small test models stay under the
+ * sanitizers' heap checks). Returns the first state, or NULL; the others follow at *stride
+ * floats. *region_bytes is 0 for the calloc'd block (free it), else the mapping's size. */
 #define SSM_HUGE ((size_t)2 << 20)
 static float *ssm_region_alloc(size_t per_layer, int n, size_t *stride_floats, size_t *region_bytes, void **region) {
-    int huge = per_layer * n >= SSM_HUGE;
-    size_t stride = huge ? (per_layer + SSM_HUGE - 1) & ~(SSM_HUGE - 1) : (per_layer + 63) & ~(size_t)63;
-    size_t bytes = stride * n + (huge ? SSM_HUGE : 0);
+    if (per_layer * n < SSM_HUGE) {
+        size_t stride = (per_layer + 63) & ~(size_t)63;
+        *region = calloc(1, stride * n);
+        *region_bytes = 0;
+        *stride_floats = stride / sizeof(float);
+        return *region;
+    }
+    size_t stride = (per_layer + SSM_HUGE - 1) & ~(SSM_HUGE - 1), bytes = stride * n + SSM_HUGE;
     char *r = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (r == MAP_FAILED) return NULL;
-    char *base = huge ? (char *)(((uintptr_t)r + SSM_HUGE - 1) & ~(uintptr_t)(SSM_HUGE - 1)) : r;
+    char *base = (char *)(((uintptr_t)r + SSM_HUGE - 1) & ~(uintptr_t)(SSM_HUGE - 1));
 #ifdef MADV_HUGEPAGE
-    if (huge) madvise(base, stride * n, MADV_HUGEPAGE); /* a hint: 4 KB pages still work */
+    madvise(base, stride * n, MADV_HUGEPAGE); /* a hint: 4 KB pages still work */
 #endif
     *region = r;
     *region_bytes = bytes;
@@ -108,7 +114,8 @@ void qnext_session_free(qnext_session *s) {
         }
     }
     free(s->ls);
-    if (s->ssm_region) munmap(s->ssm_region, s->ssm_region_bytes);
+    if (s->ssm_region_bytes) munmap(s->ssm_region, s->ssm_region_bytes);
+    else free(s->ssm_region);
     qn_scratch *sc = &s->sc;
     float *fl[] = {sc->h, sc->x, sc->y, sc->proj, sc->proj2, sc->conv, sc->core, sc->gates, sc->att, sc->att_tile, sc->att_part, sc->gdn_tmp,
                    sc->mlp_a, sc->mlp_b, sc->router, sc->top_w, sc->xg, sc->eo, sc->sg, sc->rope_cos, sc->rope_sin};
