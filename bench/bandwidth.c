@@ -14,6 +14,7 @@
  *           maps weights (src/util/filemap.c: at a 2 MiB boundary, MADV_HUGEPAGE); -n leaves the advice out.
  *           Whether the page cache then maps it on huge pages depends on how the file came into the cache
  *           (docs/PERF.md); the line "huge pages" says what this mapping got (FilePmdMapped).
+ *   -f FILE -D drops FILE from the page cache (posix_fadvise DONTNEED) and exits: the next reader loads it cold.
  */
 #define _DEFAULT_SOURCE
 #include <omp.h>
@@ -146,6 +147,18 @@ static long smaps_kb(const char *field) {
     return kb;
 }
 
+static int drop_file(const char *path) {
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) {
+        perror(path);
+        return 1;
+    }
+    int rc = posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+    close(fd);
+    if (rc) fprintf(stderr, "bandwidth: posix_fadvise(%s): %s\n", path, strerror(rc));
+    return rc != 0;
+}
+
 static int probe_file(const char *path, int advise, int runs, const char *thread_list) {
     const size_t huge = (size_t)2 << 20;
     int fd = open(path, O_RDONLY);
@@ -188,15 +201,16 @@ int main(int argc, char **argv) {
     size_t mib = 2048;
     int runs = 10;
     const char *thread_list = "1,2", *file = NULL;
-    int advise = 1;
+    int advise = 1, drop = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "-s") && i + 1 < argc) mib = (size_t)strtoull(argv[++i], NULL, 10);
         else if (!strcmp(argv[i], "-r") && i + 1 < argc) runs = atoi(argv[++i]);
         else if (!strcmp(argv[i], "-t") && i + 1 < argc) thread_list = argv[++i];
         else if (!strcmp(argv[i], "-f") && i + 1 < argc) file = argv[++i];
         else if (!strcmp(argv[i], "-n")) advise = 0;
+        else if (!strcmp(argv[i], "-D")) drop = 1;
         else {
-            fprintf(stderr, "usage: %s [-s MiB] [-r runs] [-t threads[,threads...]] [-f FILE [-n]]\n", argv[0]);
+            fprintf(stderr, "usage: %s [-s MiB] [-r runs] [-t threads[,threads...]] [-f FILE [-n | -D]]\n", argv[0]);
             return 2;
         }
     }
@@ -205,6 +219,7 @@ int main(int argc, char **argv) {
         return 2;
     }
     size_t bytes = mib << 20;
+    if (file && drop) return drop_file(file);
     if (file) return probe_file(file, advise, runs, thread_list);
     /* On transparent huge pages where the kernel gives them (2 MiB aligned, MADV_HUGEPAGE: with THP
      * in "madvise" mode, the usual default, an unadvised buffer gets 4 KB pages). qnext maps the
