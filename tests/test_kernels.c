@@ -50,6 +50,7 @@ static void test_type(int wt, int64_t n) {
     int at = dot_act_type(wt);
     float *w = malloc(n * 4), *x = malloc(n * 4), *wd = malloc(n * 4), *xd = malloc(n * 4);
     uint8_t *wq = malloc(quant_row_bytes(wt, n)), *xq = malloc(at == QUANT_F32 ? n * 4 : quant_row_bytes(at, n));
+    uint8_t *xk = malloc(at == QUANT_F32 ? n * 4 : quant_row_bytes(at, n));
     for (int trial = 0; trial < 20; trial++) {
         fill(w, n, 0.02f);
         fill(x, n, trial % 2 ? 1.0f : 0.1f);
@@ -74,12 +75,19 @@ static void test_type(int wt, int64_t n) {
         CHECK(fabs(g - full) <= (at == QUANT_F32 ? 1e-5 : 1.5e-2) * scale, "%s n=%lld: vs f32 activations %.6g %.6g",
               quant_type_name(wt), (long long)n, g, full);
         for (int k = 1; k < ns; k++) {
-            float v = dot_for_type(sets[k], wt)(wq, a, n);
+            /* the same quantized activations, reordered where a set's kernels take them so (dot.h) */
+            const void *ak = a;
+            if (dot_act_type_set(sets[k], wt) == DOT_ACT_Q8_K4) {
+                memcpy(xk, xq, quant_row_bytes(QUANT_Q8_K, n));
+                dot_act_reorder_k4(xk, n);
+                ak = xk;
+            }
+            float v = dot_for_type(sets[k], wt)(wq, ak, n);
             CHECK(fabs(v - g) <= 2e-6 * scale + 2e-6 * fabs(g), "%s n=%lld trial %d: %s %.9g vs generic %.9g",
                   quant_type_name(wt), (long long)n, trial, sets[k]->name, v, g);
         }
     }
-    free(w); free(x); free(wd); free(xd); free(wq); free(xq);
+    free(w); free(x); free(wd); free(xd); free(wq); free(xq); free(xk);
 }
 
 /* The whole product, fast vs reference, with a row map and several activation rows. */
@@ -211,6 +219,22 @@ static void test_actq(void) {
             actq_quantize_row(type, x, got, n);
             CHECK(!memcmp(ref, got, rb), "actq_quantize_row %s trial %d differs", quant_type_name(type), trial);
         }
+        /* Q8_K reordered for the AVX-512 Q4_K/Q5_K kernels (dot.h): values 32-63 and 64-95 of each
+         * 128 swapped, scale and sums untouched; checked against the Q8_K bytes directly */
+        const size_t rb = quant_row_bytes(QUANT_Q8_K, n);
+        quant_quantize_row(QUANT_Q8_K, x, ref, n);
+        memset(got, 0xAB, rb);
+        actq_quantize_row(DOT_ACT_Q8_K4, x, got, n);
+        int same = 1;
+        for (int64_t b = 0; b < n / 256; b++) {
+            const uint8_t *r = ref + 292 * b, *g = got + 292 * b;
+            same &= !memcmp(r, g, 4) && !memcmp(r + 260, g + 260, 32);
+            for (int v = 0; v < 256; v++) {
+                const int c = v % 128, src = (v / 128) * 128 + (c < 32 || c >= 96 ? c : c < 64 ? c + 32 : c - 32);
+                same &= g[4 + v] == r[4 + src];
+            }
+        }
+        CHECK(same, "actq_quantize_row DOT_ACT_Q8_K4 trial %d: not Q8_K in the order of dot.h", trial);
     }
     free(x); free(ref); free(got);
 #endif
@@ -280,11 +304,12 @@ static void test_dotm(int wt) {
         uint8_t *wq = malloc(quant_row_bytes(wt, n)), *xq = malloc(rb * DOTM_MAX_T);
         fill(x, n, 0.02f);
         quant_quantize_row(wt, x, wq, n);
-        for (int t = 0; t < DOTM_MAX_T; t++) {
-            fill(x, n, t % 2 ? 1.0f : 0.1f);
-            quant_quantize_row(at, x, xq + rb * t, n);
-        }
         for (int k = 0; k < ns; k++) {
+            /* the rows in this set's activation type (dot.h: Q4_K and Q5_K may take them reordered) */
+            for (int t = 0; t < DOTM_MAX_T; t++) {
+                fill(x, n, t % 2 ? 1.0f : 0.1f);
+                dot_quantize_act_ref(dot_act_type_set(sets[k], wt), x, xq + rb * t, n);
+            }
             dotm_fn m = dotm_for_type(sets[k], wt);
             /* MXFP4, IQ4_NL and Q5_K have multi-row kernels in the AVX-512 set only */
             CHECK(m != NULL || ((wt == QUANT_MXFP4 || wt == QUANT_IQ4_NL || wt == QUANT_Q5_K) && sets[k] != &dot_avx512),

@@ -19,6 +19,11 @@ const actq_kernels *actq_select(void) {
 }
 
 void actq_quantize_row(int at, const float *x, void *dst, int64_t n) {
+    if (at == DOT_ACT_Q8_K4) { /* Q8_K, reordered for the AVX-512 Q4_K/Q5_K kernels (dot.h) */
+        actq_quantize_row(QUANT_Q8_K, x, dst, n);
+        dot_act_reorder_k4(dst, n);
+        return;
+    }
     const actq_kernels *k = actq_select();
     if (k && at == QUANT_Q8_0 && n % 32 == 0) k->q8_0(x, dst, n);
     else if (k && at == QUANT_Q8_K && n % 256 == 0) k->q8_k(x, dst, n);

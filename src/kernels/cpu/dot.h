@@ -27,12 +27,21 @@ typedef float (*dot_fn)(const void *w, const void *a, int64_t n);
 #define DOTM_MAX_T 8
 typedef void (*dotm_fn)(const void *w, const void *a, size_t astride, int T, int64_t n, float *out);
 
+/* Q8_K activations with each block's 256 int8 values reordered, per 128, the way the low and
+ * high nibbles of one 64-byte load of Q4_K or Q5_K codes come out: values 0-31, 64-95, 32-63,
+ * 96-127, then the same for 128-255. The scale and the 16 sums (of 16 values each, in the
+ * original order) are Q8_K's. With it a 512-bit kernel unpacks 128 codes with three
+ * instructions, where activations in order need a broadcast, a masked shift and a mask per 64
+ * (docs/PERF.md, fourteenth session). Not a ggml type: an id past quant.h's table. */
+#define DOT_ACT_Q8_K4 100
+
 typedef struct {
     const char *name;
     dot_fn f32, f16, bf16;   /* activations: f32 */
     dot_fn q8_0, q4_0;       /* activations: Q8_0 blocks */
-    dot_fn q4_k, q5_k, q6_k; /* activations: Q8_K blocks */
+    dot_fn q4_k, q5_k, q6_k; /* activations: Q8_K blocks (Q4_K and Q5_K: act_k4's) */
     dotm_fn m_q8_0, m_q4_k, m_q6_k, m_q5_k; /* multi-row kernels where a set has them, else NULL */
+    int act_k4;              /* the activations of q4_k, q5_k, m_q4_k, m_q5_k: QUANT_Q8_K or DOT_ACT_Q8_K4 */
 } dot_kernels;
 /* IQ4_NL and MXFP4 (Q8_0 activations) and IQ4_XS (Q8_K activations) are not in the sets:
  * dot_for_type returns the portable kernels for dot_generic and the AVX2 ones of
@@ -61,8 +70,18 @@ extern const dot_kernels dot_avx512;
 
 /* The best kernel set for this CPU (QNEXT_KERNELS=generic|avx2|avx512 overrides). */
 const dot_kernels *dot_select(void);
-/* Activation type (a quant_type id) that weights of type wtype are dotted with. */
+/* Activation type (a quant_type id) that weights of type wtype are dotted with on the
+ * portable kernels and the many-token paths (gemm_vnni.c, gemm_amx_q8.c). */
 int dot_act_type(int wtype);
+/* The activation type of set k's kernels for wtype: dot_act_type's, or DOT_ACT_Q8_K4. */
+int dot_act_type_set(const dot_kernels *k, int wtype);
+/* Bytes of a prepared activation row of n values of activation type at (0 if n does not fit). */
+size_t dot_act_row_bytes(int at, int64_t n);
+/* Quantizes n activations to at with the reference quantizers of quant.c (DOT_ACT_Q8_K4: as
+ * Q8_K, then reordered); what the SIMD quantizers of actq.c are held to. */
+void dot_quantize_act_ref(int at, const float *x, void *dst, int64_t n);
+/* Reorders a Q8_K row of n values (n % 256 == 0) in place into DOT_ACT_Q8_K4's order. */
+void dot_act_reorder_k4(void *row, int64_t n);
 /* The kernel for weights of type wtype, or NULL when there is none (the caller then takes
  * the dequantizing reference path). */
 dot_fn dot_for_type(const dot_kernels *k, int wtype);

@@ -196,7 +196,32 @@ static float g_iq4_xs(const void *w_, const void *a_, int64_t n) {
     return s;
 }
 
-const dot_kernels dot_generic = {"generic", g_f32, g_f16, g_bf16, g_q8_0, g_q4_0, g_q4_k, g_q5_k, g_q6_k, NULL, NULL, NULL, NULL};
+const dot_kernels dot_generic = {"generic", g_f32, g_f16, g_bf16, g_q8_0, g_q4_0, g_q4_k, g_q5_k, g_q6_k,
+                                  NULL, NULL, NULL, NULL, QUANT_Q8_K};
+
+_Static_assert(DOT_ACT_Q8_K4 >= QUANT_TYPE_LIMIT, "DOT_ACT_Q8_K4 must not be a ggml type id");
+
+int dot_act_type_set(const dot_kernels *k, int wtype) {
+    return wtype == QUANT_Q4_K || wtype == QUANT_Q5_K ? k->act_k4 : dot_act_type(wtype);
+}
+
+size_t dot_act_row_bytes(int at, int64_t n) { return quant_row_bytes(at == DOT_ACT_Q8_K4 ? QUANT_Q8_K : at, n); }
+
+void dot_act_reorder_k4(void *row, int64_t n) {
+    uint8_t *b = row, tmp[32];
+    for (int64_t i = 0; i < n / 256; i++, b += 292) /* Q8_K block: f32 d, 256 int8, 16 int16 sums */
+        for (int h = 0; h < 2; h++) {
+            uint8_t *q = b + 4 + 128 * h; /* swap values 32-63 and 64-95 */
+            memcpy(tmp, q + 32, 32);
+            memcpy(q + 32, q + 64, 32);
+            memcpy(q + 64, tmp, 32);
+        }
+}
+
+void dot_quantize_act_ref(int at, const float *x, void *dst, int64_t n) {
+    quant_quantize_row(at == DOT_ACT_Q8_K4 ? QUANT_Q8_K : at, x, dst, n);
+    if (at == DOT_ACT_Q8_K4) dot_act_reorder_k4(dst, n);
+}
 
 int dot_act_type(int wtype) {
     switch (wtype) {

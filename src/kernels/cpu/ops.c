@@ -108,10 +108,9 @@ static int g_reference; /* QNEXT_KERNELS=reference: every product on the plain C
 static _Thread_local uint8_t *tl_act;
 static _Thread_local size_t tl_act_cap;
 
-static const uint8_t *prepare_act(int wtype, const float *x, int T, int64_t ldx, int64_t n, size_t *stride) {
-    int at = dot_act_type(wtype);
+static const uint8_t *prepare_act(int at, const float *x, int T, int64_t ldx, int64_t n, size_t *stride) {
     if (at == QUANT_F32) { *stride = (size_t)ldx * sizeof(float); return (const uint8_t *)x; }
-    size_t rb = quant_row_bytes(at, n);
+    size_t rb = dot_act_row_bytes(at, n);
     if (rb * T > tl_act_cap) {
         free(tl_act);
         tl_act = malloc(rb * T);
@@ -128,6 +127,12 @@ static const uint8_t *prepare_act(int wtype, const float *x, int T, int64_t ldx,
 }
 
 static const dot_kernels *g_kern;
+
+/* The activation type of a product: the many-token paths (ap) take dot_act_type's, the dot
+ * kernels their set's (dot.h: Q4_K and Q5_K may want theirs reordered). */
+static int act_type_for(const qn_tensor *W, const void *ap) {
+    return ap ? dot_act_type(W->dtype) : dot_act_type_set(g_kern, W->dtype);
+}
 
 static dot_fn kernel_for(const qn_tensor *W) {
     if (!g_kern) {
@@ -340,8 +345,8 @@ void op_matmul_rows(const qn_tensor *W, int64_t r0, int64_t r1, const float *x, 
     if (use_amx(W, T) && gemm_amx_rows(W, r0, r1, x, T, ldx, y, ldy, NULL)) return;
     if (gemm_float_rows(W, r0, r1, x, T, ldx, y, ldy, NULL)) return;
     size_t astride;
-    const uint8_t *act = prepare_act(W->dtype, x, T, ldx, W->cols, &astride);
     const amxi_path *ap = use_amxi(W, T);
+    const uint8_t *act = prepare_act(act_type_for(W, ap), x, T, ldx, W->cols, &astride);
     if (ap) { amxi_product(ap, W, r0, r1, act, astride, T, y, ldy, NULL); return; }
     dot_rows(W, r0, r1, act, astride, T, dot, y, ldy, NULL);
 }
@@ -352,8 +357,8 @@ void op_matmul_to_rows(const qn_tensor *W, const float *x, int T, float *const *
     if (use_amx(W, T) && gemm_amx_rows(W, 0, W->rows, x, T, W->cols, NULL, 0, y)) return;
     if (gemm_float_rows(W, 0, W->rows, x, T, W->cols, NULL, 0, y)) return;
     size_t astride;
-    const uint8_t *act = prepare_act(W->dtype, x, T, W->cols, W->cols, &astride);
     const amxi_path *ap = use_amxi(W, T);
+    const uint8_t *act = prepare_act(act_type_for(W, ap), x, T, W->cols, W->cols, &astride);
     if (ap) { amxi_product(ap, W, 0, W->rows, act, astride, T, NULL, 0, y); return; }
     dot_rows(W, 0, W->rows, act, astride, T, dot, NULL, 0, y);
 }
@@ -389,11 +394,12 @@ void op_matmul_multi(const op_job *jobs, int n) {
 
     /* Activations quantized once per distinct input: gate and up of an expert share theirs. */
     size_t need = 0, pneed = 0;
+    int at_q[OP_MULTI_MAX];
     for (int q = 0; q < m; q++) {
         const op_job *jb = &jobs[idx[q]];
-        int at = dot_act_type(jb->W->dtype);
-        need += at == QUANT_F32 ? 0 : quant_row_bytes(at, jb->W->cols) * jb->T;
         const amxi_path *ap = use_amxi(jb->W, jb->T);
+        int at = at_q[q] = act_type_for(jb->W, ap);
+        need += at == QUANT_F32 ? 0 : dot_act_row_bytes(at, jb->W->cols) * jb->T;
         if (ap) pneed += ap->packed_bytes(jb->W->cols, jb->T);
     }
     uint8_t *pbuf = pack_buffer(pneed), *pk[OP_MULTI_MAX];
@@ -416,19 +422,18 @@ void op_matmul_multi(const op_job *jobs, int n) {
     for (int q = 0; q < m; q++) {
         const op_job *jb = &jobs[idx[q]];
         const qn_tensor *W = jb->W;
-        int at = dot_act_type(W->dtype);
+        int at = at_q[q];
         fn[q] = kernel_for(W);
         fnm[q] = jb->T > 1 ? dotm_for_type(g_kern, W->dtype) : NULL;
         const op_job *prev = q ? &jobs[idx[q - 1]] : NULL;
         if (at == QUANT_F32) {
             act[q] = (const uint8_t *)jb->x;
             astride[q] = (size_t)W->cols * sizeof(float);
-        } else if (prev && prev->x == jb->x && prev->T == jb->T && prev->W->cols == W->cols &&
-                   dot_act_type(prev->W->dtype) == at) {
+        } else if (prev && prev->x == jb->x && prev->T == jb->T && prev->W->cols == W->cols && at_q[q - 1] == at) {
             act[q] = act[q - 1];
             astride[q] = astride[q - 1];
         } else {
-            size_t rb = quant_row_bytes(at, W->cols);
+            size_t rb = dot_act_row_bytes(at, W->cols);
             act[q] = tl_multi + off;
             astride[q] = rb;
             off += rb * jb->T;
@@ -459,7 +464,7 @@ void op_matmul_multi(const op_job *jobs, int n) {
 #pragma omp for schedule(dynamic, 1)
         for (int i = 0; i < nq; i++) {
             const op_job *jb = &jobs[idx[quant_q[i]]];
-            int at = dot_act_type(jb->W->dtype);
+            int at = at_q[quant_q[i]];
             for (int t = 0; t < jb->T; t++)
                 actq_quantize_row(at, jb->x + (int64_t)t * jb->W->cols, (uint8_t *)act[quant_q[i]] + astride[quant_q[i]] * t,
                                   jb->W->cols);
