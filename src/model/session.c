@@ -10,6 +10,7 @@
 #include "kernels/cpu/attn.h"
 #include "kernels/cpu/ops.h"
 #include "model.h"
+#include "util/hugemap.h"
 
 size_t gdn_tmp_floats(int dk, int dv); /* forward.c */
 size_t attn_tile_floats(int group, int D);
@@ -82,26 +83,17 @@ static void kv_free(uint8_t *p, size_t bytes) {
  * per session would cost more memory than its states; the small test models stay under the
  * sanitizers' heap checks). Returns the first state, or NULL; the others follow at *stride
  * floats. *region_bytes is 0 for the calloc'd block (free it), else the mapping's size. */
-#define SSM_HUGE ((size_t)2 << 20)
 static float *ssm_region_alloc(size_t per_layer, int n, size_t *stride_floats, size_t *region_bytes, void **region) {
-    if (per_layer * n < SSM_HUGE) {
+    if (per_layer * n < HUGEMAP_PAGE) {
         size_t stride = (per_layer + 63) & ~(size_t)63;
         *region = calloc(1, stride * n);
         *region_bytes = 0;
         *stride_floats = stride / sizeof(float);
         return *region;
     }
-    size_t stride = (per_layer + SSM_HUGE - 1) & ~(SSM_HUGE - 1), bytes = stride * n + SSM_HUGE;
-    char *r = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (r == MAP_FAILED) return NULL;
-    char *base = (char *)(((uintptr_t)r + SSM_HUGE - 1) & ~(uintptr_t)(SSM_HUGE - 1));
-#ifdef MADV_HUGEPAGE
-    madvise(base, stride * n, MADV_HUGEPAGE); /* a hint: 4 KB pages still work */
-#endif
-    *region = r;
-    *region_bytes = bytes;
+    size_t stride = (per_layer + HUGEMAP_PAGE - 1) & ~(HUGEMAP_PAGE - 1);
     *stride_floats = stride / sizeof(float);
-    return (float *)base;
+    return hugemap_alloc(stride * n, PROT_READ | PROT_WRITE, 1, region, region_bytes);
 }
 
 void qnext_session_free(qnext_session *s) {

@@ -1,6 +1,7 @@
 /* filemap.c - see filemap.h. */
 #define _GNU_SOURCE
 #include "util/filemap.h"
+#include "util/hugemap.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -11,49 +12,40 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#define HUGE_PAGE ((size_t)2 << 20)
 #define READ_CHUNK ((size_t)64 << 20)
 
 int filemap_open(filemap *m, int fd, size_t size, int in_ram, const char *path, char *err, size_t errlen) {
     memset(m, 0, sizeof *m);
+    void *region;
+    size_t rs;
     if (!in_ram) {
-        /* Reserve a huge page of slack and map the file at a 2 MB boundary inside it, so that
-         * offset 0 of the file and every 2 MB after it fall on huge-page boundaries: then, with
-         * MADV_HUGEPAGE, a kernel whose page cache has large folios (Linux 6.16+ on ext4, xfs
-         * since 5.18) reads the file in 2 MB folios and maps them with one TLB entry each. */
-        size_t rs = size + HUGE_PAGE;
-        char *r = mmap(NULL, rs, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-        if (r == MAP_FAILED) {
-            snprintf(err, errlen, "%s: cannot reserve %zu bytes of address space: %s", path, rs, strerror(errno));
+        /* Map the file at a 2 MB boundary of a reserved region, so that offset 0 of the file and
+         * every 2 MB after it fall on huge-page boundaries: then, with MADV_HUGEPAGE, a kernel
+         * whose page cache has large folios (Linux 6.16+ on ext4, xfs since 5.18) reads the file
+         * in 2 MB folios and maps them with one TLB entry each. */
+        char *d = hugemap_alloc(size, PROT_NONE, 0, &region, &rs);
+        if (!d) {
+            snprintf(err, errlen, "%s: cannot reserve %zu bytes of address space: %s", path, size + HUGEMAP_PAGE, strerror(errno));
             return -1;
         }
-        char *d = (char *)(((uintptr_t)r + HUGE_PAGE - 1) & ~(uintptr_t)(HUGE_PAGE - 1));
-        void *p = mmap(d, size, PROT_READ, MAP_PRIVATE | MAP_FIXED, fd, 0);
-        if (p == MAP_FAILED) {
+        if (mmap(d, size, PROT_READ, MAP_PRIVATE | MAP_FIXED, fd, 0) == MAP_FAILED) {
             snprintf(err, errlen, "%s: cannot mmap: %s", path, strerror(errno));
-            munmap(r, rs);
+            munmap(region, rs);
             return -1;
         }
-#ifdef MADV_HUGEPAGE
-        if (!getenv("QNEXT_NO_THP")) madvise(d, size, MADV_HUGEPAGE); /* a hint; refused where unsupported */
-#endif
+        if (!getenv("QNEXT_NO_THP")) hugemap_advise(d, size); /* a hint; refused where unsupported */
         m->data = d;
         m->size = size;
-        m->region = r;
+        m->region = region;
         m->region_size = rs;
         return 0;
     }
-    /* one huge page of slack, so that the data can start on a huge-page boundary */
-    size_t rs = size + HUGE_PAGE;
-    char *r = mmap(NULL, rs, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (r == MAP_FAILED) {
+    /* huge pages advised: without THP the copy still works, only slower */
+    char *d = hugemap_alloc(size, PROT_READ | PROT_WRITE, 1, &region, &rs);
+    if (!d) {
         snprintf(err, errlen, "%s: cannot allocate %zu bytes to read it into (--no-mmap): %s", path, size, strerror(errno));
         return -1;
     }
-    char *d = (char *)(((uintptr_t)r + HUGE_PAGE - 1) & ~(uintptr_t)(HUGE_PAGE - 1));
-#ifdef MADV_HUGEPAGE
-    madvise(d, size, MADV_HUGEPAGE); /* a hint: without THP the copy still works, only slower */
-#endif
     for (size_t at = 0; at < size;) {
         size_t want = size - at < READ_CHUNK ? size - at : READ_CHUNK;
         ssize_t got = pread(fd, d + at, want, (off_t)at);
@@ -61,7 +53,7 @@ int filemap_open(filemap *m, int fd, size_t size, int in_ram, const char *path, 
         if (got <= 0) {
             snprintf(err, errlen, "%s: read failed at byte %zu of %zu: %s", path, at, size,
                      got < 0 ? strerror(errno) : "the file is shorter than it was");
-            munmap(r, rs);
+            munmap(region, rs);
             return -1;
         }
 #ifdef POSIX_FADV_DONTNEED
@@ -72,7 +64,7 @@ int filemap_open(filemap *m, int fd, size_t size, int in_ram, const char *path, 
     mprotect(d, size, PROT_READ); /* read-only, as a mapping of the file would be */
     m->data = d;
     m->size = size;
-    m->region = r;
+    m->region = region;
     m->region_size = rs;
     return 0;
 }
