@@ -344,11 +344,14 @@ static void kv_put(int type, uint8_t *dst, const float *x, int D) {
     memcpy(dst + D, &d, 4);
 }
 
+/* One cached row of a head: head_dim values (config.c caps it at 4096), then an int8 row's scale. */
+#define KV_ROW_MAX (4096 + 4)
+
 /* A key vector at position pos of the head (head: its row of position 0, rb its row bytes):
  * a row, or in a tiled int8 cache (attn.h's attn_k8_tile) the row's place in its key tile. */
 static void kv_put_k(int type, int tiled, uint8_t *head, size_t rb, int pos, const float *x, int D) {
     if (!tiled) { kv_put(type, head + (size_t)pos * rb, x, D); return; }
-    uint8_t row[4096 + 4]; /* config.c: head_dim <= 4096 */
+    uint8_t row[KV_ROW_MAX];
     kv_put(type, row, x, D);
     attn_k8_put(head, rb, D, pos, row);
 }
@@ -357,7 +360,7 @@ static void kv_put_k(int type, int tiled, uint8_t *head, size_t rb, int pos, con
  * attn_vpair), and tiled int8 into its value quad (attn_v8_quad). */
 static void kv_put_v(int type, int tiled, uint8_t *head, size_t rb, int pos, const float *x, int D) {
     if (tiled) {
-        uint8_t row[4096 + 4];
+        uint8_t row[KV_ROW_MAX];
         kv_put(type, row, x, D);
         attn_v8_put(head, rb, D, pos, row);
         return;
@@ -384,7 +387,7 @@ static inline const float *kv_get(int type, const uint8_t *src, float *buf, int 
 /* The key vector of position pos as f32 (kv_get, tiled int8 read from its key tile). */
 static inline const float *kv_get_k(int type, int tiled, const uint8_t *head, size_t rb, int pos, float *buf, int D) {
     if (!tiled) return kv_get(type, head + (size_t)pos * rb, buf, D);
-    uint8_t row[4096 + 4];
+    uint8_t row[KV_ROW_MAX];
     attn_k8_get(head, rb, D, pos, row);
     return kv_get_q8(row, buf, D);
 }
@@ -393,7 +396,7 @@ static inline const float *kv_get_k(int type, int tiled, const uint8_t *head, si
  * tiled int8 from its value quad). */
 static inline const float *kv_get_v(int type, int tiled, const uint8_t *head, size_t rb, int pos, float *buf, int D) {
     if (tiled) {
-        uint8_t row[4096 + 4];
+        uint8_t row[KV_ROW_MAX];
         attn_v8_get(head, rb, D, pos, row);
         return kv_get_q8(row, buf, D);
     }
