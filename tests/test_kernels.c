@@ -50,7 +50,8 @@ static void test_type(int wt, int64_t n) {
     int at = dot_act_type(wt);
     float *w = malloc(n * 4), *x = malloc(n * 4), *wd = malloc(n * 4), *xd = malloc(n * 4);
     uint8_t *wq = malloc(quant_row_bytes(wt, n)), *xq = malloc(at == QUANT_F32 ? n * 4 : quant_row_bytes(at, n));
-    uint8_t *xk = malloc(at == QUANT_F32 ? n * 4 : quant_row_bytes(at, n));
+    /* room for any set's activation type (dot.h: DOT_ACT_Q8_0G rows are longer than Q8_0's) */
+    uint8_t *xk = malloc(at == QUANT_F32 ? n * 4 : quant_row_bytes(at, n) + (n / 256 + 1) * DOT_Q8_0G_GROUP);
     for (int trial = 0; trial < 20; trial++) {
         fill(w, n, 0.02f);
         fill(x, n, trial % 2 ? 1.0f : 0.1f);
@@ -77,9 +78,9 @@ static void test_type(int wt, int64_t n) {
         for (int k = 1; k < ns; k++) {
             /* the same quantized activations, reordered where a set's kernels take them so (dot.h) */
             const void *ak = a;
-            if (dot_act_type_set(sets[k], wt) == DOT_ACT_Q8_K4) {
-                memcpy(xk, xq, quant_row_bytes(QUANT_Q8_K, n));
-                dot_act_reorder_k4(xk, n);
+            const int atk = dot_act_type_set(sets[k], wt);
+            if (atk != at) {
+                dot_act_convert(atk, xq, xk, n);
                 ak = xk;
             }
             float v = dot_for_type(sets[k], wt)(wq, ak, n);
@@ -196,7 +197,8 @@ static void test_actq(void) {
     const int ns = actq_sets(sets);
     const int64_t n = 2048;
     float *x = malloc(n * 4);
-    uint8_t *ref = malloc(quant_row_bytes(QUANT_Q8_K, n) + 64), *got = malloc(quant_row_bytes(QUANT_Q8_K, n) + 64);
+    const size_t cap = quant_row_bytes(QUANT_Q8_K, n) + dot_act_row_bytes(DOT_ACT_Q8_0G, n); /* room for either */
+    uint8_t *ref = malloc(cap), *got = malloc(cap);
     for (int trial = 0; trial < 40; trial++) {
         int kind = trial % 5;
         if (kind == 0) fill(x, n, 1.0f);
@@ -235,6 +237,35 @@ static void test_actq(void) {
             }
         }
         CHECK(same, "actq_quantize_row DOT_ACT_Q8_K4 trial %d: not Q8_K in the order of dot.h", trial);
+        /* Q8_0 regrouped for the AVX-512 Q8_0 kernels (dot.h), checked field by field against the
+         * Q8_0 bytes: per 8 blocks the f16 scales widened, 128 times each block's sum, the values,
+         * a last partial group zero-padded (m = 800: 25 blocks) */
+        for (int li = 0; li < 2; li++) {
+            const int64_t m = li ? 800 : n, nb = m / 32;
+            quant_quantize_row(QUANT_Q8_0, x, ref, m);
+            memset(got, 0xAB, dot_act_row_bytes(DOT_ACT_Q8_0G, m));
+            actq_quantize_row(DOT_ACT_Q8_0G, x, got, m);
+            int ok = dot_act_row_bytes(DOT_ACT_Q8_0G, m) == (size_t)(nb + 7) / 8 * 320;
+            for (int64_t b = 0; b < (nb + 7) / 8 * 8; b++) {
+                const uint8_t *g = got + 320 * (b / 8);
+                const int j = (int)(b % 8);
+                float d;
+                int32_t c;
+                memcpy(&d, g + 4 * j, 4);
+                memcpy(&c, g + 32 + 4 * j, 4);
+                if (b >= nb) { /* padding */
+                    ok &= d == 0 && c == 0;
+                    for (int i = 0; i < 32; i++) ok &= g[64 + 32 * j + i] == 0;
+                    continue;
+                }
+                uint16_t h;
+                memcpy(&h, ref + 34 * b, 2);
+                int32_t sum = 0;
+                for (int i = 0; i < 32; i++) sum += (int8_t)ref[34 * b + 2 + i];
+                ok &= d == quant_f16_to_f32(h) && c == 128 * sum && !memcmp(g + 64 + 32 * j, ref + 34 * b + 2, 32);
+            }
+            CHECK(ok, "actq_quantize_row DOT_ACT_Q8_0G trial %d n=%lld: not Q8_0 in the groups of dot.h", trial, (long long)m);
+        }
     }
     free(x); free(ref); free(got);
 #endif
@@ -299,16 +330,18 @@ static void test_dotm(int wt) {
         int64_t n = lens[li];
         if (n % 256 && wt != QUANT_Q8_0 && wt != QUANT_MXFP4 && wt != QUANT_IQ4_NL) continue; /* 800 = 25 blocks of 32: the 8-block loop's tail */
         int at = dot_act_type(wt);
-        size_t rb = quant_row_bytes(at, n);
+        size_t rbmax = quant_row_bytes(at, n) + (wt == QUANT_Q8_0 ? dot_act_row_bytes(DOT_ACT_Q8_0G, n) : 0);
         float *x = malloc(n * 4);
-        uint8_t *wq = malloc(quant_row_bytes(wt, n)), *xq = malloc(rb * DOTM_MAX_T);
+        uint8_t *wq = malloc(quant_row_bytes(wt, n)), *xq = malloc(rbmax * DOTM_MAX_T);
         float *wd = malloc(n * 4);
         double mag[DOTM_MAX_T]; /* sum of |w_i x_i| of each row: the scale of a rounding difference */
         fill(x, n, 0.02f);
         quant_quantize_row(wt, x, wq, n);
         quant_dequantize_row(wt, wq, wd, n);
         for (int k = 0; k < ns; k++) {
-            /* the rows in this set's activation type (dot.h: Q4_K and Q5_K may take them reordered) */
+            /* the rows in this set's activation type (dot.h: Q4_K and Q5_K may take them reordered,
+             * Q8_0 regrouped) */
+            const size_t rb = dot_act_row_bytes(dot_act_type_set(sets[k], wt), n);
             for (int t = 0; t < DOTM_MAX_T; t++) {
                 fill(x, n, t % 2 ? 1.0f : 0.1f);
                 dot_quantize_act_ref(dot_act_type_set(sets[k], wt), x, xq + rb * t, n);

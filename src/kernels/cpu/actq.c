@@ -24,6 +24,15 @@ void actq_quantize_row(int at, const float *x, void *dst, int64_t n) {
         dot_act_reorder_k4(dst, n);
         return;
     }
+    if (at == DOT_ACT_Q8_0G) { /* Q8_0, regrouped for the AVX-512 Q8_0 kernels (dot.h), a group at a time */
+        uint8_t q8[8 * 34];
+        for (int64_t i = 0; i < n; i += 256) {
+            const int64_t m = n - i < 256 ? n - i : 256;
+            actq_quantize_row(QUANT_Q8_0, x + i, q8, m);
+            dot_act_group_q8_0(q8, (int)(m / 32), (uint8_t *)dst + DOT_Q8_0G_GROUP * (i / 256));
+        }
+        return;
+    }
     const actq_kernels *k = actq_select();
     if (k && at == QUANT_Q8_0 && n % 32 == 0) k->q8_0(x, dst, n);
     else if (k && at == QUANT_Q8_K && n % 256 == 0) k->q8_k(x, dst, n);

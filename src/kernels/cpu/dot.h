@@ -35,6 +35,17 @@ typedef void (*dotm_fn)(const void *w, const void *a, size_t astride, int T, int
  * (docs/PERF.md, fourteenth session). Not a ggml type: an id past quant.h's table. */
 #define DOT_ACT_Q8_K4 100
 
+/* Q8_0 activations regrouped per 8 blocks (256 values) for the AVX-512 VNNI Q8_0 kernels: the 8
+ * scales as f32 (the f16 scales of Q8_0, widened), then 8 int32 corrections c = 128 * (sum of the
+ * block's int8 values), then the 256 int8 values: 320 bytes a group, the last group zero-padded
+ * when the row's block count is not a multiple of 8. A kernel adds 128 to each weight (one xor,
+ * giving the unsigned operand vpdpbusd wants) and subtracts c, where the sign trick takes two
+ * vpsignb per 32 values, and the scales are one aligned load where Q8_0's are eight 2-byte loads
+ * at a 34-byte stride (docs/PERF.md, fifteenth session). Same int8 values and scales as Q8_0,
+ * so the sums are the same integers. Not a ggml type. */
+#define DOT_ACT_Q8_0G 101
+#define DOT_Q8_0G_GROUP 320
+
 typedef struct {
     const char *name;
     dot_fn f32, f16, bf16;   /* activations: f32 */
@@ -42,6 +53,7 @@ typedef struct {
     dot_fn q4_k, q5_k, q6_k; /* activations: Q8_K blocks (Q4_K and Q5_K: act_k4's) */
     dotm_fn m_q8_0, m_q4_k, m_q6_k, m_q5_k; /* multi-row kernels where a set has them, else NULL */
     int act_k4;              /* the activations of q4_k, q5_k, m_q4_k, m_q5_k: QUANT_Q8_K or DOT_ACT_Q8_K4 */
+    int act_q8;              /* the activations of q8_0, m_q8_0: QUANT_Q8_0 or DOT_ACT_Q8_0G */
 } dot_kernels;
 /* IQ4_NL and MXFP4 (Q8_0 activations) and IQ4_XS (Q8_K activations) are not in the sets:
  * dot_for_type returns the portable kernels for dot_generic and the AVX2 ones of
@@ -73,15 +85,21 @@ const dot_kernels *dot_select(void);
 /* Activation type (a quant_type id) that weights of type wtype are dotted with on the
  * portable kernels and the many-token paths (gemm_vnni.c, gemm_amx_q8.c). */
 int dot_act_type(int wtype);
-/* The activation type of set k's kernels for wtype: dot_act_type's, or DOT_ACT_Q8_K4. */
+/* The activation type of set k's kernels for wtype: dot_act_type's, DOT_ACT_Q8_K4 or DOT_ACT_Q8_0G. */
 int dot_act_type_set(const dot_kernels *k, int wtype);
 /* Bytes of a prepared activation row of n values of activation type at (0 if n does not fit). */
 size_t dot_act_row_bytes(int at, int64_t n);
 /* Quantizes n activations to at with the reference quantizers of quant.c (DOT_ACT_Q8_K4: as
- * Q8_K, then reordered); what the SIMD quantizers of actq.c are held to. */
+ * Q8_K, then reordered; DOT_ACT_Q8_0G: as Q8_0, then regrouped); what the SIMD quantizers of
+ * actq.c are held to. */
 void dot_quantize_act_ref(int at, const float *x, void *dst, int64_t n);
 /* Reorders a Q8_K row of n values (n % 256 == 0) in place into DOT_ACT_Q8_K4's order. */
 void dot_act_reorder_k4(void *row, int64_t n);
+/* Writes the blocks of one DOT_ACT_Q8_0G group from nb <= 8 Q8_0 blocks at q8. */
+void dot_act_group_q8_0(const void *q8, int nb, void *group);
+/* Converts a row of n values of at's base type (Q8_K for DOT_ACT_Q8_K4, Q8_0 for DOT_ACT_Q8_0G,
+ * else at itself) into at: what a test does to give each set the activations its kernels take. */
+void dot_act_convert(int at, const void *base, void *dst, int64_t n);
 /* The kernel for weights of type wtype, or NULL when there is none (the caller then takes
  * the dequantizing reference path). */
 dot_fn dot_for_type(const dot_kernels *k, int wtype);

@@ -197,15 +197,53 @@ static float g_iq4_xs(const void *w_, const void *a_, int64_t n) {
 }
 
 const dot_kernels dot_generic = {"generic", g_f32, g_f16, g_bf16, g_q8_0, g_q4_0, g_q4_k, g_q5_k, g_q6_k,
-                                  NULL, NULL, NULL, NULL, QUANT_Q8_K};
+                                  NULL, NULL, NULL, NULL, QUANT_Q8_K, QUANT_Q8_0};
 
-_Static_assert(DOT_ACT_Q8_K4 >= QUANT_TYPE_LIMIT, "DOT_ACT_Q8_K4 must not be a ggml type id");
+_Static_assert(DOT_ACT_Q8_K4 >= QUANT_TYPE_LIMIT && DOT_ACT_Q8_0G >= QUANT_TYPE_LIMIT,
+               "dot.h's activation types must not be ggml type ids");
 
 int dot_act_type_set(const dot_kernels *k, int wtype) {
-    return wtype == QUANT_Q4_K || wtype == QUANT_Q5_K ? k->act_k4 : dot_act_type(wtype);
+    if (wtype == QUANT_Q4_K || wtype == QUANT_Q5_K) return k->act_k4;
+    if (wtype == QUANT_Q8_0) return k->act_q8;
+    return dot_act_type(wtype);
 }
 
-size_t dot_act_row_bytes(int at, int64_t n) { return quant_row_bytes(at == DOT_ACT_Q8_K4 ? QUANT_Q8_K : at, n); }
+/* The ggml type whose quantizer an activation type starts from. */
+static int act_base_type(int at) { return at == DOT_ACT_Q8_K4 ? QUANT_Q8_K : at == DOT_ACT_Q8_0G ? QUANT_Q8_0 : at; }
+
+size_t dot_act_row_bytes(int at, int64_t n) {
+    if (at == DOT_ACT_Q8_0G) return n % 32 ? 0 : (size_t)((n / 32 + 7) / 8) * DOT_Q8_0G_GROUP;
+    return quant_row_bytes(act_base_type(at), n);
+}
+
+void dot_act_group_q8_0(const void *q8, int nb, void *group) {
+    const uint8_t *b = q8;
+    uint8_t *g = group;
+    memset(g, 0, DOT_Q8_0G_GROUP);
+    for (int j = 0; j < nb; j++, b += 34) {
+        uint16_t h;
+        memcpy(&h, b, 2);
+        const float d = quant_f16_to_f32(h);
+        int32_t c = 0;
+        for (int i = 0; i < 32; i++) c += (int8_t)b[2 + i];
+        c *= 128;
+        memcpy(g + 4 * j, &d, 4);
+        memcpy(g + 32 + 4 * j, &c, 4);
+        memcpy(g + 64 + 32 * j, b + 2, 32);
+    }
+}
+
+void dot_act_convert(int at, const void *base, void *dst, int64_t n) {
+    if (at == DOT_ACT_Q8_0G) {
+        const int64_t nb = n / 32;
+        for (int64_t g = 0; g < (nb + 7) / 8; g++)
+            dot_act_group_q8_0((const uint8_t *)base + 34 * 8 * g, (int)(nb - 8 * g < 8 ? nb - 8 * g : 8),
+                               (uint8_t *)dst + DOT_Q8_0G_GROUP * g);
+        return;
+    }
+    memcpy(dst, base, quant_row_bytes(act_base_type(at), n));
+    if (at == DOT_ACT_Q8_K4) dot_act_reorder_k4(dst, n);
+}
 
 void dot_act_reorder_k4(void *row, int64_t n) {
     uint8_t *b = row, tmp[32];
@@ -219,7 +257,16 @@ void dot_act_reorder_k4(void *row, int64_t n) {
 }
 
 void dot_quantize_act_ref(int at, const float *x, void *dst, int64_t n) {
-    quant_quantize_row(at == DOT_ACT_Q8_K4 ? QUANT_Q8_K : at, x, dst, n);
+    if (at == DOT_ACT_Q8_0G) { /* a group at a time through a Q8_0 buffer of 8 blocks */
+        uint8_t q8[8 * 34];
+        for (int64_t i = 0; i < n; i += 256) {
+            const int64_t m = n - i < 256 ? n - i : 256;
+            quant_quantize_row(QUANT_Q8_0, x + i, q8, m);
+            dot_act_group_q8_0(q8, (int)(m / 32), (uint8_t *)dst + DOT_Q8_0G_GROUP * (i / 256));
+        }
+        return;
+    }
+    quant_quantize_row(act_base_type(at), x, dst, n);
     if (at == DOT_ACT_Q8_K4) dot_act_reorder_k4(dst, n);
 }
 
