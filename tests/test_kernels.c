@@ -426,7 +426,8 @@ static void test_matmul_multi(int wt) {
  * (gemm_amx_q8.c: Q8_0, and Q4_K and Q6_K against Q8_K activations; 1..16 tokens, both sides
  * of Q4_K's paired sub-blocks at 8) and, on CPUs with AVX-512 VNNI, the tokens-in-lanes
  * kernels (gemm_vnni.c: Q4_K, Q5_K, Q6_K and Q8_0; every lane width, 4, 8 and 16 token slots, and more
- * tokens than one group of 16 holds, in pairs of groups and a single last one). Each against
+ * tokens than one group of 16 holds; tiles of rows four at a time with 1-3 left over, and rows
+ * wider than a tile, in pairs of groups and a single last one). Each against
  * the portable dot kernel on the same quantized activations: equal to float rounding, for a
  * row count that is not a multiple of 16, an odd number of blocks, a row map, and outputs
  * through row pointers (as the experts write theirs). */
@@ -497,7 +498,8 @@ static void test_int_paths(int wt) {
                                             : (int_path){"vnni", gemm_vnni_packed_bytes, gemm_vnni_pack,
                                                          q6 ? gemm_vnniq6k_rows
                                                          : wt == QUANT_Q5_K ? gemm_vnniq5k_rows : gemm_vnniq4k_rows};
-        test_int_path(wt, &p, Ts, 11, 2304); /* the lanes take multiples of 256 */
+        test_int_path(wt, &p, Ts, 11, 2304); /* the lanes take multiples of 256; tiles of 7 rows */
+        test_int_path(wt, &p, Ts, 11, 8448); /* rows wider than a tile: one at a time (row_dot) */
     }
 }
 

@@ -17,13 +17,14 @@
  * activation scales. What stays per token is only the products. The tokens' codes are laid
  * out once per product (gemm_vnni_pack, gemm_vnni_pack_q8) and shared by all rows and
  * threads; a tile of rows is unpacked once into value-ordered bytes on the stack, from which
- * the broadcasts load, and dotted with two groups of tokens at a time.
+ * the broadcasts load, and dotted with one group of tokens at a time, four rows to each load
+ * of the tokens' codes (rows_dot; a row wider than a tile goes alone with two groups, row_dot).
  *
  * Where. A row block costs ~50 cycles whatever the number of tokens (unpacking, and the
  * scale work of 16 lanes), and the rows are read in bursts that the hardware prefetchers
  * follow worse than the vector kernels' steady stream; so with the weights coming from
- * memory the lanes only win from 32 tokens (12 for Q8_0). ops.c sends them prompts and the
- * experts of a prompt (and Q8_0's dense products of a batched step); PERF.md has the numbers.
+ * memory the lanes win from 12-16 tokens (ops.c has the numbers). ops.c sends them prompts,
+ * the experts of a prompt and the dense products of a batched step.
  *
  * The integer sums are exact, as in the vector kernels; only the float rounding order
  * differs. Q4_K's and Q5_K's mins, Q6_K's -32 offset and Q8_0's +128 go through the
@@ -288,6 +289,68 @@ static inline __attribute__((always_inline)) void row_dot(const wblock *ub, int6
     out[1] = _mm512_sub_ps(acc[1], accm[1]);
 }
 
+/* R <= 4 rows (unpacked at ub[0..R-1]) against one group of token slots (G lanes each):
+ * row_dot's sums, with the rows sharing each 64-byte load of the tokens' codes. One
+ * row at a time gives every vpdpbusd a load of its own, and Zen 4 runs those ~0.6 per cycle,
+ * where four products to one load run ~0.8 (PERF.md, fifteenth session). The sub-blocks are
+ * the outer loop, so each row keeps one accumulator of products, and the rows' chains are the
+ * independent work that covers vpdpbusd's latency. The float steps are row_dot's, summed per
+ * block in one chain instead of two, so the results equal it to rounding. */
+static inline __attribute__((always_inline)) void rows_dot(const wblock *const *ub, const int R, int64_t nb,
+                                                         const uint8_t *pk, const int G, const int fmt, __m512 *out) {
+    const int q6 = fmt == FMT_Q6_K, NS = q6 ? 16 : 8, n = 256 / NS; /* Q5_K computes as Q4_K */
+    __m512 acc[4], accm[4];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++) acc[r] = accm[r] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *pb = pk + PK_BLOCK * b;
+        __m512 blk[4], mn[4];
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) blk[r] = mn[r] = _mm512_setzero_ps();
+#pragma GCC unroll 16
+        for (int j = 0; j < NS; j++) {
+            __m512i s[4];
+#pragma GCC unroll 4
+            for (int r = 0; r < R; r++) s[r] = _mm512_setzero_si512();
+#pragma GCC unroll 8
+            for (int i = 0; i < n / (4 * G); i++) {
+                const int v = n * j + 4 * G * i;
+                const __m512i x = _mm512_load_si512((const void *)(pb + 64 * (v / (4 * G))));
+#pragma GCC unroll 4
+                for (int r = 0; r < R; r++) s[r] = _mm512_dpbusd_epi32(s[r], bcast_codes(ub[r][b].U + v, G), x);
+            }
+            if (fmt == FMT_Q8_0) { /* d_j (dx S'_j - 128 dx sum(x)) */
+                const __m512 dxb = _mm512_load_ps((const float *)(pb + PK_BS32) + 16 * j);
+                const __m512 cor = _mm512_load_ps((const float *)(pb + PK_BS16) + 16 * j);
+#pragma GCC unroll 4
+                for (int r = 0; r < R; r++)
+                    blk[r] = _mm512_fmadd_ps(_mm512_fmsub_ps(_mm512_cvtepi32_ps(s[r]), dxb, cor),
+                                             _mm512_set1_ps(ub[r][b].dsc[j]), blk[r]);
+            } else {
+                const __m512 bsx = _mm512_load_ps((const float *)(pb + (q6 ? PK_BS16 : PK_BS32)) + 16 * j);
+#pragma GCC unroll 4
+                for (int r = 0; r < R; r++) {
+                    blk[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[r]), _mm512_set1_ps(ub[r][b].dsc[j]), blk[r]);
+                    mn[r] = _mm512_fmadd_ps(_mm512_set1_ps(ub[r][b].dmm[j]), bsx, mn[r]);
+                }
+            }
+        }
+        if (fmt == FMT_Q8_0) {
+#pragma GCC unroll 4
+            for (int r = 0; r < R; r++) acc[r] = _mm512_add_ps(acc[r], blk[r]);
+        } else {
+            const __m512 dx = _mm512_load_ps((const float *)(pb + PK_DX));
+#pragma GCC unroll 4
+            for (int r = 0; r < R; r++) {
+                acc[r] = _mm512_fmadd_ps(blk[r], dx, acc[r]);
+                accm[r] = _mm512_add_ps(accm[r], mn[r]);
+            }
+        }
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++) out[r] = _mm512_sub_ps(acc[r], accm[r]);
+}
+
 /* Token t0 + t's result is the sum of its G lanes, t < n. */
 static inline void store_tokens(__m512 acc, int G, int t0, int n, int64_t r, float *y, int64_t ldy,
                                 float *const *yrows) {
@@ -318,6 +381,59 @@ static void unpack_row(const uint8_t *w, int64_t n, int fmt, wblock *u) {
 
 #define TILE_BLOCKS 64 /* weight blocks unpacked at a time: 24 KiB */
 
+/* A tile of rows [r0, r1) whose blocks fit ub, against all groups of token slots, one group at
+ * a time, four rows to each load of the tokens' codes (rows_dot); the columns in pieces of 16
+ * KiB of codes, as in rows_run. */
+static void rows_run_tile(const qn_tensor *W, int64_t r0, int64_t r1, int64_t rz, const uint8_t *packed, int T,
+                        float *y, int64_t ldy, float *const *yrows, const int fmt, wblock *ub) {
+    const int G = lanes_per_token(T);
+    const int64_t nb = W->cols / 256, gstride = nb * PK_BLOCK, piece = 4 * G;
+    for (int64_t r = r0; r < r1; r++) {
+        unpack_row(qn_tensor_row(W, r), nb, fmt, ub + (r - r0) * nb);
+        if (r + (r1 - r0) < rz) { /* the next tile's matching row, for the reason rows_run gives */
+            const char *nx = (const char *)qn_tensor_row(W, r + (r1 - r0));
+            for (size_t off = 0; off < W->row_bytes; off += 64) _mm_prefetch(nx + off, _MM_HINT_T1);
+        }
+    }
+    for (int g = 0; g < (T + 15) / 16; g++) {
+        __m512 acc[16];
+        for (int64_t r = r0; r < r1; r++) acc[r - r0] = _mm512_setzero_ps();
+        for (int64_t b0 = 0; b0 < nb; b0 += piece) {
+            const int64_t nbp = nb - b0 < piece ? nb - b0 : piece;
+            const uint8_t *pk = packed + gstride * g + PK_BLOCK * b0;
+            for (int64_t r = r0; r < r1; r += 4) {
+                const int R = r1 - r < 4 ? (int)(r1 - r) : 4;
+                const wblock *u[4] = {ub, ub, ub, ub};
+                for (int k = 0; k < R; k++) u[k] = ub + (r - r0 + k) * nb + b0;
+                __m512 o[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+#define ROWS_R(F, G_)                                                     \
+    do {                                                                  \
+        if (R == 4) rows_dot(u, 4, nbp, pk, G_, F, o);                    \
+        else if (R == 3) rows_dot(u, 3, nbp, pk, G_, F, o);               \
+        else if (R == 2) rows_dot(u, 2, nbp, pk, G_, F, o);               \
+        else rows_dot(u, 1, nbp, pk, G_, F, o);                           \
+    } while (0)
+#define ROWS_G(F)                         \
+    do {                                  \
+        if (G == 1) ROWS_R(F, 1);         \
+        else if (G == 2) ROWS_R(F, 2);    \
+        else ROWS_R(F, 4);                \
+    } while (0)
+                if (fmt == FMT_Q4_K || fmt == FMT_Q5_K) ROWS_G(FMT_Q4_K);
+                else if (fmt == FMT_Q6_K) ROWS_G(FMT_Q6_K);
+                else ROWS_G(FMT_Q8_0);
+#undef ROWS_G
+#undef ROWS_R
+                for (int k = 0; k < R; k++) acc[r - r0 + k] = _mm512_add_ps(acc[r - r0 + k], o[k]);
+            }
+        }
+        for (int64_t r = r0; r < r1; r++) {
+            const int t0 = 16 * g;
+            store_tokens(acc[r - r0], G, t0, T - t0 < 16 / G ? T - t0 : 16 / G, r, y, ldy, yrows);
+        }
+    }
+}
+
 /* Rows [ra, rz) in tiles of up to 16 rows (TILE_BLOCKS blocks): each tile is unpacked once,
  * then dotted with every group of 16 tokens, two groups at a time. The columns go in pieces
  * of 16 KiB of packed codes, and every row of the tile takes a piece before the next: the
@@ -335,6 +451,10 @@ static void rows_run(const qn_tensor *W, int64_t ra, int64_t rz, const uint8_t *
     if (R < 1) R = 1;
     for (int64_t r0 = ra; r0 < rz; r0 += R) {
         const int64_t r1 = r0 + R < rz ? r0 + R : rz;
+        if (R > 1) { /* rows four at a time (rows_dot) */
+            rows_run_tile(W, r0, r1, rz, packed, T, y, ldy, yrows, fmt, ub);
+            continue;
+        }
         for (int g = 0; g < ng; g += 2) {
             const int NG = g + 1 < ng ? 2 : 1;
             const int64_t piece = 4 * G / NG; /* blocks per piece: 16 KiB of codes */

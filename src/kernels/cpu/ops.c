@@ -177,12 +177,12 @@ static const amxi_path amxi_q8_0 = {gemm_amxq8_packed_bytes, gemm_amxq8_pack, ge
 static const amxi_path amxi_q4_k = {gemm_amxq4k_packed_bytes, gemm_amxq4k_pack, gemm_amxq4k_rows};
 static const amxi_path amxi_q6_k = {gemm_amxq4k_packed_bytes, gemm_amxq6k_pack, gemm_amxq6k_rows};
 /* Without AMX (AMD Zen 4, Intel before Sapphire Rapids): the tokens in the lanes of VNNI
- * vectors (gemm_vnni.c): Q4_K, Q5_K and Q6_K from 32 tokens (prompts, and the experts of a
- * prompt), Q8_0 from 12. On an AMD EPYC (2 cores, PERF.md), 512 x 2048 from memory, medians of 5-7, us,
- * lanes against the vector kernels: Q4_K at 8 tokens 95 / 84, at 16 152 / 148, at 32 227 /
- * 264, at 160 968 / 1271; Q6_K at 16 179 / 139, at 32 even, at 160 1207 / 1286; Q8_0 at 10
- * 162 / 149, at 12 168 / 175, at 16 168 / 237, at 32 252 / 449, at 160 1011 / 2232. Below
- * that the vector kernels keep the products. */
+ * vectors (gemm_vnni.c): Q4_K, Q5_K and Q8_0 from 12 tokens, Q6_K from 16 (prompts, the experts
+ * of a prompt, the dense products of a batched step). On an AMD EPYC (2 cores, PERF.md fifteenth
+ * session), 512 x 2048 from memory, medians of 300 products, us, lanes against the vector
+ * kernels: Q4_K at 8 tokens 72 / 67, at 12 97 / 93, at 16 101 / 125, at 32 173 / 252; Q6_K at
+ * 12 120 / 97, at 16 116 / 130, at 32 195 / 256; Q8_0 at 8 85 / 76, at 12 114 / 115, at 16
+ * 117 / 144, at 32 190 / 283. Below that the vector kernels keep the products. */
 static const amxi_path vnni_q4_k = {gemm_vnni_packed_bytes, gemm_vnni_pack, gemm_vnniq4k_rows};
 static const amxi_path vnni_q6_k = {gemm_vnni_packed_bytes, gemm_vnni_pack, gemm_vnniq6k_rows};
 static const amxi_path vnni_q8_0 = {gemm_vnni_packed_bytes, gemm_vnni_pack_q8, gemm_vnniq8_rows};
@@ -198,9 +198,9 @@ static const amxi_path *use_amxi(const qn_tensor *W, int T) {
     if (T < lo) return NULL;
     if (!gemm_amxq8_available()) { /* any number of tokens, prompts included */
         if (!gemm_vnni_available() || g_kern != &dot_avx512 || W->cols % 256) return NULL;
-        if (W->dtype == QN_Q4_K && T >= (lo ? lo : 32)) return &vnni_q4_k;
-        if (W->dtype == QN_Q5_K && T >= (lo ? lo : 32)) return &vnni_q5_k;
-        if (W->dtype == QN_Q6_K && T >= (lo ? lo : 32)) return &vnni_q6_k;
+        if (W->dtype == QN_Q4_K && T >= (lo ? lo : 12)) return &vnni_q4_k;
+        if (W->dtype == QN_Q5_K && T >= (lo ? lo : 12)) return &vnni_q5_k;
+        if (W->dtype == QN_Q6_K && T >= (lo ? lo : 16)) return &vnni_q6_k;
         if (W->dtype == QN_Q8_0 && T >= (lo ? lo : 12)) return &vnni_q8_0;
         return NULL;
     }
