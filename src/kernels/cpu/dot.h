@@ -82,6 +82,12 @@ extern const dot_kernels dot_avx512;
 
 /* The best kernel set for this CPU (QNEXT_KERNELS=generic|avx2|avx512 overrides). */
 const dot_kernels *dot_select(void);
+/* Whether the x86 kernels request the weight lines 4 KB ahead (set by dot_select). On the Intel
+ * Xeon of the first sessions that gave decode +30% at Q8_0; on an AMD EPYC (Zen 4) with the
+ * weights on huge pages it cost Q8_0 decode 9-49% (five pairs) and Q4_K_M up to 14%, the
+ * hardware prefetchers doing better alone (docs/PERF.md, fifteenth session). So it is on for
+ * Intel and off for AMD; QNEXT_PREFETCH=0|1 overrides. */
+extern int dot_prefetch;
 /* Activation type (a quant_type id) that weights of type wtype are dotted with on the
  * portable kernels and the many-token paths (gemm_vnni.c, gemm_amx_q8.c). */
 int dot_act_type(int wtype);

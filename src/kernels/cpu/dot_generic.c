@@ -322,6 +322,8 @@ dot_fn dot_for_type(const dot_kernels *k, int wtype) {
     }
 }
 
+int dot_prefetch = 1;
+
 const dot_kernels *dot_select(void) {
     static const dot_kernels *chosen;
     if (chosen) return chosen;
@@ -329,6 +331,8 @@ const dot_kernels *dot_select(void) {
     const dot_kernels *k = &dot_generic;
 #if defined(__x86_64__) || defined(_M_X64)
     __builtin_cpu_init();
+    const char *pf = getenv("QNEXT_PREFETCH");
+    dot_prefetch = pf && *pf ? strcmp(pf, "0") != 0 : !__builtin_cpu_is("amd");
     int has_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
     int has_512 = has_avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                   __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");

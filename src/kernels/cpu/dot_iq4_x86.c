@@ -23,12 +23,15 @@
 #define TARGET __attribute__((target("avx2,f16c")))
 
 /* Decode reads each weight row once from memory; the hardware prefetchers restart at every
- * 4 KB page, so the lines 4 KB ahead are requested explicitly, as in dot_x86.inc (measured
+ * 4 KB page, so the lines 4 KB ahead are requested explicitly where dot_prefetch says so, as in dot_x86.inc (measured
  * on 96 IQ4_XS matrices of 512 x 2048 from memory, 2 threads: 6.2 -> 4.1 and 7.9 -> 5.9 ms;
  * docs/PERF.md). A 32-value block is smaller than a line: one prefetch per block still
  * covers every line. */
 #define PF_AHEAD 4096
-#define PF(p) _mm_prefetch((const char *)(p) + PF_AHEAD, _MM_HINT_T0)
+#define PF(p)                                                                        \
+    do {                                                                             \
+        if (dot_prefetch) _mm_prefetch((const char *)(p) + PF_AHEAD, _MM_HINT_T0);   \
+    } while (0)
 
 TARGET static inline float h2f(const uint8_t *p) {
     uint16_t h;
