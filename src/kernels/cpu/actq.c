@@ -18,19 +18,16 @@ const actq_kernels *actq_select(void) {
     return k;
 }
 
+static void simd_q8_0(const float *x, void *dst, int64_t n) { actq_quantize_row(QUANT_Q8_0, x, dst, n); }
+
 void actq_quantize_row(int at, const float *x, void *dst, int64_t n) {
     if (at == DOT_ACT_Q8_K4) { /* Q8_K, reordered for the AVX-512 Q4_K/Q5_K kernels (dot.h) */
         actq_quantize_row(QUANT_Q8_K, x, dst, n);
         dot_act_reorder_k4(dst, n);
         return;
     }
-    if (at == DOT_ACT_Q8_0G) { /* Q8_0, regrouped for the AVX-512 Q8_0 kernels (dot.h), a group at a time */
-        uint8_t q8[8 * 34];
-        for (int64_t i = 0; i < n; i += 256) {
-            const int64_t m = n - i < 256 ? n - i : 256;
-            actq_quantize_row(QUANT_Q8_0, x + i, q8, m);
-            dot_act_group_q8_0(q8, (int)(m / 32), (uint8_t *)dst + DOT_Q8_0G_GROUP * (i / 256));
-        }
+    if (at == DOT_ACT_Q8_0G) { /* Q8_0, regrouped for the AVX-512 Q8_0 kernels (dot.h) */
+        dot_act_quantize_q8_0g(x, dst, n, simd_q8_0);
         return;
     }
     const actq_kernels *k = actq_select();

@@ -101,8 +101,9 @@ size_t dot_act_row_bytes(int at, int64_t n);
 void dot_quantize_act_ref(int at, const float *x, void *dst, int64_t n);
 /* Reorders a Q8_K row of n values (n % 256 == 0) in place into DOT_ACT_Q8_K4's order. */
 void dot_act_reorder_k4(void *row, int64_t n);
-/* Writes the blocks of one DOT_ACT_Q8_0G group from nb <= 8 Q8_0 blocks at q8. */
-void dot_act_group_q8_0(const void *q8, int nb, void *group);
+/* Quantizes n activations (n % 32 == 0) to DOT_ACT_Q8_0G: a group of 8 blocks at a time through
+ * q8_0, a Q8_0 quantizer (the reference one, or actq.c's), then regrouped. */
+void dot_act_quantize_q8_0g(const float *x, void *dst, int64_t n, void (*q8_0)(const float *, void *, int64_t));
 /* Converts a row of n values of at's base type (Q8_K for DOT_ACT_Q8_K4, Q8_0 for DOT_ACT_Q8_0G,
  * else at itself) into at: what a test does to give each set the activations its kernels take. */
 void dot_act_convert(int at, const void *base, void *dst, int64_t n);

@@ -216,7 +216,8 @@ size_t dot_act_row_bytes(int at, int64_t n) {
     return quant_row_bytes(act_base_type(at), n);
 }
 
-void dot_act_group_q8_0(const void *q8, int nb, void *group) {
+/* Writes the blocks of one DOT_ACT_Q8_0G group from nb <= 8 Q8_0 blocks at q8. */
+static void act_group_q8_0(const void *q8, int nb, void *group) {
     const uint8_t *b = q8;
     uint8_t *g = group;
     memset(g, 0, DOT_Q8_0G_GROUP);
@@ -237,7 +238,7 @@ void dot_act_convert(int at, const void *base, void *dst, int64_t n) {
     if (at == DOT_ACT_Q8_0G) {
         const int64_t nb = n / 32;
         for (int64_t g = 0; g < (nb + 7) / 8; g++)
-            dot_act_group_q8_0((const uint8_t *)base + 34 * 8 * g, (int)(nb - 8 * g < 8 ? nb - 8 * g : 8),
+            act_group_q8_0((const uint8_t *)base + 34 * 8 * g, (int)(nb - 8 * g < 8 ? nb - 8 * g : 8),
                                (uint8_t *)dst + DOT_Q8_0G_GROUP * g);
         return;
     }
@@ -256,14 +257,20 @@ void dot_act_reorder_k4(void *row, int64_t n) {
         }
 }
 
+void dot_act_quantize_q8_0g(const float *x, void *dst, int64_t n, void (*q8_0)(const float *, void *, int64_t)) {
+    uint8_t q8[8 * 34];
+    for (int64_t i = 0; i < n; i += 256) {
+        const int64_t m = n - i < 256 ? n - i : 256;
+        q8_0(x + i, q8, m);
+        act_group_q8_0(q8, (int)(m / 32), (uint8_t *)dst + DOT_Q8_0G_GROUP * (i / 256));
+    }
+}
+
+static void ref_q8_0(const float *x, void *dst, int64_t n) { quant_quantize_row(QUANT_Q8_0, x, dst, n); }
+
 void dot_quantize_act_ref(int at, const float *x, void *dst, int64_t n) {
-    if (at == DOT_ACT_Q8_0G) { /* a group at a time through a Q8_0 buffer of 8 blocks */
-        uint8_t q8[8 * 34];
-        for (int64_t i = 0; i < n; i += 256) {
-            const int64_t m = n - i < 256 ? n - i : 256;
-            quant_quantize_row(QUANT_Q8_0, x + i, q8, m);
-            dot_act_group_q8_0(q8, (int)(m / 32), (uint8_t *)dst + DOT_Q8_0G_GROUP * (i / 256));
-        }
+    if (at == DOT_ACT_Q8_0G) {
+        dot_act_quantize_q8_0g(x, dst, n, ref_q8_0);
         return;
     }
     quant_quantize_row(act_base_type(at), x, dst, n);
