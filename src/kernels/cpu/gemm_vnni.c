@@ -435,10 +435,11 @@ static void rows_run_tile(const qn_tensor *W, int64_t r0, int64_t r1, int64_t rz
 }
 
 /* Rows [ra, rz) in tiles of up to 16 rows (TILE_BLOCKS blocks): each tile is unpacked once,
- * then dotted with every group of 16 tokens, two groups at a time. The columns go in pieces
- * of 16 KiB of packed codes, and every row of the tile takes a piece before the next: the
- * codes of one group span 4 KiB per block, and a row of 2048 values against a whole group
- * from L2 would wait on L2 at every product. */
+ * then dotted with every group of 16 tokens (rows_run_tile). The columns go in pieces of 16
+ * KiB of packed codes, and every row of the tile takes a piece before the next: the codes of
+ * one group span 4 KiB per block, and a row of 2048 values against a whole group from L2
+ * would wait on L2 at every product. A row wider than a tile (more than 8192 values) goes
+ * alone, unpacked piece by piece for each pair of groups, two groups at a time (row_dot). */
 static void rows_run(const qn_tensor *W, int64_t ra, int64_t rz, const uint8_t *packed, int T, float *y, int64_t ldy,
                      float *const *yrows, const int fmt) {
     const size_t wbytes = fmt_bytes(fmt);
@@ -470,13 +471,8 @@ static void rows_run(const qn_tensor *W, int64_t ra, int64_t rz, const uint8_t *
                         const char *nx = (const char *)qn_tensor_row(W, r + R);
                         for (size_t off = 0; off < W->row_bytes; off += 64) _mm_prefetch(nx + off, _MM_HINT_T1);
                     }
-                    if (R > 1) {
-                        u = ub + (r - r0) * nb + b0;
-                        if (g == 0) unpack_row(qn_tensor_row(W, r) + (size_t)b0 * wbytes, nbp, fmt, u);
-                    } else { /* a row wider than the tile: unpacked piece by piece, each time */
-                        u = ub;
-                        unpack_row(qn_tensor_row(W, r) + (size_t)b0 * wbytes, nbp, fmt, u);
-                    }
+                    u = ub;
+                    unpack_row(qn_tensor_row(W, r) + (size_t)b0 * wbytes, nbp, fmt, u);
                     const uint8_t *pk[2] = {packed + gstride * g + PK_BLOCK * b0,
                                             packed + gstride * (g + NG - 1) + PK_BLOCK * b0};
                     __m512 o[2];
