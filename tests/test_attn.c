@@ -318,7 +318,7 @@ static void run_case(int kt, int tiled, int D, int group, int nr, const int *pos
                 kern->partial(&a, cuts[p], cuts[p + 1], P, P + (size_t)nq * D, P + (size_t)nq * D + nq, work);
             }
             attn_merge(split, part, ps, nq, D, outp);
-            const int amx = kt != QNEXT_KV_F32 && kern == amx_kernel() && D % 64 == 0;
+            const int amx = kt != QNEXT_KV_F32 && kern == amx_kernel() && attn_dim_in_64s(D);
             const int dp = kt == QNEXT_KV_BF16 && kern == bf16_kernel();
             const int i8 = tiled && kern == vnni_kernel();
             if (dp || i8) { /* against ref2, bounds from above */
@@ -450,7 +450,7 @@ int main(void) {
     if (n_kerns >= 3 && attn_bf16_usable()) kerns[n_kerns++] = &attn_bf16;
     if (n_kerns >= 3 && attn_vnni_usable()) kerns[n_kerns++] = &attn_vnni;
 #endif
-    /* kinds of cache: f32, bf16, int8 rows, and where attn_vnni runs, int8 tiled (its D % 64 == 0 only) */
+    /* kinds of cache: f32, bf16, int8 rows, and where attn_vnni runs, int8 tiled (attn_dim_in_64s dimensions only) */
     const int kts[4] = {QNEXT_KV_F32, QNEXT_KV_BF16, QNEXT_KV_Q8, QNEXT_KV_Q8}, tls[4] = {0, 0, 0, 1};
     /* decode: one row at the last position */
     const int decode_keys[] = {1, 31, 33, 64, 65, 129, 1100}; /* around blocks of ATTN_KEYS (64) and half blocks */
@@ -458,7 +458,7 @@ int main(void) {
     for (int t = 0; t < 4; t++)
         for (int di = 0; di < 7; di++) {
             int D = dims[di];
-            if (tls[t] && !(vnni_kernel() && D % 64 == 0)) continue;
+            if (tls[t] && !(vnni_kernel() && attn_dim_in_64s(D))) continue;
             for (int g = 8; g >= 1; g -= 7) {
                 for (int n = 0; n < 7; n++) {
                     int pos = decode_keys[n] - 1;

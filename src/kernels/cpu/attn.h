@@ -52,6 +52,11 @@ typedef struct {
  * with one shift or mask. Keys and f32/int8 values are plain rows. */
 static inline size_t attn_vpair(size_t stride, int j) { return (size_t)(j >> 1) * 2 * stride; }
 
+/* Whether the int8 and tile kernels (attn_vnni's VPDPBUSD products, the tiled int8 cache,
+ * attn_amx's tiles) take head dimension D: they step through it 64 bytes at a time, so
+ * other dimensions stay on the vector kernels and the cache in rows. */
+static inline int attn_dim_in_64s(int D) { return D % 64 == 0; }
+
 /* int8 caches read by attn_vnni are tiled (attn_kv_tiled): stored the way its VPDPBUSD
  * products take them, so that no block of keys is rearranged at every decode step (that
  * took a fifth of the kernel's time: docs/PERF.md). The bytes per key (stride) stay

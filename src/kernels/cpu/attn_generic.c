@@ -194,7 +194,7 @@ const attn_kernels *attn_select_kv(int kv_type) {
 
 int attn_kv_tiled(int kv_type, int D) {
 #if defined(__x86_64__) || defined(_M_X64)
-    return kv_type == QNEXT_KV_Q8 && D % 64 == 0 && attn_select_kv(kv_type) == &attn_vnni;
+    return kv_type == QNEXT_KV_Q8 && attn_dim_in_64s(D) && attn_select_kv(kv_type) == &attn_vnni;
 #else
     (void)kv_type;
     (void)D;
