@@ -330,7 +330,7 @@ static void test_dotm(int wt) {
         int64_t n = lens[li];
         if (n % 256 && wt != QUANT_Q8_0 && wt != QUANT_MXFP4 && wt != QUANT_IQ4_NL) continue; /* 800 = 25 blocks of 32: the 8-block loop's tail */
         int at = dot_act_type(wt);
-        size_t rbmax = quant_row_bytes(at, n) + (wt == QUANT_Q8_0 ? dot_act_row_bytes(DOT_ACT_Q8_0G, n) : 0);
+        size_t rbmax = quant_row_bytes(at, n) + (at == QUANT_Q8_0 ? dot_act_row_bytes(DOT_ACT_Q8_0G, n) : 0);
         float *x = malloc(n * 4);
         uint8_t *wq = malloc(quant_row_bytes(wt, n)), *xq = malloc(rbmax * DOTM_MAX_T);
         float *wd = malloc(n * 4);

@@ -53,13 +53,14 @@ typedef struct {
     dot_fn q4_k, q5_k, q6_k; /* activations: Q8_K blocks (Q4_K and Q5_K: act_k4's) */
     dotm_fn m_q8_0, m_q4_k, m_q6_k, m_q5_k; /* multi-row kernels where a set has them, else NULL */
     int act_k4;              /* the activations of q4_k, q5_k, m_q4_k, m_q5_k: QUANT_Q8_K or DOT_ACT_Q8_K4 */
-    int act_q8;              /* the activations of q8_0, m_q8_0: QUANT_Q8_0 or DOT_ACT_Q8_0G */
+    int act_q8;              /* the activations of q8_0, m_q8_0 and the set's MXFP4 and IQ4_NL kernels:
+                              * QUANT_Q8_0 or DOT_ACT_Q8_0G */
 } dot_kernels;
 /* IQ4_NL and MXFP4 (Q8_0 activations) and IQ4_XS (Q8_K activations) are not in the sets:
  * dot_for_type returns the portable kernels for dot_generic and the AVX2 ones of
  * dot_iq4_x86.c (same results bit for bit) for the SIMD sets, except on the AVX-512 set, which
  * gets the *_avx512 kernels below (faster, equal to rounding; MXFP4 and IQ4_NL with multi-row
- * versions). */
+ * versions, on DOT_ACT_Q8_0G activations). */
 #if defined(__x86_64__) && defined(__GNUC__)
 float dot_iq4_nl_avx2(const void *w, const void *a, int64_t n);
 float dot_mxfp4_avx2(const void *w, const void *a, int64_t n);

@@ -204,7 +204,9 @@ _Static_assert(DOT_ACT_Q8_K4 >= QUANT_TYPE_LIMIT && DOT_ACT_Q8_0G >= QUANT_TYPE_
 
 int dot_act_type_set(const dot_kernels *k, int wtype) {
     if (wtype == QUANT_Q4_K || wtype == QUANT_Q5_K) return k->act_k4;
-    if (wtype == QUANT_Q8_0) return k->act_q8;
+    /* the AVX-512 set's MXFP4 and IQ4_NL kernels take Q8_0's regrouped activations too; the
+     * other sets' kernels for them (dot_iq4_x86.c, portable) take Q8_0, as their act_q8 says */
+    if (wtype == QUANT_Q8_0 || wtype == QUANT_MXFP4 || wtype == QUANT_IQ4_NL) return k->act_q8;
     return dot_act_type(wtype);
 }
 
