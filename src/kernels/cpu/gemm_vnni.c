@@ -18,7 +18,7 @@
  * out once per product (gemm_vnni_pack, gemm_vnni_pack_q8) and shared by all rows and
  * threads; a tile of rows is unpacked once into value-ordered bytes on the stack, from which
  * the broadcasts load, and dotted with one group of tokens at a time, four rows to each load
- * of the tokens' codes (rows_dot; a row wider than a tile goes alone with two groups, row_dot).
+ * of the tokens' codes (rows_dot; a row wider than a tile goes alone, row_run_wide).
  *
  * Where. A row block costs ~50 cycles whatever the number of tokens (unpacking, and the
  * scale work of 16 lanes), and the rows are read in bursts that the hardware prefetchers
@@ -135,7 +135,7 @@ enum { FMT_Q4_K, FMT_Q6_K, FMT_Q8_0, FMT_Q5_K };
 
 /* A weight block unpacked: its 256 values in order, one byte each, its scales times d
  * (Q4_K and Q5_K: 8; Q6_K: 16; Q8_0: the 8 blocks' d), and the coefficients of the
- * activation sums that row_dot subtracts (Q4_K and Q5_K: the 8 mins times dmin; Q6_K: the
+ * activation sums that rows_dot subtracts (Q4_K and Q5_K: the 8 mins times dmin; Q6_K: the
  * offset, 32 times each scale times d). */
 typedef struct {
     _Alignas(64) uint8_t U[256];
@@ -221,81 +221,15 @@ static inline __attribute__((always_inline)) __m512i bcast_codes(const uint8_t *
     return _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)u));
 }
 
-/* One row (its nb blocks unpacked at ub) against NG = 1 or 2 groups of token slots (packed
- * at pk[0], pk[1]), for Q4_K (NS = 8 sub-blocks of 32), Q6_K (16 of 16) or Q8_0 (8 blocks of
- * 32). Per block and sub-block s, the int32 sums of the products go round the sub-blocks, so
- * that consecutive vpdpbusd do not wait on each other (one sub-block's chain alone would
- * leave the unit idle for most of its latency), and a second group reuses each broadcast.
- * Then, per lane: Q4_K adds d sc_s sum(x q) - dmin m_s sum(x), Q6_K d sc_s (sum(x q) -
- * 32 sum(x)), the x sums coming scaled by dx from the packing and the rest multiplied by dx
- * once per block; Q8_0 adds d_s (dx_s sum(x (q + 128)) - 128 dx_s sum(x)). */
-static inline __attribute__((always_inline)) void row_dot(const wblock *ub, int64_t nb, const uint8_t *const *pk,
-                                                        const int NG, const int G, const int fmt, __m512 *out) {
-    const int q6 = fmt == FMT_Q6_K, NS = q6 ? 16 : 8, n = 256 / NS; /* Q5_K computes as Q4_K */
-    __m512 acc[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()}, accm[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
-    for (int64_t b = 0; b < nb; b++) {
-        const wblock *wb = ub + b;
-        __m512i s[2][16];
-#pragma GCC unroll 16
-        for (int j = 0; j < NS; j++) s[0][j] = s[1][j] = _mm512_setzero_si512();
-#pragma GCC unroll 8
-        for (int i = 0; i < n / (4 * G); i++)
-#pragma GCC unroll 16
-            for (int j = 0; j < NS; j++) {
-                const int v = n * j + 4 * G * i;
-                const __m512i w = bcast_codes(wb->U + v, G);
-#pragma GCC unroll 2
-                for (int g = 0; g < NG; g++)
-                    s[g][j] = _mm512_dpbusd_epi32(s[g][j], w,
-                                                  _mm512_load_si512((const void *)(pk[g] + PK_BLOCK * b + 64 * (v / (4 * G)))));
-            }
-        if (fmt == FMT_Q8_0) { /* per 32-value block j: d_j (dx S'_j - 128 dx sum(x)) */
-#pragma GCC unroll 2
-            for (int g = 0; g < NG; g++) {
-                const float *cor = (const float *)(pk[g] + PK_BLOCK * b + PK_BS16);
-                const float *dxb = (const float *)(pk[g] + PK_BLOCK * b + PK_BS32);
-#pragma GCC unroll 8
-                for (int j = 0; j < 8; j++) {
-                    const __m512 t = _mm512_fmsub_ps(_mm512_cvtepi32_ps(s[g][j]), _mm512_load_ps(dxb + 16 * j),
-                                                     _mm512_load_ps(cor + 16 * j));
-                    if (j & 1) accm[g] = _mm512_fnmadd_ps(t, _mm512_set1_ps(wb->dsc[j]), accm[g]);
-                    else acc[g] = _mm512_fmadd_ps(t, _mm512_set1_ps(wb->dsc[j]), acc[g]);
-                }
-            }
-            continue;
-        }
-        /* Two chains each for the scaled sums and for the mins, so that only one multiply-add
-         * (acc) and one add (accm) carry from block to block. */
-#pragma GCC unroll 2
-        for (int g = 0; g < NG; g++) {
-            const float *bsx = (const float *)(pk[g] + PK_BLOCK * b + (q6 ? PK_BS16 : PK_BS32));
-            __m512 blk[2], mn[2];
-#pragma GCC unroll 2
-            for (int k = 0; k < 2; k++) {
-                blk[k] = _mm512_mul_ps(_mm512_cvtepi32_ps(s[g][k]), _mm512_set1_ps(wb->dsc[k]));
-                mn[k] = _mm512_mul_ps(_mm512_set1_ps(wb->dmm[k]), _mm512_load_ps(bsx + 16 * k));
-            }
-#pragma GCC unroll 16
-            for (int j = 2; j < NS; j++) {
-                blk[j & 1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[g][j]), _mm512_set1_ps(wb->dsc[j]), blk[j & 1]);
-                mn[j & 1] = _mm512_fmadd_ps(_mm512_set1_ps(wb->dmm[j]), _mm512_load_ps(bsx + 16 * j), mn[j & 1]);
-            }
-            acc[g] = _mm512_fmadd_ps(_mm512_add_ps(blk[0], blk[1]),
-                                     _mm512_load_ps((const float *)(pk[g] + PK_BLOCK * b + PK_DX)), acc[g]);
-            accm[g] = _mm512_add_ps(accm[g], _mm512_add_ps(mn[0], mn[1]));
-        }
-    }
-    out[0] = _mm512_sub_ps(acc[0], accm[0]);
-    out[1] = _mm512_sub_ps(acc[1], accm[1]);
-}
-
-/* R <= 4 rows (unpacked at ub[0..R-1]) against one group of token slots (G lanes each):
- * row_dot's sums, with the rows sharing each 64-byte load of the tokens' codes. One
- * row at a time gives every vpdpbusd a load of its own, and Zen 4 runs those ~0.6 per cycle,
- * where four products to one load run ~0.8 (PERF.md, fifteenth session). The sub-blocks are
- * the outer loop, so each row keeps one accumulator of products, and the rows' chains are the
- * independent work that covers vpdpbusd's latency. The float steps are row_dot's, summed per
- * block in one chain instead of two, so the results equal it to rounding. */
+/* R <= 4 rows (unpacked at ub[0..R-1]) against one group of token slots (G lanes each, packed
+ * at pk), for Q4_K (NS = 8 sub-blocks of 32), Q6_K (16 of 16) or Q8_0 (8 blocks of 32). The rows
+ * share each 64-byte load of the tokens' codes: one row at a time gives every vpdpbusd a load of
+ * its own, and Zen 4 runs those ~0.6 per cycle, where four products to one load run ~0.8
+ * (PERF.md, fifteenth session). The sub-blocks are the outer loop, so each row keeps one
+ * accumulator of products, and the rows' chains are the independent work that covers
+ * vpdpbusd's latency. Then, per lane: Q4_K adds d sc_s sum(x q) - dmin m_s sum(x), Q6_K d sc_s
+ * (sum(x q) - 32 sum(x)), the x sums coming scaled by dx from the packing and the rest
+ * multiplied by dx once per block; Q8_0 adds d_s (dx_s sum(x (q + 128)) - 128 dx_s sum(x)). */
 static inline __attribute__((always_inline)) void rows_dot(const wblock *const *ub, const int R, int64_t nb,
                                                          const uint8_t *pk, const int G, const int fmt, __m512 *out) {
     const int q6 = fmt == FMT_Q6_K, NS = q6 ? 16 : 8, n = 256 / NS; /* Q5_K computes as Q4_K */
@@ -351,6 +285,30 @@ static inline __attribute__((always_inline)) void rows_dot(const wblock *const *
     for (int r = 0; r < R; r++) out[r] = _mm512_sub_ps(acc[r], accm[r]);
 }
 
+/* rows_dot with R, G and the format as constants, so that each combination is compiled on its
+ * own (Q5_K computes as Q4_K). For the wide rows; rows_run_tile spells the same choice out in
+ * place, which measured 2-4% faster in cache than calling this (fifteenth session). */
+static void rows_dot_any(const wblock *const *ub, int R, int64_t nb, const uint8_t *pk, int G, int fmt, __m512 *out) {
+#define ROWS_R(F, G_)                                                     \
+    do {                                                                  \
+        if (R == 4) rows_dot(ub, 4, nb, pk, G_, F, out);                  \
+        else if (R == 3) rows_dot(ub, 3, nb, pk, G_, F, out);             \
+        else if (R == 2) rows_dot(ub, 2, nb, pk, G_, F, out);             \
+        else rows_dot(ub, 1, nb, pk, G_, F, out);                         \
+    } while (0)
+#define ROWS_G(F)                         \
+    do {                                  \
+        if (G == 1) ROWS_R(F, 1);         \
+        else if (G == 2) ROWS_R(F, 2);    \
+        else ROWS_R(F, 4);                \
+    } while (0)
+    if (fmt == FMT_Q4_K || fmt == FMT_Q5_K) ROWS_G(FMT_Q4_K);
+    else if (fmt == FMT_Q6_K) ROWS_G(FMT_Q6_K);
+    else ROWS_G(FMT_Q8_0);
+#undef ROWS_G
+#undef ROWS_R
+}
+
 /* Token t0 + t's result is the sum of its G lanes, t < n. */
 static inline void store_tokens(__m512 acc, int G, int t0, int n, int64_t r, float *y, int64_t ldy,
                                 float *const *yrows) {
@@ -390,7 +348,7 @@ static void rows_run_tile(const qn_tensor *W, int64_t r0, int64_t r1, int64_t rz
     const int64_t nb = W->cols / 256, gstride = nb * PK_BLOCK, piece = 4 * G;
     for (int64_t r = r0; r < r1; r++) {
         unpack_row(qn_tensor_row(W, r), nb, fmt, ub + (r - r0) * nb);
-        if (r + (r1 - r0) < rz) { /* the next tile's matching row, for the reason rows_run gives */
+        if (r + (r1 - r0) < rz) { /* the next tile's matching row (rows_run) */
             const char *nx = (const char *)qn_tensor_row(W, r + (r1 - r0));
             for (size_t off = 0; off < W->row_bytes; off += 64) _mm_prefetch(nx + off, _MM_HINT_T1);
         }
@@ -434,69 +392,56 @@ static void rows_run_tile(const qn_tensor *W, int64_t r0, int64_t r1, int64_t rz
     }
 }
 
+/* Row r, wider than a tile (more than TILE_BLOCKS blocks), against all groups of token slots:
+ * unpacked a piece at a time, and each piece dotted with up to 16 groups before the next. */
+static void row_run_wide(const qn_tensor *W, int64_t r, int64_t rz, const uint8_t *packed, int T, float *y,
+                         int64_t ldy, float *const *yrows, const int fmt, wblock *ub) {
+    const int G = lanes_per_token(T), ng = (T + 15) / 16;
+    const int64_t nb = W->cols / 256, gstride = nb * PK_BLOCK, piece = 4 * G;
+    if (r + 1 < rz) { /* the next row (rows_run) */
+        const char *nx = (const char *)qn_tensor_row(W, r + 1);
+        for (size_t off = 0; off < W->row_bytes; off += 64) _mm_prefetch(nx + off, _MM_HINT_T1);
+    }
+    const wblock *u[1] = {ub};
+    for (int g0 = 0; g0 < ng; g0 += 16) {
+        const int ngp = ng - g0 < 16 ? ng - g0 : 16;
+        __m512 acc[16];
+        for (int k = 0; k < ngp; k++) acc[k] = _mm512_setzero_ps();
+        for (int64_t b0 = 0; b0 < nb; b0 += piece) {
+            const int64_t nbp = nb - b0 < piece ? nb - b0 : piece;
+            unpack_row(qn_tensor_row(W, r) + (size_t)b0 * fmt_bytes(fmt), nbp, fmt, ub);
+            for (int k = 0; k < ngp; k++) {
+                __m512 o = _mm512_setzero_ps();
+                rows_dot_any(u, 1, nbp, packed + gstride * (g0 + k) + PK_BLOCK * b0, G, fmt, &o);
+                acc[k] = _mm512_add_ps(acc[k], o);
+            }
+        }
+        for (int k = 0; k < ngp; k++) {
+            const int t0 = 16 * (g0 + k);
+            store_tokens(acc[k], G, t0, T - t0 < 16 / G ? T - t0 : 16 / G, r, y, ldy, yrows);
+        }
+    }
+}
+
 /* Rows [ra, rz) in tiles of up to 16 rows (TILE_BLOCKS blocks): each tile is unpacked once,
  * then dotted with every group of 16 tokens (rows_run_tile). The columns go in pieces of 16
  * KiB of packed codes, and every row of the tile takes a piece before the next: the codes of
  * one group span 4 KiB per block, and a row of 2048 values against a whole group from L2
  * would wait on L2 at every product. A row wider than a tile (more than 8192 values) goes
- * alone, unpacked piece by piece for each pair of groups, two groups at a time (row_dot). */
+ * alone (row_run_wide). The tile after the current one is read in a burst when its turn
+ * comes, and the hardware prefetchers, idle through this tile's products, would not have it
+ * ready: so each row of the next tile is fetched into L2 as the matching row is unpacked. */
 static void rows_run(const qn_tensor *W, int64_t ra, int64_t rz, const uint8_t *packed, int T, float *y, int64_t ldy,
                      float *const *yrows, const int fmt) {
-    const size_t wbytes = fmt_bytes(fmt);
-    const int G = lanes_per_token(T), ng = (T + 15) / 16;
-    const int64_t nb = W->cols / 256, gstride = nb * PK_BLOCK;
+    const int64_t nb = W->cols / 256;
     wblock ub[TILE_BLOCKS];
-    __m512 acc[16][2];
     int64_t R = TILE_BLOCKS / nb;
     if (R > 16) R = 16;
     if (R < 1) R = 1;
     for (int64_t r0 = ra; r0 < rz; r0 += R) {
         const int64_t r1 = r0 + R < rz ? r0 + R : rz;
-        if (R > 1) { /* rows four at a time (rows_dot) */
-            rows_run_tile(W, r0, r1, rz, packed, T, y, ldy, yrows, fmt, ub);
-            continue;
-        }
-        for (int g = 0; g < ng; g += 2) {
-            const int NG = g + 1 < ng ? 2 : 1;
-            const int64_t piece = 4 * G / NG; /* blocks per piece: 16 KiB of codes */
-            for (int64_t r = r0; r < r1; r++) acc[r - r0][0] = acc[r - r0][1] = _mm512_setzero_ps();
-            for (int64_t b0 = 0; b0 < nb; b0 += piece) {
-                const int64_t nbp = nb - b0 < piece ? nb - b0 : piece;
-                for (int64_t r = r0; r < r1; r++) {
-                    wblock *u;
-                    if (g == 0 && b0 == 0 && r + R < rz) {
-                        /* The tile after this one is read in a burst when its turn comes, and the
-                         * hardware prefetchers, idle through this tile's products, would not have
-                         * it ready: fetch the row of it that matches this one now. */
-                        const char *nx = (const char *)qn_tensor_row(W, r + R);
-                        for (size_t off = 0; off < W->row_bytes; off += 64) _mm_prefetch(nx + off, _MM_HINT_T1);
-                    }
-                    u = ub;
-                    unpack_row(qn_tensor_row(W, r) + (size_t)b0 * wbytes, nbp, fmt, u);
-                    const uint8_t *pk[2] = {packed + gstride * g + PK_BLOCK * b0,
-                                            packed + gstride * (g + NG - 1) + PK_BLOCK * b0};
-                    __m512 o[2];
-#define ROW_DOT(F)                                                                                           \
-    do {                                                                                                     \
-        if (NG == 2) row_dot(u, nbp, pk, 2, 1, F, o);                                                        \
-        else if (G == 1) row_dot(u, nbp, pk, 1, 1, F, o);                                                    \
-        else if (G == 2) row_dot(u, nbp, pk, 1, 2, F, o);                                                    \
-        else row_dot(u, nbp, pk, 1, 4, F, o);                                                                \
-    } while (0)
-                    if (fmt == FMT_Q4_K || fmt == FMT_Q5_K) ROW_DOT(FMT_Q4_K);
-                    else if (fmt == FMT_Q6_K) ROW_DOT(FMT_Q6_K);
-                    else ROW_DOT(FMT_Q8_0);
-#undef ROW_DOT
-                    acc[r - r0][0] = _mm512_add_ps(acc[r - r0][0], o[0]);
-                    acc[r - r0][1] = _mm512_add_ps(acc[r - r0][1], o[1]);
-                }
-            }
-            for (int64_t r = r0; r < r1; r++)
-                for (int k = 0; k < NG; k++) {
-                    const int t0 = 16 * (g + k), n = T - t0 < 16 / G ? T - t0 : 16 / G;
-                    store_tokens(acc[r - r0][k], G, t0, n, r, y, ldy, yrows);
-                }
-        }
+        if (R > 1) rows_run_tile(W, r0, r1, rz, packed, T, y, ldy, yrows, fmt, ub);
+        else row_run_wide(W, r0, rz, packed, T, y, ldy, yrows, fmt, ub);
     }
 }
 
