@@ -129,7 +129,8 @@ static const uint8_t *prepare_act(int at, const float *x, int T, int64_t ldx, in
 static const dot_kernels *g_kern;
 
 /* The activation type of a product: the many-token paths (ap) take dot_act_type's, the dot
- * kernels their set's (dot.h: Q4_K and Q5_K may want theirs reordered). */
+ * kernels their set's (dot.h: Q4_K and Q5_K may want theirs reordered, Q8_0, MXFP4 and IQ4_NL
+ * regrouped). */
 static int act_type_for(const qn_tensor *W, const void *ap) {
     return ap ? dot_act_type(W->dtype) : dot_act_type_set(g_kern, W->dtype);
 }
