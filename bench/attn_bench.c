@@ -4,12 +4,13 @@
  * query and key, one axpy per query and key) against the attention kernels of attn.h.
  *
  * Not part of the CMake build: bench/run_attn_bench.sh [-n keys] [-r rows] [-t kv_type 1|2|3]
- * [-i iters] [-w: warm cache] [-x: skip the old tile] [-P: position-major cache rows] links it
+ * [-i iters] [-w: warm cache] [-x: skip the old tile] [-P: position-major cache rows] [-R: rows, never
+ * tiled, for comparing the layouts] links it
  * with build/libqnext.a and runs it.
  * Prints ms per layer for decode-like (1 row) or prefill-like (-r 16) tiles, single thread
  * per KV head (as attn_block runs them) and with the key range split over all threads.
- * An int8 cache that attn_vnni reads is stored tiled, as a session stores it (attn.h); the
- * old tile, which reads rows, is then skipped. */
+ * An int8 cache that attn_vnni reads (a bf16 cache that attn_bf16 reads) is stored tiled, as
+ * a session stores it (attn.h); the old tile, which reads rows, is then skipped. */
 #include <float.h>
 #include <math.h>
 #include <omp.h>
@@ -86,12 +87,13 @@ static void old_tile(const attn_tile_args *a, float *out, float *tmp) {
 }
 
 int main(int argc, char **argv) {
-    int n_keys = 16384, rows = 1, kt = QNEXT_KV_BF16, iters = 10, nh = 16, nkv = 2, D = 256, warm = 0, old = 1, pos_major = 0, huge = 0;
+    int n_keys = 16384, rows = 1, kt = QNEXT_KV_BF16, iters = 10, nh = 16, nkv = 2, D = 256, warm = 0, old = 1, pos_major = 0, huge = 0, rows_only = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "-w")) { warm = 1; continue; }
         if (!strcmp(argv[i], "-x")) { old = 0; continue; }
         if (!strcmp(argv[i], "-P")) { pos_major = 1; continue; }
         if (!strcmp(argv[i], "-H")) { huge = 1; continue; }
+        if (!strcmp(argv[i], "-R")) { rows_only = 1; continue; }
         if (i + 1 >= argc) break;
         if (!strcmp(argv[i], "-n")) n_keys = atoi(argv[++i]);
         else if (!strcmp(argv[i], "-r")) rows = atoi(argv[++i]);
@@ -163,19 +165,24 @@ int main(int argc, char **argv) {
             args[h].v = vc + (size_t)h * n_keys * rb;
             args[h].stride = rb;
         }
-    /* int8 caches that attn_vnni reads are tiled (attn.h): the rows rewritten in its layout,
-     * head-major (the scalar baseline reads rows, so it is skipped) */
-    const int tiled = !pos_major && attn_kv_tiled(kt, D);
+    /* int8 caches that attn_vnni reads and bf16 caches that attn_bf16 reads are tiled (attn.h):
+     * the rows rewritten in its layout, head-major (the scalar baseline reads rows, so it is
+     * skipped); bf16 values keep their pairs */
+    const int tiled = !pos_major && !rows_only && attn_kv_tiled(kt, D);
     if (tiled) {
         uint8_t *kt8 = aligned_alloc(64, cache_bytes + 16 * nkv * rb), *vt8 = aligned_alloc(64, cache_bytes + 16 * nkv * rb);
         const size_t hb = ((size_t)n_keys + 15) / 16 * 16 * rb; /* bytes per head, whole tiles */
         for (int h = 0; h < nkv; h++) {
             for (int j = 0; j < n_keys; j++) {
+                if (kt == QNEXT_KV_BF16) {
+                    attn_kb_put(kt8 + h * hb, rb, D, j, args[h].k + (size_t)j * rb);
+                    continue;
+                }
                 attn_k8_put(kt8 + h * hb, rb, D, j, args[h].k + (size_t)j * rb);
                 attn_v8_put(vt8 + h * hb, rb, D, j, args[h].v + (size_t)j * rb);
             }
             args[h].k = kt8 + h * hb;
-            args[h].v = vt8 + h * hb;
+            if (kt != QNEXT_KV_BF16) args[h].v = vt8 + h * hb;
             args[h].tiled = 1;
         }
         old = 0;

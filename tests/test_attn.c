@@ -11,7 +11,8 @@
  *
  * Where attn_vnni runs, int8 caches are also stored tiled (attn.h: key tiles of 16, value
  * quads; the unwritten rest of the last tile holds 0x7f bytes and NaN scales) and run through
- * it and the portable C kernel, with key ranges cut on tiles.
+ * it and the portable C kernel, with key ranges cut on tiles; likewise bf16 caches with tiled
+ * keys (the rest of the last tile NaN) where attn_bf16 runs.
  *
  * The AVX512-BF16 kernel (attn_bf16, bf16 caches) rounds the queries and the probabilities
  * to bf16, and the AVX512-VNNI kernel (attn_vnni, int8 caches) quantizes the queries to int8
@@ -176,10 +177,12 @@ static void window_bound(int qpos, const double *sc, const float *vsc, int D, co
     }
 }
 
-/* tiled: an int8 cache in attn_vnni's layout (attn.h: key tiles of 16, value quads), the two
- * KV heads one after the other (whole tiles each), else rows of the two heads interleaved. */
+/* tiled: an int8 cache in attn_vnni's layout (attn.h: key tiles of 16, value quads) or a bf16
+ * cache in attn_bf16's (key tiles of 16, value pairs), the two KV heads one after the other
+ * (whole tiles each), else rows of the two heads interleaved. */
 static void run_case(int kt, int tiled, int D, int group, int nr, const int *pos) {
     const int nq = nr * group, n_keys = pos[nr - 1] + 1, rows16 = (n_keys + 1 + 15) / 16 * 16;
+    const int tk8 = tiled && kt == QNEXT_KV_Q8, tkb = tiled && kt == QNEXT_KV_BF16;
     const size_t rb = row_bytes(kt, D), stride = tiled ? rb : 2 * rb;
     /* bf16 values: head 1's pairs start 2 rows into each 2-pair stretch (store_v) */
     const size_t vhead = tiled ? rows16 * rb : kt == QNEXT_KV_BF16 ? 2 * rb : rb, khead = tiled ? rows16 * rb : rb;
@@ -198,18 +201,24 @@ static void run_case(int kt, int tiled, int D, int group, int nr, const int *pos
             for (int d = 0; d < D; d++) x[d] = nrand() + (sink ? 2.0f * dir[d] : 0.0f);
             if (tiled) {
                 store_row(kt, row, x, D);
-                attn_k8_put(kc + h * khead, stride, D, j, row);
+                if (tkb) attn_kb_put(kc + h * khead, stride, D, j, row);
+                else attn_k8_put(kc + h * khead, stride, D, j, row);
             } else
                 store_row(kt, kc + j * stride + h * rb, x, D);
             for (int d = 0; d < D; d++) x[d] = nrand() * (1.0f + (float)(j % 7));
-            if (tiled) {
+            if (tk8) {
                 store_row(kt, row, x, D);
                 attn_v8_put(vc + h * vhead, stride, D, j, row);
             } else
                 store_v(kt, vc + h * vhead, stride, j, x, D);
         }
     }
-    if (tiled) { /* the unwritten rest of the last tile and quad: bytes 0x7f and NaN scales,
+    if (tkb) { /* the unwritten rest of the last key tile: NaN (bf16 0xffff), which a kernel must mask */
+        memset(row, 0xff, 2 * (size_t)D);
+        for (int j = n_keys; j < rows16; j++)
+            for (int h = 0; h < 2; h++) attn_kb_put(kc + h * khead, stride, D, j, row);
+    }
+    if (tk8) { /* the unwritten rest of the last tile and quad: bytes 0x7f and NaN scales,
                   * which a kernel must mask (keys) or weigh by an exact 0 (values) */
         float nan = NAN;
         memset(row, 0x7f, (size_t)D);
@@ -244,11 +253,12 @@ static void run_case(int kt, int tiled, int D, int group, int nr, const int *pos
     double *e8 = malloc((size_t)nq * sizeof(double)), *win = malloc((size_t)n_keys * sizeof(double));
     double *kw = malloc((size_t)n_keys * D * sizeof(double)), *vw = malloc((size_t)n_keys * D * sizeof(double));
     for (int j = 0; j < n_keys; j++) { /* the stored rows, widened */
-        if (tiled) attn_k8_get(a.k, stride, D, j, row);
+        if (tkb) attn_kb_get(a.k, stride, D, j, row);
+        if (tk8) attn_k8_get(a.k, stride, D, j, row);
         for (int d = 0; d < D; d++) kw[(size_t)j * D + d] = load_elem(kt, tiled ? row : a.k + j * stride, D, d);
-        if (tiled) attn_v8_get(a.v, stride, D, j, row);
-        for (int d = 0; d < D; d++) vw[(size_t)j * D + d] = tiled ? load_elem(kt, row, D, d) : load_v(kt, a.v, stride, j, D, d);
-        if (kt == QNEXT_KV_Q8) memcpy(vsc + j, (tiled ? row : a.v + j * stride) + D, 4);
+        if (tk8) attn_v8_get(a.v, stride, D, j, row);
+        for (int d = 0; d < D; d++) vw[(size_t)j * D + d] = tk8 ? load_elem(kt, row, D, d) : load_v(kt, a.v, stride, j, D, d);
+        if (kt == QNEXT_KV_Q8) memcpy(vsc + j, (tk8 ? row : a.v + j * stride) + D, 4);
     }
     for (int i = 0; i < nq; i++) {
         for (int d = 0; d < D; d++) qd[d] = qp[i][d];
@@ -280,7 +290,7 @@ static void run_case(int kt, int tiled, int D, int group, int nr, const int *pos
      * moves x_j by at most s / 130050 (s / 129000 with the f32 rounding of x * 255 / s), so
      * output element d by at most pv2[d] = sum_j M_j |v8_jd| / 129000, M_j the largest
      * normalised x within ATTN_KEYS - 1 keys of j. */
-    const int rq = (kt == QNEXT_KV_BF16 && bf16_kernel()) || (tiled && vnni_kernel());
+    const int rq = (kt == QNEXT_KV_BF16 && bf16_kernel()) || (tk8 && vnni_kernel());
     double *ref2 = NULL, *pabs2 = NULL, *pv2 = NULL;
     if (rq) {
         ref2 = malloc((size_t)nq * D * sizeof(double));
@@ -307,7 +317,7 @@ static void run_case(int kt, int tiled, int D, int group, int nr, const int *pos
     for (int kk = 0; kk < n_kerns; kk++) {
         const attn_kernels *kern = kerns[kk];
         if (D % kern->d_multiple) continue;
-        if (tiled && kern != &attn_generic && kern != vnni_kernel()) continue;
+        if (tiled && kern != &attn_generic && kern != (tkb ? bf16_kernel() : vnni_kernel())) continue;
         for (int split = 1; split <= 4; split += 3) {
             const int al = tiled ? ~15 : ~1;
             int cuts[5] = {0, n_keys / 3 & al, (n_keys / 2 + 1) & al, (n_keys * 5) / 6 & al, n_keys};
@@ -320,7 +330,7 @@ static void run_case(int kt, int tiled, int D, int group, int nr, const int *pos
             attn_merge(split, part, ps, nq, D, outp);
             const int amx = kt != QNEXT_KV_F32 && kern == amx_kernel() && attn_dim_in_64s(D);
             const int dp = kt == QNEXT_KV_BF16 && kern == bf16_kernel();
-            const int i8 = tiled && kern == vnni_kernel();
+            const int i8 = tk8 && kern == vnni_kernel();
             if (dp || i8) { /* against ref2, bounds from above */
                 double worst_x = 0;
                 int bad = 0;
@@ -450,15 +460,16 @@ int main(void) {
     if (n_kerns >= 3 && attn_bf16_usable()) kerns[n_kerns++] = &attn_bf16;
     if (n_kerns >= 3 && attn_vnni_usable()) kerns[n_kerns++] = &attn_vnni;
 #endif
-    /* kinds of cache: f32, bf16, int8 rows, and where attn_vnni runs, int8 tiled (attn_dim_in_64s dimensions only) */
-    const int kts[4] = {QNEXT_KV_F32, QNEXT_KV_BF16, QNEXT_KV_Q8, QNEXT_KV_Q8}, tls[4] = {0, 0, 0, 1};
+    /* kinds of cache: f32, bf16, int8 rows, and where attn_vnni (attn_bf16) runs, int8 (bf16)
+     * tiled (attn_dim_in_64s dimensions only) */
+    const int kts[5] = {QNEXT_KV_F32, QNEXT_KV_BF16, QNEXT_KV_Q8, QNEXT_KV_Q8, QNEXT_KV_BF16}, tls[5] = {0, 0, 0, 1, 1};
     /* decode: one row at the last position */
     const int decode_keys[] = {1, 31, 33, 64, 65, 129, 1100}; /* around blocks of ATTN_KEYS (64) and half blocks */
     const int dims[] = {256, 64, 96, 48, 32, 16, 40};
-    for (int t = 0; t < 4; t++)
+    for (int t = 0; t < 5; t++)
         for (int di = 0; di < 7; di++) {
             int D = dims[di];
-            if (tls[t] && !(vnni_kernel() && attn_dim_in_64s(D))) continue;
+            if (tls[t] && !((kts[t] == QNEXT_KV_Q8 ? vnni_kernel() : bf16_kernel()) && attn_dim_in_64s(D))) continue;
             for (int g = 8; g >= 1; g -= 7) {
                 for (int n = 0; n < 7; n++) {
                     int pos = decode_keys[n] - 1;

@@ -348,18 +348,19 @@ static void kv_put(int type, uint8_t *dst, const float *x, int D) {
 #define KV_ROW_MAX (4096 + 4)
 
 /* A key vector at position pos of the head (head: its row of position 0, rb its row bytes):
- * a row, or in a tiled int8 cache (attn.h's attn_k8_tile) the row's place in its key tile. */
+ * a row, or in a tiled cache (attn.h's attn_k8_tile) the row's place in its key tile. */
 static void kv_put_k(int type, int tiled, uint8_t *head, size_t rb, int pos, const float *x, int D) {
     if (!tiled) { kv_put(type, head + (size_t)pos * rb, x, D); return; }
     uint8_t row[KV_ROW_MAX];
     kv_put(type, row, x, D);
-    attn_k8_put(head, rb, D, pos, row);
+    if (type == QNEXT_KV_BF16) attn_kb_put(head, rb, D, pos, row);
+    else attn_k8_put(head, rb, D, pos, row);
 }
 
 /* A value vector: as kv_put_k, but bf16 goes into the key pair of position pos (attn.h's
- * attn_vpair), and tiled int8 into its value quad (attn_v8_quad). */
+ * attn_vpair; tiled or not), and tiled int8 into its value quad (attn_v8_quad). */
 static void kv_put_v(int type, int tiled, uint8_t *head, size_t rb, int pos, const float *x, int D) {
-    if (tiled) {
+    if (tiled && type == QNEXT_KV_Q8) {
         uint8_t row[KV_ROW_MAX];
         kv_put(type, row, x, D);
         attn_v8_put(head, rb, D, pos, row);
@@ -384,10 +385,14 @@ static inline const float *kv_get(int type, const uint8_t *src, float *buf, int 
     return kv_get_q8(src, buf, D);
 }
 
-/* The key vector of position pos as f32 (kv_get, tiled int8 read from its key tile). */
+/* The key vector of position pos as f32 (kv_get, tiled keys read from their key tile). */
 static inline const float *kv_get_k(int type, int tiled, const uint8_t *head, size_t rb, int pos, float *buf, int D) {
     if (!tiled) return kv_get(type, head + (size_t)pos * rb, buf, D);
     uint8_t row[KV_ROW_MAX];
+    if (type == QNEXT_KV_BF16) {
+        attn_kb_get(head, rb, D, pos, row);
+        return kv_get_bf16((const uint16_t *)row, 1, buf, D);
+    }
     attn_k8_get(head, rb, D, pos, row);
     return kv_get_q8(row, buf, D);
 }
@@ -395,7 +400,7 @@ static inline const float *kv_get_k(int type, int tiled, const uint8_t *head, si
 /* The value vector of position pos as f32 (kv_get, with bf16 read from its key pair and
  * tiled int8 from its value quad). */
 static inline const float *kv_get_v(int type, int tiled, const uint8_t *head, size_t rb, int pos, float *buf, int D) {
-    if (tiled) {
+    if (tiled && type == QNEXT_KV_Q8) {
         uint8_t row[KV_ROW_MAX];
         attn_v8_get(head, rb, D, pos, row);
         return kv_get_q8(row, buf, D);

@@ -113,7 +113,7 @@ static inline int64_t qn_kv_rows(int64_t n_ctx) { return (n_ctx + 15) & ~(int64_
 typedef struct {
     float *conv_state;          /* LINEAR: [K-1][conv_dim], the last K-1 conv inputs, oldest first */
     float *ssm_state;           /* LINEAR: [nv][dk][dv] recurrent state S, fp32 */
-    uint8_t *k_cache;           /* FULL: [nkv][qn_kv_rows(n_ctx)] rows of D keys after norm and RoPE, kv_type elements (tiled int8: in key tiles, attn.h) */
+    uint8_t *k_cache;           /* FULL: [nkv][qn_kv_rows(n_ctx)] rows of D keys after norm and RoPE, kv_type elements (tiled: in key tiles, attn.h) */
     uint8_t *v_cache;           /* FULL: [nkv][qn_kv_rows(n_ctx)] rows of D values (bf16: in key pairs; tiled int8: in quads, attn.h) */
     size_t kv_bytes;            /* FULL: bytes of each of k_cache and v_cache (page-aligned mappings) */
 } qn_layer_state;
@@ -168,7 +168,7 @@ struct qnext_session {
     qn_layer_state *ls;         /* [n_layers (+1: the MTP layer's KV cache when mtp_on)] */
     qn_scratch sc;
     size_t kv_row_bytes;        /* bytes of one cached head vector (D elements of params.kv_type) */
-    int kv_tiled;               /* the int8 cache is in attn_vnni's tiled layout (attn_kv_tiled) */
+    int kv_tiled;               /* the cache is tiled: int8 for attn_vnni, bf16 keys for attn_bf16 (attn_kv_tiled) */
     void *ssm_region;           /* every LINEAR layer's ssm_state: a mapping on huge pages, or a calloc'd block */
     size_t ssm_region_bytes;    /* the mapping's size, 0 for the calloc'd block */
     size_t scratch_bytes;

@@ -35,7 +35,8 @@
 /* One tile: nq queries against the keys of one KV head. */
 typedef struct {
     int nq, D, kv_type;      /* kv_type: QNEXT_KV_F32, QNEXT_KV_BF16 or QNEXT_KV_Q8 */
-    int tiled;               /* an int8 cache in attn_vnni's tiled layout (see attn_k8_tile) */
+    int tiled;               /* an int8 cache in attn_vnni's tiled layout (attn_k8_tile), or a bf16 cache
+                              * with keys in attn_bf16's (attn_kb_put) */
     const float *const *q;   /* nq query vectors of D floats */
     const int *qpos;         /* key j is visible to query i when j <= qpos[i]; non-decreasing in i */
     float scale;             /* score = scale * q.k */
@@ -94,9 +95,26 @@ static inline void attn_v8_get(const uint8_t *head, size_t stride, int D, int j,
     memcpy(row + D, q + 4 * (size_t)D + 4 * (j & 3), 4);
 }
 
-/* Whether caches of kv_type with head size D are tiled (attn_k8_tile): int8 caches whose
- * attention attn_partial() runs on attn_vnni's VPDPBUSD products. Fixed for the process, so
- * a session decides it once, when it allocates its cache. */
+/* bf16 caches read by attn_bf16 have their keys tiled the same way, with two dimensions to
+ * a dword: the tile of key j (16 * stride bytes at attn_k8_tile(stride, j), stride = 2 D)
+ * holds dimensions 2c and 2c+1 of its 16 keys in the 64 bytes at 64c (key 16t + i in dword
+ * i), so that VDPBF16PS takes 16 keys in its lanes against a broadcast pair of query values
+ * and no sum crosses lanes. Rows in this layout cost a transpose at every step, which made
+ * keys in the lanes slower than dimensions in the lanes (docs/PERF.md). bf16 values keep
+ * their key pairs (attn_vpair). */
+static inline void attn_kb_put(uint8_t *head, size_t stride, int D, int j, const uint8_t *row) {
+    uint8_t *t = head + attn_k8_tile(stride, j);
+    for (int c = 0; c < D / 2; c++) memcpy(t + 64 * (size_t)c + 4 * (j & 15), row + 4 * c, 4);
+}
+static inline void attn_kb_get(const uint8_t *head, size_t stride, int D, int j, uint8_t *row) {
+    const uint8_t *t = head + attn_k8_tile(stride, j);
+    for (int c = 0; c < D / 2; c++) memcpy(row + 4 * c, t + 64 * (size_t)c + 4 * (j & 15), 4);
+}
+
+/* Whether caches of kv_type with head size D are tiled: int8 caches whose attention
+ * attn_partial() runs on attn_vnni's VPDPBUSD products (attn_k8_tile, attn_v8_quad), and
+ * bf16 caches whose attention runs on attn_bf16 (keys only: attn_kb_put). Fixed for the
+ * process, so a session decides it once, when it allocates its cache. */
 int attn_kv_tiled(int kv_type, int D);
 
 /* Partial attention over keys [j0, j1), j0 even (a key pair's first key, attn_vpair) and, for a

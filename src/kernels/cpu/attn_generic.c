@@ -45,15 +45,16 @@ static inline float g_row_scale(int kt, const uint8_t *row, int D) {
     return s;
 }
 
-/* Key j (value j) of the head as a row: in place, or gathered from a tiled int8 head into buf
- * (attn.h). */
+/* Key j (value j) of the head as a row: in place, or gathered from a tiled head into buf
+ * (attn.h; a tiled bf16 head has its values in pairs, as an untiled one). */
 static inline const uint8_t *g_key(const attn_tile_args *a, int j, uint8_t *buf) {
     if (!a->tiled) return a->k + (size_t)j * a->stride;
-    attn_k8_get(a->k, a->stride, a->D, j, buf);
+    if (a->kv_type == QNEXT_KV_BF16) attn_kb_get(a->k, a->stride, a->D, j, buf);
+    else attn_k8_get(a->k, a->stride, a->D, j, buf);
     return buf;
 }
 static inline const uint8_t *g_value(const attn_tile_args *a, int j, uint8_t *buf) {
-    if (!a->tiled) return a->v + (size_t)j * a->stride;
+    if (!a->tiled || a->kv_type == QNEXT_KV_BF16) return a->v + (size_t)j * a->stride;
     attn_v8_get(a->v, a->stride, a->D, j, buf);
     return buf;
 }
@@ -194,7 +195,9 @@ const attn_kernels *attn_select_kv(int kv_type) {
 
 int attn_kv_tiled(int kv_type, int D) {
 #if defined(__x86_64__) || defined(_M_X64)
-    return kv_type == QNEXT_KV_Q8 && attn_dim_in_64s(D) && attn_select_kv(kv_type) == &attn_vnni;
+    if (!attn_dim_in_64s(D)) return 0;
+    const attn_kernels *k = attn_select_kv(kv_type);
+    return (kv_type == QNEXT_KV_Q8 && k == &attn_vnni) || (kv_type == QNEXT_KV_BF16 && k == &attn_bf16);
 #else
     (void)kv_type;
     (void)D;
@@ -209,7 +212,7 @@ void attn_partial(const attn_tile_args *a, int j0, int j1, float *O, float *mx, 
 #endif
     if (a->D % k->d_multiple) k = &attn_generic;
 #if defined(__x86_64__) || defined(_M_X64)
-    assert(!a->tiled || k == &attn_vnni); /* attn_kv_tiled() made the same choice */
+    assert(!a->tiled || k == &attn_vnni || k == &attn_bf16); /* attn_kv_tiled() made the same choice */
 #endif
     k->partial(a, j0, j1, O, mx, sum, work);
 }
