@@ -3,8 +3,9 @@
  *
  * The cache holds one row per (key, KV head) as f32, bf16 or int8 + f32 scale (the
  * QNEXT_KV_* types, see kv_put in forward.c), except bf16 values, which are stored in key
- * pairs (attn_vpair below), and int8 caches that attn_vnni reads, which are tiled
- * (attn_k8_tile below). The kernels read the cache in place; the f32 ones widen it in
+ * pairs (attn_vpair below), int8 caches that attn_vnni reads, which are tiled
+ * (attn_k8_tile below), and the keys of bf16 caches that attn_bf16 reads, tiled likewise
+ * (attn_kb_put). The kernels read the cache in place; the f32 ones widen it in
  * registers, fused into the Q.K dot products and the P.V sums, all products and sums f32.
  *
  * Each kernel exists as portable C (attn_generic.c) and, on x86-64, compiled for AVX2+FMA
@@ -14,8 +15,8 @@
  * queries and probabilities split into two parts so that they stay within 2^-17 (bf16) or
  * 1/32258 of their largest value (int8)); QNEXT_ATTN_AMX=0 or QNEXT_AMX=0 turn them off.
  * Without AMX (or with it turned off), bf16 caches on CPUs with AVX512_BF16 use attn_bf16
- * (attn_bf16.c: VDPBF16PS on the stored pairs, the queries and probabilities rounded to
- * bf16 once);
+ * (attn_bf16.c: VDPBF16PS on the tiled keys and the value pairs, the queries and
+ * probabilities rounded to bf16 once);
  * QNEXT_ATTN_BF16=0 keeps attn_avx512. Likewise int8 caches use attn_vnni (attn_vnni.c:
  * VPDPBUSD on the tiled cache, the queries quantized to int8 once and the probabilities
  * split in two bytes); QNEXT_ATTN_VNNI=0 keeps attn_avx512 and int8 rows. */
