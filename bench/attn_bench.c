@@ -207,9 +207,9 @@ int main(int argc, char **argv) {
 #pragma omp parallel for schedule(dynamic, 1)
                 for (int h = 0; h < nkv; h++) old_tile(&args[h], out + (size_t)h * nq * D, tmp + tile * omp_get_thread_num());
             } else {
-                /* forward.c's split: up to 16 ranges of at least 512 keys, decode-like tiles only */
+                /* forward.c's split: up to 8 ranges of at least 512 keys, decode-like tiles only */
                 int split = mode == 1 || rows > 4 ? 1 : n_keys / 512;
-                if (split > 16) split = 16;
+                if (split > 8) split = 8;
                 if (split < 1) split = 1;
                 int chunk = (n_keys + split - 1) / split;
                 chunk = (chunk + ATTN_KEYS - 1) / ATTN_KEYS * ATTN_KEYS;

@@ -423,7 +423,9 @@ static inline size_t kv_at(int n_ctx, size_t rb, int pos, int h) { return ((size
  * not on the batch or the thread count, so results do not either. */
 #define ATT_SPLIT_ROWS 4
 #define ATT_PART_MIN 512
-#define ATT_MAX_PARTS 16
+#define ATT_MAX_PARTS 8 /* each range starts cold (the kernels prefetch only the next block of their own
+                          * range): at 16K keys, 8 ranges of 2048 took 3-22% less time than 16 of 1024
+                          * on two threads (docs/PERF.md), and 8 per KV head still feed 16 threads */
 #define ATT_PART_CAP 64 /* partials held at once (attn_parts_floats) */
 
 /* Per thread: one tile's partial output (attn.h layout) and the kernel's work space. */
