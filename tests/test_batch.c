@@ -4,7 +4,8 @@
  * with qnext_batch_feed; their logits must equal feeding each session by itself, and
  * misuse (the same session twice, too many tokens) is an error. On base_gqa with the default
  * cache, and on v5_layer_types (head_dim 64) with the int8 cache, which is tiled where
- * attn_vnni reads it (attn.h). */
+ * attn_vnni reads it, and the bf16 cache, whose keys are tiled where attn_bf16 reads them
+ * (attn.h). */
 #include <math.h>
 #include <stdlib.h>
 
@@ -82,5 +83,6 @@ static void check_batch(const char *dir, int kv_type) {
 int main(void) {
     check_batch("tests/fixtures/base_gqa", QNEXT_KV_AUTO);
     check_batch("tests/fixtures/v5_layer_types", QNEXT_KV_Q8);
+    check_batch("tests/fixtures/v5_layer_types", QNEXT_KV_BF16);
     return tu_finish("test_batch");
 }
