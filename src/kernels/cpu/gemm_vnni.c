@@ -346,13 +346,14 @@ static void rows_run_tile(const qn_tensor *W, int64_t r0, int64_t r1, int64_t rz
                         float *y, int64_t ldy, float *const *yrows, const int fmt, wblock *ub) {
     const int G = lanes_per_token(T);
     const int64_t nb = W->cols / 256, gstride = nb * PK_BLOCK, piece = 4 * G;
-    for (int64_t r = r0; r < r1; r++) {
-        unpack_row(qn_tensor_row(W, r), nb, fmt, ub + (r - r0) * nb);
-        if (r + (r1 - r0) < rz) { /* the next tile's matching row (rows_run) */
-            const char *nx = (const char *)qn_tensor_row(W, r + (r1 - r0));
-            for (size_t off = 0; off < W->row_bytes; off += 64) _mm_prefetch(nx + off, _MM_HINT_T1);
-        }
-    }
+    for (int64_t r = r0; r < r1; r++) unpack_row(qn_tensor_row(W, r), nb, fmt, ub + (r - r0) * nb);
+    /* the next tile's rows (contiguous), fetched into L2 a slice before each rows_dot call */
+    const int64_t nrows_next = r1 + (r1 - r0) <= rz ? r1 - r0 : rz - r1;
+    const char *pf = nrows_next > 0 ? (const char *)qn_tensor_row(W, r1) : NULL;
+    const int64_t pf_lines = nrows_next > 0 ? (int64_t)((nrows_next * W->row_bytes + 63) / 64) : 0;
+    const int64_t n_calls = ((T + 15) / 16) * ((nb + piece - 1) / piece) * ((r1 - r0 + 3) / 4);
+    const int64_t pf_step = (pf_lines + n_calls - 1) / n_calls;
+    int64_t pf_at = 0;
     for (int g = 0; g < (T + 15) / 16; g++) {
         __m512 acc[16];
         for (int64_t r = r0; r < r1; r++) acc[r - r0] = _mm512_setzero_ps();
@@ -360,6 +361,8 @@ static void rows_run_tile(const qn_tensor *W, int64_t r0, int64_t r1, int64_t rz
             const int64_t nbp = nb - b0 < piece ? nb - b0 : piece;
             const uint8_t *pk = packed + gstride * g + PK_BLOCK * b0;
             for (int64_t r = r0; r < r1; r += 4) {
+                for (int64_t e = pf_at + pf_step < pf_lines ? pf_at + pf_step : pf_lines; pf_at < e; pf_at++)
+                    _mm_prefetch(pf + 64 * pf_at, _MM_HINT_T1);
                 const int R = r1 - r < 4 ? (int)(r1 - r) : 4;
                 const wblock *u[4] = {ub, ub, ub, ub};
                 for (int k = 0; k < R; k++) u[k] = ub + (r - r0 + k) * nb + b0;
@@ -430,7 +433,9 @@ static void row_run_wide(const qn_tensor *W, int64_t r, int64_t rz, const uint8_
  * would wait on L2 at every product. A row wider than a tile (more than 8192 values) goes
  * alone (row_run_wide). The tile after the current one is read in a burst when its turn
  * comes, and the hardware prefetchers, idle through this tile's products, would not have it
- * ready: so each row of the next tile is fetched into L2 as the matching row is unpacked. */
+ * ready: so the next tile's rows are fetched into L2 a slice before each of this tile's
+ * rows_dot calls. (Fetching all of them while this tile was unpacked left its unpacking
+ * waiting on memory: from memory, 2048 x 2048 at 16 tokens took 7-10% longer, docs/PERF.md.) */
 static void rows_run(const qn_tensor *W, int64_t ra, int64_t rz, const uint8_t *packed, int T, float *y, int64_t ldy,
                      float *const *yrows, const int fmt) {
     const int64_t nb = W->cols / 256;
