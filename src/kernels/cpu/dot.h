@@ -89,6 +89,13 @@ const dot_kernels *dot_select(void);
  * hardware prefetchers doing better alone (docs/PERF.md, fifteenth session). So it is on for
  * Intel and off for AMD; QNEXT_PREFETCH=0|1 overrides. */
 extern int dot_prefetch;
+/* The same for the kernels of several activation rows (an expert's few tokens in a batched step):
+ * on for every CPU. Each row's bytes take T times the work there, so the requests cost little
+ * against it, and on the EPYC they helped: from memory, 5 tokens against a 1024 x 2048 matrix
+ * took 10-25% less time (Q8_0, Q4_K; Q6_K 4-10%), and 16 streams decoded Q8_0 at 29.3-30.5 t/s
+ * against 26.5-29.2 in three alternating pairs (Q4_K_M: within its spread, faster in 2 of 5;
+ * docs/PERF.md, sixteenth session). QNEXT_PREFETCH=0|1 overrides this one too. */
+extern int dot_prefetch_multi;
 /* Activation type (a quant_type id) that weights of type wtype are dotted with on the
  * portable kernels and the many-token paths (gemm_vnni.c, gemm_amx_q8.c). */
 int dot_act_type(int wtype);

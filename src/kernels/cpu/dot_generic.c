@@ -332,6 +332,7 @@ dot_fn dot_for_type(const dot_kernels *k, int wtype) {
 }
 
 int dot_prefetch = 1;
+int dot_prefetch_multi = 1;
 
 const dot_kernels *dot_select(void) {
     static const dot_kernels *chosen;
@@ -342,6 +343,7 @@ const dot_kernels *dot_select(void) {
     __builtin_cpu_init();
     const char *pf = getenv("QNEXT_PREFETCH");
     dot_prefetch = pf && *pf ? strcmp(pf, "0") != 0 : !__builtin_cpu_is("amd");
+    dot_prefetch_multi = pf && *pf ? strcmp(pf, "0") != 0 : 1;
     int has_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
     int has_512 = has_avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                   __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
