@@ -35,7 +35,7 @@ int main(int argc, char **argv) {
     const dot_fn dot = dot_for_type(k, type);
     const dotm_fn dotm = dotm_for_type(k, type);
     const size_t rb = quant_row_bytes(type, n);
-    const int at = dot_act_type_set(k, type);
+    const int at = dot_act_type_rows(k, type, T); /* T > 1: the multi-row kernel's */
     const size_t ab = at == QUANT_F32 ? (size_t)n * 4 : dot_act_row_bytes(at, n);
     if (rows < 1 || reps < 1 || T < 1 || T > DOTM_MAX_T || !rb || !ab || !dot || (T > 1 && !dotm)) {
         fprintf(stderr, "dot_bench: no %s kernel for these sizes (T <= %d; n a multiple of the block)\n", argv[1],

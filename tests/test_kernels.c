@@ -238,14 +238,16 @@ static void test_actq(void) {
         }
         CHECK(same, "actq_quantize_row DOT_ACT_Q8_K4 trial %d: not Q8_K in the order of dot.h", trial);
         /* Q8_0 regrouped for the AVX-512 Q8_0 kernels (dot.h), checked field by field against the
-         * Q8_0 bytes: per 8 blocks the f16 scales widened, 128 times each block's sum, the values,
-         * a last partial group zero-padded (m = 800: 25 blocks) */
-        for (int li = 0; li < 2; li++) {
-            const int64_t m = li ? 800 : n, nb = m / 32;
+         * Q8_0 bytes: per 8 blocks the f16 scales widened, 128 times each block's sum, the values
+         * (DOT_ACT_Q8_0I: word k of block j at 32k + 4j), a last partial group zero-padded (m =
+         * 800: 25 blocks) */
+        for (int li = 0; li < 4; li++) {
+            const int64_t m = li % 2 ? 800 : n, nb = m / 32;
+            const int at = li < 2 ? DOT_ACT_Q8_0G : DOT_ACT_Q8_0I;
             quant_quantize_row(QUANT_Q8_0, x, ref, m);
-            memset(got, 0xAB, dot_act_row_bytes(DOT_ACT_Q8_0G, m));
-            actq_quantize_row(DOT_ACT_Q8_0G, x, got, m);
-            int ok = dot_act_row_bytes(DOT_ACT_Q8_0G, m) == (size_t)(nb + 7) / 8 * 320;
+            memset(got, 0xAB, dot_act_row_bytes(at, m));
+            actq_quantize_row(at, x, got, m);
+            int ok = dot_act_row_bytes(at, m) == (size_t)(nb + 7) / 8 * 320;
             for (int64_t b = 0; b < (nb + 7) / 8 * 8; b++) {
                 const uint8_t *g = got + 320 * (b / 8);
                 const int j = (int)(b % 8);
@@ -253,18 +255,23 @@ static void test_actq(void) {
                 int32_t c;
                 memcpy(&d, g + 4 * j, 4);
                 memcpy(&c, g + 32 + 4 * j, 4);
+                /* value i of block j */
+#define AT_VALUE(i) g[64 + (at == DOT_ACT_Q8_0I ? 32 * ((i) / 4) + 4 * j + (i) % 4 : 32 * j + (i))]
                 if (b >= nb) { /* padding */
                     ok &= d == 0 && c == 0;
-                    for (int i = 0; i < 32; i++) ok &= g[64 + 32 * j + i] == 0;
+                    for (int i = 0; i < 32; i++) ok &= AT_VALUE(i) == 0;
                     continue;
                 }
                 uint16_t h;
                 memcpy(&h, ref + 34 * b, 2);
                 int32_t sum = 0;
                 for (int i = 0; i < 32; i++) sum += (int8_t)ref[34 * b + 2 + i];
-                ok &= d == quant_f16_to_f32(h) && c == 128 * sum && !memcmp(g + 64 + 32 * j, ref + 34 * b + 2, 32);
+                ok &= d == quant_f16_to_f32(h) && c == 128 * sum;
+                for (int i = 0; i < 32; i++) ok &= AT_VALUE(i) == ref[34 * b + 2 + i];
+#undef AT_VALUE
             }
-            CHECK(ok, "actq_quantize_row DOT_ACT_Q8_0G trial %d n=%lld: not Q8_0 in the groups of dot.h", trial, (long long)m);
+            CHECK(ok, "actq_quantize_row %s trial %d n=%lld: not Q8_0 in the groups of dot.h",
+                  at == DOT_ACT_Q8_0I ? "DOT_ACT_Q8_0I" : "DOT_ACT_Q8_0G", trial, (long long)m);
         }
     }
     free(x); free(ref); free(got);
@@ -332,19 +339,21 @@ static void test_dotm(int wt) {
         int at = dot_act_type(wt);
         size_t rbmax = quant_row_bytes(at, n) + (at == QUANT_Q8_0 ? dot_act_row_bytes(DOT_ACT_Q8_0G, n) : 0);
         float *x = malloc(n * 4);
-        uint8_t *wq = malloc(quant_row_bytes(wt, n)), *xq = malloc(rbmax * DOTM_MAX_T);
+        uint8_t *wq = malloc(quant_row_bytes(wt, n)), *xq = malloc(rbmax * DOTM_MAX_T), *xm = malloc(rbmax * DOTM_MAX_T);
         float *wd = malloc(n * 4);
         double mag[DOTM_MAX_T]; /* sum of |w_i x_i| of each row: the scale of a rounding difference */
         fill(x, n, 0.02f);
         quant_quantize_row(wt, x, wq, n);
         quant_dequantize_row(wt, wq, wd, n);
         for (int k = 0; k < ns; k++) {
-            /* the rows in this set's activation type (dot.h: Q4_K and Q5_K may take them reordered,
-             * Q8_0 regrouped) */
-            const size_t rb = dot_act_row_bytes(dot_act_type_set(sets[k], wt), n);
+            /* the rows in this set's activation types (dot.h: Q4_K and Q5_K may take them reordered,
+             * Q8_0 regrouped, and its multi-row kernel interleaved) */
+            const int at1 = dot_act_type_set(sets[k], wt), atm = dot_act_type_rows(sets[k], wt, 2);
+            const size_t rb = dot_act_row_bytes(at1, n), rbm = dot_act_row_bytes(atm, n);
             for (int t = 0; t < DOTM_MAX_T; t++) {
                 fill(x, n, t % 2 ? 1.0f : 0.1f);
-                dot_quantize_act_ref(dot_act_type_set(sets[k], wt), x, xq + rb * t, n);
+                dot_quantize_act_ref(at1, x, xq + rb * t, n);
+                dot_quantize_act_ref(atm, x, xm + rbm * t, n);
                 mag[t] = 0;
                 for (int64_t i = 0; i < n; i++) mag[t] += fabs((double)wd[i] * x[i]);
             }
@@ -356,17 +365,20 @@ static void test_dotm(int wt) {
             if (!m) continue;
             for (int T = 1; T <= DOTM_MAX_T; T++) {
                 float o[DOTM_MAX_T];
-                m(wq, xq, rb, T, n, o);
+                m(wq, xm, rbm, T, n, o);
                 for (int t = 0; t < T; t++) {
                     /* the same integer sums; the float steps may round in another order (dot_x86.inc) */
                     float ref = dot_for_type(sets[k], wt)(wq, xq + rb * t, n);
+                    /* AVX-512 Q8_0: the interleaved kernel does the single-row kernel's steps, bit for bit */
+                    CHECK(wt != QUANT_Q8_0 || at1 == atm || o[t] == ref, "%s multi Q8_0 n %ld T %d row %d: %.9g vs %.9g",
+                          sets[k]->name, (long)n, T, t, o[t], ref);
                     CHECK(fabsf(o[t] - ref) <= 1e-5f * (fabsf(ref) + 1e-3f) + 1e-6 * mag[t],
                           "%s multi %s n %ld T %d row %d: %g vs %g", sets[k]->name, quant_type_name(wt), (long)n, T, t,
                           o[t], ref);
                 }
             }
         }
-        free(x); free(wq); free(xq); free(wd);
+        free(x); free(wq); free(xq); free(xm); free(wd);
     }
 }
 

@@ -26,8 +26,8 @@ void actq_quantize_row(int at, const float *x, void *dst, int64_t n) {
         dot_act_reorder_k4(dst, n);
         return;
     }
-    if (at == DOT_ACT_Q8_0G) { /* Q8_0, regrouped for the AVX-512 Q8_0 kernels (dot.h) */
-        dot_act_quantize_q8_0g(x, dst, n, simd_q8_0);
+    if (at == DOT_ACT_Q8_0G || at == DOT_ACT_Q8_0I) { /* Q8_0, regrouped for the AVX-512 Q8_0 kernels (dot.h) */
+        dot_act_quantize_q8_0g(x, dst, n, at == DOT_ACT_Q8_0I, simd_q8_0);
         return;
     }
     const actq_kernels *k = actq_select();

@@ -46,6 +46,15 @@ typedef void (*dotm_fn)(const void *w, const void *a, size_t astride, int T, int
 #define DOT_ACT_Q8_0G 101
 #define DOT_Q8_0G_GROUP 320
 
+/* DOT_ACT_Q8_0G with each group's 256 values interleaved by 4-byte words across its 8 blocks:
+ * word k (values 4k..4k+3) of block i at byte 32k + 4i of the values, so that one 32-byte load
+ * holds word k of all 8 blocks. The multi-row Q8_0 kernel of the AVX-512 set takes these: it
+ * transposes each group of 8 weight blocks the same way once for all its rows, and then each
+ * row's 8 vpdpbusd leave the 8 blocks' sums in the 8 lanes of one register, where blocks in
+ * order need a horizontal reduction of 8 registers per row (docs/PERF.md, seventeenth
+ * session). Same size, scales and corrections as DOT_ACT_Q8_0G. Not a ggml type. */
+#define DOT_ACT_Q8_0I 102
+
 typedef struct {
     const char *name;
     dot_fn f32, f16, bf16;   /* activations: f32 */
@@ -53,8 +62,9 @@ typedef struct {
     dot_fn q4_k, q5_k, q6_k; /* activations: Q8_K blocks (Q4_K and Q5_K: act_k4's) */
     dotm_fn m_q8_0, m_q4_k, m_q6_k, m_q5_k; /* multi-row kernels where a set has them, else NULL */
     int act_k4;              /* the activations of q4_k, q5_k, m_q4_k, m_q5_k: QUANT_Q8_K or DOT_ACT_Q8_K4 */
-    int act_q8;              /* the activations of q8_0, m_q8_0 and the set's MXFP4 and IQ4_NL kernels:
-                              * QUANT_Q8_0 or DOT_ACT_Q8_0G */
+    int act_q8;              /* the activations of q8_0 and the set's MXFP4 and IQ4_NL kernels (multi-row
+                              * versions included): QUANT_Q8_0 or DOT_ACT_Q8_0G */
+    int act_q8m;             /* the activations of m_q8_0: act_q8's, or DOT_ACT_Q8_0I */
 } dot_kernels;
 /* IQ4_NL and MXFP4 (Q8_0 activations) and IQ4_XS (Q8_K activations) are not in the sets:
  * dot_for_type returns the portable kernels for dot_generic and the AVX2 ones of
@@ -101,6 +111,9 @@ extern int dot_prefetch_multi;
 int dot_act_type(int wtype);
 /* The activation type of set k's kernels for wtype: dot_act_type's, DOT_ACT_Q8_K4 or DOT_ACT_Q8_0G. */
 int dot_act_type_set(const dot_kernels *k, int wtype);
+/* The same for a product with T activation rows: with T > 1 the multi-row kernel takes them
+ * (dotm_for_type), which for Q8_0 may want act_q8m's. */
+int dot_act_type_rows(const dot_kernels *k, int wtype, int T);
 /* Bytes of a prepared activation row of n values of activation type at (0 if n does not fit). */
 size_t dot_act_row_bytes(int at, int64_t n);
 /* Quantizes n activations to at with the reference quantizers of quant.c (DOT_ACT_Q8_K4: as
@@ -109,11 +122,12 @@ size_t dot_act_row_bytes(int at, int64_t n);
 void dot_quantize_act_ref(int at, const float *x, void *dst, int64_t n);
 /* Reorders a Q8_K row of n values (n % 256 == 0) in place into DOT_ACT_Q8_K4's order. */
 void dot_act_reorder_k4(void *row, int64_t n);
-/* Quantizes n activations (n % 32 == 0) to DOT_ACT_Q8_0G: a group of 8 blocks at a time through
- * q8_0, a Q8_0 quantizer (the reference one, or actq.c's), then regrouped. */
-void dot_act_quantize_q8_0g(const float *x, void *dst, int64_t n, void (*q8_0)(const float *, void *, int64_t));
-/* Converts a row of n values of at's base type (Q8_K for DOT_ACT_Q8_K4, Q8_0 for DOT_ACT_Q8_0G,
- * else at itself) into at: what a test does to give each set the activations its kernels take. */
+/* Quantizes n activations (n % 32 == 0) to DOT_ACT_Q8_0G (il = 0) or DOT_ACT_Q8_0I (il = 1): a
+ * group of 8 blocks at a time through q8_0, a Q8_0 quantizer (the reference one, or actq.c's),
+ * then regrouped. */
+void dot_act_quantize_q8_0g(const float *x, void *dst, int64_t n, int il, void (*q8_0)(const float *, void *, int64_t));
+/* Converts a row of n values of at's base type (Q8_K for DOT_ACT_Q8_K4, Q8_0 for DOT_ACT_Q8_0G and
+ * DOT_ACT_Q8_0I, else at itself) into at: what a test does to give each set the activations its kernels take. */
 void dot_act_convert(int at, const void *base, void *dst, int64_t n);
 /* The kernel for weights of type wtype, or NULL when there is none (the caller then takes
  * the dequantizing reference path). */

@@ -197,9 +197,9 @@ static float g_iq4_xs(const void *w_, const void *a_, int64_t n) {
 }
 
 const dot_kernels dot_generic = {"generic", g_f32, g_f16, g_bf16, g_q8_0, g_q4_0, g_q4_k, g_q5_k, g_q6_k,
-                                  NULL, NULL, NULL, NULL, QUANT_Q8_K, QUANT_Q8_0};
+                                  NULL, NULL, NULL, NULL, QUANT_Q8_K, QUANT_Q8_0, QUANT_Q8_0};
 
-_Static_assert(DOT_ACT_Q8_K4 >= QUANT_TYPE_LIMIT && DOT_ACT_Q8_0G >= QUANT_TYPE_LIMIT,
+_Static_assert(DOT_ACT_Q8_K4 >= QUANT_TYPE_LIMIT && DOT_ACT_Q8_0G >= QUANT_TYPE_LIMIT && DOT_ACT_Q8_0I >= QUANT_TYPE_LIMIT,
                "dot.h's activation types must not be ggml type ids");
 
 int dot_act_type_set(const dot_kernels *k, int wtype) {
@@ -210,16 +210,23 @@ int dot_act_type_set(const dot_kernels *k, int wtype) {
     return dot_act_type(wtype);
 }
 
+int dot_act_type_rows(const dot_kernels *k, int wtype, int T) {
+    return T > 1 && wtype == QUANT_Q8_0 && k->m_q8_0 ? k->act_q8m : dot_act_type_set(k, wtype);
+}
+
 /* The ggml type whose quantizer an activation type starts from. */
-static int act_base_type(int at) { return at == DOT_ACT_Q8_K4 ? QUANT_Q8_K : at == DOT_ACT_Q8_0G ? QUANT_Q8_0 : at; }
+static int act_base_type(int at) {
+    return at == DOT_ACT_Q8_K4 ? QUANT_Q8_K : at == DOT_ACT_Q8_0G || at == DOT_ACT_Q8_0I ? QUANT_Q8_0 : at;
+}
 
 size_t dot_act_row_bytes(int at, int64_t n) {
-    if (at == DOT_ACT_Q8_0G) return n % 32 ? 0 : (size_t)((n / 32 + 7) / 8) * DOT_Q8_0G_GROUP;
+    if (at == DOT_ACT_Q8_0G || at == DOT_ACT_Q8_0I) return n % 32 ? 0 : (size_t)((n / 32 + 7) / 8) * DOT_Q8_0G_GROUP;
     return quant_row_bytes(act_base_type(at), n);
 }
 
-/* Writes the blocks of one DOT_ACT_Q8_0G group from nb <= 8 Q8_0 blocks at q8. */
-static void act_group_q8_0(const void *q8, int nb, void *group) {
+/* Writes the blocks of one DOT_ACT_Q8_0G group (il = 0) or DOT_ACT_Q8_0I group (il = 1) from
+ * nb <= 8 Q8_0 blocks at q8. */
+static void act_group_q8_0(const void *q8, int nb, int il, void *group) {
     const uint8_t *b = q8;
     uint8_t *g = group;
     memset(g, 0, DOT_Q8_0G_GROUP);
@@ -232,16 +239,18 @@ static void act_group_q8_0(const void *q8, int nb, void *group) {
         c *= 128;
         memcpy(g + 4 * j, &d, 4);
         memcpy(g + 32 + 4 * j, &c, 4);
-        memcpy(g + 64 + 32 * j, b + 2, 32);
+        if (il)
+            for (int k = 0; k < 8; k++) memcpy(g + 64 + 32 * k + 4 * j, b + 2 + 4 * k, 4);
+        else memcpy(g + 64 + 32 * j, b + 2, 32);
     }
 }
 
 void dot_act_convert(int at, const void *base, void *dst, int64_t n) {
-    if (at == DOT_ACT_Q8_0G) {
+    if (at == DOT_ACT_Q8_0G || at == DOT_ACT_Q8_0I) {
         const int64_t nb = n / 32;
         for (int64_t g = 0; g < (nb + 7) / 8; g++)
             act_group_q8_0((const uint8_t *)base + 34 * 8 * g, (int)(nb - 8 * g < 8 ? nb - 8 * g : 8),
-                               (uint8_t *)dst + DOT_Q8_0G_GROUP * g);
+                           at == DOT_ACT_Q8_0I, (uint8_t *)dst + DOT_Q8_0G_GROUP * g);
         return;
     }
     memcpy(dst, base, quant_row_bytes(act_base_type(at), n));
@@ -259,20 +268,20 @@ void dot_act_reorder_k4(void *row, int64_t n) {
         }
 }
 
-void dot_act_quantize_q8_0g(const float *x, void *dst, int64_t n, void (*q8_0)(const float *, void *, int64_t)) {
+void dot_act_quantize_q8_0g(const float *x, void *dst, int64_t n, int il, void (*q8_0)(const float *, void *, int64_t)) {
     uint8_t q8[8 * 34];
     for (int64_t i = 0; i < n; i += 256) {
         const int64_t m = n - i < 256 ? n - i : 256;
         q8_0(x + i, q8, m);
-        act_group_q8_0(q8, (int)(m / 32), (uint8_t *)dst + DOT_Q8_0G_GROUP * (i / 256));
+        act_group_q8_0(q8, (int)(m / 32), il, (uint8_t *)dst + DOT_Q8_0G_GROUP * (i / 256));
     }
 }
 
 static void ref_q8_0(const float *x, void *dst, int64_t n) { quant_quantize_row(QUANT_Q8_0, x, dst, n); }
 
 void dot_quantize_act_ref(int at, const float *x, void *dst, int64_t n) {
-    if (at == DOT_ACT_Q8_0G) {
-        dot_act_quantize_q8_0g(x, dst, n, ref_q8_0);
+    if (at == DOT_ACT_Q8_0G || at == DOT_ACT_Q8_0I) {
+        dot_act_quantize_q8_0g(x, dst, n, at == DOT_ACT_Q8_0I, ref_q8_0);
         return;
     }
     quant_quantize_row(act_base_type(at), x, dst, n);

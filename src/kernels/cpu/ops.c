@@ -130,9 +130,9 @@ static const dot_kernels *g_kern;
 
 /* The activation type of a product: the many-token paths (ap) take dot_act_type's, the dot
  * kernels their set's (dot.h: Q4_K and Q5_K may want theirs reordered, Q8_0, MXFP4 and IQ4_NL
- * regrouped). */
-static int act_type_for(const qn_tensor *W, const void *ap) {
-    return ap ? dot_act_type(W->dtype) : dot_act_type_set(g_kern, W->dtype);
+ * regrouped, and Q8_0 interleaved where T > 1 gives the rows to the multi-row kernel). */
+static int act_type_for(const qn_tensor *W, const void *ap, int T) {
+    return ap ? dot_act_type(W->dtype) : dot_act_type_rows(g_kern, W->dtype, T);
 }
 
 static dot_fn kernel_for(const qn_tensor *W) {
@@ -347,7 +347,7 @@ void op_matmul_rows(const qn_tensor *W, int64_t r0, int64_t r1, const float *x, 
     if (gemm_float_rows(W, r0, r1, x, T, ldx, y, ldy, NULL)) return;
     size_t astride;
     const amxi_path *ap = use_amxi(W, T);
-    const uint8_t *act = prepare_act(act_type_for(W, ap), x, T, ldx, W->cols, &astride);
+    const uint8_t *act = prepare_act(act_type_for(W, ap, T), x, T, ldx, W->cols, &astride);
     if (ap) { amxi_product(ap, W, r0, r1, act, astride, T, y, ldy, NULL); return; }
     dot_rows(W, r0, r1, act, astride, T, dot, y, ldy, NULL);
 }
@@ -359,7 +359,7 @@ void op_matmul_to_rows(const qn_tensor *W, const float *x, int T, float *const *
     if (gemm_float_rows(W, 0, W->rows, x, T, W->cols, NULL, 0, y)) return;
     size_t astride;
     const amxi_path *ap = use_amxi(W, T);
-    const uint8_t *act = prepare_act(act_type_for(W, ap), x, T, W->cols, W->cols, &astride);
+    const uint8_t *act = prepare_act(act_type_for(W, ap, T), x, T, W->cols, W->cols, &astride);
     if (ap) { amxi_product(ap, W, 0, W->rows, act, astride, T, NULL, 0, y); return; }
     dot_rows(W, 0, W->rows, act, astride, T, dot, NULL, 0, y);
 }
@@ -399,7 +399,7 @@ void op_matmul_multi(const op_job *jobs, int n) {
     for (int q = 0; q < m; q++) {
         const op_job *jb = &jobs[idx[q]];
         const amxi_path *ap = use_amxi(jb->W, jb->T);
-        int at = at_q[q] = act_type_for(jb->W, ap);
+        int at = at_q[q] = act_type_for(jb->W, ap, jb->T);
         need += at == QUANT_F32 ? 0 : dot_act_row_bytes(at, jb->W->cols) * jb->T;
         if (ap) pneed += ap->packed_bytes(jb->W->cols, jb->T);
     }
