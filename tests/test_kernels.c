@@ -52,6 +52,7 @@ static void test_type(int wt, int64_t n) {
     uint8_t *wq = malloc(quant_row_bytes(wt, n)), *xq = malloc(at == QUANT_F32 ? n * 4 : quant_row_bytes(at, n));
     /* room for any set's activation type (dot.h: DOT_ACT_Q8_0G rows are longer than Q8_0's) */
     uint8_t *xk = malloc(at == QUANT_F32 ? n * 4 : quant_row_bytes(at, n) + (n / 256 + 1) * DOT_Q8_0G_GROUP);
+    uint8_t *wq_prev = malloc(quant_row_bytes(wt, n)), *wq_keep = malloc(quant_row_bytes(wt, n));
     for (int trial = 0; trial < 20; trial++) {
         fill(w, n, 0.02f);
         fill(x, n, trial % 2 ? 1.0f : 0.1f);
@@ -66,6 +67,8 @@ static void test_type(int wt, int64_t n) {
         } else {
             for (int64_t i = 0; i < n; i++) xd[i] = x[i];
         }
+        if (trial) memcpy(wq_prev, wq_keep, quant_row_bytes(wt, n));
+        memcpy(wq_keep, wq, quant_row_bytes(wt, n));
         double exact = dot_d(wd, xd, n);             /* same inputs, exact arithmetic */
         double full = dot_d(wd, x, n);               /* without activation quantization */
         double scale = norm_d(wd, n) * norm_d(x, n) + 1e-30;
@@ -86,9 +89,18 @@ static void test_type(int wt, int64_t n) {
             float v = dot_for_type(sets[k], wt)(wq, ak, n);
             CHECK(fabs(v - g) <= 2e-6 * scale + 2e-6 * fabs(g), "%s n=%lld trial %d: %s %.9g vs generic %.9g",
                   quant_type_name(wt), (long long)n, trial, sets[k]->name, v, g);
+            /* the two-row kernel: this row and the previous trial's, each equal to the one-row kernel */
+            const dot2_fn d2 = dot2_for_type(sets[k], wt);
+            if (d2 && trial) {
+                float o2[2];
+                d2(wq, wq_prev, ak, n, o2);
+                const float v2 = dot_for_type(sets[k], wt)(wq_prev, ak, n);
+                CHECK(o2[0] == v && o2[1] == v2, "%s n=%lld trial %d: %s two-row %.9g %.9g vs %.9g %.9g",
+                      quant_type_name(wt), (long long)n, trial, sets[k]->name, o2[0], o2[1], v, v2);
+            }
         }
     }
-    free(w); free(x); free(wd); free(xd); free(wq); free(xq); free(xk);
+    free(w); free(x); free(wd); free(xd); free(wq); free(xq); free(xk); free(wq_prev); free(wq_keep);
 }
 
 /* The whole product, fast vs reference, with a row map and several activation rows. */
@@ -515,6 +527,46 @@ static void test_int_paths(int wt) {
     }
 }
 
+/* One-token products through the two-row kernels (row p paired with row p + rows / 2, ops.c):
+ * through op_matmul_rows and op_matmul_multi, every row equal bit for bit to the selected set's
+ * one-row kernel on the same activations; also with a row map that keeps the pairs apart, one
+ * that puts them side by side (those go one at a time), and an odd row count (the last row
+ * alone). */
+static void test_two_rows(int wt) {
+    const int64_t rows = 256, cols = 2048;
+    const size_t rb = quant_row_bytes(wt, cols);
+    const dot_kernels *k = dot_select();
+    const int at = dot_act_type_set(k, wt);
+    float *w = malloc(cols * 4), *x = malloc(cols * 4), *y = malloc(rows * 4), *y2 = malloc(rows * 4);
+    uint8_t *wq = malloc(rb * rows), *xq = malloc(dot_act_row_bytes(at, cols));
+    for (int64_t r = 0; r < rows; r++) {
+        fill(w, cols, 0.05f);
+        quant_quantize_row(wt, w, wq + r * rb, cols);
+    }
+    fill(x, cols, 1.0f);
+    dot_quantize_act_ref(at, x, xq, cols);
+    int32_t map_apart[256], map_side[256];
+    for (int r = 0; r < 256; r++) {
+        map_apart[r] = 255 - r;
+        map_side[r] = r < 128 ? 2 * r : 2 * (r - 128) + 1; /* rows p and p + 128 adjacent */
+    }
+    const int32_t *maps[4] = {NULL, map_apart, map_side, NULL};
+    for (int m = 0; m < 4; m++) {
+        const int64_t nr = m == 3 ? rows - 1 : rows;
+        qn_tensor W = {.data = wq, .dtype = wt, .rows = nr, .cols = cols, .row_bytes = rb, .row_map = maps[m], .name = "t"};
+        int same = 1;
+        for (int64_t r = 0; r < rows; r++) y[r] = y2[r] = NAN;
+        op_matmul_rows(&W, 0, nr, x, 1, cols, y, nr);
+        for (int64_t r = 0; r < nr; r++) same &= y[r] == dot_for_type(k, wt)(qn_tensor_row(&W, r), xq, cols);
+        CHECK(same, "%s two-row products (case %d): op_matmul_rows differs from the one-row kernel", quant_type_name(wt), m);
+        op_job jobs[2] = {{.W = &W, .x = x, .y = y, .T = 1}, {.W = &W, .x = x, .y = y2, .T = 1}};
+        op_matmul_multi(jobs, 2);
+        for (int64_t r = 0; r < nr; r++) same &= y[r] == y2[r] && y[r] == dot_for_type(k, wt)(qn_tensor_row(&W, r), xq, cols);
+        CHECK(same, "%s two-row products (case %d): op_matmul_multi differs from the one-row kernel", quant_type_name(wt), m);
+    }
+    free(w); free(x); free(y); free(y2); free(wq); free(xq);
+}
+
 int main(void) {
     int types[] = {QUANT_F32, QUANT_F16, QUANT_BF16, QUANT_Q8_0, QUANT_Q4_0, QUANT_Q4_K, QUANT_Q5_K, QUANT_Q6_K,
                    QUANT_MXFP4, QUANT_IQ4_NL, QUANT_IQ4_XS};
@@ -524,6 +576,7 @@ int main(void) {
         test_matmul(types[i]);
         test_amx(types[i]);
         test_matmul_multi(types[i]);
+        test_two_rows(types[i]);
     }
     /* 32-value formats in steps of 8 blocks: a single block, and a step plus a tail */
     test_type(QUANT_MXFP4, 32);

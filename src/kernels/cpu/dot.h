@@ -17,6 +17,12 @@
 
 /* sum over n elements of w[i] * a[i]; w is one weight row, a one prepared activation row. */
 typedef float (*dot_fn)(const void *w, const void *a, int64_t n);
+/* Two weight rows (w0, w1) against one activation row: out[0] and out[1] equal dot_fn's results
+ * for each, bit for bit. Their blocks alternate, so a thread that pairs each row of the first
+ * half of a product with its mirror in the second half reads two long streams at once, and the
+ * hardware prefetchers keep more lines in flight (ops.c, rows_dot_pairs; docs/PERF.md,
+ * seventeenth session). */
+typedef void (*dot2_fn)(const void *w0, const void *w1, const void *a, int64_t n, float *out);
 
 /* One weight row against T <= DOTM_MAX_T prepared activation rows (row t at a + t * astride):
  * out[t] = dot(w, a_t). Each weight block is unpacked once for all T rows, which is what
@@ -65,6 +71,7 @@ typedef struct {
     int act_q8;              /* the activations of q8_0 and the set's MXFP4 and IQ4_NL kernels (multi-row
                               * versions included): QUANT_Q8_0 or DOT_ACT_Q8_0G */
     int act_q8m;             /* the activations of m_q8_0: act_q8's, or DOT_ACT_Q8_0I */
+    dot2_fn d2_q4_k, d2_q5_k, d2_q6_k; /* two-row kernels where a set has them, else NULL */
 } dot_kernels;
 /* IQ4_NL and MXFP4 (Q8_0 activations) and IQ4_XS (Q8_K activations) are not in the sets:
  * dot_for_type returns the portable kernels for dot_generic and the AVX2 ones of
@@ -134,5 +141,7 @@ void dot_act_convert(int at, const void *base, void *dst, int64_t n);
 dot_fn dot_for_type(const dot_kernels *k, int wtype);
 /* The multi-row kernel for weights of type wtype, or NULL (then loop over dot_for_type). */
 dotm_fn dotm_for_type(const dot_kernels *k, int wtype);
+/* The two-row kernel for weights of type wtype, or NULL (then one row at a time). */
+dot2_fn dot2_for_type(const dot_kernels *k, int wtype);
 
 #endif

@@ -321,6 +321,28 @@ static inline void row_dot_all(const char *w, const uint8_t *act, size_t astride
     for (; t < T; t++) *(yrows ? &yrows[t][r] : &y[(int64_t)t * ldy + r]) = dot(w, act + astride * t, n);
 }
 
+/* One-token products with a two-row kernel (dot2_fn): row r0 + p goes with row r0 + h + p, h =
+ * half the rows, so that a thread taking pairs [pa, pz) in order reads two long streams of
+ * weights at once, which keep more lines in flight than one (docs/PERF.md, seventeenth session).
+ * Pair p = h (an odd row count) is the last row alone, as is a pair that a row map has put
+ * within 4 KB (alternating inside one page loses the hardware prefetchers). Output r goes to
+ * out[r]; the results are the one-row kernel's, bit for bit. */
+static void rows_dot_pairs(const qn_tensor *W, int64_t r0, int64_t h, int64_t pa, int64_t pz, const uint8_t *act,
+                           dot_fn dot, dot2_fn dot2, float *out) {
+    for (int64_t p = pa; p < pz; p++) {
+        const uint8_t *w0 = qn_tensor_row(W, r0 + p), *w1 = p < h ? qn_tensor_row(W, r0 + h + p) : NULL;
+        if (w1 && (w1 - w0 >= 4096 || w0 - w1 >= 4096)) {
+            float o[2];
+            dot2(w0, w1, act, W->cols, o);
+            out[r0 + p] = o[0];
+            out[r0 + h + p] = o[1];
+        } else {
+            out[r0 + p + (p < h ? 0 : h)] = dot(p < h ? w0 : qn_tensor_row(W, r0 + 2 * h), act, W->cols);
+            if (w1) out[r0 + h + p] = dot(w1, act, W->cols);
+        }
+    }
+}
+
 /* Rows [r0, r1) against the T prepared activation rows on the dot kernels. Each row is read
  * once from memory and dotted with every activation row while it sits in L1. The rows go to
  * the threads in chunks (sixteen per thread, of at least 16 rows; see chunk_sched). */
@@ -328,14 +350,21 @@ static void dot_rows(const qn_tensor *W, int64_t r0, int64_t r1, const uint8_t *
                      dot_fn dot, float *y, int64_t ldy, float *const *yrows) {
     const int64_t work = (r1 - r0) * W->cols * (int64_t)T;
     const dotm_fn dotm = T > 1 ? dotm_for_type(g_kern, W->dtype) : NULL;
-    int64_t nchunk = (r1 - r0 + 15) / 16;
+    const dot2_fn dot2 = T == 1 ? dot2_for_type(g_kern, W->dtype) : NULL;
+    /* with dot2 the chunks are of pairs (rows_dot_pairs): (r1 - r0 + 1) / 2 of them */
+    const int64_t units = dot2 ? (r1 - r0 + 1) / 2 : r1 - r0, h = (r1 - r0) / 2;
+    int64_t nchunk = (units + 15) / 16;
     if (nchunk > 16 * omp_get_max_threads()) nchunk = 16 * omp_get_max_threads();
     chunk_sched cs;
     sched_init(&cs, (int)nchunk);
 #pragma omp parallel if (work > 32768)
-    for (int ch; (ch = sched_next(&cs, omp_get_thread_num())) >= 0;)
-        for (int64_t r = r0 + (r1 - r0) * ch / nchunk; r < r0 + (r1 - r0) * (ch + 1) / nchunk; r++)
-            row_dot_all((const char *)qn_tensor_row(W, r), act, astride, T, W->cols, dot, dotm, y, ldy, yrows, r);
+    for (int ch; (ch = sched_next(&cs, omp_get_thread_num())) >= 0;) {
+        const int64_t a = units * ch / nchunk, z = units * (ch + 1) / nchunk;
+        if (dot2) rows_dot_pairs(W, r0, h, a, z, act, dot, dot2, yrows ? yrows[0] : y);
+        else
+            for (int64_t r = r0 + a; r < r0 + z; r++)
+                row_dot_all((const char *)qn_tensor_row(W, r), act, astride, T, W->cols, dot, dotm, y, ldy, yrows, r);
+    }
 }
 
 /* Weight rows are split over the threads; see dot_rows. */
@@ -416,6 +445,7 @@ void op_matmul_multi(const op_job *jobs, int n) {
     size_t astride[OP_MULTI_MAX];
     dot_fn fn[OP_MULTI_MAX];
     dotm_fn fnm[OP_MULTI_MAX];
+    dot2_fn fn2[OP_MULTI_MAX];
     int64_t cost0[OP_MULTI_MAX + 1]; /* work before job q, in (weight row x activation row) units */
     size_t off = 0;
     int quant_q[OP_MULTI_MAX], pack_q[OP_MULTI_MAX], nq = 0, np = 0;
@@ -426,6 +456,7 @@ void op_matmul_multi(const op_job *jobs, int n) {
         int at = at_q[q];
         fn[q] = kernel_for(W);
         fnm[q] = jb->T > 1 ? dotm_for_type(g_kern, W->dtype) : NULL;
+        fn2[q] = jb->T == 1 && !use_amxi(W, 1) ? dot2_for_type(g_kern, W->dtype) : NULL;
         const op_job *prev = q ? &jobs[idx[q - 1]] : NULL;
         if (at == QUANT_F32) {
             act[q] = (const uint8_t *)jb->x;
@@ -492,6 +523,13 @@ void op_matmul_multi(const op_job *jobs, int n) {
                     ra = ra & ~(int64_t)15;
                     rz = rz == rows ? rows : rz & ~(int64_t)15;
                     if (ra < rz) apq[q]->rows(W, ra, rz, pk[q], jb->T, jb->y, rows, NULL);
+                    continue;
+                }
+                if (fn2[q]) { /* the units are rows; pair p takes units 2p and 2p + 1 (rows_dot_pairs) */
+                    const int64_t pa = c0 > cost0[q] ? (c0 - cost0[q] + 1) / 2 : 0;
+                    int64_t pz = (c1 - cost0[q] + 1) / 2;
+                    if (pz > (rows + 1) / 2) pz = (rows + 1) / 2;
+                    rows_dot_pairs(W, 0, rows / 2, pa, pz, act[q], fn[q], fn2[q], jb->y);
                     continue;
                 }
                 for (int64_t r = ra; r < rz; r++)
