@@ -71,7 +71,7 @@ typedef struct {
     int act_q8;              /* the activations of q8_0 and the set's MXFP4 and IQ4_NL kernels (multi-row
                               * versions included): QUANT_Q8_0 or DOT_ACT_Q8_0G */
     int act_q8m;             /* the activations of m_q8_0: act_q8's, or DOT_ACT_Q8_0I */
-    dot2_fn d2_q4_k, d2_q5_k, d2_q6_k; /* two-row kernels where a set has them, else NULL */
+    dot2_fn d2_q4_k, d2_q5_k, d2_q6_k, d2_q8_0; /* two-row kernels where a set has them, else NULL */
 } dot_kernels;
 /* IQ4_NL and MXFP4 (Q8_0 activations) and IQ4_XS (Q8_K activations) are not in the sets:
  * dot_for_type returns the portable kernels for dot_generic and the AVX2 ones of

@@ -197,7 +197,7 @@ static float g_iq4_xs(const void *w_, const void *a_, int64_t n) {
 }
 
 const dot_kernels dot_generic = {"generic", g_f32, g_f16, g_bf16, g_q8_0, g_q4_0, g_q4_k, g_q5_k, g_q6_k,
-                                  NULL, NULL, NULL, NULL, QUANT_Q8_K, QUANT_Q8_0, QUANT_Q8_0, NULL, NULL, NULL};
+                                  NULL, NULL, NULL, NULL, QUANT_Q8_K, QUANT_Q8_0, QUANT_Q8_0, NULL, NULL, NULL, NULL};
 
 _Static_assert(DOT_ACT_Q8_K4 >= QUANT_TYPE_LIMIT && DOT_ACT_Q8_0G >= QUANT_TYPE_LIMIT && DOT_ACT_Q8_0I >= QUANT_TYPE_LIMIT,
                "dot.h's activation types must not be ggml type ids");
@@ -307,6 +307,7 @@ dot2_fn dot2_for_type(const dot_kernels *k, int wtype) {
     case QUANT_Q4_K: return k->d2_q4_k;
     case QUANT_Q5_K: return k->d2_q5_k;
     case QUANT_Q6_K: return k->d2_q6_k;
+    case QUANT_Q8_0: return k->d2_q8_0;
     default: return NULL;
     }
 }
