@@ -345,7 +345,8 @@ static void rows_dot_pairs(const qn_tensor *W, int64_t r0, int64_t h, int64_t pa
 
 /* Rows [r0, r1) against the T prepared activation rows on the dot kernels. Each row is read
  * once from memory and dotted with every activation row while it sits in L1. The rows go to
- * the threads in chunks (sixteen per thread, of at least 16 rows; see chunk_sched). */
+ * the threads in chunks (sixteen per thread, of at least 16 rows; see chunk_sched); one token
+ * with a two-row kernel takes them in chunks of pairs (rows_dot_pairs). */
 static void dot_rows(const qn_tensor *W, int64_t r0, int64_t r1, const uint8_t *act, size_t astride, int T,
                      dot_fn dot, float *y, int64_t ldy, float *const *yrows) {
     const int64_t work = (r1 - r0) * W->cols * (int64_t)T;
