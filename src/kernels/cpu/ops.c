@@ -330,15 +330,19 @@ static inline void row_dot_all(const char *w, const uint8_t *act, size_t astride
 static void rows_dot_pairs(const qn_tensor *W, int64_t r0, int64_t h, int64_t pa, int64_t pz, const uint8_t *act,
                            dot_fn dot, dot2_fn dot2, float *out) {
     for (int64_t p = pa; p < pz; p++) {
-        const uint8_t *w0 = qn_tensor_row(W, r0 + p), *w1 = p < h ? qn_tensor_row(W, r0 + h + p) : NULL;
-        if (w1 && (w1 - w0 >= 4096 || w0 - w1 >= 4096)) {
+        if (p == h) { /* the odd last row */
+            out[r0 + 2 * h] = dot(qn_tensor_row(W, r0 + 2 * h), act, W->cols);
+            continue;
+        }
+        const uint8_t *w0 = qn_tensor_row(W, r0 + p), *w1 = qn_tensor_row(W, r0 + h + p);
+        if (w1 - w0 >= 4096 || w0 - w1 >= 4096) {
             float o[2];
             dot2(w0, w1, act, W->cols, o);
             out[r0 + p] = o[0];
             out[r0 + h + p] = o[1];
         } else {
-            out[r0 + p + (p < h ? 0 : h)] = dot(p < h ? w0 : qn_tensor_row(W, r0 + 2 * h), act, W->cols);
-            if (w1) out[r0 + h + p] = dot(w1, act, W->cols);
+            out[r0 + p] = dot(w0, act, W->cols);
+            out[r0 + h + p] = dot(w1, act, W->cols);
         }
     }
 }
@@ -457,7 +461,6 @@ void op_matmul_multi(const op_job *jobs, int n) {
         int at = at_q[q];
         fn[q] = kernel_for(W);
         fnm[q] = jb->T > 1 ? dotm_for_type(g_kern, W->dtype) : NULL;
-        fn2[q] = jb->T == 1 && !use_amxi(W, 1) ? dot2_for_type(g_kern, W->dtype) : NULL;
         const op_job *prev = q ? &jobs[idx[q - 1]] : NULL;
         if (at == QUANT_F32) {
             act[q] = (const uint8_t *)jb->x;
@@ -474,6 +477,7 @@ void op_matmul_multi(const op_job *jobs, int n) {
         }
         pk[q] = NULL;
         apq[q] = use_amxi(W, jb->T);
+        fn2[q] = jb->T == 1 && !apq[q] ? dot2_for_type(g_kern, W->dtype) : NULL;
         if (apq[q]) {
             if (prev && pk[q - 1] && apq[q - 1] == apq[q] && act[q] == act[q - 1]) pk[q] = pk[q - 1];
             else {
