@@ -305,20 +305,38 @@ static void amxi_product(const amxi_path *ap, const qn_tensor *W, int64_t r0, in
     }
 }
 
-/* Weight row r (at w) against all T prepared activation rows: output t goes to
- * y[t * ldy + r], or to yrows[t][r] when yrows is given. The multi-row kernel, when there is
- * one, unpacks each weight block once for up to DOTM_MAX_T rows (batched decode, the few
- * tokens of an expert); the rest go through the single-row kernel. */
+/* Weight row w against all T prepared activation rows, result t to o[t]. The multi-row
+ * kernel, when there is one, unpacks each weight block once for up to DOTM_MAX_T rows (batched
+ * decode, the few tokens of an expert); the rest go through the single-row kernel. */
 static inline void row_dot_all(const char *w, const uint8_t *act, size_t astride, int T, int64_t n, dot_fn dot,
-                               dotm_fn dotm, float *y, int64_t ldy, float *const *yrows, int64_t r) {
-    float o[DOTM_MAX_T];
+                               dotm_fn dotm, float *o) {
     int t = 0;
-    for (; dotm && t < T; t += DOTM_MAX_T) {
-        int nt = T - t < DOTM_MAX_T ? T - t : DOTM_MAX_T;
-        dotm(w, act + astride * t, astride, nt, n, o);
-        for (int i = 0; i < nt; i++) *(yrows ? &yrows[t + i][r] : &y[(int64_t)(t + i) * ldy + r]) = o[i];
+    for (; dotm && t < T; t += DOTM_MAX_T) dotm(w, act + astride * t, astride, T - t < DOTM_MAX_T ? T - t : DOTM_MAX_T, n, o + t);
+    for (; t < T; t++) o[t] = dot(w, act + astride * t, n);
+}
+
+/* Rows [ra, rz) against all T activation rows: output t of row r goes to y[t * ldy + r], or to
+ * yrows[t][r] when yrows is given. The results of up to 16 rows are kept and then written token
+ * by token, up to 16 consecutive floats each: row by row, each row's T stores would go to lines
+ * ldy floats apart, all in one set of the L1 cache when ldy is a multiple of 1 KiB (PERF.md,
+ * eighteenth session). More than ROWS_KEEP_T tokens go ROWS_KEEP_T at a time. */
+#define ROWS_KEEP_T 64
+static void rows_dot_all(const qn_tensor *W, int64_t ra, int64_t rz, const uint8_t *act, size_t astride, int T,
+                         dot_fn dot, dotm_fn dotm, float *y, int64_t ldy, float *const *yrows) {
+    float o[16 * ROWS_KEEP_T];
+    for (int64_t r0 = ra; r0 < rz; r0 += 16) {
+        const int nr = rz - r0 < 16 ? (int)(rz - r0) : 16;
+        for (int t0 = 0; t0 < T; t0 += ROWS_KEEP_T) {
+            const int nt = T - t0 < ROWS_KEEP_T ? T - t0 : ROWS_KEEP_T;
+            for (int k = 0; k < nr; k++)
+                row_dot_all((const char *)qn_tensor_row(W, r0 + k), act + astride * t0, astride, nt, W->cols, dot, dotm,
+                            o + k * nt);
+            for (int t = 0; t < nt; t++) {
+                float *dst = yrows ? &yrows[t0 + t][r0] : &y[(int64_t)(t0 + t) * ldy + r0];
+                for (int k = 0; k < nr; k++) dst[k] = o[k * nt + t];
+            }
+        }
     }
-    for (; t < T; t++) *(yrows ? &yrows[t][r] : &y[(int64_t)t * ldy + r]) = dot(w, act + astride * t, n);
 }
 
 /* One-token products with a two-row kernel (dot2_fn): row r0 + p goes with row r0 + h + p, h =
@@ -367,8 +385,7 @@ static void dot_rows(const qn_tensor *W, int64_t r0, int64_t r1, const uint8_t *
         const int64_t a = units * ch / nchunk, z = units * (ch + 1) / nchunk;
         if (dot2) rows_dot_pairs(W, r0, h, a, z, act, dot, dot2, yrows ? yrows[0] : y);
         else
-            for (int64_t r = r0 + a; r < r0 + z; r++)
-                row_dot_all((const char *)qn_tensor_row(W, r), act, astride, T, W->cols, dot, dotm, y, ldy, yrows, r);
+            rows_dot_all(W, r0 + a, r0 + z, act, astride, T, dot, dotm, y, ldy, yrows);
     }
 }
 
@@ -537,9 +554,7 @@ void op_matmul_multi(const op_job *jobs, int n) {
                     rows_dot_pairs(W, 0, rows / 2, pa, pz, act[q], fn[q], fn2[q], jb->y);
                     continue;
                 }
-                for (int64_t r = ra; r < rz; r++)
-                    row_dot_all((const char *)qn_tensor_row(W, r), act[q], astride[q], jb->T, W->cols, fn[q], fnm[q],
-                                jb->y, rows, NULL, r);
+                rows_dot_all(W, ra, rz, act[q], astride[q], jb->T, fn[q], fnm[q], jb->y, rows, NULL);
             }
         }
     }
