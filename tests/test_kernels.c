@@ -103,9 +103,9 @@ static void test_type(int wt, int64_t n) {
     free(w); free(x); free(wd); free(xd); free(wq); free(xq); free(xk); free(wq_prev); free(wq_keep);
 }
 
-/* The whole product, fast vs reference, with a row map and several activation rows: 5, and
- * 70, more than the dot kernels' products keep per group of rows (ops.c, ROWS_KEEP_T); 50 rows,
- * not a multiple of those groups of 16. */
+/* The whole product, fast vs reference, with a row map and several activation rows: 5 and 7
+ * (the float tiles' last group of 1 and 3 tokens), and 70, more than the dot kernels' products
+ * keep per group of rows (ops.c, ROWS_KEEP_T); 50 rows, not a multiple of those groups of 16. */
 static void test_matmul(int wt, int T) {
     const int64_t rows = 50, cols = 512;
     float *w = malloc(rows * cols * 4), *x = malloc(T * cols * 4), *y1 = malloc(T * rows * 4), *y2 = malloc(T * rows * 4);
@@ -575,6 +575,7 @@ int main(void) {
     for (size_t i = 0; i < sizeof types / sizeof types[0]; i++) {
         for (size_t j = 0; j < sizeof lens / sizeof lens[0]; j++) test_type(types[i], lens[j]);
         test_matmul(types[i], 5);
+        test_matmul(types[i], 7);
         test_matmul(types[i], 70);
         test_amx(types[i]);
         test_matmul_multi(types[i]);

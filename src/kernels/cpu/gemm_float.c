@@ -45,6 +45,26 @@ int gemm_float_takes(const qn_tensor *W, int T) {
     return (W->dtype == QN_F32 || W->dtype == QN_F16 || W->dtype == QN_BF16) && T >= 4 && gemm_float_available();
 }
 
+/* Four weight rows (wr) against nt <= 4 tokens (xr), sums to out[i][j]. nt is a constant in
+ * each inlined copy, so that a last group of fewer than four tokens costs only its own FMAs:
+ * with the tile always four tokens wide, an expert's 5 tokens of a batched step cost as much as
+ * 8 (2048 x 2048 bf16 at 5 tokens: 316 -> 229 us in cache, PERF.md eighteenth session). */
+static inline __attribute__((always_inline)) void tile_rows(int dtype, const void *const *wr, const float *const *xr,
+                                                            int64_t Kv, const int nt, float out[4][4]) {
+    __m512 acc[4][4];
+    for (int i = 0; i < 4; i++)
+        for (int j = 0; j < nt; j++) acc[i][j] = _mm512_setzero_ps();
+    for (int64_t k = 0; k < Kv; k += 16) {
+        __m512 xv[4], wv[4];
+        for (int j = 0; j < nt; j++) xv[j] = _mm512_loadu_ps(xr[j] + k);
+        for (int i = 0; i < 4; i++) wv[i] = load_w(dtype, wr[i], k);
+        for (int i = 0; i < 4; i++)
+            for (int j = 0; j < nt; j++) acc[i][j] = _mm512_fmadd_ps(wv[i], xv[j], acc[i][j]);
+    }
+    for (int i = 0; i < 4; i++)
+        for (int j = 0; j < nt; j++) out[i][j] = _mm512_reduce_add_ps(acc[i][j]);
+}
+
 int gemm_float_rows(const qn_tensor *W, int64_t r0, int64_t r1, const float *x, int T, int64_t ldx, float *y,
                     int64_t ldy, float *const *yrows) {
     if (!gemm_float_takes(W, T)) return 0;
@@ -63,22 +83,17 @@ int gemm_float_rows(const qn_tensor *W, int64_t r0, int64_t r1, const float *x, 
             wr[i] = (const char *)qn_tensor_row(W, r);
         }
         for (int t0 = 0; t0 < T; t0 += 4) {
-            int nt = T - t0 < 4 ? T - t0 : 4;
+            const int nt = T - t0 < 4 ? T - t0 : 4;
             const float *xr[4];
-            for (int j = 0; j < 4; j++) xr[j] = x + (int64_t)(t0 + (j < nt ? j : nt - 1)) * ldx;
-            __m512 acc[4][4];
-            for (int i = 0; i < 4; i++)
-                for (int j = 0; j < 4; j++) acc[i][j] = _mm512_setzero_ps();
-            for (int64_t k = 0; k < Kv; k += 16) {
-                __m512 xv[4], wv[4];
-                for (int j = 0; j < 4; j++) xv[j] = _mm512_loadu_ps(xr[j] + k);
-                for (int i = 0; i < 4; i++) wv[i] = load_w(W->dtype, wr[i], k);
-                for (int i = 0; i < 4; i++)
-                    for (int j = 0; j < 4; j++) acc[i][j] = _mm512_fmadd_ps(wv[i], xv[j], acc[i][j]);
-            }
+            for (int j = 0; j < nt; j++) xr[j] = x + (int64_t)(t0 + j) * ldx;
+            float o[4][4];
+            if (nt == 4) tile_rows(W->dtype, wr, xr, Kv, 4, o);
+            else if (nt == 3) tile_rows(W->dtype, wr, xr, Kv, 3, o);
+            else if (nt == 2) tile_rows(W->dtype, wr, xr, Kv, 2, o);
+            else tile_rows(W->dtype, wr, xr, Kv, 1, o);
             for (int i = 0; i < nr; i++)
                 for (int j = 0; j < nt; j++) {
-                    float s = _mm512_reduce_add_ps(acc[i][j]);
+                    float s = o[i][j];
                     for (int64_t k = Kv; k < K; k++) s += load_w1(W->dtype, wr[i], k) * xr[j][k];
                     put(y, ldy, yrows, t0 + j, rr[i], s);
                 }
