@@ -39,6 +39,7 @@
 #include <unistd.h>
 
 #include "kernels/cpu/quant.h"
+#include "kernels/cpu/repack.h"
 #include "model/gguf.h"
 #include "model/quantize.h"
 #include "npy.h"
@@ -87,13 +88,16 @@ static cmp_stats compare(const float *got, const float *want, int rows, int V) {
 }
 
 /* Logits of ids at every position (f32 KV cache), or NULL with a message; no_mmap reads the
- * weights into memory instead of mapping the file. */
-static float *run_model(const char *path, const int32_t *ids, int n, int *V_out, int no_mmap) {
+ * weights into memory instead of mapping the file; repack opens it with
+ * qnext_model_params.repack, and then checks that the output matrix was repacked. */
+static float *run_model_opts(const char *path, const int32_t *ids, int n, int *V_out, int no_mmap, int repack) {
     qnext_model *m;
     qnext_session *s;
     char err[512];
-    qnext_model_params mp = {.quiet = 1, .no_mmap = no_mmap};
+    qnext_model_params mp = {.quiet = 1, .no_mmap = no_mmap, .repack = repack};
     if (qnext_model_open(path, &mp, &m, err, sizeof err)) { fprintf(stderr, "%s\n", err); return NULL; }
+    if (repack) CHECK(m->lm_head.rp != NULL && m->layers[0].exp_gate && m->layers[0].exp_gate[0].rp != NULL,
+                      "%s: opened with repack, but the output and expert matrices were not repacked", path);
     int V = qnext_model_config(m)->vocab_size;
     qnext_session_params sp = {.n_ctx = n + 8, .kv_type = QNEXT_KV_F32};
     float *lg = malloc((size_t)n * V * sizeof(float));
@@ -103,6 +107,10 @@ static float *run_model(const char *path, const int32_t *ids, int n, int *V_out,
     qnext_model_close(m);
     *V_out = V;
     return lg;
+}
+
+static float *run_model(const char *path, const int32_t *ids, int n, int *V_out, int no_mmap) {
+    return run_model_opts(path, ids, n, V_out, no_mmap, 0);
 }
 
 static int32_t *fixture_prompt(const char *fixture, int n, int *ok) {
@@ -154,6 +162,22 @@ static void test_package_files(json *refs) {
             }
             if (is_float) CHECK(b.max <= 1e-4, "%s: max rel L2 %.3e > 1e-4 vs fp32", gg, b.max);
             else CHECK(b.median <= 0.15, "%s: median rel L2 %.3e > 0.15 vs fp32", gg, b.median);
+            /* Q8_0 with the matrices repacked (kernels/cpu/repack.h): the same integer sums in
+             * another float order, so the same thresholds, and close to the mapped run */
+            if (!strcmp(ty, "Q8_0") && !g_reference && repack_available()) {
+                snprintf(path, sizeof path, "tests/data/gguf_models/%s", gg);
+                float *rp = run_model_opts(path, ids, (int)n, &V, 0, 1);
+                CHECK(rp != NULL, "%s: does not run repacked", gg);
+                if (rp) {
+                    cmp_stats c = compare(rp, want, (int)n, V), d = compare(rp, got, (int)n, V);
+                    printf("%-24s repacked  vs dequantized-weight reference: max %.2e median %.2e top-1 %.3f | vs "
+                           "mapped: max %.2e median %.2e top-1 %.3f\n", gg, c.max, c.median, c.top1, d.max, d.median, d.top1);
+                    CHECK(c.median <= 0.1 && c.top1 >= 0.7, "%s repacked: median rel L2 %.3e, top-1 %.3f vs its reference",
+                          gg, c.median, c.top1);
+                    CHECK(d.median <= 1e-4, "%s repacked: median rel L2 %.3e > 1e-4 against the mapped run", gg, d.median);
+                }
+                free(rp);
+            }
         } else {
             CHECK(0, "%s: reference logits missing or of the wrong shape", gg);
         }

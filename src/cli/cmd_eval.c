@@ -24,7 +24,7 @@
 
 static const char *eval_usage =
     "usage: qnext eval -m MODEL --ref REF_MODEL (--ids FILE | --text FILE) [--tokenizer DIR]\n"
-    "                  [-c CTX] [--chunks N] [--score-from K] [-t THREADS] [--kv-type f32|bf16|q8|auto] [--json] [--no-mmap]\n"
+    "                  [-c CTX] [--chunks N] [--score-from K] [-t THREADS] [--kv-type f32|bf16|q8|auto] [--json] [--no-mmap] [--repack]\n"
     "Compares MODEL (e.g. a quantized GGUF) with REF_MODEL (e.g. the bf16 safetensors) over the\n"
     "tokens of FILE, in chunks of CTX tokens (default 512) each starting from an empty state.\n"
     "Positions K.. of each chunk are scored (default 0; llama-perplexity scores from CTX/2).\n"
@@ -82,7 +82,7 @@ static int log_softmax(const float *x, int n, double *out) {
 int cmd_eval(int argc, char **argv) {
     const char *model = NULL, *ref = NULL, *ids_path = NULL, *text_path = NULL, *tok_dir = NULL;
     long ctx = 512, max_chunks = 0, score_from = 0, threads = 0;
-    int as_json = 0, kv_type = QNEXT_KV_F32, no_mmap = 0;
+    int as_json = 0, kv_type = QNEXT_KV_F32, no_mmap = 0, repack = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { printf("%s", eval_usage); return 0; }
@@ -97,6 +97,7 @@ int cmd_eval(int argc, char **argv) {
         else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) { if (!(v = args_value(argc, argv, &i)) || !args_int(a, v, 0, 4096, &threads)) return 2; }
         else if (!strcmp(a, "--json")) as_json = 1;
         else if (!strcmp(a, "--no-mmap")) no_mmap = 1;
+        else if (!strcmp(a, "--repack")) repack = 1;
         else if (!strcmp(a, "--kv-type")) { if (!(v = args_value(argc, argv, &i)) || (kv_type = args_kv_type(v)) < 0) return 2; }
         else { fprintf(stderr, "qnext: unknown option '%s'\n%s", a, eval_usage); return 2; }
     }
@@ -125,7 +126,7 @@ int cmd_eval(int argc, char **argv) {
     }
     free(buf);
     qnext_model *mm = NULL, *mr = NULL;
-    qnext_model_params mp = {.n_threads = (int)threads, .quiet = 1, .no_mmap = no_mmap};
+    qnext_model_params mp = {.n_threads = (int)threads, .quiet = 1, .no_mmap = no_mmap, .repack = repack};
     if (qnext_model_open(model, &mp, &mm, err, sizeof err)) { fprintf(stderr, "qnext: %s\n", err); free(ids); return 1; }
     if (qnext_model_open(ref, &mp, &mr, err, sizeof err)) { fprintf(stderr, "qnext: %s\n", err); qnext_model_close(mm); free(ids); return 1; }
     int V = qnext_model_config(mm)->vocab_size;

@@ -34,6 +34,8 @@ const char TEXTGEN_OPTIONS_HELP[] =
     "  --kv-type T              KV cache: auto (f32 for checkpoints, bf16 for GGUF), f32, bf16, q8\n"
     "  --no-mmap                read the weights into memory (huge pages) instead of mapping the file:\n"
     "                           slower to start, faster generation where the page cache slows streaming\n"
+    "  --repack                 copy Q8_0 matrices into groups of 16 interleaved rows at load, for a\n"
+    "                           faster AVX-512 VNNI kernel\n"
     "  -v, --verbose            print prompt/cache statistics to stderr\n";
 
 double textgen_now(void) {
@@ -102,6 +104,7 @@ int textgen_parse_option(int argc, char **argv, int *i, textgen_opts *o) {
     if (!strcmp(a, "-v") || !strcmp(a, "--verbose")) { o->verbose = 1; return 1; }
     if (!strcmp(a, "--json")) { o->json_any = 1; return 1; }
     if (!strcmp(a, "--no-mmap")) { o->no_mmap = 1; return 1; }
+    if (!strcmp(a, "--repack")) { o->repack = 1; return 1; }
     if (!strcmp(a, "-j") || !strcmp(a, "--json-schema")) return (o->json_schema = args_value(argc, argv, i)) ? 1 : -1;
     if (!strcmp(a, "--json-schema-file")) {
         if (!(v = args_value(argc, argv, i))) return -1;
@@ -162,7 +165,7 @@ int textgen_open(textgen *g, const textgen_opts *o, int need_template, int spinn
     char err[1024];
     memset(g, 0, sizeof *g);
     if (!o->model_dir) { fprintf(stderr, "qnext: -m MODEL_DIR is required\n"); return 0; }
-    qnext_model_params mp = {.n_threads = (int)o->threads, .quiet = 1, .no_mmap = o->no_mmap};
+    qnext_model_params mp = {.n_threads = (int)o->threads, .quiet = 1, .no_mmap = o->no_mmap, .repack = o->repack};
     spinner_state sp = {.what = "opening the model", .done = 0};
     pthread_t th;
     int spin = spinner && isatty(2) && !pthread_create(&th, NULL, spinner_main, &sp);

@@ -35,6 +35,7 @@ typedef struct {
     int verbose;
     int max_snapshots;       /* for the conversation (0: its default) */
     int no_mmap;             /* --no-mmap: read the weights into memory */
+    int repack;              /* --repack: qnext_model_params.repack */
     int json_any;            /* --json: the answer is a JSON object */
     const char *json_schema; /* --json-schema TEXT (or the text of --json-schema-file) */
 } textgen_opts;

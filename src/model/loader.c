@@ -8,9 +8,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/quant.h"
+#include "kernels/cpu/repack.h"
+#include "util/hugemap.h"
 #include "model.h"
 #include "safetensors.h"
 
@@ -213,6 +217,7 @@ int model_build_row_maps(qnext_model *m) {
 
 void qnext_model_close(qnext_model *m) {
     if (!m) return;
+    if (m->rp_region) munmap(m->rp_region, m->rp_region_bytes);
     for (size_t i = 0; i < m->n_owned; i++) free(m->owned[i]);
     free(m->owned);
     free(m->layers);
@@ -279,6 +284,78 @@ static qnext_status load_all(loader *L) {
     return QNEXT_OK;
 }
 
+/* The weight matrices of one layer that the products read (not the embedding, which is read
+ * by rows): 16 + 3 E of them. */
+static int layer_matrices(const qnext_config *c, qn_layer *ly, qn_tensor **out) {
+    qn_tensor *all[] = {&ly->qkvz, &ly->gate_z, &ly->ba, &ly->out_proj, &ly->q_proj, &ly->k_proj, &ly->v_proj,
+                        &ly->o_proj, &ly->router, &ly->sh_gate, &ly->sh_up, &ly->sh_down, &ly->sh_expert_gate,
+                        &ly->mlp_gate, &ly->mlp_up, &ly->mlp_down};
+    int n = 0;
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) out[n++] = all[i];
+    for (int e = 0; ly->exp_gate && e < c->n_experts; e++) {
+        out[n++] = &ly->exp_gate[e];
+        out[n++] = &ly->exp_up[e];
+        out[n++] = &ly->exp_down[e];
+    }
+    return n;
+}
+
+/* qnext_model_params.repack: copies every Q8_0 matrix that repack_q8_0_fits into one region of
+ * anonymous memory (kernels/cpu/repack.h), in parallel, and points its qn_tensor.rp there.
+ * Each copied range of a mapped file is then dropped from the process (MADV_DONTNEED on its
+ * whole pages: reading it again faults it back in from the page cache, and only the
+ * embedding's rows are still read that way), so that the resident size stays about the
+ * file's rather than doubling. Weights read into memory (no_mmap) are left alone. */
+static qnext_status model_repack(qnext_model *m, char *err, size_t errlen) {
+    if (!repack_available()) {
+        if (!m->params.quiet) fprintf(stderr, "qnext: --repack needs AVX-512 VNNI; the weights stay as they are\n");
+        return QNEXT_OK;
+    }
+    const qnext_config *c = &m->cfg;
+    const int n_layers = c->n_layers + (c->n_mtp_layers == 1 ? 1 : 0);
+    qn_tensor **mats = malloc(sizeof *mats * ((size_t)n_layers * (16 + 3 * (size_t)c->n_experts) + 2));
+    size_t *off = malloc(sizeof *off * ((size_t)n_layers * (16 + 3 * (size_t)c->n_experts) + 2));
+    if (!mats || !off) { free(mats); free(off); snprintf(err, errlen, "repack: out of memory"); return QNEXT_ERR_MEMORY; }
+    int n = 0;
+    mats[n++] = &m->lm_head;
+    if (c->n_mtp_layers == 1) mats[n++] = &m->mtp.fc;
+    for (int l = 0; l < n_layers; l++) n += layer_matrices(c, l < c->n_layers ? &m->layers[l] : &m->mtp.layer, mats + n);
+    int k = 0;
+    size_t total = 0;
+    for (int i = 0; i < n; i++)
+        if (mats[i]->data && repack_q8_0_fits(mats[i])) {
+            off[k] = total;
+            mats[k++] = mats[i];
+            total += (repack_q8_0_bytes(mats[i]) + 63) & ~(size_t)63;
+        }
+    uint8_t *mem = NULL;
+    if (k) {
+        mem = hugemap_alloc(total, PROT_READ | PROT_WRITE, 1, &m->rp_region, &m->rp_region_bytes);
+        if (!mem) {
+            free(mats); free(off);
+            snprintf(err, errlen, "repack: cannot allocate %.1f MB for the repacked weights", total / 1e6);
+            return QNEXT_ERR_MEMORY;
+        }
+    }
+    const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int i = 0; i < k; i++) {
+        qn_tensor *W = mats[i];
+        repack_q8_0(W, mem + off[i]);
+        W->rp = mem + off[i];
+        if (!m->params.no_mmap) { /* the whole pages of the copied range */
+            const uintptr_t a = ((uintptr_t)W->data + page - 1) & ~(page - 1);
+            const uintptr_t z = ((uintptr_t)W->data + (uintptr_t)W->rows * W->row_bytes) & ~(page - 1);
+            if (z > a) madvise((void *)a, z - a, MADV_DONTNEED);
+        }
+    }
+    if (k && !m->params.quiet)
+        fprintf(stderr, "qnext: repacked %d Q8_0 matrices (%.1f MB) for the AVX-512 VNNI kernel\n", k, total / 1e6);
+    free(off);
+    free(mats);
+    return QNEXT_OK;
+}
+
 qnext_status qnext_model_open(const char *path, const qnext_model_params *params, qnext_model **out, char *err,
                               size_t errlen) {
     char local[512];
@@ -291,6 +368,7 @@ qnext_status qnext_model_open(const char *path, const qnext_model_params *params
     if (params) m->params = *params;
     if (model_path_is_gguf(path)) {
         qnext_status rc = gguf_model_load(m, path, err, errlen);
+        if (rc == QNEXT_OK && m->params.repack) rc = model_repack(m, err, errlen);
         if (rc) { qnext_model_close(m); return rc; }
         if (m->params.n_threads > 0) op_set_threads(m->params.n_threads);
         *out = m;
@@ -305,6 +383,7 @@ qnext_status qnext_model_open(const char *path, const qnext_model_params *params
         rc = load_all(&L);
         if (rc == QNEXT_ERR_MEMORY && !err[0]) snprintf(err, errlen, "%s: out of memory", path);
     }
+    if (rc == QNEXT_OK && m->params.repack) rc = model_repack(m, err, errlen);
     if (rc) { qnext_model_close(m); return rc; }
     if (m->params.n_threads > 0) op_set_threads(m->params.n_threads);
     *out = m;

@@ -41,6 +41,7 @@ typedef struct {
     long max_body;       /* bytes */
     int threads;         /* compute threads (0: all cores) */
     int no_mmap;         /* read the weights into memory instead of mapping them */
+    int repack;          /* qnext_model_params.repack */
     int prefill_chunk;   /* tokens of a prompt per engine step */
     int kv_type;         /* QNEXT_KV_* of every slot's cache (QNEXT_KV_AUTO: the model's default) */
     int drain_s;         /* seconds SIGTERM lets running requests finish before cancelling them */

@@ -11,6 +11,7 @@
 #include "kernels/cpu/gemm_vnni.h"
 #include "kernels/cpu/gemm_float.h"
 #include "kernels/cpu/quant.h"
+#include "kernels/cpu/repack.h"
 
 void op_set_threads(int n) {
     if (n > 0) omp_set_num_threads(n);
@@ -132,6 +133,7 @@ static const dot_kernels *g_kern;
  * kernels their set's (dot.h: Q4_K and Q5_K may want theirs reordered, Q8_0, MXFP4 and IQ4_NL
  * regrouped, and Q8_0 interleaved where T > 1 gives the rows to the multi-row kernel). */
 static int act_type_for(const qn_tensor *W, const void *ap, int T) {
+    if (W->rp && repack_available()) return DOT_ACT_Q8_0G;
     return ap ? dot_act_type(W->dtype) : dot_act_type_rows(g_kern, W->dtype, T);
 }
 
@@ -305,6 +307,25 @@ static void amxi_product(const amxi_path *ap, const qn_tensor *W, int64_t r0, in
     }
 }
 
+/* Weights repacked at load (repack.h) go through their own kernel, whatever the number of
+ * tokens: the copy replaces the mapped rows for every product. */
+static int use_repack(const qn_tensor *W) { return W->rp && repack_available(); }
+
+/* Rows [r0, r1) (multiples of 16) of a repacked product, split over the threads in chunks of
+ * whole groups of 16 rows (chunk_sched). */
+static void repack_product(const qn_tensor *W, int64_t r0, int64_t r1, const uint8_t *act, size_t astride, int T,
+                           float *y, int64_t ldy, float *const *yrows) {
+    const int64_t ng = (r1 - r0) / REPACK_ROWS;
+    int64_t nchunk = ng < 8 * omp_get_max_threads() ? ng : 8 * omp_get_max_threads();
+    chunk_sched cs;
+    sched_init(&cs, (int)nchunk);
+#pragma omp parallel if (ng > 1 && (r1 - r0) * W->cols * (int64_t)T > 32768)
+    for (int ch; (ch = sched_next(&cs, omp_get_thread_num())) >= 0;) {
+        const int64_t a = r0 + REPACK_ROWS * (ng * ch / nchunk), z = r0 + REPACK_ROWS * (ng * (ch + 1) / nchunk);
+        if (a < z) repack_q8_0_rows(W, a, z, act, astride, T, y, ldy, yrows);
+    }
+}
+
 /* Weight row w against all T prepared activation rows, result t to o[t]. The multi-row
  * kernel, when there is one, unpacks each weight block once for up to DOTM_MAX_T rows (batched
  * decode, the few tokens of an expert); the rest go through the single-row kernel. */
@@ -394,9 +415,14 @@ void op_matmul_rows(const qn_tensor *W, int64_t r0, int64_t r1, const float *x, 
                     int64_t ldy) {
     dot_fn dot = kernel_for(W);
     if (!dot) { op_matmul_rows_ref(W, r0, r1, x, T, ldx, y, ldy); return; }
+    size_t astride;
+    if (use_repack(W) && r0 % REPACK_ROWS == 0 && r1 % REPACK_ROWS == 0) {
+        const uint8_t *act = prepare_act(DOT_ACT_Q8_0G, x, T, ldx, W->cols, &astride);
+        repack_product(W, r0, r1, act, astride, T, y, ldy, NULL);
+        return;
+    }
     if (use_amx(W, T) && gemm_amx_rows(W, r0, r1, x, T, ldx, y, ldy, NULL)) return;
     if (gemm_float_rows(W, r0, r1, x, T, ldx, y, ldy, NULL)) return;
-    size_t astride;
     const amxi_path *ap = use_amxi(W, T);
     const uint8_t *act = prepare_act(act_type_for(W, ap, T), x, T, ldx, W->cols, &astride);
     if (ap) { amxi_product(ap, W, r0, r1, act, astride, T, y, ldy, NULL); return; }
@@ -406,9 +432,14 @@ void op_matmul_rows(const qn_tensor *W, int64_t r0, int64_t r1, const float *x, 
 void op_matmul_to_rows(const qn_tensor *W, const float *x, int T, float *const *y) {
     dot_fn dot = kernel_for(W);
     if (!dot) { op_matmul_to_rows_ref(W, x, T, y); return; }
+    size_t astride;
+    if (use_repack(W)) {
+        const uint8_t *act = prepare_act(DOT_ACT_Q8_0G, x, T, W->cols, W->cols, &astride);
+        repack_product(W, 0, W->rows, act, astride, T, NULL, 0, y);
+        return;
+    }
     if (use_amx(W, T) && gemm_amx_rows(W, 0, W->rows, x, T, W->cols, NULL, 0, y)) return;
     if (gemm_float_rows(W, 0, W->rows, x, T, W->cols, NULL, 0, y)) return;
-    size_t astride;
     const amxi_path *ap = use_amxi(W, T);
     const uint8_t *act = prepare_act(act_type_for(W, ap, T), x, T, W->cols, W->cols, &astride);
     if (ap) { amxi_product(ap, W, 0, W->rows, act, astride, T, NULL, 0, y); return; }
@@ -425,7 +456,9 @@ static _Thread_local uint8_t *tl_multi;
 static _Thread_local size_t tl_multi_cap;
 
 /* Jobs that op_matmul runs on its tile or float paths rather than the dot kernels. */
-static int takes_own_path(const qn_tensor *W, int T) { return use_amx(W, T) || gemm_float_takes(W, T); }
+static int takes_own_path(const qn_tensor *W, int T) {
+    return !use_repack(W) && (use_amx(W, T) || gemm_float_takes(W, T));
+}
 
 void op_matmul_multi(const op_job *jobs, int n) {
     int fast = 1;
@@ -449,7 +482,7 @@ void op_matmul_multi(const op_job *jobs, int n) {
     int at_q[OP_MULTI_MAX];
     for (int q = 0; q < m; q++) {
         const op_job *jb = &jobs[idx[q]];
-        const amxi_path *ap = use_amxi(jb->W, jb->T);
+        const amxi_path *ap = use_repack(jb->W) ? NULL : use_amxi(jb->W, jb->T);
         int at = at_q[q] = act_type_for(jb->W, ap, jb->T);
         need += at == QUANT_F32 ? 0 : dot_act_row_bytes(at, jb->W->cols) * jb->T;
         if (ap) pneed += ap->packed_bytes(jb->W->cols, jb->T);
@@ -493,8 +526,8 @@ void op_matmul_multi(const op_job *jobs, int n) {
             quant_q[nq++] = q; /* this job quantizes the input it shares with the next ones */
         }
         pk[q] = NULL;
-        apq[q] = use_amxi(W, jb->T);
-        fn2[q] = jb->T == 1 && !apq[q] ? dot2_for_type(g_kern, W->dtype) : NULL;
+        apq[q] = use_repack(W) ? NULL : use_amxi(W, jb->T);
+        fn2[q] = jb->T == 1 && !apq[q] && !use_repack(W) ? dot2_for_type(g_kern, W->dtype) : NULL;
         if (apq[q]) {
             if (prev && pk[q - 1] && apq[q - 1] == apq[q] && act[q] == act[q - 1]) pk[q] = pk[q - 1];
             else {
@@ -541,6 +574,12 @@ void op_matmul_multi(const op_job *jobs, int n) {
                 int64_t rz = (c1 - cost0[q] + T - 1) / T;
                 if (rz > rows) rz = rows;
                 const qn_tensor *W = jb->W;
+                if (use_repack(W)) { /* groups of 16 rows, as the tiles below */
+                    ra = ra & ~(int64_t)15;
+                    rz = rz == rows ? rows : rz & ~(int64_t)15;
+                    if (ra < rz) repack_q8_0_rows(W, ra, rz, act[q], astride[q], jb->T, jb->y, rows, NULL);
+                    continue;
+                }
                 if (pk[q]) { /* tiles take rows 16 at a time: both ends on a multiple of 16 */
                     ra = ra & ~(int64_t)15;
                     rz = rz == rows ? rows : rz & ~(int64_t)15;
