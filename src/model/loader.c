@@ -300,7 +300,7 @@ static int layer_matrices(const qnext_config *c, qn_layer *ly, qn_tensor **out) 
     return n;
 }
 
-/* qnext_model_params.repack: copies every Q8_0 matrix that repack_q8_0_fits into one region of
+/* qnext_model_params.repack: copies every Q8_0 and Q4_K matrix that repack_fits into one region of
  * anonymous memory (kernels/cpu/repack.h), in parallel, and points its qn_tensor.rp there.
  * Each copied range of a mapped file is then dropped from the process (MADV_DONTNEED on its
  * whole pages: reading it again faults it back in from the page cache, and only the
@@ -323,10 +323,10 @@ static qnext_status model_repack(qnext_model *m, char *err, size_t errlen) {
     int k = 0;
     size_t total = 0;
     for (int i = 0; i < n; i++)
-        if (mats[i]->data && repack_q8_0_fits(mats[i])) {
+        if (mats[i]->data && repack_fits(mats[i])) {
             off[k] = total;
             mats[k++] = mats[i];
-            total += (repack_q8_0_bytes(mats[i]) + 63) & ~(size_t)63;
+            total += (repack_bytes(mats[i]) + 63) & ~(size_t)63;
         }
     uint8_t *mem = NULL;
     if (k) {
@@ -341,7 +341,7 @@ static qnext_status model_repack(qnext_model *m, char *err, size_t errlen) {
 #pragma omp parallel for schedule(dynamic, 1)
     for (int i = 0; i < k; i++) {
         qn_tensor *W = mats[i];
-        repack_q8_0(W, mem + off[i]);
+        repack_write(W, mem + off[i]);
         W->rp = mem + off[i];
         if (!m->params.no_mmap) { /* the whole pages of the copied range */
             const uintptr_t a = ((uintptr_t)W->data + page - 1) & ~(page - 1);
@@ -350,7 +350,7 @@ static qnext_status model_repack(qnext_model *m, char *err, size_t errlen) {
         }
     }
     if (k && !m->params.quiet)
-        fprintf(stderr, "qnext: repacked %d Q8_0 matrices (%.1f MB) for the AVX-512 VNNI kernel\n", k, total / 1e6);
+        fprintf(stderr, "qnext: repacked %d Q8_0/Q4_K matrices (%.1f MB) for the AVX-512 VNNI kernels\n", k, total / 1e6);
     free(off);
     free(mats);
     return QNEXT_OK;

@@ -133,7 +133,7 @@ static const dot_kernels *g_kern;
  * kernels their set's (dot.h: Q4_K and Q5_K may want theirs reordered, Q8_0, MXFP4 and IQ4_NL
  * regrouped, and Q8_0 interleaved where T > 1 gives the rows to the multi-row kernel). */
 static int act_type_for(const qn_tensor *W, const void *ap, int T) {
-    if (W->rp && repack_available()) return DOT_ACT_Q8_0G;
+    if (W->rp && repack_available()) return repack_act_type(W);
     return ap ? dot_act_type(W->dtype) : dot_act_type_rows(g_kern, W->dtype, T);
 }
 
@@ -322,7 +322,7 @@ static void repack_product(const qn_tensor *W, int64_t r0, int64_t r1, const uin
 #pragma omp parallel if (ng > 1 && (r1 - r0) * W->cols * (int64_t)T > 32768)
     for (int ch; (ch = sched_next(&cs, omp_get_thread_num())) >= 0;) {
         const int64_t a = r0 + REPACK_ROWS * (ng * ch / nchunk), z = r0 + REPACK_ROWS * (ng * (ch + 1) / nchunk);
-        if (a < z) repack_q8_0_rows(W, a, z, act, astride, T, y, ldy, yrows);
+        if (a < z) repack_rows(W, a, z, act, astride, T, y, ldy, yrows);
     }
 }
 
@@ -417,7 +417,7 @@ void op_matmul_rows(const qn_tensor *W, int64_t r0, int64_t r1, const float *x, 
     if (!dot) { op_matmul_rows_ref(W, r0, r1, x, T, ldx, y, ldy); return; }
     size_t astride;
     if (use_repack(W) && r0 % REPACK_ROWS == 0 && r1 % REPACK_ROWS == 0) {
-        const uint8_t *act = prepare_act(DOT_ACT_Q8_0G, x, T, ldx, W->cols, &astride);
+        const uint8_t *act = prepare_act(repack_act_type(W), x, T, ldx, W->cols, &astride);
         repack_product(W, r0, r1, act, astride, T, y, ldy, NULL);
         return;
     }
@@ -434,7 +434,7 @@ void op_matmul_to_rows(const qn_tensor *W, const float *x, int T, float *const *
     if (!dot) { op_matmul_to_rows_ref(W, x, T, y); return; }
     size_t astride;
     if (use_repack(W)) {
-        const uint8_t *act = prepare_act(DOT_ACT_Q8_0G, x, T, W->cols, W->cols, &astride);
+        const uint8_t *act = prepare_act(repack_act_type(W), x, T, W->cols, W->cols, &astride);
         repack_product(W, 0, W->rows, act, astride, T, NULL, 0, y);
         return;
     }
@@ -577,7 +577,7 @@ void op_matmul_multi(const op_job *jobs, int n) {
                 if (use_repack(W)) { /* groups of 16 rows, as the tiles below */
                     ra = ra & ~(int64_t)15;
                     rz = rz == rows ? rows : rz & ~(int64_t)15;
-                    if (ra < rz) repack_q8_0_rows(W, ra, rz, act[q], astride[q], jb->T, jb->y, rows, NULL);
+                    if (ra < rz) repack_rows(W, ra, rz, act[q], astride[q], jb->T, jb->y, rows, NULL);
                     continue;
                 }
                 if (pk[q]) { /* tiles take rows 16 at a time: both ends on a multiple of 16 */

@@ -1,5 +1,5 @@
-/* repack.c - Q8_0 weights in groups of 16 interleaved rows, and their AVX-512 VNNI kernel
- * (layout in repack.h).
+/* repack.c - Q8_0 and Q4_K weights in groups of 16 interleaved rows, and their AVX-512 VNNI
+ * kernels (layouts in repack.h).
  *
  * Why. The Q8_0 kernels of the mapped file (dot_x86.inc, gemm_vnni.c) give one row's block to a
  * register and then reduce it per row and token, or unpack a tile of rows to broadcast from:
@@ -24,24 +24,48 @@
 #include <string.h>
 
 #include "kernels/cpu/dot.h"
+#include "kernels/cpu/quant.h"
 
-int repack_q8_0_fits(const qn_tensor *W) {
-    return W->dtype == QN_Q8_0 && W->rows > 0 && W->rows % REPACK_ROWS == 0 && W->cols > 0 && W->cols % 32 == 0;
+int repack_fits(const qn_tensor *W) {
+    if (W->rows <= 0 || W->rows % REPACK_ROWS || W->cols <= 0) return 0;
+    return (W->dtype == QN_Q8_0 && W->cols % 32 == 0) || (W->dtype == QN_Q4_K && W->cols % 256 == 0);
 }
 
-size_t repack_q8_0_bytes(const qn_tensor *W) { return (size_t)(W->rows / REPACK_ROWS) * (size_t)(W->cols / 32) * REPACK_BLOCK; }
+size_t repack_bytes(const qn_tensor *W) {
+    const size_t groups = (size_t)(W->rows / REPACK_ROWS);
+    return W->dtype == QN_Q8_0 ? groups * (size_t)(W->cols / 32) * REPACK_Q8_0_BLOCK
+                               : groups * (size_t)(W->cols / 256) * REPACK_Q4_K_BLOCK;
+}
 
-void repack_q8_0(const qn_tensor *W, uint8_t *dst) {
-    const int64_t nb = W->cols / 32;
+int repack_act_type(const qn_tensor *W) { return W->dtype == QN_Q8_0 ? DOT_ACT_Q8_0G : QUANT_Q8_K; }
+
+void repack_write(const qn_tensor *W, uint8_t *dst) {
+    const int q8 = W->dtype == QN_Q8_0;
+    const int64_t nb = W->cols / (q8 ? 32 : 256);
     for (int64_t g = 0; g < W->rows / REPACK_ROWS; g++)
         for (int r = 0; r < REPACK_ROWS; r++) {
             const uint8_t *row = qn_tensor_row(W, REPACK_ROWS * g + r);
             for (int64_t b = 0; b < nb; b++) {
-                const uint8_t *blk = row + 34 * b; /* Q8_0: f16 scale, 32 int8 codes */
-                uint8_t *o = dst + (g * nb + b) * REPACK_BLOCK;
-                memcpy(o + 2 * r, blk, 2);
-                for (int k = 0; k < 8; k++)
-                    for (int i = 0; i < 4; i++) o[32 + 64 * k + 4 * r + i] = (uint8_t)(blk[2 + 4 * k + i] ^ 0x80);
+                if (q8) {
+                    const uint8_t *blk = row + 34 * b; /* Q8_0: f16 scale, 32 int8 codes */
+                    uint8_t *o = dst + (g * nb + b) * REPACK_Q8_0_BLOCK;
+                    memcpy(o + 2 * r, blk, 2);
+                    for (int k = 0; k < 8; k++)
+                        for (int i = 0; i < 4; i++) o[32 + 64 * k + 4 * r + i] = (uint8_t)(blk[2 + 4 * k + i] ^ 0x80);
+                } else {
+                    const uint8_t *blk = row + 144 * b; /* Q4_K: f16 d, f16 dmin, 12 bytes of scales, 128 of codes */
+                    uint8_t *o = dst + (g * nb + b) * REPACK_Q4_K_BLOCK;
+                    uint64_t sc, mn;
+                    quant_k4_unpack(blk + 4, &sc, &mn);
+                    memcpy(o + 2 * r, blk, 2);
+                    memcpy(o + 32 + 2 * r, blk + 2, 2);
+                    for (int j = 0; j < 8; j++) {
+                        o[64 + 16 * j + r] = (uint8_t)(sc >> (8 * j));
+                        o[192 + 16 * j + r] = (uint8_t)(mn >> (8 * j));
+                    }
+                    for (int c = 0; c < 4; c++)
+                        for (int w = 0; w < 8; w++) memcpy(o + 320 + 512 * c + 64 * w + 4 * r, blk + 16 + 32 * c + 4 * w, 4);
+                }
             }
         }
 }
@@ -61,17 +85,17 @@ int repack_available(void) {
     return ok;
 }
 
-/* One group of 16 rows (w: its first block, nb blocks) against T <= 16 tokens; token t's 16
+/* One Q8_0 group of 16 rows (w: its first block, nb blocks) against T <= 16 tokens; token t's 16
  * results to out[t]. A token's 8 products of a block form one dependency chain; with 4 tokens or
  * fewer there are too few chains to cover vpdpbusd's latency, so each token then runs two. */
-static inline __attribute__((always_inline)) void group_dot(const uint8_t *w, int64_t nb, const uint8_t *act,
+static inline __attribute__((always_inline)) void group_q8_0(const uint8_t *w, int64_t nb, const uint8_t *act,
                                                             size_t astride, const int T, __m512 *out) {
     __m512 acc[16];
     for (int t = 0; t < T; t++) acc[t] = _mm512_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
-        const uint8_t *blk = w + b * REPACK_BLOCK;
+        const uint8_t *blk = w + b * REPACK_Q8_0_BLOCK;
         /* the block 8 ahead (544 bytes: 9 lines); past a group's end this is the next group */
-        for (int l = 0; l < 9; l++) _mm_prefetch((const char *)blk + 8 * REPACK_BLOCK + 64 * l, _MM_HINT_T0);
+        for (int l = 0; l < 9; l++) _mm_prefetch((const char *)blk + 8 * REPACK_Q8_0_BLOCK + 64 * l, _MM_HINT_T0);
         const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)blk));
         __m512i wv[8];
         for (int k = 0; k < 8; k++) wv[k] = _mm512_loadu_si512((const void *)(blk + 32 + 64 * k));
@@ -99,21 +123,99 @@ static inline __attribute__((always_inline)) void group_dot(const uint8_t *w, in
     for (int t = 0; t < T; t++) out[t] = acc[t];
 }
 
-void repack_q8_0_rows(const qn_tensor *W, int64_t r0, int64_t r1, const uint8_t *act, size_t astride, int T,
-                      float *y, int64_t ldy, float *const *yrows) {
-    const int64_t nb = W->cols / 32;
+/* One Q4_K group of 16 rows (w: its first block, nb blocks) against T <= 8 Q8_K activation rows.
+ * Per block: the 16 rows' scales and mins widened to f32 lanes once for all tokens; per chunk c
+ * of 32 code bytes, 8 loads give 8 words of sub-block 2c (low nibbles) and 8 of 2c + 1 (high);
+ * per token each sub-block's 8 products are one integer sum, scaled by the rows' sub-block
+ * scales, and the mins go in through the token's sums of 32 values (Q8_K's sums of 16, added). */
+static inline __attribute__((always_inline)) void group_q4_k(const uint8_t *w, int64_t nb, const uint8_t *act,
+                                                             size_t astride, const int T, __m512 *out) {
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    __m512 acc[8];
+    for (int t = 0; t < T; t++) acc[t] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *blk = w + b * REPACK_Q4_K_BLOCK;
+        const __m512 dv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)blk));
+        const __m512 mv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(blk + 32)));
+        __m512 bs[8], bm[8]; /* per token: sums of scale x products, and of min x activation sums */
+        for (int t = 0; t < T; t++) bs[t] = bm[t] = _mm512_setzero_ps();
+        for (int c = 0; c < 4; c++) {
+            /* the next block's lines, spread over its four chunks (2368 bytes: 37 lines) */
+            for (int l = 0; l < 10; l++) {
+                const int line = 10 * c + l;
+                if (line < 37) _mm_prefetch((const char *)blk + REPACK_Q4_K_BLOCK + 64 * line, _MM_HINT_T0);
+            }
+            __m512i lo[8], hi[8];
+            for (int k = 0; k < 8; k++) {
+                const __m512i z = _mm512_loadu_si512((const void *)(blk + 320 + 512 * c + 64 * k));
+                lo[k] = _mm512_and_si512(z, m4);
+                hi[k] = _mm512_and_si512(_mm512_srli_epi16(z, 4), m4);
+            }
+            const __m512 sc0 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(blk + 64 + 32 * c))));
+            const __m512 sc1 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(blk + 80 + 32 * c))));
+            const __m512 mn0 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(blk + 192 + 32 * c))));
+            const __m512 mn1 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(blk + 208 + 32 * c))));
+            for (int t = 0; t < T; t++) {
+                const uint8_t *a = act + astride * t + 292 * b; /* Q8_K: f32 d, 256 codes, 16 int16 sums */
+                const int32_t *q = (const int32_t *)(a + 4 + 64 * c);
+                __m512i s0 = _mm512_setzero_si512(), s1 = _mm512_setzero_si512();
+                if (T <= 2) { /* two chains per sub-block: too few tokens to cover the latency */
+                    __m512i s2 = _mm512_setzero_si512(), s3 = _mm512_setzero_si512();
+                    for (int k = 0; k < 8; k += 2) {
+                        s0 = _mm512_dpbusd_epi32(s0, lo[k], _mm512_set1_epi32(q[k]));
+                        s1 = _mm512_dpbusd_epi32(s1, hi[k], _mm512_set1_epi32(q[8 + k]));
+                        s2 = _mm512_dpbusd_epi32(s2, lo[k + 1], _mm512_set1_epi32(q[k + 1]));
+                        s3 = _mm512_dpbusd_epi32(s3, hi[k + 1], _mm512_set1_epi32(q[8 + k + 1]));
+                    }
+                    s0 = _mm512_add_epi32(s0, s2);
+                    s1 = _mm512_add_epi32(s1, s3);
+                } else
+                    for (int k = 0; k < 8; k++) {
+                        s0 = _mm512_dpbusd_epi32(s0, lo[k], _mm512_set1_epi32(q[k]));
+                        s1 = _mm512_dpbusd_epi32(s1, hi[k], _mm512_set1_epi32(q[8 + k]));
+                    }
+                int16_t sums[4];
+                memcpy(sums, a + 260 + 8 * c, 8); /* the sums of 16 of sub-blocks 2c and 2c + 1 */
+                bs[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s0), sc0, bs[t]);
+                bs[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s1), sc1, bs[t]);
+                bm[t] = _mm512_fmadd_ps(mn0, _mm512_set1_ps((float)(sums[0] + sums[1])), bm[t]);
+                bm[t] = _mm512_fmadd_ps(mn1, _mm512_set1_ps((float)(sums[2] + sums[3])), bm[t]);
+            }
+        }
+        for (int t = 0; t < T; t++) {
+            float dx;
+            memcpy(&dx, act + astride * t + 292 * b, 4);
+            const __m512 x = _mm512_set1_ps(dx);
+            acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(dv, x), bs[t], acc[t]);
+            acc[t] = _mm512_fnmadd_ps(_mm512_mul_ps(mv, x), bm[t], acc[t]);
+        }
+    }
+    for (int t = 0; t < T; t++) out[t] = acc[t];
+}
+
+void repack_rows(const qn_tensor *W, int64_t r0, int64_t r1, const uint8_t *act, size_t astride, int T, float *y,
+                 int64_t ldy, float *const *yrows) {
+    const int q8 = W->dtype == QN_Q8_0, tmax = q8 ? 16 : 8;
+    const int64_t nb = W->cols / (q8 ? 32 : 256);
+    const size_t gbytes = (size_t)nb * (q8 ? REPACK_Q8_0_BLOCK : REPACK_Q4_K_BLOCK);
     for (int64_t g = r0 / REPACK_ROWS; g < (r1 + REPACK_ROWS - 1) / REPACK_ROWS; g++) {
-        const uint8_t *w = W->rp + (size_t)(g * nb) * REPACK_BLOCK;
+        const uint8_t *w = W->rp + (size_t)g * gbytes;
         const int64_t r = REPACK_ROWS * g;
-        for (int t0 = 0; t0 < T; t0 += 16) { /* more tokens: the group's weights stay in cache */
-            const int n = T - t0 < 16 ? T - t0 : 16;
+        for (int t0 = 0; t0 < T; t0 += tmax) { /* more tokens: the group's weights stay in cache */
+            const int n = T - t0 < tmax ? T - t0 : tmax;
             const uint8_t *a = act + astride * t0;
-            __m512 o[16];
-            switch (n) {
+            __m512 o[16] = {0}; /* (every case writes its n) */
+            if (q8) switch (n) {
 #define GROUP_T(N) \
-    case N: group_dot(w, nb, a, astride, N, o); break;
+    case N: group_q8_0(w, nb, a, astride, N, o); break;
                 GROUP_T(1) GROUP_T(2) GROUP_T(3) GROUP_T(4) GROUP_T(5) GROUP_T(6) GROUP_T(7) GROUP_T(8)
                 GROUP_T(9) GROUP_T(10) GROUP_T(11) GROUP_T(12) GROUP_T(13) GROUP_T(14) GROUP_T(15) GROUP_T(16)
+#undef GROUP_T
+            }
+            else switch (n) {
+#define GROUP_T(N) \
+    case N: group_q4_k(w, nb, a, astride, N, o); break;
+                GROUP_T(1) GROUP_T(2) GROUP_T(3) GROUP_T(4) GROUP_T(5) GROUP_T(6) GROUP_T(7) GROUP_T(8)
 #undef GROUP_T
             }
             for (int t = 0; t < n; t++)
@@ -124,6 +226,6 @@ void repack_q8_0_rows(const qn_tensor *W, int64_t r0, int64_t r1, const uint8_t 
 
 #else /* not built for AVX-512 VNNI: repack_available() says so, and the kernel is never called */
 int repack_available(void) { return 0; }
-void repack_q8_0_rows(const qn_tensor *W, int64_t r0, int64_t r1, const uint8_t *act, size_t astride, int T,
-                      float *y, int64_t ldy, float *const *yrows) {}
+void repack_rows(const qn_tensor *W, int64_t r0, int64_t r1, const uint8_t *act, size_t astride, int T, float *y,
+                 int64_t ldy, float *const *yrows) {}
 #endif
