@@ -89,15 +89,15 @@ static cmp_stats compare(const float *got, const float *want, int rows, int V) {
 
 /* Logits of ids at every position (f32 KV cache), or NULL with a message; no_mmap reads the
  * weights into memory instead of mapping the file; repack opens it with
- * qnext_model_params.repack, and then checks that the output matrix was repacked. */
+ * qnext_model_params.repack, and then checks that the first expert's up matrix was repacked. */
 static float *run_model_opts(const char *path, const int32_t *ids, int n, int *V_out, int no_mmap, int repack) {
     qnext_model *m;
     qnext_session *s;
     char err[512];
     qnext_model_params mp = {.quiet = 1, .no_mmap = no_mmap, .repack = repack};
     if (qnext_model_open(path, &mp, &m, err, sizeof err)) { fprintf(stderr, "%s\n", err); return NULL; }
-    if (repack) CHECK(m->lm_head.rp != NULL && m->layers[0].exp_gate && m->layers[0].exp_gate[0].rp != NULL,
-                      "%s: opened with repack, but the output and expert matrices were not repacked", path);
+    if (repack) CHECK(m->layers[0].exp_up && m->layers[0].exp_up[0].rp != NULL,
+                      "%s: opened with repack, but the expert matrices were not repacked", path);
     int V = qnext_model_config(m)->vocab_size;
     qnext_session_params sp = {.n_ctx = n + 8, .kv_type = QNEXT_KV_F32};
     float *lg = malloc((size_t)n * V * sizeof(float));
@@ -351,6 +351,31 @@ static void test_mix_vs_llama_quantize(const char *dir, int mix, const char *ref
 }
 
 /* 4: qnext quantize BF16 runs like the safetensors. */
+/* --repack on a Q4_K_M file (`qnext quantize` of the 256-wide h256 checkpoint, whose experts are
+ * Q4_K with rows of 256): the logits of a 24-token prompt with the matrices repacked equal the
+ * mapped file's to float rounding (the same integer sums in another order). */
+static void test_repack_q4_k_m(void) {
+    if (!repack_available()) return;
+    char out[512], err[512];
+    snprintf(out, sizeof out, "%s_q4km.gguf", g_tmp);
+    quantize_params p = {.input_dir = "tests/data/gguf_iq4/h256", .output_path = out, .mix = QMIX_Q4_K_M,
+                         .no_tokenizer = 1, .quiet = 1};
+    CHECK(quantize_model(&p, err, sizeof err) == 0, "quantize Q4_K_M of h256: %s", err);
+    int32_t ids[24];
+    for (int i = 0; i < 24; i++) ids[i] = (i * 37 + 5) % 256;
+    int V = 0, V2 = 0;
+    float *a = run_model_opts(out, ids, 24, &V, 0, 0), *b = run_model_opts(out, ids, 24, &V2, 0, 1);
+    CHECK(a && b && V == V2, "h256 Q4_K_M: does not run mapped and repacked");
+    if (a && b && V == V2) {
+        cmp_stats d = compare(b, a, 24, V);
+        printf("h256 Q4_K_M repacked vs mapped: max rel L2 %.2e median %.2e top-1 %.3f\n", d.max, d.median, d.top1);
+        CHECK(d.max <= 1e-4 && d.top1 == 1.0, "h256 Q4_K_M repacked: max rel L2 %.3e, top-1 %.3f against the mapped run",
+              d.max, d.top1);
+    }
+    free(a); free(b);
+    remove(out);
+}
+
 static void test_bf16_equals_safetensors(const char *fixture) {
     char out[512], dir[512], err[512];
     snprintf(out, sizeof out, "%s_%s_bf16.gguf", g_tmp, fixture);
@@ -582,6 +607,7 @@ int main(int argc, char **argv) {
     test_mix_vs_llama_quantize("tests/data/gguf_iq4/h256", QMIX_IQ4_XS, "tests/data/gguf_iq4/h256.IQ4_XS.gguf",
                                QUANT_IQ4_XS);
     test_bf16_equals_safetensors("short_top1");
+    test_repack_q4_k_m();
     test_bf16_equals_safetensors("base_gqa");
     test_malformed();
     test_tokenizer();
