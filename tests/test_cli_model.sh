@@ -43,6 +43,14 @@ for row in "| tg4 x1 " "| tg4 x3 " "3 streams: "; do
   grep -qF -- "$row" $tmp/bench.txt && ok || bad "bench -s output lacks '$row'"
 done
 
+# --repack on a Q8_0 GGUF: the matrices are repacked (where the CPU has AVX-512 VNNI) and the run works
+q8=tests/data/gguf_models/base_gqa.Q8_0.gguf
+$Q bench -m $q8 -p 8 -n 4 -s 2 -r 1 -t 1 --repack >$tmp/bench.txt 2>&1 && ok || bad "bench --repack failed: $(cat $tmp/bench.txt)"
+grep -qF -- "| tg4 x2 " $tmp/bench.txt && ok || bad "bench --repack output lacks its rows"
+if grep -q avx512_vnni /proc/cpuinfo 2>/dev/null; then
+  grep -q "repacked [0-9]* Q8_0/Q4_K matrices" $tmp/bench.txt && ok || bad "bench --repack did not repack: $(cat $tmp/bench.txt)"
+fi
+
 # bad input: one line on stderr, exit code 1 or 2, no crash
 expect_err() { # code pattern args...
   local code=$1 pat=$2; shift 2

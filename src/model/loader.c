@@ -305,7 +305,8 @@ static int layer_matrices(const qnext_config *c, qn_layer *ly, qn_tensor **out) 
  * Each copied range of a mapped file is then dropped from the process (MADV_DONTNEED on its
  * whole pages: reading it again faults it back in from the page cache, and only the
  * embedding's rows are still read that way), so that the resident size stays about the
- * file's rather than doubling. Weights read into memory (no_mmap) are left alone. */
+ * file's rather than doubling. Weights read into memory (no_mmap) are left alone. The copy is
+ * advised onto transparent huge pages, as the weights' mapping is (QNEXT_NO_THP turns both off). */
 static qnext_status model_repack(qnext_model *m, char *err, size_t errlen) {
     if (!repack_available()) {
         if (!m->params.quiet) fprintf(stderr, "qnext: --repack needs AVX-512 VNNI; the weights stay as they are\n");
@@ -330,7 +331,7 @@ static qnext_status model_repack(qnext_model *m, char *err, size_t errlen) {
         }
     uint8_t *mem = NULL;
     if (k) {
-        mem = hugemap_alloc(total, PROT_READ | PROT_WRITE, 1, &m->rp_region, &m->rp_region_bytes);
+        mem = hugemap_alloc(total, PROT_READ | PROT_WRITE, !getenv("QNEXT_NO_THP"), &m->rp_region, &m->rp_region_bytes);
         if (!mem) {
             free(mats); free(off);
             snprintf(err, errlen, "repack: cannot allocate %.1f MB for the repacked weights", total / 1e6);
