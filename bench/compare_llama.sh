@@ -10,10 +10,11 @@
 # Env:   LLAMA_CPP_DIR  llama.cpp checkout or build dir (default /work/llama.cpp); llama-bench is looked up as
 #                       $LLAMA_CPP_DIR/build/bin/llama-bench, $LLAMA_CPP_DIR/bin/llama-bench, $LLAMA_CPP_DIR/llama-bench
 #        QNEXT_BIN      qnext binary (default build/qnext)
+#        QNEXT_ARGS     more arguments for qnext bench, e.g. "--repack" (llama.cpp repacks by default)
 #
 # What runs:
 #   llama-bench -m GGUF -p N_PROMPT -n N_GEN -t THREADS -r REPS -o json
-#   qnext bench -m GGUF -p N_PROMPT -n N_GEN -t THREADS -r REPS
+#   qnext bench -m GGUF -p N_PROMPT -n N_GEN -t THREADS -r REPS $QNEXT_ARGS
 #
 # Expected output formats (parsing is tolerant):
 #   llama-bench -o json: a JSON array of objects with n_prompt, n_gen, avg_ts, stddev_ts (one per test).
@@ -60,7 +61,7 @@ trap 'rm -rf "$OUT"' EXIT
 echo "model:   $GGUF"
 echo "threads: $THREADS   prompt: $NP   gen: $NG   reps: $REPS   rounds: $ROUNDS   load avg: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "llama.cpp: $LLAMA_BENCH ($(git -C "$LLAMA_CPP_DIR" rev-parse --short HEAD 2>/dev/null || echo '?'))"
-echo "qnext:     $QNEXT_BIN ($(git rev-parse --short HEAD 2>/dev/null || echo '?'))"
+echo "qnext:     $QNEXT_BIN ($(git rev-parse --short HEAD 2>/dev/null || echo '?')) ${QNEXT_ARGS:-}"
 
 run_llama() {
     echo "round $1: running llama-bench ..." >&2
@@ -70,7 +71,8 @@ run_llama() {
 }
 run_qnext() {
     echo "round $1: running qnext bench ..." >&2
-    if ! "$QNEXT_BIN" bench -m "$GGUF" -p "$NP" -n "$NG" -t "$THREADS" -r "$REPS" >"$OUT/qnext.$1.out" 2>"$OUT/qnext.err"; then
+    # shellcheck disable=SC2086 # QNEXT_ARGS is a list of words
+    if ! "$QNEXT_BIN" bench -m "$GGUF" -p "$NP" -n "$NG" -t "$THREADS" -r "$REPS" ${QNEXT_ARGS:-} >"$OUT/qnext.$1.out" 2>"$OUT/qnext.err"; then
         echo "compare_llama: qnext bench failed:" >&2; tail -20 "$OUT/qnext.err" >&2; exit 1
     fi
 }
