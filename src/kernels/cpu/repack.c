@@ -9,16 +9,21 @@
  * convert and two multiplies for 16 rows. An expert layer of 32 experts at 5 tokens on the
  * project's AMD EPYC (2 cores, PERF.md eighteenth session): 5.6 cycles per 256 values and token
  * in cache against 12.0 for the mapped-file kernels, 13.0 against 15.6-16.5 from memory in a
- * slow phase of the machine's memory; at 16 tokens 7.1 against 9.8.
+ * slow phase of the machine's memory; at 16 tokens 7.1 against 9.8. Q4_K likewise: the rows'
+ * sub-block scales and mins are widened once per block for all tokens, and its one-token cost
+ * in cache falls from 22.2 to 12.0 cycles, which one-token decoding of a Q4_K_M file feels.
+ * (Q6_K was tried and not kept: assembling its 6-bit codes from 16 interleaved rows costs as
+ * much as the mapped kernel's unpacking; PERF.md.)
  *
  * The price is a copy: the weights are no longer only mapped. Opt-in at load
  * (qnext_model_params.repack); the loader then drops the file pages it copied from
  * (model_repack), so the resident size stays about the file's.
  *
- * Exactness. vpdpbusd multiplies unsigned by signed bytes: the weights carry +128, and each
+ * Exactness. vpdpbusd multiplies unsigned by signed bytes. Q8_0's weights carry +128, and each
  * token's block starts its integer sum at -128 times the sum of its activation codes (dot.h's
- * DOT_ACT_Q8_0G keeps those), so the sum is exactly the signed one; the scales are applied per
- * block in f32 as in the other Q8_0 kernels, only in another order. */
+ * DOT_ACT_Q8_0G keeps those), so the sum is exactly the signed one; Q4_K's codes are unsigned
+ * already, and its mins go in through Q8_K's sums. The scales are applied per block in f32 as
+ * in the other kernels, only in another order. */
 #include "kernels/cpu/repack.h"
 
 #include <string.h>
