@@ -29,6 +29,7 @@
 #include <string.h>
 
 #include "kernels/cpu/dot.h"
+#include "kernels/cpu/gemm_vnni.h"
 #include "kernels/cpu/quant.h"
 
 int repack_fits(const qn_tensor *W) {
@@ -79,16 +80,8 @@ void repack_write(const qn_tensor *W, uint8_t *dst) {
     defined(__AVX512VNNI__) && defined(__F16C__)
 #include <immintrin.h>
 
-int repack_available(void) {
-    static int ok = -1;
-    if (ok < 0) {
-        __builtin_cpu_init();
-        ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni") &&
-             __builtin_cpu_supports("f16c");
-    }
-    return ok;
-}
+/* The same instructions as the lanes kernels, built with the same flags. */
+int repack_available(void) { return gemm_vnni_available(); }
 
 /* One Q8_0 group of 16 rows (w: its first block, nb blocks) against T <= 16 tokens; token t's 16
  * results to out[t]. A token's 8 products of a block form one dependency chain; with 4 tokens or
