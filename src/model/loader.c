@@ -7,6 +7,8 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -300,13 +302,42 @@ static int layer_matrices(const qnext_config *c, qn_layer *ly, qn_tensor **out) 
     return n;
 }
 
+/* The shared state of model_repack's threads: each takes the next matrix. */
+typedef struct {
+    qn_tensor **mats;
+    const size_t *off;
+    uint8_t *mem;
+    int k, drop;
+    _Atomic int next;
+} repack_job;
+
+static void *repack_worker(void *arg) {
+    repack_job *j = arg;
+    const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    for (int i; (i = atomic_fetch_add(&j->next, 1)) < j->k;) {
+        qn_tensor *W = j->mats[i];
+        repack_write(W, j->mem + j->off[i]);
+        W->rp = j->mem + j->off[i];
+        if (j->drop) { /* the whole pages of the copied range */
+            const uintptr_t a = ((uintptr_t)W->data + page - 1) & ~(page - 1);
+            const uintptr_t z = ((uintptr_t)W->data + (uintptr_t)W->rows * W->row_bytes) & ~(page - 1);
+            if (z > a) madvise((void *)a, z - a, MADV_DONTNEED);
+        }
+    }
+    return NULL;
+}
+
 /* qnext_model_params.repack: copies every Q8_0 and Q4_K matrix that repack_fits into one region of
  * anonymous memory (kernels/cpu/repack.h), in parallel, and points its qn_tensor.rp there.
  * Each copied range of a mapped file is then dropped from the process (MADV_DONTNEED on its
  * whole pages: reading it again faults it back in from the page cache, and only the
  * embedding's rows are still read that way), so that the resident size stays about the
  * file's rather than doubling. Weights read into memory (no_mmap) are left alone. The copy is
- * advised onto transparent huge pages, as the weights' mapping is (QNEXT_NO_THP turns both off). */
+ * advised onto transparent huge pages, as the weights' mapping is (QNEXT_NO_THP turns both off).
+ * The copying runs on plain threads, not OpenMP: an OpenMP team in the thread that opens the
+ * model outlives the load, and when another thread runs the sessions (qnext serve's engine)
+ * libgomp then counts more threads than cores and stops spinning at barriers, which made each
+ * one-stream token ~20 ms slower (PERF.md, eighteenth session). */
 static qnext_status model_repack(qnext_model *m, char *err, size_t errlen) {
     if (!repack_available()) {
         if (!m->params.quiet) fprintf(stderr, "qnext: --repack needs AVX-512 VNNI; the weights stay as they are\n");
@@ -338,18 +369,16 @@ static qnext_status model_repack(qnext_model *m, char *err, size_t errlen) {
             return QNEXT_ERR_MEMORY;
         }
     }
-    const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
-#pragma omp parallel for schedule(dynamic, 1)
-    for (int i = 0; i < k; i++) {
-        qn_tensor *W = mats[i];
-        repack_write(W, mem + off[i]);
-        W->rp = mem + off[i];
-        if (!m->params.no_mmap) { /* the whole pages of the copied range */
-            const uintptr_t a = ((uintptr_t)W->data + page - 1) & ~(page - 1);
-            const uintptr_t z = ((uintptr_t)W->data + (uintptr_t)W->rows * W->row_bytes) & ~(page - 1);
-            if (z > a) madvise((void *)a, z - a, MADV_DONTNEED);
-        }
-    }
+    repack_job job = {mats, off, mem, k, !m->params.no_mmap, 0};
+    int nth = m->params.n_threads > 0 ? m->params.n_threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
+    if (nth < 1) nth = 1;
+    if (nth > 64) nth = 64;
+    pthread_t th[64];
+    int started = 0;
+    for (; started < nth - 1; started++)
+        if (pthread_create(&th[started], NULL, repack_worker, &job)) break;
+    repack_worker(&job); /* the calling thread too; with no helper it does all */
+    for (int i = 0; i < started; i++) pthread_join(th[i], NULL);
     if (k && !m->params.quiet)
         fprintf(stderr, "qnext: repacked %d Q8_0/Q4_K matrices (%.1f MB) for the AVX-512 VNNI kernels\n", k, total / 1e6);
     free(off);
