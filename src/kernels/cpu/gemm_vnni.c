@@ -309,20 +309,9 @@ static inline __attribute__((always_inline)) void rows_dot_any(const wblock *con
 #undef ROWS_R
 }
 
-/* Token t0 + t's result is the sum of its G lanes, t < n. */
-static inline void store_tokens(__m512 acc, int G, int t0, int n, int64_t r, float *y, int64_t ldy,
-                                float *const *yrows) {
-    float o[16];
-    _mm512_storeu_ps(o, acc);
-    for (int t = 0; t < n; t++) {
-        float v = o[t * G];
-        for (int j = 1; j < G; j++) v += o[t * G + j];
-        *(yrows ? &yrows[t0 + t][r] : &y[(int64_t)(t0 + t) * ldy + r]) = v;
-    }
-}
-
-/* The same for the nr rows [r0, r0 + nr) of a tile at once, written token by token: each token's
- * results are nr consecutive floats. Row by row, each row's stores would go to T lines ldy
+/* The results of the nr <= 16 rows [r0, r0 + nr) (acc[k]: row r0 + k) for tokens t0 .. t0 + n - 1,
+ * token t0 + t's result being the sum of its G lanes; written token by token, each token's results
+ * nr consecutive floats. Row by row, each row's stores would go to T lines ldy
  * floats apart, and an ldy that is a multiple of 1 KiB puts them all in one set of the L1
  * cache, which then evicts and refetches them at every row: 2048 x 2048 at 16 tokens took
  * 9% longer in cache (docs/PERF.md, eighteenth session). */
@@ -421,7 +410,7 @@ static void row_run_wide(const qn_tensor *W, int64_t r, int64_t rz, const uint8_
         }
         for (int k = 0; k < ngp; k++) {
             const int t0 = 16 * (g0 + k);
-            store_tokens(acc[k], G, t0, T - t0 < 16 / G ? T - t0 : 16 / G, r, y, ldy, yrows);
+            store_tile(&acc[k], 1, G, t0, T - t0 < 16 / G ? T - t0 : 16 / G, r, y, ldy, yrows);
         }
     }
 }
