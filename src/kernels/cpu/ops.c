@@ -129,11 +129,16 @@ static const uint8_t *prepare_act(int at, const float *x, int T, int64_t ldx, in
 
 static const dot_kernels *g_kern;
 
-/* The activation type of a product: the many-token paths (ap) take dot_act_type's, the dot
- * kernels their set's (dot.h: Q4_K and Q5_K may want theirs reordered, Q8_0, MXFP4 and IQ4_NL
- * regrouped, and Q8_0 interleaved where T > 1 gives the rows to the multi-row kernel). */
+/* Weights repacked at load (repack.h) go through their own kernel, whatever the number of
+ * tokens: the copy replaces the mapped rows for every product. */
+static int use_repack(const qn_tensor *W) { return W->rp && repack_available(); }
+
+/* The activation type of a product: a repacked matrix takes its kernel's, the many-token paths
+ * (ap) dot_act_type's, the dot kernels their set's (dot.h: Q4_K and Q5_K may want theirs
+ * reordered, Q8_0, MXFP4 and IQ4_NL regrouped, and Q8_0 interleaved where T > 1 gives the rows
+ * to the multi-row kernel). */
 static int act_type_for(const qn_tensor *W, const void *ap, int T) {
-    if (W->rp && repack_available()) return repack_act_type(W);
+    if (use_repack(W)) return repack_act_type(W);
     return ap ? dot_act_type(W->dtype) : dot_act_type_rows(g_kern, W->dtype, T);
 }
 
@@ -307,10 +312,6 @@ static void amxi_product(const amxi_path *ap, const qn_tensor *W, int64_t r0, in
     }
 }
 
-/* Weights repacked at load (repack.h) go through their own kernel, whatever the number of
- * tokens: the copy replaces the mapped rows for every product. */
-static int use_repack(const qn_tensor *W) { return W->rp && repack_available(); }
-
 /* Rows [r0, r1) (multiples of 16) of a repacked product, split over the threads in chunks of
  * whole groups of 16 rows (chunk_sched). */
 static void repack_product(const qn_tensor *W, int64_t r0, int64_t r1, const uint8_t *act, size_t astride, int T,
@@ -480,15 +481,15 @@ void op_matmul_multi(const op_job *jobs, int n) {
     /* Activations quantized once per distinct input: gate and up of an expert share theirs. */
     size_t need = 0, pneed = 0;
     int at_q[OP_MULTI_MAX];
+    const amxi_path *apq[OP_MULTI_MAX];
     for (int q = 0; q < m; q++) {
         const op_job *jb = &jobs[idx[q]];
-        const amxi_path *ap = use_repack(jb->W) ? NULL : use_amxi(jb->W, jb->T);
+        const amxi_path *ap = apq[q] = use_repack(jb->W) ? NULL : use_amxi(jb->W, jb->T);
         int at = at_q[q] = act_type_for(jb->W, ap, jb->T);
         need += at == QUANT_F32 ? 0 : dot_act_row_bytes(at, jb->W->cols) * jb->T;
         if (ap) pneed += ap->packed_bytes(jb->W->cols, jb->T);
     }
     uint8_t *pbuf = pack_buffer(pneed), *pk[OP_MULTI_MAX];
-    const amxi_path *apq[OP_MULTI_MAX];
     size_t poff = 0;
     if (need > tl_multi_cap) {
         free(tl_multi);
@@ -526,7 +527,6 @@ void op_matmul_multi(const op_job *jobs, int n) {
             quant_q[nq++] = q; /* this job quantizes the input it shares with the next ones */
         }
         pk[q] = NULL;
-        apq[q] = use_repack(W) ? NULL : use_amxi(W, jb->T);
         fn2[q] = jb->T == 1 && !apq[q] && !use_repack(W) ? dot2_for_type(g_kern, W->dtype) : NULL;
         if (apq[q]) {
             if (prev && pk[q - 1] && apq[q - 1] == apq[q] && act[q] == act[q - 1]) pk[q] = pk[q - 1];
