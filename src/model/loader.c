@@ -286,20 +286,23 @@ static qnext_status load_all(loader *L) {
     return QNEXT_OK;
 }
 
-/* The weight matrices of one layer that the products read (not the embedding, which is read
- * by rows): 16 + 3 E of them. */
-static int layer_matrices(const qnext_config *c, qn_layer *ly, qn_tensor **out) {
-    qn_tensor *all[] = {&ly->qkvz, &ly->gate_z, &ly->ba, &ly->out_proj, &ly->q_proj, &ly->k_proj, &ly->v_proj,
-                        &ly->o_proj, &ly->router, &ly->sh_gate, &ly->sh_up, &ly->sh_down, &ly->sh_expert_gate,
-                        &ly->mlp_gate, &ly->mlp_up, &ly->mlp_down};
-    int n = 0;
-    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) out[n++] = all[i];
-    for (int e = 0; ly->exp_gate && e < c->n_experts; e++) {
-        out[n++] = &ly->exp_gate[e];
-        out[n++] = &ly->exp_up[e];
-        out[n++] = &ly->exp_down[e];
+/* The weight matrices of one layer that the products read (the embedding is read by rows):
+ * LAYER_DENSE of them, whether the layer has them or not (absent ones have no data), then each
+ * expert's gate, up and down when the layer has experts. Matrix i of layer_n_matrices: */
+#define LAYER_DENSE 16
+static int layer_n_matrices(const qnext_config *c, const qn_layer *ly) {
+    return LAYER_DENSE + (ly->exp_gate ? 3 * c->n_experts : 0);
+}
+
+static qn_tensor *layer_matrix(qn_layer *ly, int i) {
+    if (i >= LAYER_DENSE) {
+        const int e = (i - LAYER_DENSE) / 3, k = (i - LAYER_DENSE) % 3;
+        return k == 0 ? &ly->exp_gate[e] : k == 1 ? &ly->exp_up[e] : &ly->exp_down[e];
     }
-    return n;
+    qn_tensor *dense[LAYER_DENSE] = {&ly->qkvz, &ly->gate_z, &ly->ba, &ly->out_proj, &ly->q_proj, &ly->k_proj,
+                                     &ly->v_proj, &ly->o_proj, &ly->router, &ly->sh_gate, &ly->sh_up, &ly->sh_down,
+                                     &ly->sh_expert_gate, &ly->mlp_gate, &ly->mlp_up, &ly->mlp_down};
+    return dense[i];
 }
 
 /* The shared state of model_repack's threads: each takes the next matrix. */
@@ -345,13 +348,16 @@ static qnext_status model_repack(qnext_model *m, char *err, size_t errlen) {
     }
     const qnext_config *c = &m->cfg;
     const int n_layers = c->n_layers + (c->n_mtp_layers == 1 ? 1 : 0);
-    qn_tensor **mats = malloc(sizeof *mats * ((size_t)n_layers * (16 + 3 * (size_t)c->n_experts) + 2));
-    size_t *off = malloc(sizeof *off * ((size_t)n_layers * (16 + 3 * (size_t)c->n_experts) + 2));
+    qn_tensor **mats = malloc(sizeof *mats * ((size_t)n_layers * (LAYER_DENSE + 3 * (size_t)c->n_experts) + 2));
+    size_t *off = malloc(sizeof *off * ((size_t)n_layers * (LAYER_DENSE + 3 * (size_t)c->n_experts) + 2));
     if (!mats || !off) { free(mats); free(off); snprintf(err, errlen, "repack: out of memory"); return QNEXT_ERR_MEMORY; }
     int n = 0;
     mats[n++] = &m->lm_head;
     if (c->n_mtp_layers == 1) mats[n++] = &m->mtp.fc;
-    for (int l = 0; l < n_layers; l++) n += layer_matrices(c, l < c->n_layers ? &m->layers[l] : &m->mtp.layer, mats + n);
+    for (int l = 0; l < n_layers; l++) {
+        qn_layer *ly = l < c->n_layers ? &m->layers[l] : &m->mtp.layer;
+        for (int i = 0; i < layer_n_matrices(c, ly); i++) mats[n++] = layer_matrix(ly, i);
+    }
     int k = 0;
     size_t total = 0;
     for (int i = 0; i < n; i++)
@@ -428,21 +434,13 @@ static int64_t tparams(const qn_tensor *t) { return t->data ? t->rows * t->cols 
 /* Sums one layer's tensors: params and bytes of everything, and of what one token reads. */
 static void layer_stats(const qnext_config *c, const qn_layer *ly, int is_moe, int64_t *p, int64_t *b, double *pa,
                         double *ba) {
-    const qn_tensor *all[] = {&ly->qkvz, &ly->gate_z, &ly->ba, &ly->out_proj, &ly->q_proj, &ly->k_proj, &ly->v_proj,
-                              &ly->o_proj, &ly->router, &ly->sh_gate, &ly->sh_up, &ly->sh_down, &ly->sh_expert_gate,
-                              &ly->mlp_gate, &ly->mlp_up, &ly->mlp_down};
-    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) {
-        *p += tparams(all[i]); *b += tbytes(all[i]);
-        *pa += tparams(all[i]); *ba += tbytes(all[i]);
-    }
-    if (!is_moe) return;
-    double frac = (double)c->n_experts_per_tok / c->n_experts;
-    for (int e = 0; e < c->n_experts; e++) {
-        const qn_tensor *ex[] = {&ly->exp_gate[e], &ly->exp_up[e], &ly->exp_down[e]};
-        for (int k = 0; k < 3; k++) {
-            *p += tparams(ex[k]); *b += tbytes(ex[k]);
-            *pa += frac * tparams(ex[k]); *ba += frac * tbytes(ex[k]);
-        }
+    const int n = is_moe ? layer_n_matrices(c, ly) : LAYER_DENSE;
+    const double frac = is_moe ? (double)c->n_experts_per_tok / c->n_experts : 0;
+    for (int i = 0; i < n; i++) {
+        const qn_tensor *t = layer_matrix((qn_layer *)ly, i); /* only read here */
+        *p += tparams(t); *b += tbytes(t);
+        if (i < LAYER_DENSE) { *pa += tparams(t); *ba += tbytes(t); }
+        else { *pa += frac * tparams(t); *ba += frac * tbytes(t); }
     }
 }
 
