@@ -61,7 +61,7 @@ static void check_batch(const char *dir, int kv_type) {
         qnext_session_feed(solo[0], prompt + 20, 9, a, QNEXT_LOGITS_ALL, err, sizeof err);
         qnext_session_feed(solo[1], prompt + 3, 1, a + (size_t)9 * V, QNEXT_LOGITS_LAST, err, sizeof err);
         for (int r = 0; r < 10; r++)
-            CHECK(rel_l2(b + (size_t)r * V, a + (size_t)r * V, V) < 1e-5, "%s: mixed batch row %d differs", dir, r);
+            CHECK(rel_l2(b + (size_t)r * V, a + (size_t)r * V, V) < 1e-5, "%s: mixed batch row %d differs (%.3e)", dir, r, rel_l2(b + (size_t)r * V, a + (size_t)r * V, V));
     }
     /* Misuse is an error and feeds nothing. */
     {

@@ -16,6 +16,7 @@
 #include "kernels/cpu/gemm_amx.h"
 #include "kernels/cpu/gemm_vnni.h"
 #include "kernels/cpu/gemm_float.h"
+#include "kernels/cpu/gdn.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/quant.h"
 #include "kernels/cpu/repack.h"
@@ -661,6 +662,77 @@ static void test_repack(int wt) {
     }
 }
 
+
+/* The gated delta rule: the chunked kernel in use (gdn_chunked: AVX-512 where the CPU has it),
+ * the chunked reference and the recurrence, each against the recurrence in double, on
+ * realistic inputs: q and k L2-normalised per head (q scaled by dk^-1/2), beta in [0, 1], log
+ * decays g in [-20, 0) or the small ones of a long memory, a state carried in from before, and
+ * lengths around the chunk of 64. Rows are strided as in the model (q, k, v in one row; g and
+ * beta interleaved). */
+static void test_gdn_case(int dk, int dv, int T, float gmin, int warm) {
+    const int64_t ldqk = 2 * dk + dv + 8, ldv = ldqk, ldg = 2;
+    float *rows = calloc((size_t)T * ldqk, sizeof(float)), *gb = calloc((size_t)T * ldg, sizeof(float));
+    float *S0 = calloc((size_t)dk * dv, sizeof(float));
+    double *Sd = calloc((size_t)dk * dv, sizeof(double)), *od = calloc((size_t)T * dv, sizeof(double));
+    double *kv = calloc((size_t)dv, sizeof(double));
+    for (int t = 0; t < T; t++) {
+        float *r = rows + (int64_t)t * ldqk;
+        fill(r, 2 * dk + dv, 1.0f);
+        for (int h = 0; h < 2; h++) { /* q then k, unit length; q times dk^-1/2 */
+            double n = norm_d(r + h * dk, dk);
+            for (int i = 0; i < dk; i++) r[h * dk + i] = (float)(r[h * dk + i] / n) * (h ? 1.0f : 1.0f / sqrtf((float)dk));
+        }
+        gb[t * ldg] = gmin * (float)(1.0 - urand()); /* in [gmin, 0) */
+        gb[t * ldg + 1] = (float)urand();
+    }
+    if (warm) fill(S0, (int64_t)dk * dv, 0.3f);
+    for (int64_t i = 0; i < (int64_t)dk * dv; i++) Sd[i] = S0[i];
+    for (int t = 0; t < T; t++) { /* the recurrence in double */
+        const float *q = rows + (int64_t)t * ldqk, *k = q + dk, *v = q + 2 * dk;
+        const double decay = exp((double)gb[t * ldg]), b = gb[t * ldg + 1];
+        for (int j = 0; j < dv; j++) kv[j] = 0;
+        for (int i = 0; i < dk; i++)
+            for (int j = 0; j < dv; j++) kv[j] += (Sd[i * dv + j] *= decay) * k[i];
+        for (int j = 0; j < dv; j++) kv[j] = b * (v[j] - kv[j]);
+        for (int i = 0; i < dk; i++)
+            for (int j = 0; j < dv; j++) {
+                Sd[i * dv + j] += k[i] * kv[j];
+                od[(int64_t)t * dv + j] += Sd[i * dv + j] * q[i];
+            }
+    }
+    float *tmp = calloc(gdn_tmp_floats(dk, dv), sizeof(float)), *S = malloc((size_t)dk * dv * sizeof(float));
+    float *o = calloc((size_t)T * dv, sizeof(float));
+    for (int way = 0; way < 3; way++) {
+        memcpy(S, S0, (size_t)dk * dv * sizeof(float));
+        memset(o, 0, (size_t)T * dv * sizeof(float));
+        const float *q = rows, *k = rows + dk, *v = rows + 2 * dk;
+        if (way == 0) gdn_chunked(S, dk, dv, T, q, k, ldqk, v, ldv, gb, gb + 1, ldg, o, dv, tmp);
+        else if (way == 1) gdn_chunked_ref(S, dk, dv, T, q, k, ldqk, v, ldv, gb, gb + 1, ldg, o, dv, tmp);
+        else gdn_recurrent(S, dk, dv, T, q, k, ldqk, v, ldv, gb, gb + 1, ldg, o, dv, tmp, NULL, 0, 0);
+        double eo = 0, no = 0, es = 0, ns = 0;
+        for (int64_t i = 0; i < (int64_t)T * dv; i++) { eo += (o[i] - od[i]) * (o[i] - od[i]); no += od[i] * od[i]; }
+        for (int64_t i = 0; i < (int64_t)dk * dv; i++) { es += (S[i] - Sd[i]) * (S[i] - Sd[i]); ns += Sd[i] * Sd[i]; }
+        eo = sqrt(eo / (no + 1e-30));
+        es = sqrt(es / (ns + 1e-30));
+        static const char *names[] = {"gdn_chunked", "gdn_chunked_ref", "gdn_recurrent"};
+        CHECK(eo < 2e-6 && es < 2e-6, "%s dk %d dv %d T %d g >= %g warm %d: rel L2 outputs %.2e, state %.2e",
+              names[way], dk, dv, T, (double)gmin, warm, eo, es);
+    }
+    free(rows); free(gb); free(S0); free(Sd); free(od); free(kv); free(tmp); free(S); free(o);
+}
+
+static void test_gdn(void) {
+    static const int lens[] = {1, 2, 63, 64, 65, 200};
+    for (size_t i = 0; i < sizeof lens / sizeof lens[0]; i++) {
+        test_gdn_case(128, 128, lens[i], -20.0f, 1);
+        test_gdn_case(128, 128, lens[i], -0.05f, 1);
+    }
+    test_gdn_case(128, 128, 130, -0.05f, 0);
+    test_gdn_case(32, 64, 97, -1.0f, 1);  /* dk != dv */
+    test_gdn_case(48, 16, 70, -3.0f, 1);
+    test_gdn_case(24, 40, 66, -1.0f, 1);  /* not multiples of 16: the reference only */
+}
+
 int main(void) {
     int types[] = {QUANT_F32, QUANT_F16, QUANT_BF16, QUANT_Q8_0, QUANT_Q4_0, QUANT_Q4_K, QUANT_Q5_K, QUANT_Q6_K,
                    QUANT_MXFP4, QUANT_IQ4_NL, QUANT_IQ4_XS};
@@ -682,6 +754,7 @@ int main(void) {
     test_type(QUANT_Q8_0, 288);
     test_actq();
     test_silu();
+    test_gdn();
     test_int_paths(QUANT_Q8_0);
     test_repack(QUANT_Q8_0);
     test_repack(QUANT_Q4_K);

@@ -8,11 +8,11 @@
 #include <sys/mman.h>
 
 #include "kernels/cpu/attn.h"
+#include "kernels/cpu/gdn.h"
 #include "kernels/cpu/ops.h"
 #include "model.h"
 #include "util/hugemap.h"
 
-size_t gdn_tmp_floats(int dk, int dv); /* forward.c */
 size_t attn_tile_floats(int group, int D);
 size_t attn_parts_floats(int group, int D);
 
