@@ -663,8 +663,8 @@ static void test_repack(int wt) {
 }
 
 
-/* The gated delta rule: the chunked kernel in use (gdn_chunked: AVX-512 where the CPU has it),
- * the chunked reference and the recurrence, each against the recurrence in double, on
+/* The gated delta rule: the chunked and recurrent kernels in use (AVX-512 where the CPU has it)
+ * and their plain C references, each against the recurrence in double, on
  * realistic inputs: q and k L2-normalised per head (q scaled by dk^-1/2), beta in [0, 1], log
  * decays g in [-20, 0) or the small ones of a long memory, a state carried in from before, and
  * lengths around the chunk of 64. Rows are strided as in the model (q, k, v in one row; g and
@@ -702,19 +702,20 @@ static void test_gdn_case(int dk, int dv, int T, float gmin, int warm) {
     }
     float *tmp = calloc(gdn_tmp_floats(dk, dv), sizeof(float)), *S = malloc((size_t)dk * dv * sizeof(float));
     float *o = calloc((size_t)T * dv, sizeof(float));
-    for (int way = 0; way < 3; way++) {
+    for (int way = 0; way < 4; way++) {
         memcpy(S, S0, (size_t)dk * dv * sizeof(float));
         memset(o, 0, (size_t)T * dv * sizeof(float));
         const float *q = rows, *k = rows + dk, *v = rows + 2 * dk;
         if (way == 0) gdn_chunked(S, dk, dv, T, q, k, ldqk, v, ldv, gb, gb + 1, ldg, o, dv, tmp);
         else if (way == 1) gdn_chunked_ref(S, dk, dv, T, q, k, ldqk, v, ldv, gb, gb + 1, ldg, o, dv, tmp);
-        else gdn_recurrent(S, dk, dv, T, q, k, ldqk, v, ldv, gb, gb + 1, ldg, o, dv, tmp, NULL, 0, 0);
+        else if (way == 2) gdn_recurrent(S, dk, dv, T, q, k, ldqk, v, ldv, gb, gb + 1, ldg, o, dv, tmp, NULL, 0, 0);
+        else gdn_recurrent_ref(S, dk, dv, T, q, k, ldqk, v, ldv, gb, gb + 1, ldg, o, dv, tmp, NULL, 0, 0);
         double eo = 0, no = 0, es = 0, ns = 0;
         for (int64_t i = 0; i < (int64_t)T * dv; i++) { eo += (o[i] - od[i]) * (o[i] - od[i]); no += od[i] * od[i]; }
         for (int64_t i = 0; i < (int64_t)dk * dv; i++) { es += (S[i] - Sd[i]) * (S[i] - Sd[i]); ns += Sd[i] * Sd[i]; }
         eo = sqrt(eo / (no + 1e-30));
         es = sqrt(es / (ns + 1e-30));
-        static const char *names[] = {"gdn_chunked", "gdn_chunked_ref", "gdn_recurrent"};
+        static const char *names[] = {"gdn_chunked", "gdn_chunked_ref", "gdn_recurrent", "gdn_recurrent_ref"};
         CHECK(eo < 2e-6 && es < 2e-6, "%s dk %d dv %d T %d g >= %g warm %d: rel L2 outputs %.2e, state %.2e",
               names[way], dk, dv, T, (double)gmin, warm, eo, es);
     }

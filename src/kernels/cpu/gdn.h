@@ -7,8 +7,9 @@
  * Rows of q, k (stride ldqk), v (ldv) and o (ldo) are per token; g and beta are read at
  * t * ldg. tmp is scratch of gdn_tmp_floats(dk, dv) floats, one per thread.
  *
- * gdn_chunked_ref is the plain C reference of the chunked form; gdn_chunked picks the
- * AVX-512 kernel (gdn_avx512.c) where the CPU has it and dk, dv are multiples of 16, unless
+ * gdn_recurrent_ref and gdn_chunked_ref are the plain C references; gdn_recurrent and
+ * gdn_chunked pick the AVX-512 kernels (gdn_avx512.c) where the CPU has them and dk, dv are
+ * multiples of 16 (and, for the recurrence, no checkpoints are asked for), unless
  * QNEXT_KERNELS=generic or QNEXT_GDN_REF=1 (the reference only, for comparisons). Both give
  * the recurrence's result up to f32 rounding where the chunk's triangular system is well
  * conditioned, and round alike where it is not (both solve it by forward substitution). */
@@ -26,6 +27,9 @@ size_t gdn_tmp_floats(int dk, int dv);
 void gdn_recurrent(float *S, int dk, int dv, int T, const float *q, const float *k, int64_t ldqk, const float *v,
                    int64_t ldv, const float *g, const float *beta, int64_t ldg, float *o, int64_t ldo, float *tmp,
                    float *ckpt, size_t ckpt_stride, int n_ckpt);
+void gdn_recurrent_ref(float *S, int dk, int dv, int T, const float *q, const float *k, int64_t ldqk, const float *v,
+                       int64_t ldv, const float *g, const float *beta, int64_t ldg, float *o, int64_t ldo, float *tmp,
+                       float *ckpt, size_t ckpt_stride, int n_ckpt);
 
 /* The chunked form over T tokens (prompts): the same result with matrix-shaped work. */
 void gdn_chunked(float *S, int dk, int dv, int T, const float *q, const float *k, int64_t ldqk, const float *v,
@@ -39,4 +43,8 @@ size_t gdn_avx512_tmp_floats(int dk, int dv);
 void gdn_chunked_avx512(float *S, int dk, int dv, int T, const float *q, const float *k, int64_t ldqk,
                         const float *v, int64_t ldv, const float *g, const float *beta, int64_t ldg, float *o,
                         int64_t ldo, float *tmp);
+/* The recurrence, without checkpoints (gdn_recurrent calls it when n_ckpt is 0). */
+void gdn_recurrent_avx512(float *S, int dk, int dv, int T, const float *q, const float *k, int64_t ldqk,
+                          const float *v, int64_t ldv, const float *g, const float *beta, int64_t ldg, float *o,
+                          int64_t ldo);
 #endif

@@ -203,9 +203,59 @@ void gdn_chunked_avx512(float *S, int dk, int dv, int T, const float *q, const f
     }
 }
 
+/* The recurrence on 16 * NV columns of S (columns are independent: column j of the state only
+ * meets kv[j], delta[j] and o[j]). Per token the columns are read once for kv = S^T k and once
+ * more, from L1 (a block of 64 columns of 128 rows is 32 KB), to update them and read out o. */
+static inline __attribute__((always_inline)) void recur_cols(const int NV, float *S, int dk, int ldS, int T,
+                                                             const float *q, const float *k, int64_t ldqk,
+                                                             const float *v, int64_t ldv, const float *g,
+                                                             const float *beta, int64_t ldg, float *o, int64_t ldo) {
+    for (int t = 0; t < T; t++) {
+        const float *qt = q + t * ldqk, *kt = k + t * ldqk, *vt = v + t * ldv;
+        const __m512 decay = _mm512_set1_ps(expf(g[t * ldg])), b = _mm512_set1_ps(beta[t * ldg]);
+        __m512 kv[4], ot[4];
+        for (int j = 0; j < NV; j++) kv[j] = _mm512_setzero_ps();
+        for (int i = 0; i < dk; i++) {
+            const __m512 ki = _mm512_set1_ps(kt[i]);
+            for (int j = 0; j < NV; j++) kv[j] = _mm512_fmadd_ps(_mm512_loadu_ps(S + (int64_t)i * ldS + 16 * j), ki, kv[j]);
+        }
+        /* delta = beta (v - exp(g) S^T k) */
+        for (int j = 0; j < NV; j++)
+            kv[j] = _mm512_mul_ps(b, _mm512_fnmadd_ps(decay, kv[j], _mm512_loadu_ps(vt + 16 * j)));
+        for (int j = 0; j < NV; j++) ot[j] = _mm512_setzero_ps();
+        for (int i = 0; i < dk; i++) {
+            const __m512 ki = _mm512_set1_ps(kt[i]), qi = _mm512_set1_ps(qt[i]);
+            float *Si = S + (int64_t)i * ldS;
+            for (int j = 0; j < NV; j++) {
+                const __m512 sn = _mm512_fmadd_ps(ki, kv[j], _mm512_mul_ps(decay, _mm512_loadu_ps(Si + 16 * j)));
+                _mm512_storeu_ps(Si + 16 * j, sn);
+                ot[j] = _mm512_fmadd_ps(sn, qi, ot[j]);
+            }
+        }
+        for (int j = 0; j < NV; j++) _mm512_storeu_ps(o + t * ldo + 16 * j, ot[j]);
+    }
+}
+
+void gdn_recurrent_avx512(float *S, int dk, int dv, int T, const float *q, const float *k, int64_t ldqk,
+                          const float *v, int64_t ldv, const float *g, const float *beta, int64_t ldg, float *o,
+                          int64_t ldo) {
+    for (int c0 = 0; c0 < dv; c0 += 64) {
+        const int nv = (dv - c0) / 16 < 4 ? (dv - c0) / 16 : 4;
+        switch (nv) {
+#define RECUR(NV) \
+    case NV: recur_cols(NV, S + c0, dk, dv, T, q, k, ldqk, v + c0, ldv, g, beta, ldg, o + c0, ldo); break;
+            RECUR(1) RECUR(2) RECUR(3) RECUR(4)
+#undef RECUR
+        }
+    }
+}
+
 #else /* not built for AVX-512: gdn_avx512_available() says so, and the kernel is never called */
 int gdn_avx512_available(void) { return 0; }
 void gdn_chunked_avx512(float *S, int dk, int dv, int T, const float *q, const float *k, int64_t ldqk,
                         const float *v, int64_t ldv, const float *g, const float *beta, int64_t ldg, float *o,
                         int64_t ldo, float *tmp) {}
+void gdn_recurrent_avx512(float *S, int dk, int dv, int T, const float *q, const float *k, int64_t ldqk,
+                          const float *v, int64_t ldv, const float *g, const float *beta, int64_t ldg, float *o,
+                          int64_t ldo) {}
 #endif

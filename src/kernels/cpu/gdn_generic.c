@@ -19,7 +19,7 @@
 /* Recurrent delta rule for one value head over T tokens: the decode path. State S is
  * [dk][dv]; per token: decay, read kv = S^T k, delta = beta (v - kv), S += k delta^T,
  * then read out o = S^T q after the update. */
-QN_HOT void gdn_recurrent(float *S, int dk, int dv, int T, const float *q, const float *k, int64_t ldqk,
+QN_HOT void gdn_recurrent_ref(float *S, int dk, int dv, int T, const float *q, const float *k, int64_t ldqk,
                           const float *v, int64_t ldv, const float *g, const float *beta, int64_t ldg, float *o,
                           int64_t ldo, float *tmp, float *ckpt, size_t ckpt_stride, int n_ckpt) {
     for (int t = 0; t < T; t++) {
@@ -162,6 +162,13 @@ static int use_avx512(int dk, int dv) {
         ok = gdn_avx512_available() && !(env && !strcmp(env, "generic")) && !getenv("QNEXT_GDN_REF");
     }
     return ok && dk % 16 == 0 && dv % 16 == 0 && dk <= 256 && dv <= 256;
+}
+
+void gdn_recurrent(float *S, int dk, int dv, int T, const float *q, const float *k, int64_t ldqk, const float *v,
+                   int64_t ldv, const float *g, const float *beta, int64_t ldg, float *o, int64_t ldo, float *tmp,
+                   float *ckpt, size_t ckpt_stride, int n_ckpt) {
+    if (!n_ckpt && use_avx512(dk, dv)) gdn_recurrent_avx512(S, dk, dv, T, q, k, ldqk, v, ldv, g, beta, ldg, o, ldo);
+    else gdn_recurrent_ref(S, dk, dv, T, q, k, ldqk, v, ldv, g, beta, ldg, o, ldo, tmp, ckpt, ckpt_stride, n_ckpt);
 }
 
 void gdn_chunked(float *S, int dk, int dv, int T, const float *q, const float *k, int64_t ldqk, const float *v,
