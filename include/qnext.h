@@ -123,12 +123,17 @@ enum { QNEXT_GDN_AUTO = 0, QNEXT_GDN_RECURRENT = 1, QNEXT_GDN_CHUNKED = 2 };
  * scale per head vector: about a quarter). AUTO: f32 for models with float weights (so a
  * checkpoint's logits stay exact), bf16 for quantized GGUF models (as llama.cpp's f16). */
 enum { QNEXT_KV_AUTO = 0, QNEXT_KV_F32 = 1, QNEXT_KV_BF16 = 2, QNEXT_KV_Q8 = 3 };
+/* Element type of the Gated DeltaNet recurrent states: f32 (the default, as transformers keeps
+ * them) or bf16 (half their memory and memory traffic; each update is computed in f32 and
+ * rounded to nearest even when stored, as vLLM keeps them by default for bf16 models). */
+enum { QNEXT_STATE_F32 = 0, QNEXT_STATE_BF16 = 1 };
 
 typedef struct {
     int n_ctx;     /* context window in tokens; 0: min(max_position_embeddings, 4096) */
     int n_ubatch;  /* largest number of tokens processed in one forward pass (0: 512) */
     int gdn_mode;  /* QNEXT_GDN_AUTO: chunked for prompts, recurrent for single tokens */
     int kv_type;   /* QNEXT_KV_AUTO (default), QNEXT_KV_F32, QNEXT_KV_BF16 or QNEXT_KV_Q8 */
+    int state_type; /* QNEXT_STATE_F32 (default) or QNEXT_STATE_BF16 */
     int mtp;       /* 1: keep the MTP layer's KV cache up to date while feeding, so that
                       qnext_session_mtp_draft can draft (needs a model with an MTP layer) */
 } qnext_session_params;

@@ -69,6 +69,12 @@ expect_err 2 "needs a value" generate -m $fx --ids
 expect_err 2 "unknown option" bench -m $fx --bogus
 expect_err 2 "is required" bench -p 8
 expect_err 2 "not an integer in \[2, 256\]" bench -m $fx -s 1
+expect_err 2 "state-type must be f32 or bf16" bench -m $fx --state-type f16
+expect_err 2 "needs a value" run -m $fx --state-type
+expect_err 2 "state-type must be f32 or bf16" run -m $fx --state-type q8 -p hi
+# bf16 recurrent states: the session's memory line shows half the DeltaNet state
+$Q bench -m $fx -p 8 -n 4 -r 1 -t 1 --state-type bf16 >$tmp/b16.txt 2>&1 && ok || bad "bench --state-type bf16 failed: $(cat $tmp/b16.txt)"
+grep -qF "| tg4 " $tmp/b16.txt && ok || bad "bench --state-type bf16 lacks its tg row"
 
 echo "test_cli_model: $pass passed, $fail failed"
 [ $fail -eq 0 ]

@@ -722,6 +722,67 @@ static void test_gdn_case(int dk, int dv, int T, float gmin, int warm) {
     free(rows); free(gb); free(S0); free(Sd); free(od); free(kv); free(tmp); free(S); free(o);
 }
 
+/* The recurrence on a bf16 state (gdn_recurrent_bf16). With beta = 0 a token only decays the
+ * state, so each stored value must be exactly quant_f32_to_bf16 of exp(g) times the old one
+ * (round to nearest even, as the f32 product is formed in the kernel); over many tokens with
+ * realistic inputs the outputs and state stay within bf16's precision of the recurrence in
+ * double. 24 x 40 is not a multiple of 16: the plain C path. */
+static void test_gdn_bf16(int dk, int dv) {
+    const int T = 48;
+    const int64_t ldqk = 2 * dk + dv, ldg = 2;
+    float *rows = calloc((size_t)T * ldqk, sizeof(float)), *gb = calloc((size_t)T * ldg, sizeof(float));
+    uint16_t *S = malloc((size_t)dk * dv * sizeof(uint16_t)), *S0 = malloc((size_t)dk * dv * sizeof(uint16_t));
+    float *o = calloc((size_t)T * dv, sizeof(float)), *tmp = calloc(gdn_state_tmp_floats(dk, dv), sizeof(float));
+    double *Sd = calloc((size_t)dk * dv, sizeof(double)), *od = calloc((size_t)T * dv, sizeof(double)), kv[256];
+    for (int t = 0; t < T; t++) {
+        float *r = rows + (int64_t)t * ldqk;
+        fill(r, ldqk, 1.0f);
+        for (int h = 0; h < 2; h++) {
+            double n = norm_d(r + h * dk, dk);
+            for (int i = 0; i < dk; i++) r[h * dk + i] = (float)(r[h * dk + i] / n) * (h ? 1.0f : 1.0f / sqrtf((float)dk));
+        }
+        gb[t * ldg] = -0.5f * (float)(1.0 - urand());
+        gb[t * ldg + 1] = (float)urand();
+    }
+    for (int i = 0; i < dk * dv; i++) S0[i] = quant_f32_to_bf16(0.3f * nrand());
+    /* decay only */
+    memcpy(S, S0, (size_t)dk * dv * sizeof(uint16_t));
+    float g1 = -0.0123f, b0 = 0.0f;
+    gdn_recurrent_bf16(S, dk, dv, 1, rows, rows + dk, ldqk, rows + 2 * dk, ldqk, &g1, &b0, 1, o, dv, tmp);
+    int bad = 0;
+    for (int i = 0; i < dk * dv; i++) bad += S[i] != quant_f32_to_bf16(expf(g1) * quant_bf16_to_f32(S0[i]));
+    CHECK(!bad, "gdn_recurrent_bf16 %d x %d: %d of %d decayed values not rounded to nearest even", dk, dv, bad, dk * dv);
+    /* T tokens against the recurrence in double from the same start */
+    memcpy(S, S0, (size_t)dk * dv * sizeof(uint16_t));
+    for (int i = 0; i < dk * dv; i++) Sd[i] = quant_bf16_to_f32(S0[i]);
+    for (int t = 0; t < T; t++) {
+        const float *q = rows + (int64_t)t * ldqk, *k = q + dk, *v = q + 2 * dk;
+        const double decay = exp((double)gb[t * ldg]), b = gb[t * ldg + 1];
+        for (int j = 0; j < dv; j++) kv[j] = 0;
+        for (int i = 0; i < dk; i++)
+            for (int j = 0; j < dv; j++) kv[j] += (Sd[i * dv + j] *= decay) * k[i];
+        for (int j = 0; j < dv; j++) kv[j] = b * (v[j] - kv[j]);
+        for (int i = 0; i < dk; i++)
+            for (int j = 0; j < dv; j++) {
+                Sd[i * dv + j] += k[i] * kv[j];
+                od[(int64_t)t * dv + j] += Sd[i * dv + j] * q[i];
+            }
+    }
+    gdn_recurrent_bf16(S, dk, dv, T, rows, rows + dk, ldqk, rows + 2 * dk, ldqk, gb, gb + 1, ldg, o, dv, tmp);
+    double eo = 0, no = 0, es = 0, ns = 0;
+    for (int64_t i = 0; i < (int64_t)T * dv; i++) { eo += (o[i] - od[i]) * (o[i] - od[i]); no += od[i] * od[i]; }
+    for (int i = 0; i < dk * dv; i++) {
+        double d = quant_bf16_to_f32(S[i]) - Sd[i];
+        es += d * d;
+        ns += Sd[i] * Sd[i];
+    }
+    eo = sqrt(eo / no);
+    es = sqrt(es / ns);
+    CHECK(eo < 1e-2 && es < 1e-2, "gdn_recurrent_bf16 %d x %d, %d tokens: rel L2 outputs %.2e, state %.2e", dk, dv, T,
+          eo, es);
+    free(rows); free(gb); free(S); free(S0); free(o); free(tmp); free(Sd); free(od);
+}
+
 static void test_gdn(void) {
     static const int lens[] = {1, 2, 63, 64, 65, 200};
     for (size_t i = 0; i < sizeof lens / sizeof lens[0]; i++) {
@@ -732,6 +793,9 @@ static void test_gdn(void) {
     test_gdn_case(32, 64, 97, -1.0f, 1);  /* dk != dv */
     test_gdn_case(48, 16, 70, -3.0f, 1);
     test_gdn_case(24, 40, 66, -1.0f, 1);  /* not multiples of 16: the reference only */
+    test_gdn_bf16(128, 128);
+    test_gdn_bf16(32, 64);
+    test_gdn_bf16(24, 40);
 }
 
 int main(void) {

@@ -69,6 +69,13 @@ const char *args_value(int argc, char **argv, int *i) {
     return argv[++*i];
 }
 
+int args_state_type(const char *v) {
+    if (!strcmp(v, "f32")) return 0;
+    if (!strcmp(v, "bf16")) return 1;
+    fprintf(stderr, "qnext: --state-type must be f32 or bf16\n");
+    return -1;
+}
+
 int args_kv_type(const char *v) {
     if (!strcmp(v, "auto")) return 0;
     if (!strcmp(v, "f32")) return 1;

@@ -37,7 +37,8 @@ static void mean_sd(const double *v, int n, double *mean, double *sd) {
  * token in one forward pass. Alternating step by step keeps both measures in the same
  * conditions however this machine's speed drifts, which matters for their ratio. */
 #define STREAM_PROMPT 32
-static int bench_streams(qnext_model *m, int S, int n, int reps, int kv_type, const int32_t *toks, int n_toks) {
+static int bench_streams(qnext_model *m, int S, int n, int reps, int kv_type, int state_type, const int32_t *toks,
+                         int n_toks) {
     const qnext_config *c = qnext_model_config(m);
     char err[1024];
     int rc = 1;
@@ -47,7 +48,7 @@ static int bench_streams(qnext_model *m, int S, int n, int reps, int kv_type, co
     double *v1 = malloc(sizeof(double) * (size_t)reps), *vs = malloc(sizeof(double) * (size_t)reps);
     if (!ss || !it || !lg || !v1 || !vs) { fprintf(stderr, "qnext: out of memory\n"); goto out; }
     qnext_session_params sp = {.n_ctx = STREAM_PROMPT + n + 16, .n_ubatch = S > STREAM_PROMPT ? S : STREAM_PROMPT,
-                                .kv_type = kv_type};
+                                .kv_type = kv_type, .state_type = state_type};
     for (int i = 0; i <= S; i++)
         if (qnext_session_new(m, &sp, &ss[i], err, sizeof err)) { fprintf(stderr, "qnext: %s\n", err); goto out; }
     /* stream i's tokens: toks from offset (STREAM_PROMPT + n) * i, modulo the table (the
@@ -104,7 +105,7 @@ out:
 }
 
 static const char *bench_usage =
-    "usage: qnext bench -m MODEL [-p 512] [-n 128] [-d DEPTH] [-s STREAMS] [-t THREADS] [-r REPS] [--ubatch N] [--kv-type auto|f32|bf16|q8] [--no-mmap] [--repack]\n"
+    "usage: qnext bench -m MODEL [-p 512] [-n 128] [-d DEPTH] [-s STREAMS] [-t THREADS] [-r REPS] [--ubatch N] [--kv-type auto|f32|bf16|q8] [--state-type f32|bf16] [--no-mmap] [--repack]\n"
     "Prints prompt (ppP) and generation (tgN) tokens per second, mean +- sd over REPS runs,\n"
     "and for generation the bytes read per token (weights, plus the KV cache at depth) and the achieved GB/s;\n"
     "the +state column adds the recurrent and conv state, which each generated token reads and writes.\n"
@@ -121,7 +122,7 @@ static const char *bench_usage =
 int cmd_bench(int argc, char **argv) {
     const char *model = NULL;
     long p = 512, n = 128, d = 0, threads = 0, reps = 3, ubatch = 512, streams = 0;
-    int kv_type = 0, no_mmap = 0, repack = 0;
+    int kv_type = 0, state_type = 0, no_mmap = 0, repack = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { printf("%s", bench_usage); return 0; }
@@ -134,6 +135,7 @@ int cmd_bench(int argc, char **argv) {
         else if (!strcmp(a, "-r")) { if (!(v = args_value(argc, argv, &i)) || !args_int(a, v, 1, 1000, &reps)) return 2; }
         else if (!strcmp(a, "--ubatch") || !strcmp(a, "-ub")) { if (!(v = args_value(argc, argv, &i)) || !args_int(a, v, 1, 1 << 16, &ubatch)) return 2; }
         else if (!strcmp(a, "--kv-type")) { if (!(v = args_value(argc, argv, &i)) || (kv_type = args_kv_type(v)) < 0) return 2; }
+        else if (!strcmp(a, "--state-type")) { if (!(v = args_value(argc, argv, &i)) || (state_type = args_state_type(v)) < 0) return 2; }
         else if (!strcmp(a, "--no-mmap")) no_mmap = 1;
         else if (!strcmp(a, "--repack")) repack = 1;
         else { fprintf(stderr, "qnext: unknown option '%s'\n%s", a, bench_usage); return 2; }
@@ -147,7 +149,7 @@ int cmd_bench(int argc, char **argv) {
     qnext_model_stats st;
     qnext_model_get_stats(m, &st);
     int n_ctx = (int)(p > d + n ? p : d + n) + 16;
-    qnext_session_params sp = {.n_ctx = n_ctx, .n_ubatch = (int)ubatch, .kv_type = kv_type};
+    qnext_session_params sp = {.n_ctx = n_ctx, .n_ubatch = (int)ubatch, .kv_type = kv_type, .state_type = state_type};
     qnext_session *s, *s0 = NULL;
     if (qnext_session_new(m, &sp, &s, err, sizeof err)) { fprintf(stderr, "qnext: %s\n", err); qnext_model_close(m); return 1; }
 
@@ -164,8 +166,8 @@ int cmd_bench(int argc, char **argv) {
     qnext_session_get_memory(s, &mem);
     printf("threads: %d, kernels: %s, AMX prefill: %s, ubatch: %ld\n", op_get_threads(), op_kernel_name(),
            gemm_amx_mode() ? "on" : "off", ubatch);
-    printf("session: state %.1f MiB, KV %.1f KiB/token (%s), scratch %.1f MiB\n\n", mem.state_bytes / 1048576.0,
-           mem.kv_bytes_per_token / 1024.0, mem.kv_name,
+    printf("session: state %.1f MiB (%s), KV %.1f KiB/token (%s), scratch %.1f MiB\n\n", mem.state_bytes / 1048576.0,
+           state_type ? "bf16" : "f32", mem.kv_bytes_per_token / 1024.0, mem.kv_name,
            mem.scratch_bytes / 1048576.0);
     /* GB/s counts the weights (and the KV rows at depth) a token reads; "+state" adds the
      * recurrent and conv state, which every generated token reads and writes in full. */
@@ -205,7 +207,8 @@ int cmd_bench(int argc, char **argv) {
             fflush(stdout);
             /* the depth-0 runs go on a second, short session: the filled one keeps its
              * context, as restoring its snapshot needs */
-            qnext_session_params sp0 = {.n_ctx = (int)n + 16, .n_ubatch = (int)ubatch, .kv_type = kv_type};
+            qnext_session_params sp0 = {.n_ctx = (int)n + 16, .n_ubatch = (int)ubatch, .kv_type = kv_type,
+                                        .state_type = state_type};
             if (qnext_session_new(m, &sp0, &s0, err, sizeof err)) { fprintf(stderr, "qnext: %s\n", err); qnext_snapshot_free(filled); rc = 1; goto done; }
         }
         for (int k = 0; k < reps; k++)
@@ -238,7 +241,7 @@ int cmd_bench(int argc, char **argv) {
         printf("| %-14s | %7.2f ± %6.2f | %5.1f | %6.1f |\n", name, mu, sd, mu * bytes / 1e9, mu * (bytes + state_rw) / 1e9);
         if (d && mu0 > 0) printf("\ndepth %ld: %+.1f%% generation speed against depth 0 (interleaved in this run)\n", d, 100.0 * (mu / mu0 - 1));
     }
-    if (streams > 1 && n > 0 && bench_streams(m, (int)streams, (int)n, (int)reps, kv_type, toks, n_ctx)) rc = 1;
+    if (streams > 1 && n > 0 && bench_streams(m, (int)streams, (int)n, (int)reps, kv_type, state_type, toks, n_ctx)) rc = 1;
 done:
     free(v);
     free(v0);

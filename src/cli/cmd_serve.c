@@ -21,6 +21,8 @@ static const char serve_usage[] =
     "  --max-body BYTES     largest request body (default 8 MiB)\n"
     "  --prefill-chunk N    prompt tokens prefilled per engine step (default 256)\n"
     "  --kv-type T          KV cache: auto (f32 for checkpoints, bf16 for GGUF), f32, bf16, q8\n"
+    "  --state-type T       DeltaNet recurrent states: f32 (default, exact) or bf16 (half their memory and\n"
+    "                       snapshot size; each update computed in f32, stored rounded)\n"
     "  --drain S            seconds SIGTERM lets running requests finish (default 5)\n"
     "  --alias NAME         model name reported by the API (default: the directory's name)\n"
     "  -t, --threads N      compute threads (default: all cores)\n"
@@ -57,6 +59,7 @@ int cmd_serve(int argc, char **argv) {
         else if (!strcmp(a, "--queue")) { if (!(v = args_value(argc, argv, &i)) || !args_int(a, v, 0, 1 << 20, &n)) return 2; o.queue_max = (int)n; }
         else if (!strcmp(a, "--max-body")) { if (!(v = args_value(argc, argv, &i)) || !args_int(a, v, 1024, 1L << 32, &n)) return 2; o.max_body = n; }
         else if (!strcmp(a, "--kv-type")) { if (!(v = args_value(argc, argv, &i)) || (o.kv_type = args_kv_type(v)) < 0) return 2; }
+        else if (!strcmp(a, "--state-type")) { if (!(v = args_value(argc, argv, &i)) || (o.state_type = args_state_type(v)) < 0) return 2; }
         else if (!strcmp(a, "--no-mmap")) o.no_mmap = 1;
         else if (!strcmp(a, "--repack")) o.repack = 1;
         else if (!strcmp(a, "--prefill-chunk")) { if (!(v = args_value(argc, argv, &i)) || !args_int(a, v, 1, 1 << 16, &n)) return 2; o.prefill_chunk = (int)n; }

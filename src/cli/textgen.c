@@ -32,6 +32,7 @@ const char TEXTGEN_OPTIONS_HELP[] =
     "  -t, --threads N          CPU threads (default: all cores)\n"
     "  -c, --ctx N              context window in tokens (default: min(model maximum, 4096))\n"
     "  --kv-type T              KV cache: auto (f32 for checkpoints, bf16 for GGUF), f32, bf16, q8\n"
+    "  --state-type T           DeltaNet recurrent states: f32 (default, exact) or bf16 (half their memory)\n"
     "  --no-mmap                read the weights into memory (huge pages) instead of mapping the file:\n"
     "                           slower to start, faster generation where the page cache slows streaming\n"
     "  --repack                 copy Q8_0/Q4_K matrices into groups of 16 interleaved rows at load, for a\n"
@@ -74,6 +75,8 @@ int textgen_parse_option(int argc, char **argv, int *i, textgen_opts *o) {
         return (v = args_value(argc, argv, i)) && args_int(a, v, 0, 4096, &o->threads) ? 1 : -1;
     if (!strcmp(a, "--kv-type"))
         return (v = args_value(argc, argv, i)) && (o->kv_type = args_kv_type(v)) >= 0 ? 1 : -1;
+    if (!strcmp(a, "--state-type"))
+        return (v = args_value(argc, argv, i)) && (o->state_type = args_state_type(v)) >= 0 ? 1 : -1;
     if (!strcmp(a, "-c") || !strcmp(a, "--ctx"))
         return (v = args_value(argc, argv, i)) && args_int(a, v, 0, 1 << 30, &o->n_ctx) ? 1 : -1;
     if (!strcmp(a, "--seed")) return (v = args_value(argc, argv, i)) && args_int(a, v, 0, 0x7fffffffL, &o->seed) ? 1 : -1;
@@ -209,7 +212,7 @@ int textgen_open(textgen *g, const textgen_opts *o, int need_template, int spinn
     }
     if (!(g->smp = sampler_new(g->vocab, &g->sp, err, sizeof err))) goto fail;
 
-    qnext_session_params spar = {.n_ctx = (int)o->n_ctx, .kv_type = o->kv_type};
+    qnext_session_params spar = {.n_ctx = (int)o->n_ctx, .kv_type = o->kv_type, .state_type = o->state_type};
     if (qnext_session_new(g->model, &spar, &g->session, err, sizeof err)) goto fail;
     if (o->verbose || qnext_session_n_ctx(g->session) > 32768) {
         /* long contexts: say what the session will cost as it fills (pages are committed lazily) */

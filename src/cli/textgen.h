@@ -24,6 +24,7 @@ typedef struct {
     long n_predict;          /* -1: until an eos id or the context is full */
     long threads, n_ctx;
     int kv_type;             /* QNEXT_KV_* (--kv-type) */
+    int state_type;          /* QNEXT_STATE_* (--state-type) */
     long seed;               /* -1: not given (seeded from the clock) */
     /* sampling options given on the command line (they override generation_config.json) */
     double temp, top_k, top_p, min_p, repeat_penalty, presence_penalty, frequency_penalty;

@@ -145,15 +145,32 @@ static void gdn_block(qnext_session *s, qn_seq *seqs, int n_seqs, int il, int T)
             const float *qp = rows + (int64_t)kh * dk, *kp = rows + key_dim + (int64_t)kh * dk;
             const float *vp = rows + 2 * key_dim + (int64_t)h * dv;
             const float *g = sc->gates + (int64_t)sq->row0 * 2 * nv + h, *beta = g + nv;
-            float *S = sq->s->ls[il].ssm_state + (int64_t)h * dk * dv;
             float *o = sc->core + (int64_t)sq->row0 * val_dim + (int64_t)h * dv;
             float *tmp = sc->gdn_tmp + (size_t)omp_get_thread_num() * sc->gdn_tmp_stride;
+            float *ckpt = n_ckpt ? sq->s->ckpt + sq->s->ckpt_off[il] + (size_t)(K - 1) * conv_dim + (size_t)h * dk * dv
+                                 : NULL;
+            if (sq->s->params.state_type == QNEXT_STATE_BF16) {
+                uint16_t *Sh = (uint16_t *)sq->s->ls[il].ssm_state + (int64_t)h * dk * dv;
+                if (recurrent && !n_ckpt) {
+                    gdn_recurrent_bf16(Sh, dk, dv, sq->n, qp, kp, conv_dim, vp, conv_dim, g, beta, 2 * nv, o, val_dim,
+                                       tmp);
+                    continue;
+                }
+                /* A prompt, or a verify with checkpoints: on an f32 copy of the head's state. The
+                 * checkpoints keep the f32 state after each token, which accept rounds like this. */
+                float *Sf = gdn_state_widen(Sh, dk * dv, tmp), *t2 = tmp + (size_t)dk * dv + 16;
+                if (recurrent)
+                    gdn_recurrent(Sf, dk, dv, sq->n, qp, kp, conv_dim, vp, conv_dim, g, beta, 2 * nv, o, val_dim, t2,
+                                  ckpt, sq->s->ckpt_stride, n_ckpt);
+                else
+                    gdn_chunked(Sf, dk, dv, sq->n, qp, kp, conv_dim, vp, conv_dim, g, beta, 2 * nv, o, val_dim, t2);
+                gdn_state_narrow(Sh, Sf, dk * dv);
+                continue;
+            }
+            float *S = (float *)sq->s->ls[il].ssm_state + (int64_t)h * dk * dv;
             if (recurrent)
-                gdn_recurrent(S, dk, dv, sq->n, qp, kp, conv_dim, vp, conv_dim, g, beta, 2 * nv, o, val_dim, tmp,
-                                   n_ckpt ? sq->s->ckpt + sq->s->ckpt_off[il] + (size_t)(K - 1) * conv_dim +
-                                                (size_t)h * dk * dv
-                                          : NULL,
-                                   sq->s->ckpt_stride, n_ckpt);
+                gdn_recurrent(S, dk, dv, sq->n, qp, kp, conv_dim, vp, conv_dim, g, beta, 2 * nv, o, val_dim, tmp, ckpt,
+                              sq->s->ckpt_stride, n_ckpt);
             else
                 gdn_chunked(S, dk, dv, sq->n, qp, kp, conv_dim, vp, conv_dim, g, beta, 2 * nv, o, val_dim, tmp);
         }

@@ -116,7 +116,7 @@ static inline int64_t qn_kv_rows(int64_t n_ctx) { return (n_ctx + 15) & ~(int64_
 /* Per-session state of one layer. */
 typedef struct {
     float *conv_state;          /* LINEAR: [K-1][conv_dim], the last K-1 conv inputs, oldest first */
-    float *ssm_state;           /* LINEAR: [nv][dk][dv] recurrent state S, fp32 */
+    void *ssm_state;            /* LINEAR: [nv][dk][dv] recurrent state S, f32 or bf16 (params.state_type) */
     uint8_t *k_cache;           /* FULL: [nkv][qn_kv_rows(n_ctx)] rows of D keys after norm and RoPE, kv_type elements (tiled: in key tiles, attn.h) */
     uint8_t *v_cache;           /* FULL: [nkv][qn_kv_rows(n_ctx)] rows of D values (bf16: in key pairs; tiled int8: in quads, attn.h) */
     size_t kv_bytes;            /* FULL: bytes of each of k_cache and v_cache (page-aligned mappings) */
@@ -194,13 +194,21 @@ struct qnext_session {
     float rope_mscale;          /* YaRN attention factor (1 without YaRN) */
 };
 
+/* Bytes of one LINEAR layer's recurrent state in a session: nv x dk x dv of state_type. */
+static inline size_t session_ssm_bytes(const qnext_session *s) {
+    const qnext_config *c = &s->m->cfg;
+    return (size_t)c->lin_n_v_heads * c->lin_k_dim * c->lin_v_dim *
+           (s->params.state_type == QNEXT_STATE_BF16 ? 2 : sizeof(float));
+}
+
 struct qnext_snapshot {
     const qnext_model *m;
     const qnext_session *owner; /* the KV cache it refers to lives in this session */
     int pos;
     uint64_t clock;
     size_t bytes;
-    float *data;                /* conv and ssm states of every LINEAR layer, concatenated, then h_last */
+    uint8_t *data;              /* conv (f32) and ssm (state_type) states of every LINEAR layer, concatenated,
+                                   then h_last (f32) */
     int has_h_last;
 };
 

@@ -10,6 +10,7 @@
 #include "kernels/cpu/attn.h"
 #include "kernels/cpu/gdn.h"
 #include "kernels/cpu/ops.h"
+#include "kernels/cpu/quant.h"
 #include "model.h"
 #include "util/hugemap.h"
 
@@ -83,17 +84,15 @@ static void kv_free(uint8_t *p, size_t bytes) {
  * per session would cost more memory than its states; the small test models stay under the
  * sanitizers' heap checks). Returns the first state, or NULL; the others follow at *stride
  * floats. *region_bytes is 0 for the calloc'd block (free it), else the mapping's size. */
-static float *ssm_region_alloc(size_t per_layer, int n, size_t *stride_floats, size_t *region_bytes, void **region) {
+static uint8_t *ssm_region_alloc(size_t per_layer, int n, size_t *stride, size_t *region_bytes, void **region) {
     if (per_layer * n < HUGEMAP_PAGE) {
-        size_t stride = (per_layer + 63) & ~(size_t)63;
-        *region = calloc(1, stride * n);
+        *stride = (per_layer + 63) & ~(size_t)63;
+        *region = calloc(1, *stride * n);
         *region_bytes = 0;
-        *stride_floats = stride / sizeof(float);
         return *region;
     }
-    size_t stride = (per_layer + HUGEMAP_PAGE - 1) & ~(HUGEMAP_PAGE - 1);
-    *stride_floats = stride / sizeof(float);
-    return hugemap_alloc(stride * n, PROT_READ | PROT_WRITE, 1, region, region_bytes);
+    *stride = (per_layer + HUGEMAP_PAGE - 1) & ~(HUGEMAP_PAGE - 1);
+    return hugemap_alloc(*stride * n, PROT_READ | PROT_WRITE, 1, region, region_bytes);
 }
 
 void qnext_session_free(qnext_session *s) {
@@ -141,9 +140,10 @@ qnext_status qnext_session_new(qnext_model *m, const qnext_session_params *param
     s->m = m;
     if (params) s->params = *params;
     if (s->params.n_ctx < 0 || s->params.n_ubatch < 0 || s->params.gdn_mode < 0 || s->params.gdn_mode > 2 ||
-        s->params.kv_type < 0 || s->params.kv_type > 3) {
-        snprintf(err, errlen, "qnext_session_new: bad parameters (n_ctx %d, n_ubatch %d, gdn_mode %d)",
-                 s->params.n_ctx, s->params.n_ubatch, s->params.gdn_mode);
+        s->params.kv_type < 0 || s->params.kv_type > 3 || s->params.state_type < 0 || s->params.state_type > 1) {
+        snprintf(err, errlen, "qnext_session_new: bad parameters (n_ctx %d, n_ubatch %d, gdn_mode %d, kv_type %d, "
+                 "state_type %d)", s->params.n_ctx, s->params.n_ubatch, s->params.gdn_mode, s->params.kv_type,
+                 s->params.state_type);
         free(s);
         return QNEXT_ERR_ARG;
     }
@@ -168,8 +168,8 @@ qnext_status qnext_session_new(qnext_model *m, const qnext_session_params *param
     if (!s->ls) goto oom;
     int n_linear = 0;
     for (int i = 0; i < c->n_layers; i++) n_linear += c->layer_type[i] == QNEXT_LAYER_LINEAR;
-    const size_t ssm_bytes = (size_t)nv * dk * dv * sizeof(float);
-    float *ssm_next = NULL;
+    const size_t ssm_bytes = session_ssm_bytes(s);
+    uint8_t *ssm_next = NULL;
     size_t ssm_stride = 0;
     if (n_linear) {
         ssm_next = ssm_region_alloc(ssm_bytes, n_linear, &ssm_stride, &s->ssm_region_bytes, &s->ssm_region);
@@ -206,7 +206,7 @@ qnext_status qnext_session_new(qnext_model *m, const qnext_session_params *param
     sc->att_tile_stride = attn_tile_floats(c->n_heads / c->n_kv_heads, (int)D);
     ALLOC(sc->att_tile, (int64_t)sc->att_tile_stride * nthreads);
     ALLOC(sc->att_part, attn_parts_floats(c->n_heads / c->n_kv_heads, (int)D));
-    sc->gdn_tmp_stride = gdn_tmp_floats((int)dk, (int)dv);
+    sc->gdn_tmp_stride = gdn_state_tmp_floats((int)dk, (int)dv); /* either state type: a batch may mix them */
     ALLOC(sc->gdn_tmp, (int64_t)sc->gdn_tmp_stride * nthreads);
     /* the one-token MoE path keeps all routed experts and the shared one side by side */
     int64_t one_tok = k * c->moe_intermediate + imax(c->shared_intermediate, c->moe_intermediate);
@@ -245,14 +245,14 @@ oom:
     return QNEXT_ERR_MEMORY;
 }
 
-static size_t snapshot_floats(const qnext_config *c);
+static size_t snapshot_bytes(const qnext_session *s);
 int qnext_session_pos(const qnext_session *s) { return s->pos; }
 
 void qnext_session_get_memory(const qnext_session *s, qnext_session_memory *mem) {
     const qnext_config *c = &s->m->cfg;
     int n_full = 0;
     for (int i = 0; i < c->n_layers; i++) n_full += c->layer_type[i] == QNEXT_LAYER_FULL;
-    mem->state_bytes = snapshot_floats(c) * sizeof(float);
+    mem->state_bytes = snapshot_bytes(s);
     mem->kv_bytes_per_token = (size_t)n_full * 2 * c->n_kv_heads * s->kv_row_bytes;
     mem->kv_bytes_max = mem->kv_bytes_per_token * (size_t)s->params.n_ctx;
     mem->scratch_bytes = s->scratch_bytes;
@@ -266,8 +266,7 @@ void qnext_session_reset(qnext_session *s) {
     for (int i = 0; i < c->n_layers; i++)
         if (c->layer_type[i] == QNEXT_LAYER_LINEAR) {
             memset(s->ls[i].conv_state, 0, (size_t)(c->conv_kernel - 1) * conv_dim * sizeof(float));
-            memset(s->ls[i].ssm_state, 0,
-                   (size_t)c->lin_n_v_heads * c->lin_k_dim * c->lin_v_dim * sizeof(float));
+            memset(s->ls[i].ssm_state, 0, session_ssm_bytes(s));
         }
     s->pos = 0;
     s->has_h_last = 0;
@@ -383,28 +382,38 @@ qnext_status qnext_batch_feed(qnext_batch_item *items, int n_items, char *err, s
 
 /* ---------------------------------------------------------------- snapshots */
 
-static size_t snapshot_floats(const qnext_config *c) {
+/* n f32 values into a recurrent state of the session's type (bf16: rounded to nearest even). */
+static void state_store(const qnext_session *s, void *dst, const float *src, size_t n) {
+    if (s->params.state_type != QNEXT_STATE_BF16) { memcpy(dst, src, n * sizeof(float)); return; }
+    uint16_t *d = dst;
+    for (size_t i = 0; i < n; i++) d[i] = quant_f32_to_bf16(src[i]);
+}
+
+/* Bytes of every LINEAR layer's conv state (f32) and recurrent state (state_type). */
+static size_t snapshot_bytes(const qnext_session *s) {
+    const qnext_config *c = &s->m->cfg;
     size_t conv_dim = 2 * (size_t)c->lin_n_k_heads * c->lin_k_dim + (size_t)c->lin_n_v_heads * c->lin_v_dim;
-    size_t per = (size_t)(c->conv_kernel - 1) * conv_dim + (size_t)c->lin_n_v_heads * c->lin_k_dim * c->lin_v_dim;
+    size_t per = (size_t)(c->conv_kernel - 1) * conv_dim * sizeof(float) + session_ssm_bytes(s);
     size_t n = 0;
     for (int i = 0; i < c->n_layers; i++) n += c->layer_type[i] == QNEXT_LAYER_LINEAR ? per : 0;
     return n;
 }
 
-/* Copies the recurrent states into (dir 0) or out of (dir 1) a flat buffer. */
-static void copy_states(qnext_session *s, float *buf, int restore) {
+/* Copies the recurrent states into (restore 0) or out of (restore 1) a flat buffer. */
+static void copy_states(qnext_session *s, uint8_t *buf, int restore) {
     const qnext_config *c = &s->m->cfg;
     size_t conv = (size_t)(c->conv_kernel - 1) *
-                  (2 * (size_t)c->lin_n_k_heads * c->lin_k_dim + (size_t)c->lin_n_v_heads * c->lin_v_dim);
-    size_t ssm = (size_t)c->lin_n_v_heads * c->lin_k_dim * c->lin_v_dim;
+                  (2 * (size_t)c->lin_n_k_heads * c->lin_k_dim + (size_t)c->lin_n_v_heads * c->lin_v_dim) *
+                  sizeof(float);
+    size_t ssm = session_ssm_bytes(s);
     for (int i = 0; i < c->n_layers; i++) {
         if (c->layer_type[i] != QNEXT_LAYER_LINEAR) continue;
         if (restore) {
-            memcpy(s->ls[i].conv_state, buf, conv * sizeof(float));
-            memcpy(s->ls[i].ssm_state, buf + conv, ssm * sizeof(float));
+            memcpy(s->ls[i].conv_state, buf, conv);
+            memcpy(s->ls[i].ssm_state, buf + conv, ssm);
         } else {
-            memcpy(buf, s->ls[i].conv_state, conv * sizeof(float));
-            memcpy(buf + conv, s->ls[i].ssm_state, ssm * sizeof(float));
+            memcpy(buf, s->ls[i].conv_state, conv);
+            memcpy(buf + conv, s->ls[i].ssm_state, ssm);
         }
         buf += conv + ssm;
     }
@@ -414,24 +423,25 @@ qnext_status qnext_session_snapshot(qnext_session *s, qnext_snapshot **out, char
     char local[256];
     if (!err || !errlen) { err = local; errlen = sizeof local; }
     if (!s || !out) { snprintf(err, errlen, "qnext_session_snapshot: NULL argument"); return QNEXT_ERR_ARG; }
-    size_t n = snapshot_floats(&s->m->cfg) + (s->mtp_on ? (size_t)s->m->cfg.hidden_size : 0);
+    const size_t states = snapshot_bytes(s);
+    size_t n = states + (s->mtp_on ? (size_t)s->m->cfg.hidden_size * sizeof(float) : 0);
     qnext_snapshot *snap = calloc(1, sizeof *snap);
-    float *data = malloc((n ? n : 1) * sizeof(float));
+    uint8_t *data = malloc(n ? n : 1);
     if (!snap || !data) {
         free(snap);
         free(data);
-        snprintf(err, errlen, "out of memory taking a snapshot (%zu bytes)", n * sizeof(float));
+        snprintf(err, errlen, "out of memory taking a snapshot (%zu bytes)", n);
         return QNEXT_ERR_MEMORY;
     }
     copy_states(s, data, 0);
-    if (s->mtp_on) memcpy(data + snapshot_floats(&s->m->cfg), s->h_last, s->m->cfg.hidden_size * sizeof(float));
+    if (s->mtp_on) memcpy(data + states, s->h_last, s->m->cfg.hidden_size * sizeof(float));
     snap->has_h_last = s->has_h_last;
     snap->m = s->m;
     snap->owner = s;
     snap->pos = s->pos;
     snap->clock = s->clock;
     snap->data = data;
-    snap->bytes = n * sizeof(float) + sizeof *snap;
+    snap->bytes = n + sizeof *snap;
     *out = snap;
     return QNEXT_OK;
 }
@@ -452,7 +462,7 @@ qnext_status qnext_session_restore(qnext_session *s, const qnext_snapshot *snap,
             return QNEXT_ERR_SNAPSHOT;
         }
     copy_states(s, snap->data, 1);
-    if (s->mtp_on) memcpy(s->h_last, snap->data + snapshot_floats(&s->m->cfg), s->m->cfg.hidden_size * sizeof(float));
+    if (s->mtp_on) memcpy(s->h_last, snap->data + snapshot_bytes(s), s->m->cfg.hidden_size * sizeof(float));
     s->has_h_last = snap->has_h_last;
     s->pos = snap->pos;
     s->ckpt_fed = 0;
@@ -531,7 +541,7 @@ qnext_status qnext_session_accept(qnext_session *s, int n_keep, char *err, size_
         for (int i = 0; i < c->n_layers; i++)
             if (c->layer_type[i] == QNEXT_LAYER_LINEAR) {
                 memcpy(s->ls[i].conv_state, src + s->ckpt_off[i], conv * sizeof(float));
-                memcpy(s->ls[i].ssm_state, src + s->ckpt_off[i] + conv, ssm * sizeof(float));
+                state_store(s, s->ls[i].ssm_state, src + s->ckpt_off[i] + conv, ssm);
             }
         if (s->mtp_on) memcpy(s->h_last, src + s->ckpt_stride - c->hidden_size, c->hidden_size * sizeof(float));
         s->pos -= s->ckpt_fed - n_keep;

@@ -231,7 +231,8 @@ static int ctx_create(serve_engine *e, char *err, size_t errlen) {
     if (idx == e->max_ctxs) { snprintf(err, errlen, "all contexts in use"); return -1; }
     context *c = &e->ctx[idx];
     memset(c, 0, sizeof *c);
-    qnext_session_params sp = {.n_ctx = e->o.n_ctx, .n_ubatch = e->ubatch, .gdn_mode = QNEXT_GDN_AUTO, .kv_type = e->o.kv_type};
+    qnext_session_params sp = {.n_ctx = e->o.n_ctx, .n_ubatch = e->ubatch, .gdn_mode = QNEXT_GDN_AUTO, .kv_type = e->o.kv_type,
+                               .state_type = e->o.state_type};
     if (qnext_session_new(e->m, &sp, &c->s, err, errlen)) return -1;
     c->hist = malloc((size_t)e->o.n_ctx * sizeof(int32_t));
     c->logits = malloc((size_t)e->vocab * sizeof(float));

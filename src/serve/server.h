@@ -44,6 +44,7 @@ typedef struct {
     int repack;          /* qnext_model_params.repack */
     int prefill_chunk;   /* tokens of a prompt per engine step */
     int kv_type;         /* QNEXT_KV_* of every slot's cache (QNEXT_KV_AUTO: the model's default) */
+    int state_type;      /* QNEXT_STATE_* of every slot's recurrent states */
     int drain_s;         /* seconds SIGTERM lets running requests finish before cancelling them */
     const char *model_name; /* reported in /v1/models and responses */
 } serve_options;

@@ -21,6 +21,11 @@
 #define GDN_CHUNK 64
 
 size_t gdn_tmp_floats(int dk, int dv);
+/* Scratch for a bf16 state: an f32 copy of one head's state (64-byte aligned), then
+ * gdn_tmp_floats. gdn_state_widen / gdn_state_narrow convert a head's state. */
+size_t gdn_state_tmp_floats(int dk, int dv);
+float *gdn_state_widen(const uint16_t *S, int n, float *tmp);  /* returns the f32 copy in tmp */
+void gdn_state_narrow(uint16_t *S, const float *Sf, int n);
 
 /* The recurrence over T tokens (the decode path). While n_ckpt > 0 the state after each of
  * the first n_ckpt tokens is copied to ckpt + t * ckpt_stride (speculative decoding). */
@@ -30,6 +35,13 @@ void gdn_recurrent(float *S, int dk, int dv, int T, const float *q, const float 
 void gdn_recurrent_ref(float *S, int dk, int dv, int T, const float *q, const float *k, int64_t ldqk, const float *v,
                        int64_t ldv, const float *g, const float *beta, int64_t ldg, float *o, int64_t ldo, float *tmp,
                        float *ckpt, size_t ckpt_stride, int n_ckpt);
+
+/* The recurrence with the state S stored as bf16 (QNEXT_STATE_BF16): each token's update is
+ * computed in f32 from the widened state (o too) and rounded to nearest even when stored.
+ * tmp: gdn_state_tmp_floats(dk, dv) floats. */
+void gdn_recurrent_bf16(uint16_t *S, int dk, int dv, int T, const float *q, const float *k, int64_t ldqk,
+                        const float *v, int64_t ldv, const float *g, const float *beta, int64_t ldg, float *o,
+                        int64_t ldo, float *tmp);
 
 /* The chunked form over T tokens (prompts): the same result with matrix-shaped work. */
 void gdn_chunked(float *S, int dk, int dv, int T, const float *q, const float *k, int64_t ldqk, const float *v,
@@ -47,4 +59,7 @@ void gdn_chunked_avx512(float *S, int dk, int dv, int T, const float *q, const f
 void gdn_recurrent_avx512(float *S, int dk, int dv, int T, const float *q, const float *k, int64_t ldqk,
                           const float *v, int64_t ldv, const float *g, const float *beta, int64_t ldg, float *o,
                           int64_t ldo);
+void gdn_recurrent_bf16_avx512(uint16_t *S, int dk, int dv, int T, const float *q, const float *k, int64_t ldqk,
+                               const float *v, int64_t ldv, const float *g, const float *beta, int64_t ldg, float *o,
+                               int64_t ldo);
 #endif

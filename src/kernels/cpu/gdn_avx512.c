@@ -203,21 +203,41 @@ void gdn_chunked_avx512(float *S, int dk, int dv, int T, const float *q, const f
     }
 }
 
-/* The recurrence on 16 * NV columns of S (columns are independent: column j of the state only
- * meets kv[j], delta[j] and o[j]). Per token the columns are read once for kv = S^T k and once
- * more, from L1 (a block of 64 columns of 128 rows is 32 KB), to update them and read out o. */
-static inline __attribute__((always_inline)) void recur_cols(const int NV, float *S, int dk, int ldS, int T,
-                                                             const float *q, const float *k, int64_t ldqk,
+/* bf16 <-> f32 for the recurrent state: widening is exact; narrowing rounds to nearest even and
+ * keeps NaN a quiet NaN, as quant_f32_to_bf16 does. */
+static inline __m512 bf16_load(const uint16_t *p) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
+}
+static inline void bf16_store(uint16_t *p, __m512 x) {
+    const __m512i u = _mm512_castps_si512(x);
+    const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    __m512i r = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7fff))), 16);
+    const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)),
+                                                  _mm512_set1_epi32(0x7f800000));
+    r = _mm512_mask_or_epi32(r, nan, _mm512_srli_epi32(u, 16), _mm512_set1_epi32(64));
+    _mm256_storeu_si256((__m256i *)p, _mm512_cvtepi32_epi16(r));
+}
+
+/* The recurrence on 16 * NV <= 128 columns of S (columns are independent: column j of the state
+ * only meets kv[j], delta[j] and o[j]), S in f32 or (BF16) bf16 with ldS elements per row. Per
+ * token the columns are read once for kv = S^T k, whole rows in one sequential stream from
+ * memory, and once more, from L2, to update them and read out o; a bf16 state is widened as it
+ * is read and rounded as it is written, so each token's update and output are computed in f32. */
+static inline __attribute__((always_inline)) void recur_cols(const int NV, const int BF16, void *Sv, int dk, int ldS,
+                                                             int T, const float *q, const float *k, int64_t ldqk,
                                                              const float *v, int64_t ldv, const float *g,
                                                              const float *beta, int64_t ldg, float *o, int64_t ldo) {
+    float *Sf = Sv;
+    uint16_t *Sh = Sv;
+#define S_LOAD(i, j) (BF16 ? bf16_load(Sh + (int64_t)(i) * ldS + 16 * (j)) : _mm512_loadu_ps(Sf + (int64_t)(i) * ldS + 16 * (j)))
     for (int t = 0; t < T; t++) {
         const float *qt = q + t * ldqk, *kt = k + t * ldqk, *vt = v + t * ldv;
         const __m512 decay = _mm512_set1_ps(expf(g[t * ldg])), b = _mm512_set1_ps(beta[t * ldg]);
-        __m512 kv[4], ot[4];
+        __m512 kv[8], ot[8];
         for (int j = 0; j < NV; j++) kv[j] = _mm512_setzero_ps();
         for (int i = 0; i < dk; i++) {
             const __m512 ki = _mm512_set1_ps(kt[i]);
-            for (int j = 0; j < NV; j++) kv[j] = _mm512_fmadd_ps(_mm512_loadu_ps(S + (int64_t)i * ldS + 16 * j), ki, kv[j]);
+            for (int j = 0; j < NV; j++) kv[j] = _mm512_fmadd_ps(S_LOAD(i, j), ki, kv[j]);
         }
         /* delta = beta (v - exp(g) S^T k) */
         for (int j = 0; j < NV; j++)
@@ -225,26 +245,41 @@ static inline __attribute__((always_inline)) void recur_cols(const int NV, float
         for (int j = 0; j < NV; j++) ot[j] = _mm512_setzero_ps();
         for (int i = 0; i < dk; i++) {
             const __m512 ki = _mm512_set1_ps(kt[i]), qi = _mm512_set1_ps(qt[i]);
-            float *Si = S + (int64_t)i * ldS;
             for (int j = 0; j < NV; j++) {
-                const __m512 sn = _mm512_fmadd_ps(ki, kv[j], _mm512_mul_ps(decay, _mm512_loadu_ps(Si + 16 * j)));
-                _mm512_storeu_ps(Si + 16 * j, sn);
+                __m512 sn = _mm512_fmadd_ps(ki, kv[j], _mm512_mul_ps(decay, S_LOAD(i, j)));
+                if (BF16) bf16_store(Sh + (int64_t)i * ldS + 16 * j, sn);
+                else _mm512_storeu_ps(Sf + (int64_t)i * ldS + 16 * j, sn);
                 ot[j] = _mm512_fmadd_ps(sn, qi, ot[j]);
             }
         }
         for (int j = 0; j < NV; j++) _mm512_storeu_ps(o + t * ldo + 16 * j, ot[j]);
     }
+#undef S_LOAD
 }
 
 void gdn_recurrent_avx512(float *S, int dk, int dv, int T, const float *q, const float *k, int64_t ldqk,
                           const float *v, int64_t ldv, const float *g, const float *beta, int64_t ldg, float *o,
                           int64_t ldo) {
-    for (int c0 = 0; c0 < dv; c0 += 64) {
-        const int nv = (dv - c0) / 16 < 4 ? (dv - c0) / 16 : 4;
+    for (int c0 = 0; c0 < dv; c0 += 128) {
+        const int nv = (dv - c0) / 16 < 8 ? (dv - c0) / 16 : 8;
         switch (nv) {
 #define RECUR(NV) \
-    case NV: recur_cols(NV, S + c0, dk, dv, T, q, k, ldqk, v + c0, ldv, g, beta, ldg, o + c0, ldo); break;
-            RECUR(1) RECUR(2) RECUR(3) RECUR(4)
+    case NV: recur_cols(NV, 0, S + c0, dk, dv, T, q, k, ldqk, v + c0, ldv, g, beta, ldg, o + c0, ldo); break;
+            RECUR(1) RECUR(2) RECUR(3) RECUR(4) RECUR(5) RECUR(6) RECUR(7) RECUR(8)
+#undef RECUR
+        }
+    }
+}
+
+void gdn_recurrent_bf16_avx512(uint16_t *S, int dk, int dv, int T, const float *q, const float *k, int64_t ldqk,
+                               const float *v, int64_t ldv, const float *g, const float *beta, int64_t ldg, float *o,
+                               int64_t ldo) {
+    for (int c0 = 0; c0 < dv; c0 += 128) {
+        const int nv = (dv - c0) / 16 < 8 ? (dv - c0) / 16 : 8;
+        switch (nv) {
+#define RECUR(NV) \
+    case NV: recur_cols(NV, 1, S + c0, dk, dv, T, q, k, ldqk, v + c0, ldv, g, beta, ldg, o + c0, ldo); break;
+            RECUR(1) RECUR(2) RECUR(3) RECUR(4) RECUR(5) RECUR(6) RECUR(7) RECUR(8)
 #undef RECUR
         }
     }
@@ -258,4 +293,7 @@ void gdn_chunked_avx512(float *S, int dk, int dv, int T, const float *q, const f
 void gdn_recurrent_avx512(float *S, int dk, int dv, int T, const float *q, const float *k, int64_t ldqk,
                           const float *v, int64_t ldv, const float *g, const float *beta, int64_t ldg, float *o,
                           int64_t ldo) {}
+void gdn_recurrent_bf16_avx512(uint16_t *S, int dk, int dv, int T, const float *q, const float *k, int64_t ldqk,
+                               const float *v, int64_t ldv, const float *g, const float *beta, int64_t ldg, float *o,
+                               int64_t ldo) {}
 #endif

@@ -6,6 +6,7 @@
 
 #include "kernels/cpu/gdn.h"
 #include "kernels/cpu/ops.h"
+#include "kernels/cpu/quant.h"
 
 /* The loops are plain C; these clones let the compiler vectorise them for AVX-512 and AVX2
  * machines while the default build stays baseline x86-64, and the loader picks one at run
@@ -169,6 +170,32 @@ void gdn_recurrent(float *S, int dk, int dv, int T, const float *q, const float 
                    float *ckpt, size_t ckpt_stride, int n_ckpt) {
     if (!n_ckpt && use_avx512(dk, dv)) gdn_recurrent_avx512(S, dk, dv, T, q, k, ldqk, v, ldv, g, beta, ldg, o, ldo);
     else gdn_recurrent_ref(S, dk, dv, T, q, k, ldqk, v, ldv, g, beta, ldg, o, ldo, tmp, ckpt, ckpt_stride, n_ckpt);
+}
+
+size_t gdn_state_tmp_floats(int dk, int dv) { return (size_t)dk * dv + 16 + gdn_tmp_floats(dk, dv); }
+
+float *gdn_state_widen(const uint16_t *S, int n, float *tmp) {
+    float *Sf = (float *)(((uintptr_t)tmp + 63) & ~(uintptr_t)63);
+    for (int i = 0; i < n; i++) Sf[i] = quant_bf16_to_f32(S[i]);
+    return Sf;
+}
+
+void gdn_state_narrow(uint16_t *S, const float *Sf, int n) {
+    for (int i = 0; i < n; i++) S[i] = quant_f32_to_bf16(Sf[i]);
+}
+
+void gdn_recurrent_bf16(uint16_t *S, int dk, int dv, int T, const float *q, const float *k, int64_t ldqk,
+                        const float *v, int64_t ldv, const float *g, const float *beta, int64_t ldg, float *o,
+                        int64_t ldo, float *tmp) {
+    if (use_avx512(dk, dv)) { gdn_recurrent_bf16_avx512(S, dk, dv, T, q, k, ldqk, v, ldv, g, beta, ldg, o, ldo); return; }
+    /* token by token through the f32 reference, rounding the state after each as the kernel does */
+    float *Sf = gdn_state_widen(S, dk * dv, tmp), *t2 = tmp + (size_t)dk * dv + 16;
+    for (int t = 0; t < T; t++) {
+        gdn_recurrent_ref(Sf, dk, dv, 1, q + t * ldqk, k + t * ldqk, ldqk, v + t * ldv, ldv, g + t * ldg, beta + t * ldg,
+                          ldg, o + t * ldo, ldo, t2, NULL, 0, 0);
+        for (int i = 0; i < dk * dv; i++) Sf[i] = quant_bf16_to_f32(quant_f32_to_bf16(Sf[i]));
+    }
+    gdn_state_narrow(S, Sf, dk * dv);
 }
 
 void gdn_chunked(float *S, int dk, int dv, int T, const float *q, const float *k, int64_t ldqk, const float *v,
