@@ -84,6 +84,33 @@ else
     echo "test_serve: qnext quantize failed"; cat "$TMP/quantize.log"; rc=1
 fi
 
+# bf16 recurrent states (--state-type bf16): the same greedy answers as the f32 states of the
+# first server on this model (its logits stay within bf16's precision, tests/test_state_bf16.c).
+PORT3=$("$PY" -c "import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
+"$BIN" serve -m "$MODEL" --port "$PORT3" --parallel 2 --ctx 1024 -t 1 --state-type bf16 --api-key "$KEY" > "$TMP/server3.log" 2>&1 &
+PID3=$!
+"$PY" - "$PORT" "$PORT3" "$KEY" <<'PYEOF'
+import sys, time, requests
+p1, p3, key = sys.argv[1], sys.argv[2], sys.argv[3]
+for _ in range(300):
+    try:
+        if requests.get(f"http://127.0.0.1:{p3}/health", timeout=1).status_code == 200:
+            break
+    except requests.RequestException:
+        time.sleep(0.1)
+def ask(port, body):
+    r = requests.post(f"http://127.0.0.1:{port}/v1/completions", json=body, headers={"Authorization": f"Bearer {key}"}, timeout=120)
+    r.raise_for_status()
+    return r.json()
+comp = {"prompt": "The quick brown fox", "max_tokens": 12, "temperature": 0}
+a, b = ask(p1, comp), ask(p3, comp)
+assert a["choices"][0]["text"] == b["choices"][0]["text"], (a, b)
+assert a["usage"] == b["usage"], (a["usage"], b["usage"])
+print("test_serve: bf16 recurrent states answer as f32 states do")
+PYEOF
+[ $? -eq 0 ] || { echo "test_serve: --state-type bf16 serving differs"; tail -n 20 "$TMP/server3.log"; rc=1; }
+kill -TERM "$PID3"; wait "$PID3"
+
 kill -TERM "$SERVER_PID"
 wait "$SERVER_PID"
 src=$?
