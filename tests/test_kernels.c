@@ -663,31 +663,26 @@ static void test_repack(int wt) {
 }
 
 
-/* The gated delta rule: the chunked and recurrent kernels in use (AVX-512 where the CPU has it)
- * and their plain C references, each against the recurrence in double, on
- * realistic inputs: q and k L2-normalised per head (q scaled by dk^-1/2), beta in [0, 1], log
- * decays g in [-20, 0) or the small ones of a long memory, a state carried in from before, and
- * lengths around the chunk of 64. Rows are strided as in the model (q, k, v in one row; g and
- * beta interleaved). */
-static void test_gdn_case(int dk, int dv, int T, float gmin, int warm) {
-    const int64_t ldqk = 2 * dk + dv + 8, ldv = ldqk, ldg = 2;
-    float *rows = calloc((size_t)T * ldqk, sizeof(float)), *gb = calloc((size_t)T * ldg, sizeof(float));
-    float *S0 = calloc((size_t)dk * dv, sizeof(float));
-    double *Sd = calloc((size_t)dk * dv, sizeof(double)), *od = calloc((size_t)T * dv, sizeof(double));
-    double *kv = calloc((size_t)dv, sizeof(double));
+/* Inputs of T tokens for one head, as the model lays them out: q, k, v in one row of ldqk
+ * floats (q and k unit length, q times dk^-1/2), g in [gmin, 0) and beta in [0, 1] interleaved. */
+static void gdn_inputs(float *rows, float *gb, int T, int dk, int dv, int64_t ldqk, int64_t ldg, float gmin) {
     for (int t = 0; t < T; t++) {
         float *r = rows + (int64_t)t * ldqk;
         fill(r, 2 * dk + dv, 1.0f);
-        for (int h = 0; h < 2; h++) { /* q then k, unit length; q times dk^-1/2 */
+        for (int h = 0; h < 2; h++) {
             double n = norm_d(r + h * dk, dk);
             for (int i = 0; i < dk; i++) r[h * dk + i] = (float)(r[h * dk + i] / n) * (h ? 1.0f : 1.0f / sqrtf((float)dk));
         }
-        gb[t * ldg] = gmin * (float)(1.0 - urand()); /* in [gmin, 0) */
+        gb[t * ldg] = gmin * (float)(1.0 - urand());
         gb[t * ldg + 1] = (float)urand();
     }
-    if (warm) fill(S0, (int64_t)dk * dv, 0.3f);
-    for (int64_t i = 0; i < (int64_t)dk * dv; i++) Sd[i] = S0[i];
-    for (int t = 0; t < T; t++) { /* the recurrence in double */
+}
+
+/* The recurrence in double over those inputs: state Sd [dk][dv] in place, outputs added to od. */
+static void gdn_double(const float *rows, const float *gb, int T, int dk, int dv, int64_t ldqk, int64_t ldg, double *Sd,
+                       double *od) {
+    double *kv = calloc((size_t)dv, sizeof(double));
+    for (int t = 0; t < T; t++) {
         const float *q = rows + (int64_t)t * ldqk, *k = q + dk, *v = q + 2 * dk;
         const double decay = exp((double)gb[t * ldg]), b = gb[t * ldg + 1];
         for (int j = 0; j < dv; j++) kv[j] = 0;
@@ -700,6 +695,24 @@ static void test_gdn_case(int dk, int dv, int T, float gmin, int warm) {
                 od[(int64_t)t * dv + j] += Sd[i * dv + j] * q[i];
             }
     }
+    free(kv);
+}
+
+/* The gated delta rule: the chunked and recurrent kernels in use (AVX-512 where the CPU has it)
+ * and their plain C references, each against the recurrence in double, on
+ * realistic inputs: q and k L2-normalised per head (q scaled by dk^-1/2), beta in [0, 1], log
+ * decays g in [-20, 0) or the small ones of a long memory, a state carried in from before, and
+ * lengths around the chunk of 64. Rows are strided as in the model (q, k, v in one row; g and
+ * beta interleaved). */
+static void test_gdn_case(int dk, int dv, int T, float gmin, int warm) {
+    const int64_t ldqk = 2 * dk + dv + 8, ldv = ldqk, ldg = 2;
+    float *rows = calloc((size_t)T * ldqk, sizeof(float)), *gb = calloc((size_t)T * ldg, sizeof(float));
+    float *S0 = calloc((size_t)dk * dv, sizeof(float));
+    double *Sd = calloc((size_t)dk * dv, sizeof(double)), *od = calloc((size_t)T * dv, sizeof(double));
+    gdn_inputs(rows, gb, T, dk, dv, ldqk, ldg, gmin);
+    if (warm) fill(S0, (int64_t)dk * dv, 0.3f);
+    for (int64_t i = 0; i < (int64_t)dk * dv; i++) Sd[i] = S0[i];
+    gdn_double(rows, gb, T, dk, dv, ldqk, ldg, Sd, od);
     float *tmp = calloc(gdn_tmp_floats(dk, dv), sizeof(float)), *S = malloc((size_t)dk * dv * sizeof(float));
     float *o = calloc((size_t)T * dv, sizeof(float));
     for (int way = 0; way < 4; way++) {
@@ -719,7 +732,7 @@ static void test_gdn_case(int dk, int dv, int T, float gmin, int warm) {
         CHECK(eo < 2e-6 && es < 2e-6, "%s dk %d dv %d T %d g >= %g warm %d: rel L2 outputs %.2e, state %.2e",
               names[way], dk, dv, T, (double)gmin, warm, eo, es);
     }
-    free(rows); free(gb); free(S0); free(Sd); free(od); free(kv); free(tmp); free(S); free(o);
+    free(rows); free(gb); free(S0); free(Sd); free(od); free(tmp); free(S); free(o);
 }
 
 /* The recurrence on a bf16 state (gdn_recurrent_bf16). With beta = 0 a token only decays the
@@ -733,17 +746,8 @@ static void test_gdn_bf16(int dk, int dv) {
     float *rows = calloc((size_t)T * ldqk, sizeof(float)), *gb = calloc((size_t)T * ldg, sizeof(float));
     uint16_t *S = malloc((size_t)dk * dv * sizeof(uint16_t)), *S0 = malloc((size_t)dk * dv * sizeof(uint16_t));
     float *o = calloc((size_t)T * dv, sizeof(float)), *tmp = calloc(gdn_state_tmp_floats(dk, dv), sizeof(float));
-    double *Sd = calloc((size_t)dk * dv, sizeof(double)), *od = calloc((size_t)T * dv, sizeof(double)), kv[256];
-    for (int t = 0; t < T; t++) {
-        float *r = rows + (int64_t)t * ldqk;
-        fill(r, ldqk, 1.0f);
-        for (int h = 0; h < 2; h++) {
-            double n = norm_d(r + h * dk, dk);
-            for (int i = 0; i < dk; i++) r[h * dk + i] = (float)(r[h * dk + i] / n) * (h ? 1.0f : 1.0f / sqrtf((float)dk));
-        }
-        gb[t * ldg] = -0.5f * (float)(1.0 - urand());
-        gb[t * ldg + 1] = (float)urand();
-    }
+    double *Sd = calloc((size_t)dk * dv, sizeof(double)), *od = calloc((size_t)T * dv, sizeof(double));
+    gdn_inputs(rows, gb, T, dk, dv, ldqk, ldg, -0.5f);
     for (int i = 0; i < dk * dv; i++) S0[i] = quant_f32_to_bf16(0.3f * nrand());
     /* decay only */
     memcpy(S, S0, (size_t)dk * dv * sizeof(uint16_t));
@@ -755,19 +759,7 @@ static void test_gdn_bf16(int dk, int dv) {
     /* T tokens against the recurrence in double from the same start */
     memcpy(S, S0, (size_t)dk * dv * sizeof(uint16_t));
     for (int i = 0; i < dk * dv; i++) Sd[i] = quant_bf16_to_f32(S0[i]);
-    for (int t = 0; t < T; t++) {
-        const float *q = rows + (int64_t)t * ldqk, *k = q + dk, *v = q + 2 * dk;
-        const double decay = exp((double)gb[t * ldg]), b = gb[t * ldg + 1];
-        for (int j = 0; j < dv; j++) kv[j] = 0;
-        for (int i = 0; i < dk; i++)
-            for (int j = 0; j < dv; j++) kv[j] += (Sd[i * dv + j] *= decay) * k[i];
-        for (int j = 0; j < dv; j++) kv[j] = b * (v[j] - kv[j]);
-        for (int i = 0; i < dk; i++)
-            for (int j = 0; j < dv; j++) {
-                Sd[i * dv + j] += k[i] * kv[j];
-                od[(int64_t)t * dv + j] += Sd[i * dv + j] * q[i];
-            }
-    }
+    gdn_double(rows, gb, T, dk, dv, ldqk, ldg, Sd, od);
     gdn_recurrent_bf16(S, dk, dv, T, rows, rows + dk, ldqk, rows + 2 * dk, ldqk, gb, gb + 1, ldg, o, dv, tmp);
     double eo = 0, no = 0, es = 0, ns = 0;
     for (int64_t i = 0; i < (int64_t)T * dv; i++) { eo += (o[i] - od[i]) * (o[i] - od[i]); no += od[i] * od[i]; }

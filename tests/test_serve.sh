@@ -51,65 +51,49 @@ rc=${PIPESTATUS[0]}
 # The same model as a GGUF file (qnext quantize --type BF16 embeds the tokenizer and chat
 # template): served straight from the file, it must answer exactly as the directory does
 # (BF16 of bf16 weights is lossless; the directory's answers are checked by pytest above).
+# And the directory with bf16 recurrent states (--state-type bf16): the same greedy answers as
+# the f32 states of the first server (its logits stay within bf16's precision,
+# tests/test_state_bf16.c).
 if "$BIN" quantize -m "$MODEL" -o "$TMP/model.gguf" --type BF16 > "$TMP/quantize.log" 2>&1; then
-    PORT2=$("$PY" -c "import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
+    free_port() { "$PY" -c "import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])"; }
+    PORT2=$(free_port)
     "$BIN" serve -m "$TMP/model.gguf" --port "$PORT2" --parallel 2 --ctx 1024 -t 1 --kv-type f32 > "$TMP/server2.log" 2>&1 &
     PID2=$!
-    "$PY" - "$PORT" "$PORT2" "$KEY" <<'PYEOF'
+    PORT3=$(free_port)
+    "$BIN" serve -m "$MODEL" --port "$PORT3" --parallel 2 --ctx 1024 -t 1 --state-type bf16 > "$TMP/server3.log" 2>&1 &
+    PID3=$!
+    "$PY" - "$PORT" "$PORT2" "$PORT3" "$KEY" <<'PYEOF'
 import sys, time, requests
-p1, p2, key = sys.argv[1], sys.argv[2], sys.argv[3]
-for _ in range(300):
-    try:
-        if requests.get(f"http://127.0.0.1:{p2}/health", timeout=1).status_code == 200:
-            break
-    except requests.RequestException:
-        time.sleep(0.1)
+p1, p2, p3, key = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+for p in (p2, p3):
+    for _ in range(300):
+        try:
+            if requests.get(f"http://127.0.0.1:{p}/health", timeout=1).status_code == 200:
+                break
+        except requests.RequestException:
+            time.sleep(0.1)
 def ask(port, path, body):
     r = requests.post(f"http://127.0.0.1:{port}{path}", json=body, headers={"Authorization": f"Bearer {key}"}, timeout=120)
     r.raise_for_status()
     return r.json()
 comp = {"prompt": "The quick brown fox", "max_tokens": 12, "temperature": 0}
 chat = {"messages": [{"role": "user", "content": "Say something."}], "max_tokens": 12, "temperature": 0}
-a, b = ask(p1, "/v1/completions", comp), ask(p2, "/v1/completions", comp)
-assert a["choices"][0]["text"] == b["choices"][0]["text"], (a, b)
-assert a["usage"] == b["usage"], (a["usage"], b["usage"])
-a, b = ask(p1, "/v1/chat/completions", chat), ask(p2, "/v1/chat/completions", chat)
-assert a["choices"][0]["message"] == b["choices"][0]["message"], (a, b)
-assert a["usage"] == b["usage"], (a["usage"], b["usage"])
-print("test_serve: the GGUF file answers as the model directory does")
+def counts(u):  # the first server has seen the requests before: its cached_tokens differ
+    return u["prompt_tokens"], u["completion_tokens"], u["total_tokens"]
+for port, what in ((p2, "the GGUF file"), (p3, "bf16 recurrent states")):
+    a, b = ask(p1, "/v1/completions", comp), ask(port, "/v1/completions", comp)
+    assert a["choices"][0]["text"] == b["choices"][0]["text"], (what, a, b)
+    assert counts(a["usage"]) == counts(b["usage"]), (what, a["usage"], b["usage"])
+    a, b = ask(p1, "/v1/chat/completions", chat), ask(port, "/v1/chat/completions", chat)
+    assert a["choices"][0]["message"] == b["choices"][0]["message"], (what, a, b)
+    assert counts(a["usage"]) == counts(b["usage"]), (what, a["usage"], b["usage"])
+    print(f"test_serve: {what}: the same answers as the model directory")
 PYEOF
-    [ $? -eq 0 ] || { echo "test_serve: GGUF serving differs"; tail -n 20 "$TMP/server2.log"; rc=1; }
-    kill -TERM "$PID2"; wait "$PID2"
+    [ $? -eq 0 ] || { echo "test_serve: GGUF or bf16-state serving differs"; tail -n 20 "$TMP/server2.log" "$TMP/server3.log"; rc=1; }
+    kill -TERM "$PID2" "$PID3"; wait "$PID2"; wait "$PID3"
 else
     echo "test_serve: qnext quantize failed"; cat "$TMP/quantize.log"; rc=1
 fi
-
-# bf16 recurrent states (--state-type bf16): the same greedy answers as the f32 states of the
-# first server on this model (its logits stay within bf16's precision, tests/test_state_bf16.c).
-PORT3=$("$PY" -c "import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
-"$BIN" serve -m "$MODEL" --port "$PORT3" --parallel 2 --ctx 1024 -t 1 --state-type bf16 --api-key "$KEY" > "$TMP/server3.log" 2>&1 &
-PID3=$!
-"$PY" - "$PORT" "$PORT3" "$KEY" <<'PYEOF'
-import sys, time, requests
-p1, p3, key = sys.argv[1], sys.argv[2], sys.argv[3]
-for _ in range(300):
-    try:
-        if requests.get(f"http://127.0.0.1:{p3}/health", timeout=1).status_code == 200:
-            break
-    except requests.RequestException:
-        time.sleep(0.1)
-def ask(port, body):
-    r = requests.post(f"http://127.0.0.1:{port}/v1/completions", json=body, headers={"Authorization": f"Bearer {key}"}, timeout=120)
-    r.raise_for_status()
-    return r.json()
-comp = {"prompt": "The quick brown fox", "max_tokens": 12, "temperature": 0}
-a, b = ask(p1, comp), ask(p3, comp)
-assert a["choices"][0]["text"] == b["choices"][0]["text"], (a, b)
-assert a["usage"] == b["usage"], (a["usage"], b["usage"])
-print("test_serve: bf16 recurrent states answer as f32 states do")
-PYEOF
-[ $? -eq 0 ] || { echo "test_serve: --state-type bf16 serving differs"; tail -n 20 "$TMP/server3.log"; rc=1; }
-kill -TERM "$PID3"; wait "$PID3"
 
 kill -TERM "$SERVER_PID"
 wait "$SERVER_PID"

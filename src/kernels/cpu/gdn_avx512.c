@@ -257,32 +257,35 @@ static inline __attribute__((always_inline)) void recur_cols(const int NV, const
 #undef S_LOAD
 }
 
-void gdn_recurrent_avx512(float *S, int dk, int dv, int T, const float *q, const float *k, int64_t ldqk,
-                          const float *v, int64_t ldv, const float *g, const float *beta, int64_t ldg, float *o,
-                          int64_t ldo) {
+/* The state's columns in blocks of up to 128, each block one recur_cols call; bf16 (0 or 1) is
+ * a constant in each caller, so the unused variant folds away. */
+static inline __attribute__((always_inline)) void recur_blocks(const int bf16, void *S, int dk, int dv, int T,
+                                                               const float *q, const float *k, int64_t ldqk,
+                                                               const float *v, int64_t ldv, const float *g,
+                                                               const float *beta, int64_t ldg, float *o, int64_t ldo) {
+    const size_t esz = bf16 ? 2 : 4;
     for (int c0 = 0; c0 < dv; c0 += 128) {
         const int nv = (dv - c0) / 16 < 8 ? (dv - c0) / 16 : 8;
+        void *Sc = (uint8_t *)S + (size_t)c0 * esz;
         switch (nv) {
 #define RECUR(NV) \
-    case NV: recur_cols(NV, 0, S + c0, dk, dv, T, q, k, ldqk, v + c0, ldv, g, beta, ldg, o + c0, ldo); break;
+    case NV: recur_cols(NV, bf16, Sc, dk, dv, T, q, k, ldqk, v + c0, ldv, g, beta, ldg, o + c0, ldo); break;
             RECUR(1) RECUR(2) RECUR(3) RECUR(4) RECUR(5) RECUR(6) RECUR(7) RECUR(8)
 #undef RECUR
         }
     }
 }
 
+void gdn_recurrent_avx512(float *S, int dk, int dv, int T, const float *q, const float *k, int64_t ldqk,
+                          const float *v, int64_t ldv, const float *g, const float *beta, int64_t ldg, float *o,
+                          int64_t ldo) {
+    recur_blocks(0, S, dk, dv, T, q, k, ldqk, v, ldv, g, beta, ldg, o, ldo);
+}
+
 void gdn_recurrent_bf16_avx512(uint16_t *S, int dk, int dv, int T, const float *q, const float *k, int64_t ldqk,
                                const float *v, int64_t ldv, const float *g, const float *beta, int64_t ldg, float *o,
                                int64_t ldo) {
-    for (int c0 = 0; c0 < dv; c0 += 128) {
-        const int nv = (dv - c0) / 16 < 8 ? (dv - c0) / 16 : 8;
-        switch (nv) {
-#define RECUR(NV) \
-    case NV: recur_cols(NV, 1, S + c0, dk, dv, T, q, k, ldqk, v + c0, ldv, g, beta, ldg, o + c0, ldo); break;
-            RECUR(1) RECUR(2) RECUR(3) RECUR(4) RECUR(5) RECUR(6) RECUR(7) RECUR(8)
-#undef RECUR
-        }
-    }
+    recur_blocks(1, S, dk, dv, T, q, k, ldqk, v, ldv, g, beta, ldg, o, ldo);
 }
 
 #else /* not built for AVX-512: gdn_avx512_available() says so, and the kernel is never called */
