@@ -1,5 +1,6 @@
-/* gdn_generic.c - the gated delta rule in plain C: the recurrence (the decode path) and the
- * chunked reference, and the choice of the chunked kernel (gdn.h). */
+/* gdn_generic.c - the gated delta rule in plain C: the references of the recurrence (the decode
+ * path) and of the chunked form (prompts), the bf16-state conversions, and the choice between
+ * them and the AVX-512 kernels (gdn.h). */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,8 +22,8 @@
  * [dk][dv]; per token: decay, read kv = S^T k, delta = beta (v - kv), S += k delta^T,
  * then read out o = S^T q after the update. */
 QN_HOT void gdn_recurrent_ref(float *S, int dk, int dv, int T, const float *q, const float *k, int64_t ldqk,
-                          const float *v, int64_t ldv, const float *g, const float *beta, int64_t ldg, float *o,
-                          int64_t ldo, float *tmp, float *ckpt, size_t ckpt_stride, int n_ckpt) {
+                              const float *v, int64_t ldv, const float *g, const float *beta, int64_t ldg, float *o,
+                              int64_t ldo, float *tmp, float *ckpt, size_t ckpt_stride, int n_ckpt) {
     for (int t = 0; t < T; t++) {
         const float *qt = q + t * ldqk, *kt = k + t * ldqk, *vt = v + t * ldv;
         float decay = expf(g[t * ldg]), b = beta[t * ldg];
