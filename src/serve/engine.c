@@ -816,6 +816,10 @@ static void call_next(serve_engine *e, serve_req *r) {
  * call's (name or arguments), or response_format's after any reasoning. */
 static int32_t draw_token(serve_engine *e, context *c, sampler_result *res) {
     serve_req *r = c->req;
+    /* log-probabilities only for a request that asked for them: the log-softmax over the
+     * vocabulary costs ~1 ms a token, which 16 streams pay 16 times per step */
+    sampler_result *lp = r->logprobs ? res : NULL;
+    memset(res, 0, sizeof *res);
     int in_call = r->call != CALL_NONE && r->force_armed;
     if (in_call && r->call != CALL_NAME && r->call != CALL_ARGS) { /* no draw: the token is fixed */
         int32_t tok = e->eos[0];
@@ -827,28 +831,27 @@ static int32_t draw_token(serve_engine *e, context *c, sampler_result *res) {
             if (r->call_at == n) call_next(e, r);
         }
         r->n_fixed++;
-        memset(res, 0, sizeof *res);
         res->token = tok;
-        res->logprob = log_softmax_at(c->logits, e->vocab, tok);
+        if (lp) res->logprob = log_softmax_at(c->logits, e->vocab, tok);
         return tok;
     }
     jcon *mj = in_call ? r->call_jc : r->jc && !(r->parser && output_parser_in_reasoning(r->parser)) ? r->jc : NULL;
     int32_t tok;
     if (mj) {
         memcpy(e->masked, c->logits, (size_t)e->vocab * sizeof(float));
-        if (jcon_mask(mj, e->masked) > 0) tok = sampler_sample(r->smp, e->masked, res);
+        if (jcon_mask(mj, e->masked) > 0) tok = sampler_sample(r->smp, e->masked, lp);
         else { /* cannot happen for a compiled schema; end rather than sample from nothing */
             tok = e->eos[0];
-            memset(res, 0, sizeof *res);
             res->token = tok;
         }
     } else
-        tok = sampler_sample(r->smp, c->logits, res);
+        tok = sampler_sample(r->smp, c->logits, lp);
+    res->token = tok;
     if (e->fake) { /* test hook: a scripted output (around the fixed tokens), then end of sequence */
         int at = r->n_gen - r->n_fixed;
         tok = at < (int)e->n_fake ? e->fake[at] : e->eos[0];
         res->token = tok;
-        res->logprob = log_softmax_at(c->logits, e->vocab, tok);
+        if (lp) res->logprob = log_softmax_at(c->logits, e->vocab, tok);
     }
     if (!mj) return tok;
     if (!jcon_accept(mj, tok)) { /* a scripted token (test hook) left the grammar: stop masking */
