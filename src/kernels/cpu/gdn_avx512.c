@@ -218,8 +218,16 @@ static inline void bf16_store(uint16_t *p, __m512 x) {
     _mm256_storeu_si256((__m256i *)p, _mm512_cvtepi32_epi16(r));
 }
 
+/* The same rounding in one instruction where the CPU has AVX512_BF16 (vcvtneps2bf16 rounds to
+ * nearest even and quiets NaN as quant_f32_to_bf16 does; it reads denormal inputs as zero, which
+ * for a recurrent state below 1.2e-38 makes no difference). */
+__attribute__((target("avx512bf16"))) static inline void bf16_store_cvt(uint16_t *p, __m512 x) {
+    _mm256_storeu_si256((__m256i *)p, (__m256i)_mm512_cvtneps_pbh(x));
+}
+
 /* The recurrence on 16 * NV <= 128 columns of S (columns are independent: column j of the state
- * only meets kv[j], delta[j] and o[j]), S in f32 or (BF16) bf16 with ldS elements per row. Per
+ * only meets kv[j], delta[j] and o[j]), S in f32 or (BF16 1, or 2 with AVX512_BF16) bf16 with ldS
+ * elements per row. Per
  * token the columns are read once for kv = S^T k, whole rows in one sequential stream from
  * memory, and once more, from L2, to update them and read out o; a bf16 state is widened as it
  * is read and rounded as it is written, so each token's update and output are computed in f32. */
@@ -247,7 +255,8 @@ static inline __attribute__((always_inline)) void recur_cols(const int NV, const
             const __m512 ki = _mm512_set1_ps(kt[i]), qi = _mm512_set1_ps(qt[i]);
             for (int j = 0; j < NV; j++) {
                 __m512 sn = _mm512_fmadd_ps(ki, kv[j], _mm512_mul_ps(decay, S_LOAD(i, j)));
-                if (BF16) bf16_store(Sh + (int64_t)i * ldS + 16 * j, sn);
+                if (BF16 == 2) bf16_store_cvt(Sh + (int64_t)i * ldS + 16 * j, sn);
+                else if (BF16) bf16_store(Sh + (int64_t)i * ldS + 16 * j, sn);
                 else _mm512_storeu_ps(Sf + (int64_t)i * ldS + 16 * j, sn);
                 ot[j] = _mm512_fmadd_ps(sn, qi, ot[j]);
             }
@@ -263,7 +272,7 @@ static inline __attribute__((always_inline)) void recur_blocks(const int bf16, v
                                                                const float *q, const float *k, int64_t ldqk,
                                                                const float *v, int64_t ldv, const float *g,
                                                                const float *beta, int64_t ldg, float *o, int64_t ldo) {
-    const size_t esz = bf16 ? 2 : 4;
+    const size_t esz = bf16 ? 2 : 4; /* bf16: 1 or 2, as recur_cols's BF16 */
     for (int c0 = 0; c0 < dv; c0 += 128) {
         const int nv = (dv - c0) / 16 < 8 ? (dv - c0) / 16 : 8;
         void *Sc = (uint8_t *)S + (size_t)c0 * esz;
@@ -282,10 +291,21 @@ void gdn_recurrent_avx512(float *S, int dk, int dv, int T, const float *q, const
     recur_blocks(0, S, dk, dv, T, q, k, ldqk, v, ldv, g, beta, ldg, o, ldo);
 }
 
+__attribute__((target("avx512bf16"))) static void recurrent_bf16_cvt(uint16_t *S, int dk, int dv, int T,
+                                                                     const float *q, const float *k, int64_t ldqk,
+                                                                     const float *v, int64_t ldv, const float *g,
+                                                                     const float *beta, int64_t ldg, float *o,
+                                                                     int64_t ldo) {
+    recur_blocks(2, S, dk, dv, T, q, k, ldqk, v, ldv, g, beta, ldg, o, ldo);
+}
+
 void gdn_recurrent_bf16_avx512(uint16_t *S, int dk, int dv, int T, const float *q, const float *k, int64_t ldqk,
                                const float *v, int64_t ldv, const float *g, const float *beta, int64_t ldg, float *o,
                                int64_t ldo) {
-    recur_blocks(1, S, dk, dv, T, q, k, ldqk, v, ldv, g, beta, ldg, o, ldo);
+    static int cvt = -1;
+    if (cvt < 0) cvt = __builtin_cpu_supports("avx512bf16");
+    if (cvt) recurrent_bf16_cvt(S, dk, dv, T, q, k, ldqk, v, ldv, g, beta, ldg, o, ldo);
+    else recur_blocks(1, S, dk, dv, T, q, k, ldqk, v, ldv, g, beta, ldg, o, ldo);
 }
 
 #else /* not built for AVX-512: gdn_avx512_available() says so, and the kernel is never called */
