@@ -1,12 +1,15 @@
-/* gdn_avx512.c - the chunked gated delta rule (gdn.h) as small f32 matrix products.
+/* gdn_avx512.c - the gated delta rule (gdn.h) in AVX-512: the chunked form as small f32 matrix
+ * products, and the recurrence on f32 or bf16 states.
  *
- * Why. The reference (gdn_generic.c) follows the algebra row by row: a dot product per pair
- * of rows, forward substitution one row at a time, the state re-read for every row of the
- * chunk, and a double exp() for each of the chunk's 2,080 decay pairs. On bench-a3b's prompt
- * of 512 tokens that was a fifth of the time (PERF.md, nineteenth session). Here every step
- * of a chunk of C = 64 rows is a product of matrices of 64-256 sides, done by one
- * register-tiled kernel (4 rows x 64 columns of accumulators, each loaded B vector used by 4
- * rows), the triangular solve runs on 64 columns at a time in registers, and the decays are products of the per-token factors in double.
+ * Why. The chunked reference (gdn_generic.c) follows the algebra row by row: a dot product per
+ * pair of rows, forward substitution one row at a time, the state re-read for every row of the
+ * chunk, and a double exp() for each of the chunk's 2,080 decay pairs. On bench-a3b's prompt of
+ * 512 tokens that was a fifth of the time (PERF.md, nineteenth session). Here every step of a
+ * chunk of C = 64 rows is a product of matrices of 64-256 sides, done by one register-tiled
+ * kernel (4 rows x 64 columns of accumulators, each loaded B vector used by 4 rows), the
+ * triangular solve runs on 64 columns at a time in registers, and the decays are products of
+ * the per-token factors in double. The recurrence (decoding) is memory-bound: with 16 streams
+ * a step reads and writes 1.2 GB of f32 states, so it reads each state once per token (below).
  *
  * Per chunk of n rows, with gam_r the cumulative log decay, D[r][s] = exp(gam_r - gam_s):
  *     KK = K K^T, QK = Q K^T                                   (n x n, through K^T)
