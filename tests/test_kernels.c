@@ -775,6 +775,31 @@ static void test_gdn_bf16(int dk, int dv) {
     free(rows); free(gb); free(S); free(S0); free(o); free(tmp); free(Sd); free(od);
 }
 
+/* Speculative verification's checkpoints: gdn_recurrent with n_ckpt keeps the state after each of
+ * the first n_ckpt tokens; each must equal the state that feeding those tokens alone leaves, to
+ * the bit (so that accepting k drafts is the same as having decoded them), and the outputs too. */
+static void test_gdn_ckpt(int dk, int dv) {
+    enum { T = 6 };
+    const int64_t ldqk = 2 * dk + dv, ldg = 2, n = (int64_t)dk * dv;
+    float *rows = calloc((size_t)T * ldqk, sizeof(float)), gb[2 * T], *S0 = malloc(n * sizeof(float));
+    float *S = malloc(n * sizeof(float)), *ck = malloc((size_t)T * n * sizeof(float)), *tmp = calloc(gdn_tmp_floats(dk, dv), sizeof(float));
+    float o[T * 256], o1[T * 256];
+    gdn_inputs(rows, gb, T, dk, dv, ldqk, ldg, -1.0f);
+    fill(S0, n, 0.3f);
+    memcpy(S, S0, n * sizeof(float));
+    gdn_recurrent(S, dk, dv, T, rows, rows + dk, ldqk, rows + 2 * dk, ldqk, gb, gb + 1, ldg, o, dv, tmp, ck, n, T);
+    for (int t = 0; t < T; t++) {
+        float *S1 = malloc(n * sizeof(float));
+        memcpy(S1, S0, n * sizeof(float));
+        gdn_recurrent(S1, dk, dv, t + 1, rows, rows + dk, ldqk, rows + 2 * dk, ldqk, gb, gb + 1, ldg, o1, dv, tmp, NULL, 0, 0);
+        CHECK(!memcmp(S1, ck + (size_t)t * n, n * sizeof(float)), "gdn_recurrent %d x %d: checkpoint %d differs", dk, dv, t);
+        CHECK(!memcmp(o1 + (size_t)t * dv, o + (size_t)t * dv, dv * sizeof(float)), "gdn_recurrent %d x %d: output %d", dk, dv, t);
+        free(S1);
+    }
+    CHECK(!memcmp(S, ck + (size_t)(T - 1) * n, n * sizeof(float)), "gdn_recurrent %d x %d: final state", dk, dv);
+    free(rows); free(S0); free(S); free(ck); free(tmp);
+}
+
 static void test_gdn(void) {
     static const int lens[] = {1, 2, 63, 64, 65, 200};
     for (size_t i = 0; i < sizeof lens / sizeof lens[0]; i++) {
@@ -785,6 +810,8 @@ static void test_gdn(void) {
     test_gdn_case(32, 64, 97, -1.0f, 1);  /* dk != dv */
     test_gdn_case(48, 16, 70, -3.0f, 1);
     test_gdn_case(24, 40, 66, -1.0f, 1);  /* not multiples of 16: the reference only */
+    test_gdn_ckpt(128, 128);
+    test_gdn_ckpt(24, 40);
     test_gdn_bf16(128, 128);
     test_gdn_bf16(32, 64);
     test_gdn_bf16(24, 40);

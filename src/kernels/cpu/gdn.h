@@ -9,7 +9,7 @@
  *
  * gdn_recurrent_ref and gdn_chunked_ref are the plain C references; gdn_recurrent and
  * gdn_chunked pick the AVX-512 kernels (gdn_avx512.c) where the CPU has them and dk, dv are
- * multiples of 16 (and, for the recurrence, no checkpoints are asked for), unless
+ * multiples of 16, unless
  * QNEXT_KERNELS=generic or QNEXT_GDN_REF=1 (the reference only, for comparisons). Both give
  * the recurrence's result up to f32 rounding where the chunk's triangular system is well
  * conditioned, and round alike where it is not (both solve it by forward substitution). */
@@ -55,7 +55,7 @@ size_t gdn_avx512_tmp_floats(int dk, int dv);
 void gdn_chunked_avx512(float *S, int dk, int dv, int T, const float *q, const float *k, int64_t ldqk,
                         const float *v, int64_t ldv, const float *g, const float *beta, int64_t ldg, float *o,
                         int64_t ldo, float *tmp);
-/* The recurrence, without checkpoints (gdn_recurrent calls it when n_ckpt is 0). */
+/* The recurrence, without checkpoints (gdn_recurrent keeps them between single-token calls). */
 void gdn_recurrent_avx512(float *S, int dk, int dv, int T, const float *q, const float *k, int64_t ldqk,
                           const float *v, int64_t ldv, const float *g, const float *beta, int64_t ldg, float *o,
                           int64_t ldo);

@@ -169,8 +169,18 @@ static int use_avx512(int dk, int dv) {
 void gdn_recurrent(float *S, int dk, int dv, int T, const float *q, const float *k, int64_t ldqk, const float *v,
                    int64_t ldv, const float *g, const float *beta, int64_t ldg, float *o, int64_t ldo, float *tmp,
                    float *ckpt, size_t ckpt_stride, int n_ckpt) {
-    if (!n_ckpt && use_avx512(dk, dv)) gdn_recurrent_avx512(S, dk, dv, T, q, k, ldqk, v, ldv, g, beta, ldg, o, ldo);
-    else gdn_recurrent_ref(S, dk, dv, T, q, k, ldqk, v, ldv, g, beta, ldg, o, ldo, tmp, ckpt, ckpt_stride, n_ckpt);
+    if (!use_avx512(dk, dv)) {
+        gdn_recurrent_ref(S, dk, dv, T, q, k, ldqk, v, ldv, g, beta, ldg, o, ldo, tmp, ckpt, ckpt_stride, n_ckpt);
+        return;
+    }
+    if (!n_ckpt) { gdn_recurrent_avx512(S, dk, dv, T, q, k, ldqk, v, ldv, g, beta, ldg, o, ldo); return; }
+    /* speculative verification: token by token, with the state after each of the first n_ckpt
+     * kept; the same kernel as plain decoding, so accepted tokens leave the same state */
+    for (int t = 0; t < T; t++) {
+        gdn_recurrent_avx512(S, dk, dv, 1, q + t * ldqk, k + t * ldqk, ldqk, v + t * ldv, ldv, g + t * ldg,
+                             beta + t * ldg, ldg, o + t * ldo, ldo);
+        if (t < n_ckpt) memcpy(ckpt + (size_t)t * ckpt_stride, S, (size_t)dk * dv * sizeof(float));
+    }
 }
 
 size_t gdn_state_tmp_floats(int dk, int dv) { return (size_t)dk * dv + 16 + gdn_tmp_floats(dk, dv); }
