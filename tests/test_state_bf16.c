@@ -5,7 +5,8 @@
  * transformers by test_fixtures and test_tiny): a prompt (the chunked delta rule) and then
  * single tokens (the recurrence) must give logits within bf16's precision of it. Snapshots
  * must restore a bf16 session exactly, speculative verify/accept must keep what plain feeding
- * keeps, the reported state memory must be the closed form, and a bad state type is an error.
+ * keeps, a batch may mix the two types, the reported state memory must be the closed form, and a
+ * bad state type is an error.
  * qnext-tiny (dk = dv = 64) and v5_layer_types (16 / 32) take the AVX-512 kernels where the CPU
  * has them; mha_sharded_mtp (24 / 24) always takes the plain C path. */
 #include <math.h>
@@ -120,6 +121,25 @@ static void check_model(const char *dir, int has_mtp) {
         CHECK(e < 2e-2, "%s: verify/accept on bf16 states: rel L2 %.3e from plain feeding", dir, e);
         qnext_session_free(v);
         qnext_session_free(w);
+    }
+    /* one batch may mix state types: an f32 and a bf16 session fed together (a prompt chunk and a
+     * decode token) give what each gives alone, as test_batch checks for f32 */
+    {
+        qnext_session *x32, *x16, *y32, *y16;
+        CHECK(!qnext_session_new(m, &p32, &x32, err, sizeof err), "%s", err);
+        CHECK(!qnext_session_new(m, &p16, &x16, err, sizeof err), "%s", err);
+        CHECK(!qnext_session_new(m, &p32, &y32, err, sizeof err), "%s", err);
+        CHECK(!qnext_session_new(m, &p16, &y16, err, sizeof err), "%s", err);
+        qnext_session *all[4] = {x32, x16, y32, y16};
+        for (int i = 0; i < 4; i++)
+            CHECK(!qnext_session_feed(all[i], toks, 20, NULL, QNEXT_LOGITS_NONE, err, sizeof err), "%s", err);
+        qnext_batch_item items[2] = {{x32, toks + 20, 9, l2, QNEXT_LOGITS_LAST}, {x16, toks + 40, 1, l3, QNEXT_LOGITS_LAST}};
+        CHECK(qnext_batch_feed(items, 2, err, sizeof err) == QNEXT_OK, "%s", err);
+        CHECK(!qnext_session_feed(y32, toks + 20, 9, la, QNEXT_LOGITS_LAST, err, sizeof err), "%s", err);
+        CHECK(!qnext_session_feed(y16, toks + 40, 1, lb, QNEXT_LOGITS_LAST, err, sizeof err), "%s", err);
+        double e32 = rel_l2(l2, la, V), e16 = rel_l2(l3, lb, V);
+        CHECK(e32 < 1e-5 && e16 < 1e-5, "%s: mixed-type batch vs alone: f32 %.3e, bf16 %.3e", dir, e32, e16);
+        for (int i = 0; i < 4; i++) qnext_session_free(all[i]);
     }
     free(la);
     free(lb);
