@@ -78,12 +78,12 @@ static void kv_free(uint8_t *p, size_t bytes) {
 
 /* The recurrent states of all DeltaNet layers in one zeroed mapping, each layer's at a 2 MB
  * boundary on transparent huge pages where the kernel gives them. Decode reads and writes
- * every state once per token (72 MB for 36 layers of the 80B model, 2 MB each); on 4 KB pages
+ * every state once per token (72 MB for 36 layers of the 80B model, 2 MB each, in f32); on 4 KB pages
  * that is 18K TLB entries, more than the second-level TLB holds, and 36K first-touch faults.
  * A model whose states take less than 2 MB in all keeps them in one calloc'd block (a huge page
  * per session would cost more memory than its states; the small test models stay under the
  * sanitizers' heap checks). Returns the first state, or NULL; the others follow at *stride
- * floats. *region_bytes is 0 for the calloc'd block (free it), else the mapping's size. */
+ * bytes. *region_bytes is 0 for the calloc'd block (free it), else the mapping's size. */
 static uint8_t *ssm_region_alloc(size_t per_layer, int n, size_t *stride, size_t *region_bytes, void **region) {
     if (per_layer * n < HUGEMAP_PAGE) {
         *stride = (per_layer + 63) & ~(size_t)63;
