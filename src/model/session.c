@@ -76,9 +76,10 @@ static void kv_free(uint8_t *p, size_t bytes) {
     if (p) munmap(p, bytes);
 }
 
-/* The recurrent states of all DeltaNet layers in one zeroed mapping, each layer's at a 2 MB
- * boundary on transparent huge pages where the kernel gives them. Decode reads and writes
- * every state once per token (72 MB for 36 layers of the 80B model, 2 MB each, in f32); on 4 KB pages
+/* The recurrent states of all DeltaNet layers in one zeroed mapping that starts on a 2 MB
+ * boundary, layers back to back (each 2 MB in f32 on the 80B model, one huge page; 1 MB in bf16,
+ * two to a huge page), on transparent huge pages where the kernel gives them. Decode reads and
+ * writes every state once per token (72 MB for 36 layers of the 80B model in f32); on 4 KB pages
  * that is 18K TLB entries, more than the second-level TLB holds, and 36K first-touch faults.
  * A model whose states take less than 2 MB in all keeps them in one calloc'd block (a huge page
  * per session would cost more memory than its states; the small test models stay under the
@@ -91,7 +92,7 @@ static uint8_t *ssm_region_alloc(size_t per_layer, int n, size_t *stride, size_t
         *region_bytes = 0;
         return *region;
     }
-    *stride = (per_layer + HUGEMAP_PAGE - 1) & ~(HUGEMAP_PAGE - 1);
+    *stride = (per_layer + 4095) & ~(size_t)4095;
     return hugemap_alloc(*stride * n, PROT_READ | PROT_WRITE, 1, region, region_bytes);
 }
 
