@@ -152,7 +152,8 @@ int cmd_eval(int argc, char **argv) {
     }
     /* --state-type applies to the model under test; the reference keeps f32 states. */
     qnext_session_params sp = {.n_ctx = (int)ctx, .n_ubatch = (int)ubatch, .kv_type = kv_type, .state_type = state_type};
-    qnext_session_params spr = {.n_ctx = (int)ctx, .n_ubatch = (int)ubatch, .kv_type = kv_type};
+    qnext_session_params spr = sp;
+    spr.state_type = QNEXT_STATE_F32;
     qnext_session *sm = NULL, *sr = NULL;
     int rc = 1;
     float *lm = malloc((size_t)ctx * V * sizeof(float)), *lr = malloc((size_t)ctx * V * sizeof(float));

@@ -44,9 +44,6 @@ static void rope_apply(float *v, const float *cs, const float *sn, int half) {
     }
 }
 
-
-/* ---------------------------------------------------------------- Gated DeltaNet */
-
 /* ---------------------------------------------------------------- Gated DeltaNet */
 
 /* x[T,H] -> in_proj_qkvz, in_proj_ba -> causal conv + SiLU -> L2-norm q,k -> gates ->

@@ -840,10 +840,7 @@ static int32_t draw_token(serve_engine *e, context *c, sampler_result *res) {
     if (mj) {
         memcpy(e->masked, c->logits, (size_t)e->vocab * sizeof(float));
         if (jcon_mask(mj, e->masked) > 0) tok = sampler_sample(r->smp, e->masked, lp);
-        else { /* cannot happen for a compiled schema; end rather than sample from nothing */
-            tok = e->eos[0];
-            res->token = tok;
-        }
+        else tok = e->eos[0]; /* cannot happen for a compiled schema; end rather than sample from nothing */
     } else
         tok = sampler_sample(r->smp, c->logits, lp);
     res->token = tok;

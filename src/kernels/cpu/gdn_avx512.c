@@ -20,7 +20,6 @@
  * The same quantities as the reference, summed in another order: the results agree to f32
  * rounding (tests/test_kernels.c, test_gdn). */
 #include <math.h>
-#include <string.h>
 
 #include "kernels/cpu/gdn.h"
 
@@ -114,7 +113,7 @@ void gdn_chunked_avx512(float *S, int dk, int dv, int T, const float *q, const f
     float *base = (float *)(((uintptr_t)tmp + 63) & ~(uintptr_t)63);
     double *E = (double *)base;           /* [C] exp(g_t) */
     double *Dd = E + C;                   /* [C] one row of D */
-    float *D = (float *)(Dd + C);         /* [C][C] exp(gam_r - gam_s), s <= r, else 0 */
+    float *D = (float *)(Dd + C);         /* [C][C] exp(gam_r - gam_s) for s <= r < n (only those are read) */
     float *KK = D + C * C;                /* [C][C] K K^T, then L */
     float *QK = KK + C * C;               /* [C][C] Q K^T, then masked by D */
     float *KT = QK + C * C;               /* [P][C] K^T, zero past n */
@@ -135,7 +134,6 @@ void gdn_chunked_avx512(float *S, int dk, int dv, int T, const float *q, const f
             acc += g[(t0 + r) * ldg];
             eg[r] = exp(acc);
         }
-        memset(D, 0, sizeof(float) * C * C);
         for (int r = 0; r < n; r++) {
             for (int s = 0; s < r; s++) Dd[s] *= E[r];
             Dd[r] = 1.0;
