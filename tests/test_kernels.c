@@ -842,6 +842,7 @@ int main(void) {
     test_int_paths(QUANT_Q8_0);
     test_repack(QUANT_Q8_0);
     test_repack(QUANT_Q4_K);
+    test_repack(QUANT_Q6_K);
     test_int_paths(QUANT_Q4_K);
     test_int_paths(QUANT_Q6_K);
     test_int_paths(QUANT_Q5_K);

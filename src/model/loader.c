@@ -386,7 +386,7 @@ static qnext_status model_repack(qnext_model *m, char *err, size_t errlen) {
     repack_worker(&job); /* the calling thread too; with no helper it does all */
     for (int i = 0; i < started; i++) pthread_join(th[i], NULL);
     if (k && !m->params.quiet)
-        fprintf(stderr, "qnext: repacked %d Q8_0/Q4_K matrices (%.1f MB) for the AVX-512 VNNI kernels\n", k, total / 1e6);
+        fprintf(stderr, "qnext: repacked %d Q8_0/Q4_K/Q6_K matrices (%.1f MB) for the AVX-512 VNNI kernels\n", k, total / 1e6);
     free(off);
     free(mats);
     return QNEXT_OK;

@@ -61,6 +61,14 @@ typedef void (*dotm_fn)(const void *w, const void *a, size_t astride, int T, int
  * session). Same size, scales and corrections as DOT_ACT_Q8_0G. Not a ggml type. */
 #define DOT_ACT_Q8_0I 102
 
+/* Q8_K activations for the repacked Q6_K kernel (repack.h): per 256 values the f32 scale and the
+ * 256 int8 values as in Q8_K, then, in place of Q8_K's 16 int16 sums of 16 values, the 16 sums
+ * times -32 as int32 (324 bytes a block). Q6_K's codes are stored plus 32, as unsigned bytes for
+ * vpdpbusd; a sub-block's integer sum started at its offset is then exactly the signed one. Not
+ * a ggml type. */
+#define DOT_ACT_Q8_K6 103
+#define DOT_Q8_K6_BLOCK 324
+
 typedef struct {
     const char *name;
     dot_fn f32, f16, bf16;   /* activations: f32 */
@@ -129,6 +137,9 @@ size_t dot_act_row_bytes(int at, int64_t n);
 void dot_quantize_act_ref(int at, const float *x, void *dst, int64_t n);
 /* Reorders a Q8_K row of n values (n % 256 == 0) in place into DOT_ACT_Q8_K4's order. */
 void dot_act_reorder_k4(void *row, int64_t n);
+/* Turns a Q8_K row of n values (n / 256 blocks of 292 bytes at row) into DOT_ACT_Q8_K6 in place
+ * (row must have dot_act_row_bytes(DOT_ACT_Q8_K6, n) bytes). */
+void dot_act_widen_k6(void *row, int64_t n);
 /* Quantizes n activations (n % 32 == 0) to DOT_ACT_Q8_0G (il = 0) or DOT_ACT_Q8_0I (il = 1): a
  * group of 8 blocks at a time through q8_0, a Q8_0 quantizer (the reference one, or actq.c's),
  * then regrouped. */

@@ -199,7 +199,8 @@ static float g_iq4_xs(const void *w_, const void *a_, int64_t n) {
 const dot_kernels dot_generic = {"generic", g_f32, g_f16, g_bf16, g_q8_0, g_q4_0, g_q4_k, g_q5_k, g_q6_k,
                                   NULL, NULL, NULL, NULL, QUANT_Q8_K, QUANT_Q8_0, QUANT_Q8_0, NULL, NULL, NULL, NULL};
 
-_Static_assert(DOT_ACT_Q8_K4 >= QUANT_TYPE_LIMIT && DOT_ACT_Q8_0G >= QUANT_TYPE_LIMIT && DOT_ACT_Q8_0I >= QUANT_TYPE_LIMIT,
+_Static_assert(DOT_ACT_Q8_K4 >= QUANT_TYPE_LIMIT && DOT_ACT_Q8_0G >= QUANT_TYPE_LIMIT && DOT_ACT_Q8_0I >= QUANT_TYPE_LIMIT &&
+                   DOT_ACT_Q8_K6 >= QUANT_TYPE_LIMIT,
                "dot.h's activation types must not be ggml type ids");
 
 int dot_act_type_set(const dot_kernels *k, int wtype) {
@@ -216,11 +217,12 @@ int dot_act_type_rows(const dot_kernels *k, int wtype, int T) {
 
 /* The ggml type whose quantizer an activation type starts from. */
 static int act_base_type(int at) {
-    return at == DOT_ACT_Q8_K4 ? QUANT_Q8_K : at == DOT_ACT_Q8_0G || at == DOT_ACT_Q8_0I ? QUANT_Q8_0 : at;
+    return at == DOT_ACT_Q8_K4 || at == DOT_ACT_Q8_K6 ? QUANT_Q8_K : at == DOT_ACT_Q8_0G || at == DOT_ACT_Q8_0I ? QUANT_Q8_0 : at;
 }
 
 size_t dot_act_row_bytes(int at, int64_t n) {
     if (at == DOT_ACT_Q8_0G || at == DOT_ACT_Q8_0I) return n % 32 ? 0 : (size_t)((n / 32 + 7) / 8) * DOT_Q8_0G_GROUP;
+    if (at == DOT_ACT_Q8_K6) return n % 256 ? 0 : (size_t)(n / 256) * DOT_Q8_K6_BLOCK;
     return quant_row_bytes(act_base_type(at), n);
 }
 
@@ -255,6 +257,22 @@ void dot_act_convert(int at, const void *base, void *dst, int64_t n) {
     }
     memcpy(dst, base, quant_row_bytes(act_base_type(at), n));
     if (at == DOT_ACT_Q8_K4) dot_act_reorder_k4(dst, n);
+    if (at == DOT_ACT_Q8_K6) dot_act_widen_k6(dst, n);
+}
+
+void dot_act_widen_k6(void *row, int64_t n) {
+    uint8_t *r = row, blk[292];
+    for (int64_t b = n / 256 - 1; b >= 0; b--) { /* from the end: block b only grows over itself */
+        memcpy(blk, r + 292 * b, 292);
+        int16_t sums[16];
+        memcpy(sums, blk + 260, 32);
+        uint8_t *o = r + DOT_Q8_K6_BLOCK * b;
+        memcpy(o, blk, 260);
+        for (int j = 0; j < 16; j++) {
+            const int32_t c = -32 * (int32_t)sums[j];
+            memcpy(o + 260 + 4 * j, &c, 4);
+        }
+    }
 }
 
 void dot_act_reorder_k4(void *row, int64_t n) {
@@ -286,6 +304,7 @@ void dot_quantize_act_ref(int at, const float *x, void *dst, int64_t n) {
     }
     quant_quantize_row(act_base_type(at), x, dst, n);
     if (at == DOT_ACT_Q8_K4) dot_act_reorder_k4(dst, n);
+    if (at == DOT_ACT_Q8_K6) dot_act_widen_k6(dst, n);
 }
 
 int dot_act_type(int wtype) {

@@ -34,25 +34,58 @@
 
 int repack_fits(const qn_tensor *W) {
     if (W->rows <= 0 || W->rows % REPACK_ROWS || W->cols <= 0) return 0;
-    return (W->dtype == QN_Q8_0 && W->cols % 32 == 0) || (W->dtype == QN_Q4_K && W->cols % 256 == 0);
+    return (W->dtype == QN_Q8_0 && W->cols % 32 == 0) || ((W->dtype == QN_Q4_K || W->dtype == QN_Q6_K) && W->cols % 256 == 0);
 }
 
 size_t repack_bytes(const qn_tensor *W) {
     const size_t groups = (size_t)(W->rows / REPACK_ROWS);
-    return W->dtype == QN_Q8_0 ? groups * (size_t)(W->cols / 32) * REPACK_Q8_0_BLOCK
-                               : groups * (size_t)(W->cols / 256) * REPACK_Q4_K_BLOCK;
+    return W->dtype == QN_Q8_0   ? groups * (size_t)(W->cols / 32) * REPACK_Q8_0_BLOCK
+           : W->dtype == QN_Q4_K ? groups * (size_t)(W->cols / 256) * REPACK_Q4_K_BLOCK
+                                 : groups * (size_t)(W->cols / 256) * REPACK_Q6_K_BLOCK;
 }
 
-int repack_act_type(const qn_tensor *W) { return W->dtype == QN_Q8_0 ? DOT_ACT_Q8_0G : QUANT_Q8_K; }
+int repack_act_type(const qn_tensor *W) {
+    return W->dtype == QN_Q8_0 ? DOT_ACT_Q8_0G : W->dtype == QN_Q4_K ? QUANT_Q8_K : DOT_ACT_Q8_K6;
+}
+
+/* Row r's block blk (Q6_K: 128 bytes ql, 64 qh, 16 int8 scales, f16 d) into block-group o of the
+ * layout in repack.h: each value's 6-bit code (0..63, the stored value plus 32) split into its
+ * low nibble (the ql units) and its two high bits (the qh units). */
+static void repack_write_q6_k(const uint8_t *blk, int r, uint8_t *o) {
+    uint8_t code[256];
+    for (int n = 0; n < 2; n++) /* Q6_K's own order: quant.c's dequant_q6_k */
+        for (int l = 0; l < 32; l++) {
+            const uint8_t ql0 = blk[64 * n + l], ql1 = blk[64 * n + 32 + l], qh = blk[128 + 32 * n + l];
+            code[128 * n + l] = (uint8_t)((ql0 & 15) | (qh & 3) << 4);
+            code[128 * n + l + 32] = (uint8_t)((ql1 & 15) | (qh >> 2 & 3) << 4);
+            code[128 * n + l + 64] = (uint8_t)((ql0 >> 4) | (qh >> 4 & 3) << 4);
+            code[128 * n + l + 96] = (uint8_t)((ql1 >> 4) | (qh >> 6 & 3) << 4);
+        }
+    memcpy(o + 2 * r, blk + 208, 2);
+    for (int j = 0; j < 16; j++) o[32 + 16 * j + r] = blk[192 + j];
+    for (int p = 0; p < 8; p++) {
+        uint8_t *u = o + 288 + 384 * p;
+        for (int k = 0; k < 4; k++)
+            for (int i = 0; i < 4; i++) {
+                const int v0 = 32 * p + 4 * k + i, v1 = v0 + 16; /* sub-blocks 2p and 2p + 1 */
+                u[64 * k + 4 * r + i] = (uint8_t)((code[v0] & 15) | (code[v1] & 15) << 4);
+                uint8_t *h = &u[256 + 64 * (k / 2) + 4 * r + i];
+                *h = (uint8_t)(*h | (code[v0] >> 4) << (2 * (k % 2)) | (code[v1] >> 4) << (4 + 2 * (k % 2)));
+            }
+    }
+}
 
 void repack_write(const qn_tensor *W, uint8_t *dst) {
     const int q8 = W->dtype == QN_Q8_0;
     const int64_t nb = W->cols / (q8 ? 32 : 256);
+    if (W->dtype == QN_Q6_K) memset(dst, 0, repack_bytes(W)); /* the qh units are or-ed into */
     for (int64_t g = 0; g < W->rows / REPACK_ROWS; g++)
         for (int r = 0; r < REPACK_ROWS; r++) {
             const uint8_t *row = qn_tensor_row(W, REPACK_ROWS * g + r);
             for (int64_t b = 0; b < nb; b++) {
-                if (q8) {
+                if (W->dtype == QN_Q6_K)
+                    repack_write_q6_k(row + 210 * b, r, dst + (g * nb + b) * REPACK_Q6_K_BLOCK);
+                else if (q8) {
                     const uint8_t *blk = row + 34 * b; /* Q8_0: f16 scale, 32 int8 codes */
                     uint8_t *o = dst + (g * nb + b) * REPACK_Q8_0_BLOCK;
                     memcpy(o + 2 * r, blk, 2);
@@ -191,11 +224,71 @@ static inline __attribute__((always_inline)) void group_q4_k(const uint8_t *w, i
     for (int t = 0; t < T; t++) out[t] = acc[t];
 }
 
+/* One Q6_K group of 16 rows against T <= 8 DOT_ACT_Q8_K6 activation rows. Per sub-block j of 16
+ * values: its 4 words of codes assembled from their ql and qh units (3 or 4 instructions a
+ * word, for all tokens); per token one integer sum started at the token's -32 x (sum of the
+ * sub-block's activation codes), which takes out the codes' offset exactly, then 4 vpdpbusd,
+ * and the rows' sub-block scales applied in f32. */
+static inline __attribute__((always_inline)) void group_q6_k(const uint8_t *w, int64_t nb, const uint8_t *act,
+                                                             size_t astride, const int T, __m512 *out) {
+    const __m512i m4 = _mm512_set1_epi8(0x0F), m30 = _mm512_set1_epi8(0x30);
+    __m512 acc[8];
+    for (int t = 0; t < T; t++) acc[t] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *blk = w + b * REPACK_Q6_K_BLOCK;
+        const __m512 dv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)blk));
+        __m512 bs[8];
+        for (int t = 0; t < T; t++) bs[t] = _mm512_setzero_ps();
+        for (int j = 0; j < 16; j++) {
+            /* the next block's lines, spread over its sub-blocks (3360 bytes: 53 lines) */
+            for (int l = 0; l < 4; l++) {
+                const int line = 4 * j + l;
+                if (line < 53) _mm_prefetch((const char *)blk + REPACK_Q6_K_BLOCK + 64 * line, _MM_HINT_T0);
+            }
+            const uint8_t *u = blk + 288 + 384 * (j / 2);
+            const int hi = j % 2; /* sub-block 2p + 1: the high nibbles of the ql units */
+            __m512i q[4];
+            for (int k = 0; k < 4; k++) {
+                const __m512i z = _mm512_loadu_si512((const void *)(u + 64 * k));
+                const __m512i h = _mm512_loadu_si512((const void *)(u + 256 + 64 * (k / 2)));
+                const int f = 2 * hi + k % 2; /* the word's two high bits: bits 2f, 2f + 1 of h */
+                const __m512i hs = f == 0 ? _mm512_slli_epi16(h, 4) : f == 1 ? _mm512_slli_epi16(h, 2)
+                                 : f == 2 ? h : _mm512_srli_epi16(h, 2);
+                const __m512i lo = _mm512_and_si512(hi ? _mm512_srli_epi16(z, 4) : z, m4);
+                q[k] = _mm512_ternarylogic_epi32(lo, hs, m30, 0xF8); /* lo | (hs & 0x30) */
+            }
+            const __m512 sc = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(blk + 32 + 16 * j))));
+            for (int t = 0; t < T; t++) {
+                const uint8_t *a = act + astride * t + 324 * b; /* dot.h: f32 d, 256 codes, 16 int32 offsets */
+                const int32_t *x = (const int32_t *)(a + 4 + 16 * j);
+                int32_t c;
+                memcpy(&c, a + 260 + 4 * j, 4);
+                __m512i s = _mm512_set1_epi32(c);
+                if (T <= 2) { /* two chains: too few tokens to cover the latency */
+                    __m512i s1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q[1], _mm512_set1_epi32(x[1]));
+                    s = _mm512_dpbusd_epi32(s, q[0], _mm512_set1_epi32(x[0]));
+                    s1 = _mm512_dpbusd_epi32(s1, q[3], _mm512_set1_epi32(x[3]));
+                    s = _mm512_dpbusd_epi32(s, q[2], _mm512_set1_epi32(x[2]));
+                    s = _mm512_add_epi32(s, s1);
+                } else
+                    for (int k = 0; k < 4; k++) s = _mm512_dpbusd_epi32(s, q[k], _mm512_set1_epi32(x[k]));
+                bs[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), sc, bs[t]);
+            }
+        }
+        for (int t = 0; t < T; t++) {
+            float dx;
+            memcpy(&dx, act + astride * t + 324 * b, 4);
+            acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(dv, _mm512_set1_ps(dx)), bs[t], acc[t]);
+        }
+    }
+    for (int t = 0; t < T; t++) out[t] = acc[t];
+}
+
 void repack_rows(const qn_tensor *W, int64_t r0, int64_t r1, const uint8_t *act, size_t astride, int T, float *y,
                  int64_t ldy, float *const *yrows) {
-    const int q8 = W->dtype == QN_Q8_0, tmax = q8 ? 16 : 8;
+    const int q8 = W->dtype == QN_Q8_0, q6 = W->dtype == QN_Q6_K, tmax = q8 ? 16 : 8;
     const int64_t nb = W->cols / (q8 ? 32 : 256);
-    const size_t gbytes = (size_t)nb * (q8 ? REPACK_Q8_0_BLOCK : REPACK_Q4_K_BLOCK);
+    const size_t gbytes = (size_t)nb * (q8 ? REPACK_Q8_0_BLOCK : q6 ? REPACK_Q6_K_BLOCK : REPACK_Q4_K_BLOCK);
     for (int64_t g = r0 / REPACK_ROWS; g < (r1 + REPACK_ROWS - 1) / REPACK_ROWS; g++) {
         const uint8_t *w = W->rp + (size_t)g * gbytes;
         const int64_t r = REPACK_ROWS * g;
@@ -208,6 +301,12 @@ void repack_rows(const qn_tensor *W, int64_t r0, int64_t r1, const uint8_t *act,
     case N: group_q8_0(w, nb, a, astride, N, o); break;
                 GROUP_T(1) GROUP_T(2) GROUP_T(3) GROUP_T(4) GROUP_T(5) GROUP_T(6) GROUP_T(7) GROUP_T(8)
                 GROUP_T(9) GROUP_T(10) GROUP_T(11) GROUP_T(12) GROUP_T(13) GROUP_T(14) GROUP_T(15) GROUP_T(16)
+#undef GROUP_T
+            }
+            else if (q6) switch (n) {
+#define GROUP_T(N) \
+    case N: group_q6_k(w, nb, a, astride, N, o); break;
+                GROUP_T(1) GROUP_T(2) GROUP_T(3) GROUP_T(4) GROUP_T(5) GROUP_T(6) GROUP_T(7) GROUP_T(8)
 #undef GROUP_T
             }
             else switch (n) {

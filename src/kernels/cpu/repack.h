@@ -20,6 +20,7 @@
 #define REPACK_ROWS 16
 #define REPACK_Q8_0_BLOCK 544  /* bytes of one 32-value block of 16 rows */
 #define REPACK_Q4_K_BLOCK 2368 /* bytes of one 256-value block of 16 rows */
+#define REPACK_Q6_K_BLOCK 3360 /* the same for Q6_K (as many as the rows' own) */
 
 /* 1 when this CPU (and this build) has the kernels below: x86-64 with AVX-512 F/BW/VL/VNNI. */
 int repack_available(void);
