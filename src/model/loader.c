@@ -330,7 +330,7 @@ static void *repack_worker(void *arg) {
     return NULL;
 }
 
-/* qnext_model_params.repack: copies every Q8_0 and Q4_K matrix that repack_fits into one region of
+/* qnext_model_params.repack: copies every Q8_0, Q4_K and Q6_K matrix that repack_fits into one region of
  * anonymous memory (kernels/cpu/repack.h), in parallel, and points its qn_tensor.rp there.
  * Each copied range of a mapped file is then dropped from the process (MADV_DONTNEED on its
  * whole pages: reading it again faults it back in from the page cache, and only the
