@@ -94,7 +94,7 @@ typedef struct {
     int no_mmap;    /* 1: read the weights into memory on transparent huge pages instead of
                        mapping the files: one full read at open, then faster weight streaming
                        where the page cache's 4 KB pages slow it (src/util/filemap.h) */
-    int repack;     /* 1: copy the Q8_0, Q4_K and Q6_K weight matrices at open into groups of 16 interleaved
+    int repack;     /* 1: copy the Q8_0, Q4_K, Q5_K and Q6_K weight matrices at open into groups of 16 interleaved
                        rows for a faster AVX-512 VNNI kernel (batched decoding, experts with few
                        tokens); the file pages copied from are dropped, so the resident size
                        stays about the file's. Ignored on CPUs without AVX-512 VNNI. */

@@ -48,7 +48,7 @@ q8=tests/data/gguf_models/base_gqa.Q8_0.gguf
 $Q bench -m $q8 -p 8 -n 4 -s 2 -r 1 -t 1 --repack >$tmp/bench.txt 2>&1 && ok || bad "bench --repack failed: $(cat $tmp/bench.txt)"
 grep -qF -- "| tg4 x2 " $tmp/bench.txt && ok || bad "bench --repack output lacks its rows"
 if grep -q avx512_vnni /proc/cpuinfo 2>/dev/null; then
-  grep -q "repacked [0-9]* Q8_0/Q4_K/Q6_K matrices" $tmp/bench.txt && ok || bad "bench --repack did not repack: $(cat $tmp/bench.txt)"
+  grep -q "repacked [0-9]* Q8_0/Q4_K/Q5_K/Q6_K matrices" $tmp/bench.txt && ok || bad "bench --repack did not repack: $(cat $tmp/bench.txt)"
 fi
 
 # bad input: one line on stderr, exit code 1 or 2, no crash

@@ -570,7 +570,7 @@ static void test_two_rows(int wt) {
     free(w); free(x); free(y); free(y2); free(wq); free(xq);
 }
 
-/* Q8_0 and Q4_K weights repacked into groups of 16 interleaved rows (repack.h): every row and
+/* Q8_0, Q4_K, Q5_K and Q6_K weights repacked into groups of 16 interleaved rows (repack.h): every row and
  * token equal to the portable dot kernel on the same activations to float rounding (the integer
  * sums are exact), for token counts around the kernels' cases (1-2 with split chains, up to 8 or
  * 16 per pass, and more in pieces), a row map (the copy takes the logical rows), two calls that
@@ -842,6 +842,7 @@ int main(void) {
     test_int_paths(QUANT_Q8_0);
     test_repack(QUANT_Q8_0);
     test_repack(QUANT_Q4_K);
+    test_repack(QUANT_Q5_K);
     test_repack(QUANT_Q6_K);
     test_int_paths(QUANT_Q4_K);
     test_int_paths(QUANT_Q6_K);

@@ -113,7 +113,7 @@ static const char *bench_usage =
     "and each repeat then also runs tgN at depth 0 just before the one at depth D, so that the cost of\n"
     "depth is measured in one run, interleaved, however the machine's speed drifts.\n"
     "--no-mmap reads the weights into memory (huge pages) instead of mapping the file.\n"
-    "--repack copies Q8_0/Q4_K/Q6_K matrices into groups of 16 interleaved rows at load (AVX-512 VNNI).\n"
+    "--repack copies Q8_0/Q4_K/Q5_K/Q6_K matrices into groups of 16 interleaved rows at load (AVX-512 VNNI).\n"
     "-s S (S >= 2) also runs tgN on S sessions that decode together, one token each per step in one\n"
     "forward pass (qnext_batch_feed, as qnext serve's continuous batching does), each after its own\n"
     "32-token prompt, alternating step by step with the same on one session; prints both, the\n"

@@ -27,7 +27,7 @@ static const char serve_usage[] =
     "  --alias NAME         model name reported by the API (default: the directory's name)\n"
     "  -t, --threads N      compute threads (default: all cores)\n"
     "  --no-mmap            read the weights into memory (huge pages) instead of mapping the file\n"
-    "  --repack             copy Q8_0/Q4_K/Q6_K matrices into groups of 16 interleaved rows at load for a faster\n"
+    "  --repack             copy Q8_0/Q4_K/Q5_K/Q6_K matrices into groups of 16 interleaved rows at load for a faster\n"
     "                       AVX-512 VNNI kernel (batched decoding); resident size stays about the file's\n";
 
 int cmd_serve(int argc, char **argv) {

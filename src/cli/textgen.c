@@ -35,7 +35,7 @@ const char TEXTGEN_OPTIONS_HELP[] =
     "  --state-type T           DeltaNet recurrent states: f32 (default, exact) or bf16 (half their memory)\n"
     "  --no-mmap                read the weights into memory (huge pages) instead of mapping the file:\n"
     "                           slower to start, faster generation where the page cache slows streaming\n"
-    "  --repack                 copy Q8_0/Q4_K/Q6_K matrices into groups of 16 interleaved rows at load, for a\n"
+    "  --repack                 copy Q8_0/Q4_K/Q5_K/Q6_K matrices into groups of 16 interleaved rows at load, for a\n"
     "                           faster AVX-512 VNNI kernel\n"
     "  -v, --verbose            print prompt/cache statistics to stderr\n";
 

@@ -330,7 +330,7 @@ static void *repack_worker(void *arg) {
     return NULL;
 }
 
-/* qnext_model_params.repack: copies every Q8_0, Q4_K and Q6_K matrix that repack_fits into one region of
+/* qnext_model_params.repack: copies every Q8_0, Q4_K, Q5_K and Q6_K matrix that repack_fits into one region of
  * anonymous memory (kernels/cpu/repack.h), in parallel, and points its qn_tensor.rp there.
  * Each copied range of a mapped file is then dropped from the process (MADV_DONTNEED on its
  * whole pages: reading it again faults it back in from the page cache, and only the
@@ -386,7 +386,7 @@ static qnext_status model_repack(qnext_model *m, char *err, size_t errlen) {
     repack_worker(&job); /* the calling thread too; with no helper it does all */
     for (int i = 0; i < started; i++) pthread_join(th[i], NULL);
     if (k && !m->params.quiet)
-        fprintf(stderr, "qnext: repacked %d Q8_0/Q4_K/Q6_K matrices (%.1f MB) for the AVX-512 VNNI kernels\n", k, total / 1e6);
+        fprintf(stderr, "qnext: repacked %d Q8_0/Q4_K/Q5_K/Q6_K matrices (%.1f MB) for the AVX-512 VNNI kernels\n", k, total / 1e6);
     free(off);
     free(mats);
     return QNEXT_OK;

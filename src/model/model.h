@@ -38,7 +38,7 @@ typedef struct {
     size_t row_bytes;       /* stride between stored rows */
     const int32_t *row_map; /* [rows] or NULL */
     const char *name;       /* checkpoint name, for messages */
-    const uint8_t *rp;      /* Q8_0/Q4_K/Q6_K: a copy in groups of 16 interleaved rows (kernels/cpu/repack.h),
+    const uint8_t *rp;      /* Q8_0/Q4_K/Q5_K/Q6_K: a copy in groups of 16 interleaved rows (kernels/cpu/repack.h),
                                made at load when the model is opened with repack; NULL otherwise */
 } qn_tensor;
 
@@ -103,7 +103,7 @@ struct qnext_model {
     qn_layer *layers;           /* [n_layers] */
     qn_mtp mtp;                 /* valid when cfg.n_mtp_layers == 1 */
     int32_t *qkvz_map, *ba_map, *q_map; /* shared row maps (same for every layer) */
-    void *rp_region;            /* the repacked copies of Q8_0/Q4_K/Q6_K weights (qn_tensor.rp), or NULL */
+    void *rp_region;            /* the repacked copies of Q8_0/Q4_K/Q5_K/Q6_K weights (qn_tensor.rp), or NULL */
     size_t rp_region_bytes;     /* what to munmap */
     void **owned;               /* small f32 arrays allocated at load, freed on close */
     size_t n_owned, cap_owned;

@@ -1,4 +1,4 @@
-/* repack.c - Q8_0, Q4_K and Q6_K weights in groups of 16 interleaved rows, and their AVX-512 VNNI
+/* repack.c - Q8_0, Q4_K, Q5_K and Q6_K weights in groups of 16 interleaved rows, and their AVX-512 VNNI
  * kernels (layouts in repack.h).
  *
  * Why. The Q8_0 kernels of the mapped file (dot_x86.inc, gemm_vnni.c) give one row's block to a
@@ -12,7 +12,9 @@
  * slow phase of the machine's memory; at 16 tokens 7.1 against 9.8. Q4_K likewise: the rows'
  * sub-block scales and mins are widened once per block for all tokens, and its one-token cost
  * in cache falls from 22.2 to 12.0 cycles, which one-token decoding of a Q4_K_M file feels.
- * Q6_K (twentieth session): with the codes' low nibbles and high bits in separate planes laid
+ * Q5_K is Q4_K's kernel with each word's fifth bits or-ed in from a plane of high bits (two
+ * instructions a word, for all tokens). Q6_K (twentieth session): with the codes' low nibbles and
+ * high bits in separate planes laid
  * out for it, a word of 64 codes is 3-4 instructions for all tokens, and each sub-block's sum
  * starts at the activations' offset, so a token costs 4 vpdpbusd, a convert and an FMA per 16
  * values of 16 rows: in cache, one thread, 4.6 against 9.6 cycles per 256 values and token for
@@ -38,18 +40,19 @@
 
 int repack_fits(const qn_tensor *W) {
     if (W->rows <= 0 || W->rows % REPACK_ROWS || W->cols <= 0) return 0;
-    return (W->dtype == QN_Q8_0 && W->cols % 32 == 0) || ((W->dtype == QN_Q4_K || W->dtype == QN_Q6_K) && W->cols % 256 == 0);
+    return (W->dtype == QN_Q8_0 && W->cols % 32 == 0) || ((W->dtype == QN_Q4_K || W->dtype == QN_Q5_K || W->dtype == QN_Q6_K) && W->cols % 256 == 0);
 }
 
 size_t repack_bytes(const qn_tensor *W) {
     const size_t groups = (size_t)(W->rows / REPACK_ROWS);
     return W->dtype == QN_Q8_0   ? groups * (size_t)(W->cols / 32) * REPACK_Q8_0_BLOCK
            : W->dtype == QN_Q4_K ? groups * (size_t)(W->cols / 256) * REPACK_Q4_K_BLOCK
+           : W->dtype == QN_Q5_K ? groups * (size_t)(W->cols / 256) * REPACK_Q5_K_BLOCK
                                  : groups * (size_t)(W->cols / 256) * REPACK_Q6_K_BLOCK;
 }
 
 int repack_act_type(const qn_tensor *W) {
-    return W->dtype == QN_Q8_0 ? DOT_ACT_Q8_0G : W->dtype == QN_Q4_K ? QUANT_Q8_K : DOT_ACT_Q8_K6;
+    return W->dtype == QN_Q8_0 ? DOT_ACT_Q8_0G : W->dtype == QN_Q6_K ? DOT_ACT_Q8_K6 : QUANT_Q8_K;
 }
 
 /* Row r's block blk (Q6_K: 128 bytes ql, 64 qh, 16 int8 scales, f16 d) into block-group o of the
@@ -96,8 +99,11 @@ void repack_write(const qn_tensor *W, uint8_t *dst) {
                     for (int k = 0; k < 8; k++)
                         for (int i = 0; i < 4; i++) o[32 + 64 * k + 4 * r + i] = (uint8_t)(blk[2 + 4 * k + i] ^ 0x80);
                 } else {
-                    const uint8_t *blk = row + 144 * b; /* Q4_K: f16 d, f16 dmin, 12 bytes of scales, 128 of codes */
-                    uint8_t *o = dst + (g * nb + b) * REPACK_Q4_K_BLOCK;
+                    /* Q4_K: f16 d, f16 dmin, 12 bytes of scales, 128 of codes; Q5_K: the same with 32
+                     * bytes of high bits before the codes */
+                    const int q5 = W->dtype == QN_Q5_K;
+                    const uint8_t *blk = row + (q5 ? 176 : 144) * b, *ql = blk + (q5 ? 48 : 16);
+                    uint8_t *o = dst + (g * nb + b) * (q5 ? REPACK_Q5_K_BLOCK : REPACK_Q4_K_BLOCK);
                     uint64_t sc, mn;
                     quant_k4_unpack(blk + 4, &sc, &mn);
                     memcpy(o + 2 * r, blk, 2);
@@ -107,7 +113,15 @@ void repack_write(const qn_tensor *W, uint8_t *dst) {
                         o[192 + 16 * j + r] = (uint8_t)(mn >> (8 * j));
                     }
                     for (int c = 0; c < 4; c++)
-                        for (int w = 0; w < 8; w++) memcpy(o + 320 + 512 * c + 64 * w + 4 * r, blk + 16 + 32 * c + 4 * w, 4);
+                        for (int w = 0; w < 8; w++) memcpy(o + 320 + 512 * c + 64 * w + 4 * r, ql + 32 * c + 4 * w, 4);
+                    if (q5) /* bit w of byte 4r + i of unit (c, u): the high bit of value i of word w of sub-block 2c + u */
+                        for (int c = 0; c < 4; c++)
+                            for (int u = 0; u < 2; u++)
+                                for (int i = 0; i < 4; i++) {
+                                    uint8_t h = 0;
+                                    for (int w = 0; w < 8; w++) h |= (uint8_t)((blk[16 + 4 * w + i] >> (2 * c + u) & 1) << w);
+                                    o[2368 + 128 * c + 64 * u + 4 * r + i] = h;
+                                }
                 }
             }
         }
@@ -158,33 +172,44 @@ static inline __attribute__((always_inline)) void group_q8_0(const uint8_t *w, i
     for (int t = 0; t < T; t++) out[t] = acc[t];
 }
 
-/* One Q4_K group of 16 rows (w: its first block, nb blocks) against T <= 8 Q8_K activation rows.
+/* One Q4_K (Q5 0) or Q5_K (Q5 1) group of 16 rows (w: its first block, nb blocks) against T <= 8
+ * Q8_K activation rows.
  * Per block: the 16 rows' scales and mins widened to f32 lanes once for all tokens; per chunk c
  * of 32 code bytes, 8 loads give 8 words of sub-block 2c (low nibbles) and 8 of 2c + 1 (high);
  * per token each sub-block's 8 products are one integer sum, scaled by the rows' sub-block
  * scales, and the mins go in through the token's sums of 32 values (Q8_K's sums of 16, added). */
-static inline __attribute__((always_inline)) void group_q4_k(const uint8_t *w, int64_t nb, const uint8_t *act,
-                                                             size_t astride, const int T, __m512 *out) {
-    const __m512i m4 = _mm512_set1_epi8(0x0F);
+static inline __attribute__((always_inline)) void group_q4_k(const int Q5, const uint8_t *w, int64_t nb,
+                                                             const uint8_t *act, size_t astride, const int T,
+                                                             __m512 *out) {
+    const __m512i m4 = _mm512_set1_epi8(0x0F), m10 = _mm512_set1_epi8(0x10);
+    const size_t bbytes = Q5 ? REPACK_Q5_K_BLOCK : REPACK_Q4_K_BLOCK;
     __m512 acc[8];
     for (int t = 0; t < T; t++) acc[t] = _mm512_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
-        const uint8_t *blk = w + b * REPACK_Q4_K_BLOCK;
+        const uint8_t *blk = w + b * bbytes;
         const __m512 dv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)blk));
         const __m512 mv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(blk + 32)));
         __m512 bs[8], bm[8]; /* per token: sums of scale x products, and of min x activation sums */
         for (int t = 0; t < T; t++) bs[t] = bm[t] = _mm512_setzero_ps();
         for (int c = 0; c < 4; c++) {
             /* the next block's lines, spread over its four chunks (2368 bytes: 37 lines) */
-            for (int l = 0; l < 10; l++) {
-                const int line = 10 * c + l;
-                if (line < 37) _mm_prefetch((const char *)blk + REPACK_Q4_K_BLOCK + 64 * line, _MM_HINT_T0);
+            for (int l = 0; l < (Q5 ? 12 : 10); l++) { /* Q5_K: 2880 bytes, 45 lines */
+                const int line = (Q5 ? 12 : 10) * c + l;
+                if (line < (Q5 ? 45 : 37)) _mm_prefetch((const char *)blk + bbytes + 64 * line, _MM_HINT_T0);
             }
             __m512i lo[8], hi[8];
+            const __m512i h0 = Q5 ? _mm512_loadu_si512((const void *)(blk + 2368 + 128 * c)) : m4;
+            const __m512i h1 = Q5 ? _mm512_loadu_si512((const void *)(blk + 2368 + 128 * c + 64)) : m4;
             for (int k = 0; k < 8; k++) {
                 const __m512i z = _mm512_loadu_si512((const void *)(blk + 320 + 512 * c + 64 * k));
                 lo[k] = _mm512_and_si512(z, m4);
                 hi[k] = _mm512_and_si512(_mm512_srli_epi16(z, 4), m4);
+                if (Q5) { /* bit k of the high-bit units to bit 4, or-ed in: lo | (h & 0x10) */
+                    const __m512i a = k < 4 ? _mm512_slli_epi16(h0, 4 - k) : k > 4 ? _mm512_srli_epi16(h0, k - 4) : h0;
+                    const __m512i e = k < 4 ? _mm512_slli_epi16(h1, 4 - k) : k > 4 ? _mm512_srli_epi16(h1, k - 4) : h1;
+                    lo[k] = _mm512_ternarylogic_epi32(lo[k], a, m10, 0xF8);
+                    hi[k] = _mm512_ternarylogic_epi32(hi[k], e, m10, 0xF8);
+                }
             }
             const __m512 sc0 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(blk + 64 + 32 * c))));
             const __m512 sc1 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(blk + 80 + 32 * c))));
@@ -290,9 +315,12 @@ static inline __attribute__((always_inline)) void group_q6_k(const uint8_t *w, i
 
 void repack_rows(const qn_tensor *W, int64_t r0, int64_t r1, const uint8_t *act, size_t astride, int T, float *y,
                  int64_t ldy, float *const *yrows) {
-    const int q8 = W->dtype == QN_Q8_0, q6 = W->dtype == QN_Q6_K, tmax = q8 ? 16 : 8;
+    const int q8 = W->dtype == QN_Q8_0, q6 = W->dtype == QN_Q6_K, q5 = W->dtype == QN_Q5_K, tmax = q8 ? 16 : 8;
     const int64_t nb = W->cols / (q8 ? 32 : 256);
-    const size_t gbytes = (size_t)nb * (q8 ? REPACK_Q8_0_BLOCK : q6 ? REPACK_Q6_K_BLOCK : REPACK_Q4_K_BLOCK);
+    const size_t gbytes = (size_t)nb * (q8   ? REPACK_Q8_0_BLOCK
+                                        : q6 ? REPACK_Q6_K_BLOCK
+                                        : q5 ? REPACK_Q5_K_BLOCK
+                                             : REPACK_Q4_K_BLOCK);
     for (int64_t g = r0 / REPACK_ROWS; g < (r1 + REPACK_ROWS - 1) / REPACK_ROWS; g++) {
         const uint8_t *w = W->rp + (size_t)g * gbytes;
         const int64_t r = REPACK_ROWS * g;
@@ -313,9 +341,15 @@ void repack_rows(const qn_tensor *W, int64_t r0, int64_t r1, const uint8_t *act,
                 GROUP_T(1) GROUP_T(2) GROUP_T(3) GROUP_T(4) GROUP_T(5) GROUP_T(6) GROUP_T(7) GROUP_T(8)
 #undef GROUP_T
             }
+            else if (q5) switch (n) {
+#define GROUP_T(N) \
+    case N: group_q4_k(1, w, nb, a, astride, N, o); break;
+                GROUP_T(1) GROUP_T(2) GROUP_T(3) GROUP_T(4) GROUP_T(5) GROUP_T(6) GROUP_T(7) GROUP_T(8)
+#undef GROUP_T
+            }
             else switch (n) {
 #define GROUP_T(N) \
-    case N: group_q4_k(w, nb, a, astride, N, o); break;
+    case N: group_q4_k(0, w, nb, a, astride, N, o); break;
                 GROUP_T(1) GROUP_T(2) GROUP_T(3) GROUP_T(4) GROUP_T(5) GROUP_T(6) GROUP_T(7) GROUP_T(8)
 #undef GROUP_T
             }
