@@ -116,6 +116,16 @@ static float *get_f32(loader *L, const char *name, int nd, const int64_t *shape)
 
 static float *get_vec(loader *L, const char *name, int64_t n) { return get_f32(L, name, 1, &n); }
 
+int model_conv_taps_major(float *w, int64_t conv_dim, int K) {
+    float *tmp = malloc((size_t)conv_dim * K * sizeof(float));
+    if (!tmp) return 0;
+    memcpy(tmp, w, (size_t)conv_dim * K * sizeof(float));
+    for (int64_t ch = 0; ch < conv_dim; ch++)
+        for (int j = 0; j < K; j++) w[(int64_t)j * conv_dim + ch] = tmp[ch * K + j];
+    free(tmp);
+    return 1;
+}
+
 #define NAME(...) (snprintf(nm, sizeof nm, __VA_ARGS__), nm)
 
 static int load_attention(loader *L, qn_layer *ly, const char *pfx) {
@@ -143,6 +153,10 @@ static int load_gdn(loader *L, qn_layer *ly, const char *pfx) {
     ly->ba.row_map = L->m->ba_map;
     int64_t cshape[3] = {conv_dim, 1, K};
     if (!(ly->conv_w = get_f32(L, NAME("%s.linear_attn.conv1d.weight", pfx), 3, cshape))) return 0;
+    if (!model_conv_taps_major(ly->conv_w, conv_dim, (int)K)) {
+        snprintf(L->err, L->errlen, "%s: out of memory", L->dir);
+        return 0;
+    }
     if (!(ly->dt_bias = get_vec(L, NAME("%s.linear_attn.dt_bias", pfx), nv))) return 0;
     if (!(ly->a_neg = get_vec(L, NAME("%s.linear_attn.A_log", pfx), nv))) return 0;
     for (int64_t i = 0; i < nv; i++) ly->a_neg[i] = -expf(ly->a_neg[i]);

@@ -358,6 +358,7 @@ qnext_status gguf_model_load(qnext_model *m, const char *path, char *err, size_t
             if (!ct) return QNEXT_ERR_FORMAT;
             if (!(ly->conv_w = model_own(m, conv_dim * c->conv_kernel * sizeof(float)))) return QNEXT_ERR_MEMORY;
             op_convert_to_f32(ct->type, ct->data, ly->conv_w, conv_dim * c->conv_kernel);
+            if (!model_conv_taps_major(ly->conv_w, conv_dim, c->conv_kernel)) return QNEXT_ERR_MEMORY;
             if (!(ly->dt_bias = vec(&L, NAME("blk.%d.ssm_dt.bias", il), nv, 0))) return QNEXT_ERR_FORMAT;
             if (!(ly->a_neg = vec(&L, NAME("blk.%d.ssm_a", il), nv, 0))) return QNEXT_ERR_FORMAT;
             if (!(ly->gdn_norm = vec(&L, NAME("blk.%d.ssm_norm.weight", il), dv, 0))) return QNEXT_ERR_FORMAT;

@@ -55,7 +55,9 @@ typedef struct {
     /* Gated DeltaNet (layer_type LINEAR) */
     qn_tensor qkvz;             /* [2*nk*dk + 2*nv*dv, H], row-mapped to [q_all | k_all | v_all | z_all] */
     qn_tensor ba;               /* [2*nv, H], row-mapped to [b_all | a_all] */
-    float *conv_w;              /* [conv_dim = 2*nk*dk + nv*dv][K] depthwise taps, tap K-1 = current token */
+    float *conv_w;              /* [K][conv_dim = 2*nk*dk + nv*dv] depthwise taps, tap K-1 = current token
+                                   (tap-major: transposed at load from the checkpoints' [conv_dim][K],
+                                   so that the conv reads each tap's weights in one contiguous run) */
     float *dt_bias;             /* [nv] */
     float *a_neg;               /* [nv] -exp(A_log) */
     float *gdn_norm;            /* [dv] plain weight of the gated RMSNorm */
@@ -214,6 +216,9 @@ struct qnext_snapshot {
 
 /* loader.c: shared by the safetensors and GGUF loaders */
 void *model_own(qnext_model *m, size_t bytes);   /* zeroed, freed with the model */
+/* The conv taps w, read as [conv_dim][K], rewritten in place as [K][conv_dim] (qn_layer.conv_w).
+ * Returns 0 when out of memory. */
+int model_conv_taps_major(float *w, int64_t conv_dim, int K);
 int model_build_row_maps(qnext_model *m);
 /* loader_gguf.c */
 int model_path_is_gguf(const char *path);
