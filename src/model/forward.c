@@ -57,13 +57,15 @@ static void gdn_block(qnext_session *s, qn_seq *seqs, int n_seqs, int il, int T)
     const int64_t key_dim = (int64_t)nk * dk, val_dim = (int64_t)nv * dv, conv_dim = 2 * key_dim + val_dim;
     const int64_t n_qkvz = 2 * key_dim + 2 * val_dim;
 
-    if (ly->gate_z.data) { /* GGUF: [q|k|v] and z are separate matrices */
-        op_matmul_rows(&ly->qkvz, 0, conv_dim, sc->x, T, ly->qkvz.cols, sc->proj, n_qkvz);
-        op_matmul_rows(&ly->gate_z, 0, val_dim, sc->x, T, ly->gate_z.cols, sc->proj + conv_dim, n_qkvz);
-    } else {
-        op_matmul(&ly->qkvz, sc->x, T, sc->proj); /* [T, q|k|v|z] after the load-time row map */
-    }
-    op_matmul(&ly->ba, sc->x, T, sc->proj2);   /* [T, b|a] */
+    /* The input projections as one multi-product (one parallel region, the input quantized
+     * once): proj [T, q|k|v|z] (after the load-time row map, or from GGUF's separate [q|k|v]
+     * and z matrices) and proj2 [T, b|a]. */
+    op_job pj[3];
+    int npj = 0;
+    pj[npj++] = (op_job){&ly->qkvz, sc->x, sc->proj, T, n_qkvz};
+    if (ly->gate_z.data) pj[npj++] = (op_job){&ly->gate_z, sc->x, sc->proj + conv_dim, T, n_qkvz};
+    pj[npj++] = (op_job){&ly->ba, sc->x, sc->proj2, T, 2 * nv};
+    op_matmul_multi(pj, npj);
 
     /* Causal depthwise conv over [conv state | new inputs] of each sequence, then SiLU.
      * Channels in blocks, tokens inside: each row of P is read contiguously, and each tap's
@@ -379,9 +381,11 @@ static void attn_block(qnext_session *s, const qn_layer *ly, qn_seq *seqs, int n
     for (int t = 0; t < T; t++) max_keys += sc->row_pos[t] + 1;
     const float eps = (float)c->rms_eps, scale = 1.0f / sqrtf((float)D);
 
-    op_matmul(&ly->q_proj, sc->x, T, sc->proj);  /* [T, q heads | gate heads] */
-    op_matmul_rows(&ly->k_proj, 0, ly->k_proj.rows, sc->x, T, ly->k_proj.cols, sc->proj2, kvw);
-    op_matmul_rows(&ly->v_proj, 0, ly->v_proj.rows, sc->x, T, ly->v_proj.cols, sc->proj2 + (int64_t)nkv * D, kvw);
+    /* proj [T, q heads | gate heads], proj2 [T, k | v]: one multi-product */
+    const op_job pj[3] = {{&ly->q_proj, sc->x, sc->proj, T, qw},
+                          {&ly->k_proj, sc->x, sc->proj2, T, kvw},
+                          {&ly->v_proj, sc->x, sc->proj2 + (int64_t)nkv * D, T, kvw}};
+    op_matmul_multi(pj, 3);
 
 #pragma omp parallel for schedule(static) if (T >= ROWS_PAR)
     for (int t = 0; t < T; t++) {
@@ -526,13 +530,13 @@ static void moe_decode_one(qnext_session *s, const qn_layer *ly) {
     /* mlp_a holds gate outputs, mlp_b up outputs, expert j at offset j*I (shared at k*I) */
     for (int j = 0; j < k; j++) {
         int e = sc->top_idx[j];
-        jobs[nj++] = (op_job){&ly->exp_gate[e], sc->x, sc->mlp_a + (size_t)j * I, 1};
-        jobs[nj++] = (op_job){&ly->exp_up[e], sc->x, sc->mlp_b + (size_t)j * I, 1};
+        jobs[nj++] = (op_job){&ly->exp_gate[e], sc->x, sc->mlp_a + (size_t)j * I, 1, 0};
+        jobs[nj++] = (op_job){&ly->exp_up[e], sc->x, sc->mlp_b + (size_t)j * I, 1, 0};
     }
     if (Is > 0) {
-        jobs[nj++] = (op_job){&ly->sh_gate, sc->x, sc->mlp_a + (size_t)k * I, 1};
-        jobs[nj++] = (op_job){&ly->sh_up, sc->x, sc->mlp_b + (size_t)k * I, 1};
-        jobs[nj++] = (op_job){&ly->sh_expert_gate, sc->x, sc->sg, 1};
+        jobs[nj++] = (op_job){&ly->sh_gate, sc->x, sc->mlp_a + (size_t)k * I, 1, 0};
+        jobs[nj++] = (op_job){&ly->sh_up, sc->x, sc->mlp_b + (size_t)k * I, 1, 0};
+        jobs[nj++] = (op_job){&ly->sh_expert_gate, sc->x, sc->sg, 1, 0};
     }
     op_matmul_multi(jobs, nj);
     for (int j = 0; j < ne; j++) {
@@ -543,7 +547,7 @@ static void moe_decode_one(qnext_session *s, const qn_layer *ly) {
     nj = 0;
     for (int j = 0; j < ne; j++)
         jobs[nj++] = (op_job){j < k ? &ly->exp_down[sc->top_idx[j]] : &ly->sh_down, sc->mlp_a + (size_t)j * I,
-                              sc->eo + (size_t)j * H, 1};
+                              sc->eo + (size_t)j * H, 1, 0};
     op_matmul_multi(jobs, nj);
     float g = Is > 0 ? qn_sigmoid(sc->sg[0]) : 0;
     for (int d = 0; d < H; d++) {
@@ -612,8 +616,8 @@ static void moe_block(qnext_session *s, const qn_layer *ly, int T) {
         for (int e = e0; e < e1; e++) {
             int n = first[e + 1] - first[e], o = first[e] - base;
             if (!n) continue;
-            jobs[nj++] = (op_job){&ly->exp_gate[e], sc->xg + (int64_t)o * H, sc->mlp_a + (int64_t)o * I, n};
-            jobs[nj++] = (op_job){&ly->exp_up[e], sc->xg + (int64_t)o * H, sc->mlp_b + (int64_t)o * I, n};
+            jobs[nj++] = (op_job){&ly->exp_gate[e], sc->xg + (int64_t)o * H, sc->mlp_a + (int64_t)o * I, n, 0};
+            jobs[nj++] = (op_job){&ly->exp_up[e], sc->xg + (int64_t)o * H, sc->mlp_b + (int64_t)o * I, n, 0};
         }
         op_matmul_multi(jobs, nj);
 #pragma omp parallel for schedule(static) if (rows >= ROWS_PAR)
@@ -621,7 +625,7 @@ static void moe_block(qnext_session *s, const qn_layer *ly, int T) {
         nj = 0;
         for (int e = e0; e < e1; e++) {
             int n = first[e + 1] - first[e], o = first[e] - base;
-            if (n) jobs[nj++] = (op_job){&ly->exp_down[e], sc->mlp_a + (int64_t)o * I, sc->eo + (int64_t)o * H, n};
+            if (n) jobs[nj++] = (op_job){&ly->exp_down[e], sc->mlp_a + (int64_t)o * I, sc->eo + (int64_t)o * H, n, 0};
         }
         op_matmul_multi(jobs, nj);
         /* each token's rows in expert order, as a sequential sum would add them; the

@@ -461,19 +461,23 @@ static int takes_own_path(const qn_tensor *W, int T) {
     return !use_repack(W) && (use_amx(W, T) || gemm_float_takes(W, T));
 }
 
+static int64_t job_ldy(const op_job *jb) { return jb->ldy ? jb->ldy : jb->W->rows; }
+
 void op_matmul_multi(const op_job *jobs, int n) {
     int fast = 1;
     for (int i = 0; i < n && fast; i++) fast = kernel_for(jobs[i].W) != NULL;
     if (!fast) {
         for (int i = 0; i < n; i++)
             op_matmul_rows_ref(jobs[i].W, 0, jobs[i].W->rows, jobs[i].x, jobs[i].T, jobs[i].W->cols, jobs[i].y,
-                               jobs[i].W->rows);
+                               job_ldy(&jobs[i]));
         return;
     }
     if (n > OP_MULTI_MAX) abort(); /* callers pass at most 2 * (experts + 1) + 1 jobs */
     int idx[OP_MULTI_MAX], m = 0;
     for (int i = 0; i < n; i++) {
-        if (takes_own_path(jobs[i].W, jobs[i].T)) op_matmul(jobs[i].W, jobs[i].x, jobs[i].T, jobs[i].y);
+        if (takes_own_path(jobs[i].W, jobs[i].T))
+            op_matmul_rows(jobs[i].W, 0, jobs[i].W->rows, jobs[i].x, jobs[i].T, jobs[i].W->cols, jobs[i].y,
+                           job_ldy(&jobs[i]));
         else idx[m++] = i;
     }
     if (!m) return;
@@ -568,7 +572,7 @@ void op_matmul_multi(const op_job *jobs, int n) {
             int64_t c0 = total * ch / nchunk, c1 = total * (ch + 1) / nchunk;
             for (int q = 0; q < m; q++) {
                 const op_job *jb = &jobs[idx[q]];
-                const int64_t T = jb->T, rows = jb->W->rows;
+                const int64_t T = jb->T, rows = jb->W->rows, ldy = job_ldy(jb);
                 if (cost0[q + 1] <= c0 || cost0[q] >= c1) continue;
                 int64_t ra = c0 > cost0[q] ? (c0 - cost0[q] + T - 1) / T : 0;
                 int64_t rz = (c1 - cost0[q] + T - 1) / T;
@@ -577,13 +581,13 @@ void op_matmul_multi(const op_job *jobs, int n) {
                 if (use_repack(W)) { /* groups of 16 rows, as the tiles below */
                     ra = ra & ~(int64_t)15;
                     rz = rz == rows ? rows : rz & ~(int64_t)15;
-                    if (ra < rz) repack_rows(W, ra, rz, act[q], astride[q], jb->T, jb->y, rows, NULL);
+                    if (ra < rz) repack_rows(W, ra, rz, act[q], astride[q], jb->T, jb->y, ldy, NULL);
                     continue;
                 }
                 if (pk[q]) { /* tiles take rows 16 at a time: both ends on a multiple of 16 */
                     ra = ra & ~(int64_t)15;
                     rz = rz == rows ? rows : rz & ~(int64_t)15;
-                    if (ra < rz) apq[q]->rows(W, ra, rz, pk[q], jb->T, jb->y, rows, NULL);
+                    if (ra < rz) apq[q]->rows(W, ra, rz, pk[q], jb->T, jb->y, ldy, NULL);
                     continue;
                 }
                 if (fn2[q]) { /* the units are rows; pair p takes units 2p and 2p + 1 (rows_dot_pairs) */
@@ -593,7 +597,7 @@ void op_matmul_multi(const op_job *jobs, int n) {
                     rows_dot_pairs(W, 0, rows / 2, pa, pz, act[q], fn[q], fn2[q], jb->y);
                     continue;
                 }
-                rows_dot_all(W, ra, rz, act[q], astride[q], jb->T, fn[q], fnm[q], jb->y, rows, NULL);
+                rows_dot_all(W, ra, rz, act[q], astride[q], jb->T, fn[q], fnm[q], jb->y, ldy, NULL);
             }
         }
     }

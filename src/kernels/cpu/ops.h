@@ -88,14 +88,16 @@ void op_matmul_to_rows_ref(const qn_tensor *W, const float *x, int T, float *con
 /* Name of the kernel set in use ("avx512-vnni", "avx2", "generic", "reference"). */
 const char *op_kernel_name(void);
 
-/* y[t*W->rows + r] = W[r] . x[t*W->cols ..] for t < T and every row r of W, for n
- * independent jobs: the products of a MoE layer (gate and up of every expert that has
- * tokens, then every down) run as one parallel region instead of one per product. */
+/* y[t*ldy + r] = W[r] . x[t*W->cols ..] for t < T and every row r of W, for n independent
+ * jobs: the products of a MoE layer (gate and up of every expert that has tokens, then every
+ * down), or the projections of one input, run as one parallel region instead of one per
+ * product. */
 typedef struct {
     const qn_tensor *W;
     const float *x; /* [T, W->cols] */
-    float *y;       /* [T, W->rows] */
+    float *y;       /* [T, ldy] */
     int T;          /* rows of x: 1 for a decode step, the tokens routed to an expert */
+    int64_t ldy;    /* stride of y's rows; 0 means W->rows */
 } op_job;
 #define OP_MULTI_MAX 256 /* jobs per call */
 void op_matmul_multi(const op_job *jobs, int n);
