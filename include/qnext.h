@@ -191,7 +191,10 @@ qnext_status qnext_session_accept(qnext_session *s, int n_keep, char *err, size_
 
 /* Snapshots hold the recurrent and conv states and the position. The KV cache is not
  * copied: restoring is valid while the session has not overwritten the KV entries below
- * the snapshot's position since it was taken (rewinding to an earlier turn always is). */
+ * the snapshot's position since it was taken (rewinding to an earlier turn always is).
+ * Free a model's snapshots before closing the model: a freed snapshot's buffer is kept by
+ * the model (a few of them) for the next snapshot of the same size, which then need not be
+ * faulted in afresh. Snapshots may be taken and freed from several threads at once. */
 qnext_status qnext_session_snapshot(qnext_session *s, qnext_snapshot **out, char *err, size_t errlen);
 qnext_status qnext_session_restore(qnext_session *s, const qnext_snapshot *snap, char *err, size_t errlen);
 int qnext_snapshot_pos(const qnext_snapshot *snap);

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "model/model.h" /* white-box: where a snapshot's buffer came from */
 #include "qnext.h"
 #include "test_util.h"
 
@@ -148,7 +149,57 @@ static void check_model(const char *dir, int has_mtp) {
     qnext_model_close(m);
 }
 
+/* Freed snapshots' buffers are reused by the next snapshot of the same size (qnext_model's
+ * pool): a reused buffer must hold exactly the new state. Snapshots at positions 20, 30 and 35
+ * of one session, the first freed before the third is taken (which then gets its buffer);
+ * restoring the third and the second must continue exactly as the live session did. */
+static void check_snapshot_reuse(const char *dir, int state_type) {
+    qnext_model *m;
+    char err[512];
+    qnext_model_params mp = {.quiet = 1};
+    if (qnext_model_open(dir, &mp, &m, err, sizeof err)) { CHECK(0, "%s: %s", dir, err); return; }
+    const int V = qnext_model_config(m)->vocab_size;
+    int32_t toks[48];
+    for (int i = 0; i < 48; i++) toks[i] = (i * 53 + 7) % V;
+    qnext_session_params p = {.n_ctx = 64, .n_ubatch = 64, .state_type = state_type};
+    qnext_session *s;
+    if (qnext_session_new(m, &p, &s, err, sizeof err)) { CHECK(0, "%s", err); qnext_model_close(m); return; }
+    float *live = malloc(sizeof(float) * V * 13), *l = malloc(sizeof(float) * V);
+    qnext_snapshot *s1, *s2, *s3;
+    CHECK(!qnext_session_feed(s, toks, 20, NULL, QNEXT_LOGITS_NONE, err, sizeof err), "%s", err);
+    CHECK(!qnext_session_snapshot(s, &s1, err, sizeof err), "%s", err);
+    CHECK(!qnext_session_feed(s, toks + 20, 10, NULL, QNEXT_LOGITS_NONE, err, sizeof err), "%s", err);
+    CHECK(!qnext_session_snapshot(s, &s2, err, sizeof err), "%s", err);
+    for (int t = 0; t < 5; t++) /* live logits from position 30 on, one token at a time */
+        CHECK(!qnext_session_feed(s, toks + 30 + t, 1, live + (size_t)t * V, QNEXT_LOGITS_LAST, err, sizeof err), "%s", err);
+    const uint8_t *buf1 = s1->data;
+    qnext_snapshot_free(s1);
+    CHECK(!qnext_session_snapshot(s, &s3, err, sizeof err), "%s", err);
+    CHECK(s3->data == buf1, "%s: the third snapshot did not reuse the freed one's buffer", dir);
+    for (int t = 0; t < 8; t++)
+        CHECK(!qnext_session_feed(s, toks + 35 + t, 1, live + (size_t)(5 + t) * V, QNEXT_LOGITS_LAST, err, sizeof err),
+              "%s", err);
+    CHECK(!qnext_session_restore(s, s3, err, sizeof err), "%s", err);
+    for (int t = 0; t < 8; t++) {
+        CHECK(!qnext_session_feed(s, toks + 35 + t, 1, l, QNEXT_LOGITS_LAST, err, sizeof err), "%s", err);
+        CHECK(!memcmp(l, live + (size_t)(5 + t) * V, sizeof(float) * V), "%s: step %d after the reused snapshot differs", dir, t);
+    }
+    CHECK(!qnext_session_restore(s, s2, err, sizeof err), "%s", err);
+    for (int t = 0; t < 5; t++) {
+        CHECK(!qnext_session_feed(s, toks + 30 + t, 1, l, QNEXT_LOGITS_LAST, err, sizeof err), "%s", err);
+        CHECK(!memcmp(l, live + (size_t)t * V, sizeof(float) * V), "%s: step %d after the second snapshot differs", dir, t);
+    }
+    qnext_snapshot_free(s2);
+    qnext_snapshot_free(s3);
+    qnext_session_free(s);
+    free(live);
+    free(l);
+    qnext_model_close(m); /* frees the pooled buffers (ASan: no leak) */
+}
+
 int main(void) {
+    check_snapshot_reuse("tests/fixtures/v5_layer_types", QNEXT_STATE_F32);
+    check_snapshot_reuse("models/qnext-tiny", QNEXT_STATE_BF16);
     check_model("models/qnext-tiny", 1);
     check_model("tests/fixtures/v5_layer_types", 0);
     check_model("tests/fixtures/mha_sharded_mtp", 0);

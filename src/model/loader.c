@@ -234,6 +234,7 @@ int model_build_row_maps(qnext_model *m) {
 void qnext_model_close(qnext_model *m) {
     if (!m) return;
     if (m->rp_region) munmap(m->rp_region, m->rp_region_bytes);
+    model_snap_pool_free(m);
     for (size_t i = 0; i < m->n_owned; i++) free(m->owned[i]);
     free(m->owned);
     free(m->layers);

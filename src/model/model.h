@@ -8,10 +8,13 @@
 #ifndef QNEXT_MODEL_H
 #define QNEXT_MODEL_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
 #include "qnext.h"
+
+#define SNAP_POOL_SLOTS 2 /* qnext_model.snap_pool */
 
 /* Storage types. Numbered as ggml numbers them, so GGUF tensors map one to one. */
 typedef enum {
@@ -107,6 +110,11 @@ struct qnext_model {
     int32_t *qkvz_map, *ba_map, *q_map; /* shared row maps (same for every layer) */
     void *rp_region;            /* the repacked copies of Q8_0/Q4_K/Q5_K/Q6_K weights (qn_tensor.rp), or NULL */
     size_t rp_region_bytes;     /* what to munmap */
+    /* Freed snapshots' state buffers kept for the next snapshot of the same size (session.c):
+     * a snapshot is tens of MB, and a fresh one is faulted in page by page (~25 ms for 75 MB)
+     * where a reused one is only copied into. Each slot holds NULL or a buffer whose first
+     * size_t is its size; taken and returned by atomic exchange, freed at close. */
+    _Atomic(void *) snap_pool[SNAP_POOL_SLOTS];
     void **owned;               /* small f32 arrays allocated at load, freed on close */
     size_t n_owned, cap_owned;
 };
@@ -216,6 +224,7 @@ struct qnext_snapshot {
 
 /* loader.c: shared by the safetensors and GGUF loaders */
 void *model_own(qnext_model *m, size_t bytes);   /* zeroed, freed with the model */
+void model_snap_pool_free(qnext_model *m);       /* session.c: the pooled snapshot buffers, at close */
 /* The conv taps w, read as [conv_dim][K], rewritten in place as [K][conv_dim] (qn_layer.conv_w).
  * Returns 0 when out of memory. */
 int model_conv_taps_major(float *w, int64_t conv_dim, int K);

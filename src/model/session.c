@@ -420,14 +420,45 @@ static void copy_states(qnext_session *s, uint8_t *buf, int restore) {
     }
 }
 
+/* A state buffer of n bytes (n >= sizeof(size_t)) from the model's pool of freed snapshots'
+ * buffers, or malloc's. */
+static uint8_t *snap_buffer_take(qnext_model *m, size_t n) {
+    for (int i = 0; i < SNAP_POOL_SLOTS; i++) {
+        void *p = atomic_exchange(&m->snap_pool[i], NULL);
+        if (!p) continue;
+        size_t have;
+        memcpy(&have, p, sizeof have);
+        if (have == n) return p;
+        void *expect = NULL; /* another size: back into its slot if that is still empty */
+        if (!atomic_compare_exchange_strong(&m->snap_pool[i], &expect, p)) free(p);
+    }
+    return malloc(n);
+}
+
+/* Gives a freed snapshot's buffer of n bytes to the pool, or back to malloc if the pool is full. */
+static void snap_buffer_give(qnext_model *m, uint8_t *p, size_t n) {
+    if (!p) return;
+    memcpy(p, &n, sizeof n);
+    for (int i = 0; i < SNAP_POOL_SLOTS; i++) {
+        void *expect = NULL;
+        if (atomic_compare_exchange_strong(&m->snap_pool[i], &expect, (void *)p)) return;
+    }
+    free(p);
+}
+
+void model_snap_pool_free(qnext_model *m) {
+    for (int i = 0; i < SNAP_POOL_SLOTS; i++) free(atomic_exchange(&m->snap_pool[i], NULL));
+}
+
 qnext_status qnext_session_snapshot(qnext_session *s, qnext_snapshot **out, char *err, size_t errlen) {
     char local[256];
     if (!err || !errlen) { err = local; errlen = sizeof local; }
     if (!s || !out) { snprintf(err, errlen, "qnext_session_snapshot: NULL argument"); return QNEXT_ERR_ARG; }
     const size_t states = snapshot_bytes(s);
     size_t n = states + (s->mtp_on ? (size_t)s->m->cfg.hidden_size * sizeof(float) : 0);
+    if (n < sizeof(size_t)) n = sizeof(size_t); /* a pooled buffer keeps its size in its first bytes */
     qnext_snapshot *snap = calloc(1, sizeof *snap);
-    uint8_t *data = malloc(n ? n : 1);
+    uint8_t *data = snap ? snap_buffer_take((qnext_model *)s->m, n) : NULL;
     if (!snap || !data) {
         free(snap);
         free(data);
@@ -474,7 +505,8 @@ int qnext_snapshot_pos(const qnext_snapshot *snap) { return snap->pos; }
 size_t qnext_snapshot_bytes(const qnext_snapshot *snap) { return snap->bytes; }
 void qnext_snapshot_free(qnext_snapshot *snap) {
     if (!snap) return;
-    free(snap->data);
+    /* the pool is the one thing of a model that snapshots change; its slots are atomic */
+    snap_buffer_give((qnext_model *)snap->m, snap->data, snap->bytes - sizeof *snap);
     free(snap);
 }
 
