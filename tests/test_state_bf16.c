@@ -29,6 +29,20 @@ static int argmax(const float *x, int n) {
     return b;
 }
 
+/* Restores snap into s, feeds n tokens one at a time, and checks each step's logits equal
+ * want[t] (V floats each) bit for bit. */
+static void check_restored(qnext_session *s, const qnext_snapshot *snap, const int32_t *toks, int n,
+                           const float *want, int V, const char *what) {
+    char err[512];
+    float *l = malloc(sizeof(float) * V);
+    CHECK(!qnext_session_restore(s, snap, err, sizeof err), "%s: %s", what, err);
+    for (int t = 0; t < n; t++) {
+        CHECK(!qnext_session_feed(s, toks + t, 1, l, QNEXT_LOGITS_LAST, err, sizeof err), "%s: %s", what, err);
+        CHECK(!memcmp(l, want + (size_t)t * V, sizeof(float) * V), "%s: step %d after restore differs", what, t);
+    }
+    free(l);
+}
+
 static void check_model(const char *dir, int has_mtp) {
     qnext_model *m;
     char err[512];
@@ -89,11 +103,7 @@ static void check_model(const char *dir, int has_mtp) {
               err);
     /* the first of the six runs the same path both times (a prompt of 6 vs 6 single tokens
      * differ in the delta rule's form), so compare single-token continuations */
-    CHECK(!qnext_session_restore(b, snap, err, sizeof err), "%s", err);
-    for (int t = 0; t < 6; t++) {
-        CHECK(!qnext_session_feed(b, toks + 56 + t, 1, l2, QNEXT_LOGITS_LAST, err, sizeof err), "%s", err);
-        CHECK(!memcmp(l2, l3 + (size_t)t * V, sizeof(float) * V), "%s: step %d after restore differs", dir, t);
-    }
+    check_restored(b, snap, toks + 56, 6, l3, V, dir);
     qnext_snapshot_free(snap);
     qnext_snapshot_free(snap32);
     qnext_session_free(a);
@@ -164,7 +174,7 @@ static void check_snapshot_reuse(const char *dir, int state_type) {
     qnext_session_params p = {.n_ctx = 64, .n_ubatch = 64, .state_type = state_type};
     qnext_session *s;
     if (qnext_session_new(m, &p, &s, err, sizeof err)) { CHECK(0, "%s", err); qnext_model_close(m); return; }
-    float *live = malloc(sizeof(float) * V * 13), *l = malloc(sizeof(float) * V);
+    float *live = malloc(sizeof(float) * V * 13);
     qnext_snapshot *s1, *s2, *s3;
     CHECK(!qnext_session_feed(s, toks, 20, NULL, QNEXT_LOGITS_NONE, err, sizeof err), "%s", err);
     CHECK(!qnext_session_snapshot(s, &s1, err, sizeof err), "%s", err);
@@ -179,21 +189,12 @@ static void check_snapshot_reuse(const char *dir, int state_type) {
     for (int t = 0; t < 8; t++)
         CHECK(!qnext_session_feed(s, toks + 35 + t, 1, live + (size_t)(5 + t) * V, QNEXT_LOGITS_LAST, err, sizeof err),
               "%s", err);
-    CHECK(!qnext_session_restore(s, s3, err, sizeof err), "%s", err);
-    for (int t = 0; t < 8; t++) {
-        CHECK(!qnext_session_feed(s, toks + 35 + t, 1, l, QNEXT_LOGITS_LAST, err, sizeof err), "%s", err);
-        CHECK(!memcmp(l, live + (size_t)(5 + t) * V, sizeof(float) * V), "%s: step %d after the reused snapshot differs", dir, t);
-    }
-    CHECK(!qnext_session_restore(s, s2, err, sizeof err), "%s", err);
-    for (int t = 0; t < 5; t++) {
-        CHECK(!qnext_session_feed(s, toks + 30 + t, 1, l, QNEXT_LOGITS_LAST, err, sizeof err), "%s", err);
-        CHECK(!memcmp(l, live + (size_t)t * V, sizeof(float) * V), "%s: step %d after the second snapshot differs", dir, t);
-    }
+    check_restored(s, s3, toks + 35, 8, live + (size_t)5 * V, V, "the reused snapshot");
+    check_restored(s, s2, toks + 30, 5, live, V, "the second snapshot");
     qnext_snapshot_free(s2);
     qnext_snapshot_free(s3);
     qnext_session_free(s);
     free(live);
-    free(l);
     qnext_model_close(m); /* frees the pooled buffers (ASan: no leak) */
 }
 
