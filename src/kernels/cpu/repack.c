@@ -15,9 +15,8 @@
  * Q5_K is Q4_K's kernel with each word's fifth bits or-ed in from a plane of high bits (two
  * instructions a word, for all tokens). Q6_K (twentieth session): with the codes' low nibbles and
  * high bits in separate planes laid out for it, a word of 64 codes is 3-4 instructions for all
- * tokens, and each sub-block's sum
- * starts at the activations' offset, so a token costs 4 vpdpbusd, a convert and an FMA per 16
- * values of 16 rows: in cache, one thread, 5.3 against 9.6 TSC ticks (2.6 GHz) per 256 values
+ * tokens, and each sub-block's sum starts at the activations' offset, so a token costs 4
+ * vpdpbusd, a convert and an FMA per 16 values of 16 rows: in cache, one thread, 5.3 against 9.6 TSC ticks (2.6 GHz) per 256 values
  * and token for the mapped kernel at 5 tokens, 11.4 against 17.1 at one (an earlier layout, with
  * the codes in Q6_K's own planes and the offset taken out in f32, gained little; PERF.md).
  *
