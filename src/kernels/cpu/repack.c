@@ -317,9 +317,51 @@ static inline __attribute__((always_inline)) void group_q6_k(const uint8_t *w, i
     for (int t = 0; t < T; t++) out[t] = acc[t];
 }
 
+/* One group of 16 rows against n tokens (n <= 16 for Q8_0, 8 for the K types), one function per
+ * type: each keeps its own switch over n, so the four types' code does not share one large
+ * function (where the Q4_K one-token case ran ~5% slower in decoding, PERF.md twentieth session). */
+typedef void (*tile_fn)(const uint8_t *w, int64_t nb, const uint8_t *a, size_t astride, int n, __m512 *o);
+#define TILE_CASE(FN, N) \
+    case N: FN; break;
+static __attribute__((noinline)) void tile_q8_0(const uint8_t *w, int64_t nb, const uint8_t *a, size_t astride, int n,
+                                                __m512 *o) {
+    switch (n) {
+#define GROUP_T(N) TILE_CASE(group_q8_0(w, nb, a, astride, N, o), N)
+        GROUP_T(1) GROUP_T(2) GROUP_T(3) GROUP_T(4) GROUP_T(5) GROUP_T(6) GROUP_T(7) GROUP_T(8)
+        GROUP_T(9) GROUP_T(10) GROUP_T(11) GROUP_T(12) GROUP_T(13) GROUP_T(14) GROUP_T(15) GROUP_T(16)
+#undef GROUP_T
+    }
+}
+static __attribute__((noinline)) void tile_q4_k(const uint8_t *w, int64_t nb, const uint8_t *a, size_t astride, int n,
+                                                __m512 *o) {
+    switch (n) {
+#define GROUP_T(N) TILE_CASE(group_q4_k(0, w, nb, a, astride, N, o), N)
+        GROUP_T(1) GROUP_T(2) GROUP_T(3) GROUP_T(4) GROUP_T(5) GROUP_T(6) GROUP_T(7) GROUP_T(8)
+#undef GROUP_T
+    }
+}
+static __attribute__((noinline)) void tile_q5_k(const uint8_t *w, int64_t nb, const uint8_t *a, size_t astride, int n,
+                                                __m512 *o) {
+    switch (n) {
+#define GROUP_T(N) TILE_CASE(group_q4_k(1, w, nb, a, astride, N, o), N)
+        GROUP_T(1) GROUP_T(2) GROUP_T(3) GROUP_T(4) GROUP_T(5) GROUP_T(6) GROUP_T(7) GROUP_T(8)
+#undef GROUP_T
+    }
+}
+static __attribute__((noinline)) void tile_q6_k(const uint8_t *w, int64_t nb, const uint8_t *a, size_t astride, int n,
+                                                __m512 *o) {
+    switch (n) {
+#define GROUP_T(N) TILE_CASE(group_q6_k(w, nb, a, astride, N, o), N)
+        GROUP_T(1) GROUP_T(2) GROUP_T(3) GROUP_T(4) GROUP_T(5) GROUP_T(6) GROUP_T(7) GROUP_T(8)
+#undef GROUP_T
+    }
+}
+#undef TILE_CASE
+
 void repack_rows(const qn_tensor *W, int64_t r0, int64_t r1, const uint8_t *act, size_t astride, int T, float *y,
                  int64_t ldy, float *const *yrows) {
     const int q8 = W->dtype == QN_Q8_0, q6 = W->dtype == QN_Q6_K, q5 = W->dtype == QN_Q5_K, tmax = q8 ? 16 : 8;
+    const tile_fn tile = q8 ? tile_q8_0 : q6 ? tile_q6_k : q5 ? tile_q5_k : tile_q4_k;
     const int64_t nb = W->cols / (q8 ? 32 : 256);
     const size_t gbytes = (size_t)nb * (q8   ? REPACK_Q8_0_BLOCK
                                         : q6 ? REPACK_Q6_K_BLOCK
@@ -332,31 +374,7 @@ void repack_rows(const qn_tensor *W, int64_t r0, int64_t r1, const uint8_t *act,
             const int n = T - t0 < tmax ? T - t0 : tmax;
             const uint8_t *a = act + astride * t0;
             __m512 o[16] = {0}; /* (every case writes its n) */
-            if (q8) switch (n) {
-#define GROUP_T(N) \
-    case N: group_q8_0(w, nb, a, astride, N, o); break;
-                GROUP_T(1) GROUP_T(2) GROUP_T(3) GROUP_T(4) GROUP_T(5) GROUP_T(6) GROUP_T(7) GROUP_T(8)
-                GROUP_T(9) GROUP_T(10) GROUP_T(11) GROUP_T(12) GROUP_T(13) GROUP_T(14) GROUP_T(15) GROUP_T(16)
-#undef GROUP_T
-            }
-            else if (q6) switch (n) {
-#define GROUP_T(N) \
-    case N: group_q6_k(w, nb, a, astride, N, o); break;
-                GROUP_T(1) GROUP_T(2) GROUP_T(3) GROUP_T(4) GROUP_T(5) GROUP_T(6) GROUP_T(7) GROUP_T(8)
-#undef GROUP_T
-            }
-            else if (q5) switch (n) {
-#define GROUP_T(N) \
-    case N: group_q4_k(1, w, nb, a, astride, N, o); break;
-                GROUP_T(1) GROUP_T(2) GROUP_T(3) GROUP_T(4) GROUP_T(5) GROUP_T(6) GROUP_T(7) GROUP_T(8)
-#undef GROUP_T
-            }
-            else switch (n) {
-#define GROUP_T(N) \
-    case N: group_q4_k(0, w, nb, a, astride, N, o); break;
-                GROUP_T(1) GROUP_T(2) GROUP_T(3) GROUP_T(4) GROUP_T(5) GROUP_T(6) GROUP_T(7) GROUP_T(8)
-#undef GROUP_T
-            }
+            tile(w, nb, a, astride, n, o);
             for (int t = 0; t < n; t++)
                 _mm512_storeu_ps(yrows ? &yrows[t0 + t][r] : &y[(int64_t)(t0 + t) * ldy + r], o[t]);
         }
