@@ -321,42 +321,30 @@ static inline __attribute__((always_inline)) void group_q6_k(const uint8_t *w, i
  * type: each keeps its own switch over n, so the four types' code does not share one large
  * function (where the Q4_K one-token case ran ~5% slower in decoding, PERF.md twentieth session). */
 typedef void (*tile_fn)(const uint8_t *w, int64_t nb, const uint8_t *a, size_t astride, int n, __m512 *o);
-#define TILE_CASE(FN, N) \
-    case N: FN; break;
-static __attribute__((noinline)) void tile_q8_0(const uint8_t *w, int64_t nb, const uint8_t *a, size_t astride, int n,
-                                                __m512 *o) {
-    switch (n) {
-#define GROUP_T(N) TILE_CASE(group_q8_0(w, nb, a, astride, N, o), N)
-        GROUP_T(1) GROUP_T(2) GROUP_T(3) GROUP_T(4) GROUP_T(5) GROUP_T(6) GROUP_T(7) GROUP_T(8)
-        GROUP_T(9) GROUP_T(10) GROUP_T(11) GROUP_T(12) GROUP_T(13) GROUP_T(14) GROUP_T(15) GROUP_T(16)
-#undef GROUP_T
+#define CASES_1_8(C) C(1) C(2) C(3) C(4) C(5) C(6) C(7) C(8)
+#define TILE_FN(NAME, CASES)                                                                                   \
+    static __attribute__((noinline)) void NAME(const uint8_t *w, int64_t nb, const uint8_t *a, size_t astride, \
+                                               int n, __m512 *o) {                                            \
+        switch (n) { CASES }                                                                                   \
     }
-}
-static __attribute__((noinline)) void tile_q4_k(const uint8_t *w, int64_t nb, const uint8_t *a, size_t astride, int n,
-                                                __m512 *o) {
-    switch (n) {
-#define GROUP_T(N) TILE_CASE(group_q4_k(0, w, nb, a, astride, N, o), N)
-        GROUP_T(1) GROUP_T(2) GROUP_T(3) GROUP_T(4) GROUP_T(5) GROUP_T(6) GROUP_T(7) GROUP_T(8)
-#undef GROUP_T
-    }
-}
-static __attribute__((noinline)) void tile_q5_k(const uint8_t *w, int64_t nb, const uint8_t *a, size_t astride, int n,
-                                                __m512 *o) {
-    switch (n) {
-#define GROUP_T(N) TILE_CASE(group_q4_k(1, w, nb, a, astride, N, o), N)
-        GROUP_T(1) GROUP_T(2) GROUP_T(3) GROUP_T(4) GROUP_T(5) GROUP_T(6) GROUP_T(7) GROUP_T(8)
-#undef GROUP_T
-    }
-}
-static __attribute__((noinline)) void tile_q6_k(const uint8_t *w, int64_t nb, const uint8_t *a, size_t astride, int n,
-                                                __m512 *o) {
-    switch (n) {
-#define GROUP_T(N) TILE_CASE(group_q6_k(w, nb, a, astride, N, o), N)
-        GROUP_T(1) GROUP_T(2) GROUP_T(3) GROUP_T(4) GROUP_T(5) GROUP_T(6) GROUP_T(7) GROUP_T(8)
-#undef GROUP_T
-    }
-}
-#undef TILE_CASE
+#define Q8_0_T(N) \
+    case N: group_q8_0(w, nb, a, astride, N, o); break;
+#define Q4_K_T(N) \
+    case N: group_q4_k(0, w, nb, a, astride, N, o); break;
+#define Q5_K_T(N) \
+    case N: group_q4_k(1, w, nb, a, astride, N, o); break;
+#define Q6_K_T(N) \
+    case N: group_q6_k(w, nb, a, astride, N, o); break;
+TILE_FN(tile_q8_0, CASES_1_8(Q8_0_T) Q8_0_T(9) Q8_0_T(10) Q8_0_T(11) Q8_0_T(12) Q8_0_T(13) Q8_0_T(14) Q8_0_T(15) Q8_0_T(16))
+TILE_FN(tile_q4_k, CASES_1_8(Q4_K_T))
+TILE_FN(tile_q5_k, CASES_1_8(Q5_K_T))
+TILE_FN(tile_q6_k, CASES_1_8(Q6_K_T))
+#undef Q8_0_T
+#undef Q4_K_T
+#undef Q5_K_T
+#undef Q6_K_T
+#undef TILE_FN
+#undef CASES_1_8
 
 void repack_rows(const qn_tensor *W, int64_t r0, int64_t r1, const uint8_t *act, size_t astride, int T, float *y,
                  int64_t ldy, float *const *yrows) {
