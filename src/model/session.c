@@ -261,12 +261,17 @@ void qnext_session_get_memory(const qnext_session *s, qnext_session_memory *mem)
 }
 int qnext_session_n_ctx(const qnext_session *s) { return s->params.n_ctx; }
 
+/* Floats of one DeltaNet layer's conv state: the last K-1 inputs of its conv_dim channels. */
+static size_t conv_state_floats(const qnext_config *c) {
+    return (size_t)(c->conv_kernel - 1) *
+           (2 * (size_t)c->lin_n_k_heads * c->lin_k_dim + (size_t)c->lin_n_v_heads * c->lin_v_dim);
+}
+
 void qnext_session_reset(qnext_session *s) {
     const qnext_config *c = &s->m->cfg;
-    int64_t conv_dim = 2 * (int64_t)c->lin_n_k_heads * c->lin_k_dim + (int64_t)c->lin_n_v_heads * c->lin_v_dim;
     for (int i = 0; i < c->n_layers; i++)
         if (c->layer_type[i] == QNEXT_LAYER_LINEAR) {
-            memset(s->ls[i].conv_state, 0, (size_t)(c->conv_kernel - 1) * conv_dim * sizeof(float));
+            memset(s->ls[i].conv_state, 0, conv_state_floats(c) * sizeof(float));
             memset(s->ls[i].ssm_state, 0, session_ssm_bytes(s));
         }
     s->pos = 0;
@@ -393,8 +398,7 @@ static void state_store(const qnext_session *s, void *dst, const float *src, siz
 /* Bytes of every LINEAR layer's conv state (f32) and recurrent state (state_type). */
 static size_t snapshot_bytes(const qnext_session *s) {
     const qnext_config *c = &s->m->cfg;
-    size_t conv_dim = 2 * (size_t)c->lin_n_k_heads * c->lin_k_dim + (size_t)c->lin_n_v_heads * c->lin_v_dim;
-    size_t per = (size_t)(c->conv_kernel - 1) * conv_dim * sizeof(float) + session_ssm_bytes(s);
+    size_t per = conv_state_floats(c) * sizeof(float) + session_ssm_bytes(s);
     size_t n = 0;
     for (int i = 0; i < c->n_layers; i++) n += c->layer_type[i] == QNEXT_LAYER_LINEAR ? per : 0;
     return n;
@@ -403,10 +407,7 @@ static size_t snapshot_bytes(const qnext_session *s) {
 /* Copies the recurrent states into (restore 0) or out of (restore 1) a flat buffer. */
 static void copy_states(qnext_session *s, uint8_t *buf, int restore) {
     const qnext_config *c = &s->m->cfg;
-    size_t conv = (size_t)(c->conv_kernel - 1) *
-                  (2 * (size_t)c->lin_n_k_heads * c->lin_k_dim + (size_t)c->lin_n_v_heads * c->lin_v_dim) *
-                  sizeof(float);
-    size_t ssm = session_ssm_bytes(s);
+    size_t conv = conv_state_floats(c) * sizeof(float), ssm = session_ssm_bytes(s);
     for (int i = 0; i < c->n_layers; i++) {
         if (c->layer_type[i] != QNEXT_LAYER_LINEAR) continue;
         if (restore) {
@@ -539,9 +540,7 @@ qnext_status qnext_session_verify(qnext_session *s, const int32_t *tokens, int n
     }
     const qnext_config *c = &s->m->cfg;
     if (!s->ckpt) { /* allocated on first use, then reused */
-        size_t conv = (size_t)(c->conv_kernel - 1) *
-                      (2 * (size_t)c->lin_n_k_heads * c->lin_k_dim + (size_t)c->lin_n_v_heads * c->lin_v_dim);
-        size_t ssm = (size_t)c->lin_n_v_heads * c->lin_k_dim * c->lin_v_dim, off = 0;
+        size_t conv = conv_state_floats(c), ssm = (size_t)c->lin_n_v_heads * c->lin_k_dim * c->lin_v_dim, off = 0;
         s->ckpt_off = calloc(c->n_layers, sizeof *s->ckpt_off);
         if (!s->ckpt_off) { snprintf(err, errlen, "out of memory"); return QNEXT_ERR_MEMORY; }
         for (int i = 0; i < c->n_layers; i++)
@@ -568,9 +567,7 @@ qnext_status qnext_session_accept(qnext_session *s, int n_keep, char *err, size_
     if (n_keep < s->ckpt_fed) {
         const qnext_config *c = &s->m->cfg;
         const float *src = s->ckpt + (size_t)(n_keep - 1) * s->ckpt_stride;
-        size_t conv = (size_t)(c->conv_kernel - 1) *
-                      (2 * (size_t)c->lin_n_k_heads * c->lin_k_dim + (size_t)c->lin_n_v_heads * c->lin_v_dim);
-        size_t ssm = (size_t)c->lin_n_v_heads * c->lin_k_dim * c->lin_v_dim;
+        size_t conv = conv_state_floats(c), ssm = (size_t)c->lin_n_v_heads * c->lin_k_dim * c->lin_v_dim;
         for (int i = 0; i < c->n_layers; i++)
             if (c->layer_type[i] == QNEXT_LAYER_LINEAR) {
                 memcpy(s->ls[i].conv_state, src + s->ckpt_off[i], conv * sizeof(float));
