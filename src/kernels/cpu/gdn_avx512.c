@@ -228,10 +228,10 @@ __attribute__((target("avx512bf16"))) static inline void bf16_store_cvt(uint16_t
 
 /* The recurrence on 16 * NV <= 128 columns of S (columns are independent: column j of the state
  * only meets kv[j], delta[j] and o[j]), S in f32 or (BF16 1, or 2 with AVX512_BF16) bf16 with ldS
- * elements per row. Per
- * token the columns are read once for kv = S^T k, whole rows in one sequential stream from
- * memory, and once more, from L2, to update them and read out o; a bf16 state is widened as it
- * is read and rounded as it is written, so each token's update and output are computed in f32. */
+ * elements per row. Per token the columns are read once for kv = S^T k, whole rows in one
+ * sequential stream from memory, and once more, from L2, to update them and read out o; a bf16
+ * state is widened as it is read and rounded as it is written, so each token's update and
+ * output are computed in f32. */
 static inline __attribute__((always_inline)) void recur_cols(const int NV, const int BF16, void *Sv, int dk, int ldS,
                                                              int T, const float *q, const float *k, int64_t ldqk,
                                                              const float *v, int64_t ldv, const float *g,
@@ -267,13 +267,13 @@ static inline __attribute__((always_inline)) void recur_cols(const int NV, const
 #undef S_LOAD
 }
 
-/* The state's columns in blocks of up to 128, each block one recur_cols call; bf16 (0 or 1) is
- * a constant in each caller, so the unused variant folds away. */
+/* The state's columns in blocks of up to 128, each block one recur_cols call; bf16 (0, 1 or 2,
+ * as recur_cols's BF16) is a constant in each caller, so the unused variants fold away. */
 static inline __attribute__((always_inline)) void recur_blocks(const int bf16, void *S, int dk, int dv, int T,
                                                                const float *q, const float *k, int64_t ldqk,
                                                                const float *v, int64_t ldv, const float *g,
                                                                const float *beta, int64_t ldg, float *o, int64_t ldo) {
-    const size_t esz = bf16 ? 2 : 4; /* bf16: 1 or 2, as recur_cols's BF16 */
+    const size_t esz = bf16 ? 2 : 4;
     for (int c0 = 0; c0 < dv; c0 += 128) {
         const int nv = (dv - c0) / 16 < 8 ? (dv - c0) / 16 : 8;
         void *Sc = (uint8_t *)S + (size_t)c0 * esz;
