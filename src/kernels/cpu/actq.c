@@ -31,6 +31,11 @@ void actq_quantize_row(int at, const float *x, void *dst, int64_t n) {
         dot_act_widen_k6(dst, n);
         return;
     }
+    if (at == DOT_ACT_Q8_K32) { /* Q8_K with sums of 32, for the repacked Q4_K/Q5_K kernel (dot.h) */
+        actq_quantize_row(QUANT_Q8_K, x, dst, n);
+        dot_act_sum32(dst, n);
+        return;
+    }
     if (at == DOT_ACT_Q8_0G || at == DOT_ACT_Q8_0I) { /* Q8_0, regrouped for the AVX-512 Q8_0 kernels (dot.h) */
         dot_act_quantize_q8_0g(x, dst, n, at == DOT_ACT_Q8_0I, simd_q8_0);
         return;

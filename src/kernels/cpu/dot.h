@@ -69,6 +69,14 @@ typedef void (*dotm_fn)(const void *w, const void *a, size_t astride, int T, int
 #define DOT_ACT_Q8_K6 103
 #define DOT_Q8_K6_BLOCK 324
 
+/* Q8_K activations for the repacked Q4_K and Q5_K kernel (repack.h): the f32 scale and the 256
+ * int8 values as in Q8_K, then, in place of Q8_K's 16 int16 sums of 16 values, the 8 sums of 32
+ * (Q8_K's, added in pairs: |sum| <= 32 x 128 fits int16) and 16 zero bytes. Same size as Q8_K.
+ * The kernel takes a block's mins in with 4 vpdpwssd a token, each one int32 pair of these sums
+ * against two sub-blocks' mins of 16 rows, where Q8_K's sums cost 8 scalar sums, conversions,
+ * broadcasts and FMAs (docs/PERF.md, twenty-first session). Not a ggml type. */
+#define DOT_ACT_Q8_K32 104
+
 typedef struct {
     const char *name;
     dot_fn f32, f16, bf16;   /* activations: f32 */
@@ -140,6 +148,8 @@ void dot_act_reorder_k4(void *row, int64_t n);
 /* Turns a Q8_K row of n values (n / 256 blocks of 292 bytes at row) into DOT_ACT_Q8_K6 in place
  * (row must have dot_act_row_bytes(DOT_ACT_Q8_K6, n) bytes). */
 void dot_act_widen_k6(void *row, int64_t n);
+/* Turns a Q8_K row of n values (n % 256 == 0) into DOT_ACT_Q8_K32 in place. */
+void dot_act_sum32(void *row, int64_t n);
 /* Quantizes n activations (n % 32 == 0) to DOT_ACT_Q8_0G (il = 0) or DOT_ACT_Q8_0I (il = 1): a
  * group of 8 blocks at a time through q8_0, a Q8_0 quantizer (the reference one, or actq.c's),
  * then regrouped. */

@@ -200,7 +200,7 @@ const dot_kernels dot_generic = {"generic", g_f32, g_f16, g_bf16, g_q8_0, g_q4_0
                                   NULL, NULL, NULL, NULL, QUANT_Q8_K, QUANT_Q8_0, QUANT_Q8_0, NULL, NULL, NULL, NULL};
 
 _Static_assert(DOT_ACT_Q8_K4 >= QUANT_TYPE_LIMIT && DOT_ACT_Q8_0G >= QUANT_TYPE_LIMIT && DOT_ACT_Q8_0I >= QUANT_TYPE_LIMIT &&
-                   DOT_ACT_Q8_K6 >= QUANT_TYPE_LIMIT,
+                   DOT_ACT_Q8_K6 >= QUANT_TYPE_LIMIT && DOT_ACT_Q8_K32 >= QUANT_TYPE_LIMIT,
                "dot.h's activation types must not be ggml type ids");
 
 int dot_act_type_set(const dot_kernels *k, int wtype) {
@@ -217,7 +217,7 @@ int dot_act_type_rows(const dot_kernels *k, int wtype, int T) {
 
 /* The ggml type whose quantizer an activation type starts from. */
 static int act_base_type(int at) {
-    return at == DOT_ACT_Q8_K4 || at == DOT_ACT_Q8_K6 ? QUANT_Q8_K : at == DOT_ACT_Q8_0G || at == DOT_ACT_Q8_0I ? QUANT_Q8_0 : at;
+    return at == DOT_ACT_Q8_K4 || at == DOT_ACT_Q8_K6 || at == DOT_ACT_Q8_K32 ? QUANT_Q8_K : at == DOT_ACT_Q8_0G || at == DOT_ACT_Q8_0I ? QUANT_Q8_0 : at;
 }
 
 size_t dot_act_row_bytes(int at, int64_t n) {
@@ -258,6 +258,18 @@ void dot_act_convert(int at, const void *base, void *dst, int64_t n) {
     memcpy(dst, base, quant_row_bytes(act_base_type(at), n));
     if (at == DOT_ACT_Q8_K4) dot_act_reorder_k4(dst, n);
     if (at == DOT_ACT_Q8_K6) dot_act_widen_k6(dst, n);
+    if (at == DOT_ACT_Q8_K32) dot_act_sum32(dst, n);
+}
+
+void dot_act_sum32(void *row, int64_t n) {
+    uint8_t *b = row;
+    for (int64_t i = 0; i < n / 256; i++, b += 292) { /* Q8_K block: f32 d, 256 int8, 16 int16 sums */
+        int16_t s[16];
+        memcpy(s, b + 260, 32);
+        for (int j = 0; j < 8; j++) s[j] = (int16_t)(s[2 * j] + s[2 * j + 1]);
+        memset(s + 8, 0, 16);
+        memcpy(b + 260, s, 32);
+    }
 }
 
 void dot_act_widen_k6(void *row, int64_t n) {
@@ -305,6 +317,7 @@ void dot_quantize_act_ref(int at, const float *x, void *dst, int64_t n) {
     quant_quantize_row(act_base_type(at), x, dst, n);
     if (at == DOT_ACT_Q8_K4) dot_act_reorder_k4(dst, n);
     if (at == DOT_ACT_Q8_K6) dot_act_widen_k6(dst, n);
+    if (at == DOT_ACT_Q8_K32) dot_act_sum32(dst, n);
 }
 
 int dot_act_type(int wtype) {

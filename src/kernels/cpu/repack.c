@@ -11,7 +11,9 @@
  * in cache against 12.0 for the mapped-file kernels, 13.0 against 15.6-16.5 from memory in a
  * slow phase of the machine's memory; at 16 tokens 7.1 against 9.8. Q4_K likewise: the rows'
  * sub-block scales and mins are widened once per block for all tokens, and its one-token cost
- * in cache falls from 22.2 to 12.0 cycles, which one-token decoding of a Q4_K_M file feels.
+ * in cache falls from 22.2 to 12.0 cycles, which one-token decoding of a Q4_K_M file feels. Its
+ * mins taken in as integers with vpdpwssd (twenty-first session) brought 5 and 16 tokens from 4.2
+ * to 3.86 TSC ticks (Q5_K: 5.0 to 4.6 and 4.7 to 4.3).
  * Q5_K is Q4_K's kernel with each word's fifth bits or-ed in from a plane of high bits (two
  * instructions a word, for all tokens). Q6_K (twentieth session): with the codes' low nibbles and
  * high bits in separate planes laid out for it, a word of 64 codes is 3-4 instructions for all
@@ -27,8 +29,8 @@
  * Exactness. vpdpbusd multiplies unsigned by signed bytes. Q8_0's weights carry +128, and each
  * token's block starts its integer sum at -128 times the sum of its activation codes (dot.h's
  * DOT_ACT_Q8_0G keeps those), so the sum is exactly the signed one; Q4_K's codes are unsigned
- * already, and its mins go in through Q8_K's sums. The scales are applied per block in f32 as
- * in the other kernels, only in another order. */
+ * already, and its mins go in through the activations' sums of 32 (DOT_ACT_Q8_K32), exactly in
+ * int32. The scales are applied per block in f32 as in the other kernels, only in another order. */
 #include "kernels/cpu/repack.h"
 
 #include <string.h>
@@ -51,7 +53,7 @@ size_t repack_bytes(const qn_tensor *W) {
 }
 
 int repack_act_type(const qn_tensor *W) {
-    return W->dtype == QN_Q8_0 ? DOT_ACT_Q8_0G : W->dtype == QN_Q6_K ? DOT_ACT_Q8_K6 : QUANT_Q8_K;
+    return W->dtype == QN_Q8_0 ? DOT_ACT_Q8_0G : W->dtype == QN_Q6_K ? DOT_ACT_Q8_K6 : DOT_ACT_Q8_K32;
 }
 
 /* Row r's block blk (Q6_K: 128 bytes ql, 64 qh, 16 int8 scales, f16 d) into block-group o of the
@@ -109,7 +111,7 @@ void repack_write(const qn_tensor *W, uint8_t *dst) {
                     memcpy(o + 32 + 2 * r, blk + 2, 2);
                     for (int j = 0; j < 8; j++) {
                         o[64 + 16 * j + r] = (uint8_t)(sc >> (8 * j));
-                        o[192 + 16 * j + r] = (uint8_t)(mn >> (8 * j));
+                        o[192 + 32 * (j / 2) + 2 * r + j % 2] = (uint8_t)(mn >> (8 * j));
                     }
                     for (int c = 0; c < 4; c++)
                         for (int w = 0; w < 8; w++) memcpy(o + 320 + 512 * c + 64 * w + 4 * r, ql + 32 * c + 4 * w, 4);
@@ -172,11 +174,13 @@ static inline __attribute__((always_inline)) void group_q8_0(const uint8_t *w, i
 }
 
 /* One Q4_K (Q5 0) or Q5_K (Q5 1) group of 16 rows (w: its first block, nb blocks) against T <= 8
- * Q8_K activation rows.
- * Per block: the 16 rows' scales and mins widened to f32 lanes once for all tokens; per chunk c
- * of 32 code bytes, 8 loads give 8 words of sub-block 2c (low nibbles) and 8 of 2c + 1 (high);
- * per token each sub-block's 8 products are one integer sum, scaled by the rows' sub-block
- * scales, and the mins go in through the token's sums of 32 values (Q8_K's sums of 16, added). */
+ * DOT_ACT_Q8_K32 activation rows.
+ * Per block: the 16 rows' scales widened to f32 lanes once for all tokens; per chunk c of 32
+ * code bytes, 8 loads give 8 words of sub-block 2c (low nibbles) and 8 of 2c + 1 (high); per
+ * token each sub-block's 8 products are one integer sum, scaled by the rows' sub-block scales.
+ * The mins go in once per block and token as integers: 4 vpdpwssd, each a pair of the token's
+ * sums of 32 values against the same two sub-blocks' mins of the 16 rows (widened to int16
+ * pairs once for all tokens), exact in int32. */
 static inline __attribute__((always_inline)) void group_q4_k(const int Q5, const uint8_t *w, int64_t nb,
                                                              const uint8_t *act, size_t astride, const int T,
                                                              __m512 *out) {
@@ -186,10 +190,8 @@ static inline __attribute__((always_inline)) void group_q4_k(const int Q5, const
     for (int t = 0; t < T; t++) acc[t] = _mm512_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t *blk = w + b * bbytes;
-        const __m512 dv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)blk));
-        const __m512 mv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(blk + 32)));
-        __m512 bs[8], bm[8]; /* per token: sums of scale x products, and of min x activation sums */
-        for (int t = 0; t < T; t++) bs[t] = bm[t] = _mm512_setzero_ps();
+        __m512 bs[8]; /* per token: the sum of scale x products */
+        for (int t = 0; t < T; t++) bs[t] = _mm512_setzero_ps();
         for (int c = 0; c < 4; c++) {
             /* the next block's lines, spread over its four chunks (2368 bytes: 37 lines) */
             for (int l = 0; l < (Q5 ? 12 : 10); l++) { /* Q5_K: 2880 bytes, 45 lines */
@@ -217,11 +219,8 @@ static inline __attribute__((always_inline)) void group_q4_k(const int Q5, const
             const __m512 sc1 = _mm512_mul_ps(
                 _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(blk + 80 + 32 * c)))),
                 _mm512_set1_ps(Q5 ? 1.0f : 0.0625f));
-            const __m512 mn0 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(blk + 192 + 32 * c))));
-            const __m512 mn1 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(blk + 208 + 32 * c))));
             for (int t = 0; t < T; t++) {
-                const uint8_t *a = act + astride * t + 292 * b; /* Q8_K: f32 d, 256 codes, 16 int16 sums */
-                const int32_t *q = (const int32_t *)(a + 4 + 64 * c);
+                const int32_t *q = (const int32_t *)(act + astride * t + 292 * b + 4 + 64 * c); /* dot.h: f32 d, codes, sums */
                 __m512i s0 = _mm512_setzero_si512(), s1 = _mm512_setzero_si512();
                 if (T <= 2) { /* two chains per sub-block: too few tokens to cover the latency */
                     __m512i s2 = _mm512_setzero_si512(), s3 = _mm512_setzero_si512();
@@ -238,20 +237,24 @@ static inline __attribute__((always_inline)) void group_q4_k(const int Q5, const
                         s0 = _mm512_dpbusd_epi32(s0, lo[k], _mm512_set1_epi32(q[k]));
                         s1 = _mm512_dpbusd_epi32(s1, hi[k], _mm512_set1_epi32(q[8 + k]));
                     }
-                int16_t sums[4];
-                memcpy(sums, a + 260 + 8 * c, 8); /* the sums of 16 of sub-blocks 2c and 2c + 1 */
                 bs[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s0), sc0, bs[t]);
                 bs[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s1), sc1, bs[t]);
-                bm[t] = _mm512_fmadd_ps(mn0, _mm512_set1_ps((float)(sums[0] + sums[1])), bm[t]);
-                bm[t] = _mm512_fmadd_ps(mn1, _mm512_set1_ps((float)(sums[2] + sums[3])), bm[t]);
             }
         }
+        const __m512 dv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)blk));
+        const __m512 mv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(blk + 32)));
+        __m512i mp[4]; /* lane r: row r's mins of sub-blocks 2i and 2i + 1 as int16 */
+        for (int i = 0; i < 4; i++) mp[i] = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(blk + 192 + 32 * i)));
         for (int t = 0; t < T; t++) {
+            const uint8_t *a = act + astride * t + 292 * b;
+            const int32_t *ps = (const int32_t *)(a + 260); /* the token's sums of 32, in pairs */
             float dx;
-            memcpy(&dx, act + astride * t + 292 * b, 4);
+            memcpy(&dx, a, 4);
+            __m512i mi = _mm512_dpwssd_epi32(_mm512_setzero_si512(), mp[0], _mm512_set1_epi32(ps[0]));
+            for (int i = 1; i < 4; i++) mi = _mm512_dpwssd_epi32(mi, mp[i], _mm512_set1_epi32(ps[i]));
             const __m512 x = _mm512_set1_ps(dx);
             acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(dv, x), bs[t], acc[t]);
-            acc[t] = _mm512_fnmadd_ps(_mm512_mul_ps(mv, x), bm[t], acc[t]);
+            acc[t] = _mm512_fnmadd_ps(_mm512_mul_ps(mv, x), _mm512_cvtepi32_ps(mi), acc[t]);
         }
     }
     for (int t = 0; t < T; t++) out[t] = acc[t];
