@@ -4,8 +4,13 @@
  *   tg<N>: after an (untimed) context of D tokens, N tokens are decoded one at a time.
  * Each test is repeated -r times and printed as mean +- standard deviation. For generation
  * the weight bytes read per token and the achieved GB/s are printed too: decoding at batch
- * 1 is memory-bound, so GB/s against the machine's read bandwidth is the figure of merit. */
+ * 1 is memory-bound, so GB/s against the machine's read bandwidth is the figure of merit.
+ * --probe measures that bandwidth in the same process just before each generation repeat, as
+ * bench/bandwidth.c does, so each repeat's fraction of it holds even where the machine's memory
+ * speed changes from minute to minute (docs/PERF.md). */
 #include <math.h>
+#include <omp.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,6 +26,46 @@ static double now_s(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* The probe: each thread sums its own slice of buf with 64-byte vector loads and four
+ * accumulators (AVX-512 where the CPU has it, else whatever the build targets). */
+typedef uint64_t probe_v8 __attribute__((vector_size(64)));
+static uint64_t probe_sum_plain(const probe_v8 *v, size_t n) {
+    probe_v8 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+    for (size_t i = 0; i < n; i += 4) { a0 += v[i]; a1 += v[i + 1]; a2 += v[i + 2]; a3 += v[i + 3]; }
+    a0 += a1 + a2 + a3;
+    return a0[0] + a0[1] + a0[2] + a0[3] + a0[4] + a0[5] + a0[6] + a0[7];
+}
+#if defined(__x86_64__) && defined(__GNUC__)
+__attribute__((target("avx512f"))) static uint64_t probe_sum_avx512(const probe_v8 *v, size_t n) {
+    probe_v8 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+    for (size_t i = 0; i < n; i += 4) { a0 += v[i]; a1 += v[i + 1]; a2 += v[i + 2]; a3 += v[i + 3]; }
+    a0 += a1 + a2 + a3;
+    return a0[0] + a0[1] + a0[2] + a0[3] + a0[4] + a0[5] + a0[6] + a0[7];
+}
+#endif
+
+/* Read bandwidth in GB/s over the bytes at buf (a multiple of 256 per thread), best of 3. */
+static double probe_read_gbs(const void *buf, size_t bytes, int threads) {
+    uint64_t (*sum)(const probe_v8 *, size_t) = probe_sum_plain;
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (__builtin_cpu_supports("avx512f")) sum = probe_sum_avx512;
+#endif
+    const size_t per = bytes / (size_t)threads / 256 * 256;
+    double best = 0;
+    volatile uint64_t sink = 0;
+    for (int r = 0; r < 3; r++) {
+        uint64_t tot = 0;
+        double t0 = now_s();
+#pragma omp parallel num_threads(threads) reduction(+ : tot)
+        tot += sum((const probe_v8 *)((const char *)buf + per * (size_t)omp_get_thread_num()), per / 64);
+        double gbs = (double)per * threads / (now_s() - t0) / 1e9;
+        sink += tot;
+        if (gbs > best) best = gbs;
+    }
+    (void)sink;
+    return best;
 }
 
 static void mean_sd(const double *v, int n, double *mean, double *sd) {
@@ -105,7 +150,7 @@ out:
 }
 
 static const char *bench_usage =
-    "usage: qnext bench -m MODEL [-p 512] [-n 128] [-d DEPTH] [-s STREAMS] [-t THREADS] [-r REPS] [--ubatch N] [--kv-type auto|f32|bf16|q8] [--state-type f32|bf16] [--no-mmap] [--repack]\n"
+    "usage: qnext bench -m MODEL [-p 512] [-n 128] [-d DEPTH] [-s STREAMS] [-t THREADS] [-r REPS] [--ubatch N] [--kv-type auto|f32|bf16|q8] [--state-type f32|bf16] [--no-mmap] [--repack] [--probe]\n"
     "Prints prompt (ppP) and generation (tgN) tokens per second, mean +- sd over REPS runs,\n"
     "and for generation the bytes read per token (weights, plus the KV cache at depth) and the achieved GB/s;\n"
     "the +state column adds the recurrent and conv state, which each generated token reads and writes.\n"
@@ -117,12 +162,14 @@ static const char *bench_usage =
     "-s S (S >= 2) also runs tgN on S sessions that decode together, one token each per step in one\n"
     "forward pass (qnext_batch_feed, as qnext serve's continuous batching does), each after its own\n"
     "32-token prompt, alternating step by step with the same on one session; prints both, the\n"
-    "aggregate t/s and their ratio.\n";
+    "aggregate t/s and their ratio.\n"
+    "--probe measures the read bandwidth (1 GiB, the same threads) just before each generation\n"
+    "repeat and prints each repeat's GB/s as a fraction of it.\n";
 
 int cmd_bench(int argc, char **argv) {
     const char *model = NULL;
     long p = 512, n = 128, d = 0, threads = 0, reps = 3, ubatch = 512, streams = 0;
-    int kv_type = 0, state_type = 0, no_mmap = 0, repack = 0;
+    int kv_type = 0, state_type = 0, no_mmap = 0, repack = 0, probe = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { printf("%s", bench_usage); return 0; }
@@ -138,6 +185,7 @@ int cmd_bench(int argc, char **argv) {
         else if (!strcmp(a, "--state-type")) { if (!(v = args_value(argc, argv, &i)) || (state_type = args_state_type(v)) < 0) return 2; }
         else if (!strcmp(a, "--no-mmap")) no_mmap = 1;
         else if (!strcmp(a, "--repack")) repack = 1;
+        else if (!strcmp(a, "--probe")) probe = 1;
         else { fprintf(stderr, "qnext: unknown option '%s'\n%s", a, bench_usage); return 2; }
     }
     if (!model) { fprintf(stderr, "qnext: -m MODEL is required\n%s", bench_usage); return 2; }
@@ -157,7 +205,9 @@ int cmd_bench(int argc, char **argv) {
     uint64_t r = 12345;
     for (int i = 0; i <= n_ctx; i++) { r = r * 6364136223846793005ull + 1442695040888963407ull; toks[i] = (int32_t)((r >> 33) % (uint64_t)c->vocab_size); }
     float *lg = malloc(sizeof(float) * c->vocab_size);
-    double *v = malloc(sizeof(double) * reps), *v0 = malloc(sizeof(double) * reps);
+    double *v = malloc(sizeof(double) * reps), *v0 = malloc(sizeof(double) * reps), *pv = calloc(reps, sizeof(double));
+    const size_t probe_bytes = (size_t)1 << 30;
+    char *probe_buf = NULL;
 
     printf("model: %s\n", model);
     printf("weights: %.2f GB, %.3f B params (%.3f B active), %.3f GB read per token\n", st.bytes_total / 1e9,
@@ -176,6 +226,10 @@ int cmd_bench(int argc, char **argv) {
     printf("| -------------- | ---------------- | ----- | ------ |\n");
     fflush(stdout);
     int rc = 0;
+    if (probe && n > 0) {
+        if (!(probe_buf = malloc(probe_bytes))) { fprintf(stderr, "qnext: --probe: cannot allocate 1 GiB\n"); rc = 1; goto done; }
+        memset(probe_buf, 1, probe_bytes); /* faulted in once, outside every timing */
+    }
     /* warm-up: touches the weights once so the first timed run does not pay page faults */
     if (qnext_session_feed(s, toks, 1, lg, QNEXT_LOGITS_LAST, err, sizeof err)) { fprintf(stderr, "qnext: %s\n", err); rc = 1; goto done; }
     if (p > 0) {
@@ -219,6 +273,7 @@ int cmd_bench(int argc, char **argv) {
                     if (qnext_session_restore(s, filled, err, sizeof err)) { fprintf(stderr, "qnext: %s\n", err); qnext_snapshot_free(filled); rc = 1; goto done; }
                 } else qnext_session_reset(run);
                 const long d0 = at_depth ? d : 0;
+                if (probe_buf && at_depth) pv[k] = probe_read_gbs(probe_buf, probe_bytes, op_get_threads());
                 double t0 = now_s();
                 for (long i = 0; i < n; i++)
                     if (qnext_session_feed(run, &toks[(d0 + i) % n_ctx], 1, lg, QNEXT_LOGITS_LAST, err, sizeof err)) { fprintf(stderr, "qnext: %s\n", err); qnext_snapshot_free(filled); rc = 1; goto done; }
@@ -240,11 +295,21 @@ int cmd_bench(int argc, char **argv) {
         double bytes = (double)st.bytes_per_token + (double)mem.kv_bytes_per_token * (double)(d + n / 2);
         printf("| %-14s | %7.2f ± %6.2f | %5.1f | %6.1f |\n", name, mu, sd, mu * bytes / 1e9, mu * (bytes + state_rw) / 1e9);
         if (d && mu0 > 0) printf("\ndepth %ld: %+.1f%% generation speed against depth 0 (interleaved in this run)\n", d, 100.0 * (mu / mu0 - 1));
+        if (probe_buf) {
+            printf("\n%s against a read probe run just before each repeat (%d threads, 1 GiB):\n", name, op_get_threads());
+            printf("| repeat | probe GB/s |  t/s  | GB/s | of probe | +state of probe |\n");
+            printf("| ------ | ---------- | ----- | ---- | -------- | --------------- |\n");
+            for (int k = 0; k < reps; k++)
+                printf("| %6d | %10.1f | %5.2f | %4.1f | %7.1f%% | %14.1f%% |\n", k + 1, pv[k], v[k], v[k] * bytes / 1e9,
+                       100.0 * v[k] * bytes / 1e9 / pv[k], 100.0 * v[k] * (bytes + state_rw) / 1e9 / pv[k]);
+        }
     }
     if (streams > 1 && n > 0 && bench_streams(m, (int)streams, (int)n, (int)reps, kv_type, state_type, toks, n_ctx)) rc = 1;
 done:
     free(v);
     free(v0);
+    free(pv);
+    free(probe_buf);
     free(lg);
     free(toks);
     qnext_session_free(s);

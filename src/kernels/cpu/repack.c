@@ -144,8 +144,9 @@ static inline __attribute__((always_inline)) void group_q8_0(const uint8_t *w, i
     for (int t = 0; t < T; t++) acc[t] = _mm512_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t *blk = w + b * REPACK_Q8_0_BLOCK;
-        /* the block 8 ahead (544 bytes: 9 lines); past a group's end this is the next group */
-        for (int l = 0; l < 9; l++) _mm_prefetch((const char *)blk + 8 * REPACK_Q8_0_BLOCK + 64 * l, _MM_HINT_T0);
+        /* the block 8 ahead (544 bytes: 9 lines; past a group's end this is the next group);
+         * more than one token only, as in group_q4_k */
+        for (int l = 0; l < 9 * (T > 1); l++) _mm_prefetch((const char *)blk + 8 * REPACK_Q8_0_BLOCK + 64 * l, _MM_HINT_T0);
         const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)blk));
         __m512i wv[8];
         for (int k = 0; k < 8; k++) wv[k] = _mm512_loadu_si512((const void *)(blk + 32 + 64 * k));
@@ -193,10 +194,14 @@ static inline __attribute__((always_inline)) void group_q4_k(const int Q5, const
         __m512 bs[8]; /* per token: the sum of scale x products */
         for (int t = 0; t < T; t++) bs[t] = _mm512_setzero_ps();
         for (int c = 0; c < 4; c++) {
-            /* the next block's lines, spread over its four chunks (2368 bytes: 37 lines) */
+            /* the next block's lines, spread over its four chunks (2368 bytes: 37 lines); for
+             * more than one token only: one token's block streams by in ~80 ns, too soon for a
+             * prefetch one block ahead to land, and without it the hardware prefetcher alone
+             * read a decode step's experts at 82-85% of a read probe against 73-77% (PERF.md,
+             * twenty-first session); with more tokens the prefetch is what hides the latency */
             for (int l = 0; l < (Q5 ? 12 : 10); l++) { /* Q5_K: 2880 bytes, 45 lines */
                 const int line = (Q5 ? 12 : 10) * c + l;
-                if (line < (Q5 ? 45 : 37)) _mm_prefetch((const char *)blk + bbytes + 64 * line, _MM_HINT_T0);
+                if (T > 1 && line < (Q5 ? 45 : 37)) _mm_prefetch((const char *)blk + bbytes + 64 * line, _MM_HINT_T0);
             }
             __m512i lo[8], hi[8];
             const __m512i h0 = Q5 ? _mm512_loadu_si512((const void *)(blk + 2368 + 128 * c)) : m4;
@@ -277,10 +282,11 @@ static inline __attribute__((always_inline)) void group_q6_k(const uint8_t *w, i
         __m512 bs[8];
         for (int t = 0; t < T; t++) bs[t] = _mm512_setzero_ps();
         for (int p = 0; p < 8; p++) { /* sub-blocks 2p and 2p + 1: one load of their units */
-            /* the next block's lines, spread over its pairs (3360 bytes: 53 lines) */
+            /* the next block's lines, spread over its pairs (3360 bytes: 53 lines); more than
+             * one token only, as in group_q4_k */
             for (int l = 0; l < 7; l++) {
                 const int line = 7 * p + l;
-                if (line < 53) _mm_prefetch((const char *)blk + REPACK_Q6_K_BLOCK + 64 * line, _MM_HINT_T0);
+                if (T > 1 && line < 53) _mm_prefetch((const char *)blk + REPACK_Q6_K_BLOCK + 64 * line, _MM_HINT_T0);
             }
             const uint8_t *u = blk + 288 + 384 * p;
             const __m512i h0 = _mm512_loadu_si512((const void *)(u + 256)), h1 = _mm512_loadu_si512((const void *)(u + 320));
