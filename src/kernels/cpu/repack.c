@@ -132,6 +132,9 @@ void repack_write(const qn_tensor *W, uint8_t *dst) {
     defined(__AVX512VNNI__) && defined(__F16C__)
 #include <immintrin.h>
 
+/* Software prefetch for a tile of T tokens: dot.h's switches, as the mapped kernels use them. */
+#define PF_ON(T) ((T) > 1 ? dot_prefetch_multi : dot_prefetch)
+
 /* The same instructions as the lanes kernels, built with the same flags. */
 int repack_available(void) { return gemm_vnni_available(); }
 
@@ -146,7 +149,7 @@ static inline __attribute__((always_inline)) void group_q8_0(const uint8_t *w, i
         const uint8_t *blk = w + b * REPACK_Q8_0_BLOCK;
         /* the block 8 ahead (544 bytes: 9 lines; past a group's end this is the next group);
          * more than one token only, as in group_q4_k */
-        for (int l = 0; l < 9 * (T > 1); l++) _mm_prefetch((const char *)blk + 8 * REPACK_Q8_0_BLOCK + 64 * l, _MM_HINT_T0);
+        for (int l = 0; l < 9 * PF_ON(T); l++) _mm_prefetch((const char *)blk + 8 * REPACK_Q8_0_BLOCK + 64 * l, _MM_HINT_T0);
         const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)blk));
         __m512i wv[8];
         for (int k = 0; k < 8; k++) wv[k] = _mm512_loadu_si512((const void *)(blk + 32 + 64 * k));
@@ -195,13 +198,14 @@ static inline __attribute__((always_inline)) void group_q4_k(const int Q5, const
         for (int t = 0; t < T; t++) bs[t] = _mm512_setzero_ps();
         for (int c = 0; c < 4; c++) {
             /* the next block's lines, spread over its four chunks (2368 bytes: 37 lines); for
-             * more than one token only: one token's block streams by in ~80 ns, too soon for a
-             * prefetch one block ahead to land, and without it the hardware prefetcher alone
-             * read a decode step's experts at 82-85% of a read probe against 73-77% (PERF.md,
-             * twenty-first session); with more tokens the prefetch is what hides the latency */
+             * for one token only where dot_prefetch says so (not on AMD): there one token's block
+             * streams by in ~80 ns, too soon for a prefetch one block ahead to land, and without
+             * it the hardware prefetcher alone read a decode step's experts at 82-85% of a read
+             * probe against 73-77% (PERF.md, twenty-first session); with more tokens the
+             * prefetch is what hides the latency */
             for (int l = 0; l < (Q5 ? 12 : 10); l++) { /* Q5_K: 2880 bytes, 45 lines */
                 const int line = (Q5 ? 12 : 10) * c + l;
-                if (T > 1 && line < (Q5 ? 45 : 37)) _mm_prefetch((const char *)blk + bbytes + 64 * line, _MM_HINT_T0);
+                if (PF_ON(T) && line < (Q5 ? 45 : 37)) _mm_prefetch((const char *)blk + bbytes + 64 * line, _MM_HINT_T0);
             }
             __m512i lo[8], hi[8];
             const __m512i h0 = Q5 ? _mm512_loadu_si512((const void *)(blk + 2368 + 128 * c)) : m4;
@@ -286,7 +290,7 @@ static inline __attribute__((always_inline)) void group_q6_k(const uint8_t *w, i
              * one token only, as in group_q4_k */
             for (int l = 0; l < 7; l++) {
                 const int line = 7 * p + l;
-                if (T > 1 && line < 53) _mm_prefetch((const char *)blk + REPACK_Q6_K_BLOCK + 64 * line, _MM_HINT_T0);
+                if (PF_ON(T) && line < 53) _mm_prefetch((const char *)blk + REPACK_Q6_K_BLOCK + 64 * line, _MM_HINT_T0);
             }
             const uint8_t *u = blk + 288 + 384 * p;
             const __m512i h0 = _mm512_loadu_si512((const void *)(u + 256)), h1 = _mm512_loadu_si512((const void *)(u + 320));
@@ -366,6 +370,7 @@ TILE_FN(tile_q6_k, CASES_1_8(Q6_K_T))
 
 void repack_rows(const qn_tensor *W, int64_t r0, int64_t r1, const uint8_t *act, size_t astride, int T, float *y,
                  int64_t ldy, float *const *yrows) {
+    (void)dot_select(); /* sets dot_prefetch (PF_ON) on the first call; after it, one load */
     const int q8 = W->dtype == QN_Q8_0, q6 = W->dtype == QN_Q6_K, q5 = W->dtype == QN_Q5_K, tmax = q8 ? 16 : 8;
     const tile_fn tile = q8 ? tile_q8_0 : q6 ? tile_q6_k : q5 ? tile_q5_k : tile_q4_k;
     const int64_t nb = W->cols / (q8 ? 32 : 256);
