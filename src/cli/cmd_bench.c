@@ -46,7 +46,7 @@ __attribute__((target("avx512f"))) static uint64_t probe_sum_avx512(const probe_
 }
 #endif
 
-/* Read bandwidth in GB/s over the bytes at buf (a multiple of 256 per thread), best of 3. */
+/* Read bandwidth in GB/s over the bytes at buf (a multiple of 256 per thread), best of 5. */
 static double probe_read_gbs(const void *buf, size_t bytes, int threads) {
     uint64_t (*sum)(const probe_v8 *, size_t) = probe_sum_plain;
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -55,7 +55,7 @@ static double probe_read_gbs(const void *buf, size_t bytes, int threads) {
     const size_t per = bytes / (size_t)threads / 256 * 256;
     double best = 0;
     volatile uint64_t sink = 0;
-    for (int r = 0; r < 3; r++) {
+    for (int r = 0; r < 5; r++) {
         uint64_t tot = 0;
         double t0 = now_s();
 #pragma omp parallel num_threads(threads) reduction(+ : tot)
@@ -227,7 +227,7 @@ int cmd_bench(int argc, char **argv) {
     fflush(stdout);
     int rc = 0;
     if (probe && n > 0) {
-        if (!(probe_buf = malloc(probe_bytes))) { fprintf(stderr, "qnext: --probe: cannot allocate 1 GiB\n"); rc = 1; goto done; }
+        if (!(probe_buf = aligned_alloc((size_t)2 << 20, probe_bytes))) /* 64-byte loads on whole lines, huge pages where the kernel gives them */ { fprintf(stderr, "qnext: --probe: cannot allocate 1 GiB\n"); rc = 1; goto done; }
         memset(probe_buf, 1, probe_bytes); /* faulted in once, outside every timing */
     }
     /* warm-up: touches the weights once so the first timed run does not pay page faults */
