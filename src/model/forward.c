@@ -133,16 +133,12 @@ static void gdn_block(qnext_session *s, qn_seq *seqs, int n_seqs, int il, int T)
     }
 
     /* The delta rule, per (sequence, value head); each has its own state. Scratch is per
-     * thread, since one thread works on one (sequence, head) at a time. Where every sequence
-     * has as many tokens (a decode step, one prompt) the work is even, and each thread takes
-     * one contiguous run of the states: the hardware prefetcher then streams them, where
-     * threads taking turns head by head read one decode step's states at half the speed
-     * (PERF.md, twenty-first session). Uneven work (a prompt chunk among decode tokens) is
-     * dealt head by head. */
-    int uniform = 1;
-    for (int q = 1; q < n_seqs; q++) uniform &= seqs[q].n == seqs[0].n;
-    omp_set_schedule(uniform ? omp_sched_static : omp_sched_dynamic, uniform ? 0 : 1);
-#pragma omp parallel for collapse(2) schedule(runtime) if ((int64_t)T * nv * dk * dv > 65536)
+     * thread, since one thread works on one (sequence, head) at a time. The threads take four
+     * heads at a time: a run of four states in memory order, which the hardware prefetcher
+     * streams, where threads taking turns head by head read one decode step's states at half
+     * the speed, and a static split into two halves waited on the later thread (PERF.md,
+     * twenty-first session). Dynamic still balances a prompt chunk among decode tokens. */
+#pragma omp parallel for collapse(2) schedule(dynamic, 4) if ((int64_t)T * nv * dk * dv > 65536)
     for (int q = 0; q < n_seqs; q++)
         for (int h = 0; h < nv; h++) {
             const qn_seq *sq = &seqs[q];
