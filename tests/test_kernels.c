@@ -252,6 +252,29 @@ static void test_actq(void) {
             }
         }
         CHECK(same, "actq_quantize_row DOT_ACT_Q8_K4 trial %d: not Q8_K in the order of dot.h", trial);
+        /* Q8_K with sums of 32 for the repacked Q4_K/Q5_K kernel (dot.h): scale and values as
+         * Q8_K's, then each sub-block's sum of its 32 int8 values (summed here from the values),
+         * then 16 zero bytes; the same through the reference quantizer */
+        for (int path = 0; path < 2; path++) {
+            memset(got, 0xAB, rb);
+            if (path) dot_quantize_act_ref(DOT_ACT_Q8_K32, x, got, n);
+            else actq_quantize_row(DOT_ACT_Q8_K32, x, got, n);
+            same = 1;
+            for (int64_t b = 0; b < n / 256; b++) {
+                const uint8_t *r = ref + 292 * b, *g = got + 292 * b;
+                same &= !memcmp(r, g, 260);
+                for (int j = 0; j < 8; j++) {
+                    int sum = 0;
+                    int16_t s16;
+                    for (int v = 0; v < 32; v++) sum += (int8_t)r[4 + 32 * j + v];
+                    memcpy(&s16, g + 260 + 2 * j, 2);
+                    same &= s16 == sum;
+                }
+                for (int z = 276; z < 292; z++) same &= g[z] == 0;
+            }
+            CHECK(same, "%s DOT_ACT_Q8_K32 trial %d: not Q8_K with its sums of 32", path ? "dot_quantize_act_ref" : "actq_quantize_row",
+                  trial);
+        }
         /* Q8_0 regrouped for the AVX-512 Q8_0 kernels (dot.h), checked field by field against the
          * Q8_0 bytes: per 8 blocks the f16 scales widened, 128 times each block's sum, the values
          * (DOT_ACT_Q8_0I: word k of block j at 32k + 4j), a last partial group zero-padded (m =

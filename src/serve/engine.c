@@ -1123,6 +1123,7 @@ serve_engine *engine_start(qnext_model *m, const qnext_tokenizer *tok, const ser
      * touch their recurrent states (a reset writes them): the first requests then do not pay
      * for the page faults, 75 MB a context on the bench model, in their time to first token */
     for (int i = 0; i < o->parallel; i++) {
+        if (!e->ctx) snprintf(err, errlen, "out of memory");
         const int idx = e->ctx ? ctx_create(e, err, errlen) : -1;
         if (idx < 0) { engine_free(e); return NULL; }
         qnext_session_reset(e->ctx[idx].s);

@@ -23,9 +23,9 @@ extern const actq_kernels actq_avx2;
 extern const actq_kernels actq_avx512;
 #endif
 
-/* Quantizes n activations to type at (QUANT_Q8_0, QUANT_Q8_K or dot.h's DOT_ACT_Q8_K4, DOT_ACT_Q8_K6, DOT_ACT_Q8_K32 and DOT_ACT_Q8_0G) with
- * the fastest kernel the selected dot kernel set allows; any other type goes to
- * quant_quantize_row. */
+/* Quantizes n activations to type at (QUANT_Q8_0, QUANT_Q8_K or dot.h's DOT_ACT_Q8_K4,
+ * DOT_ACT_Q8_K6, DOT_ACT_Q8_K32 and DOT_ACT_Q8_0G) with the fastest kernel the selected dot kernel
+ * set allows; any other type goes to quant_quantize_row. */
 void actq_quantize_row(int at, const float *x, void *dst, int64_t n);
 
 /* The set that matches the selected dot kernels, or NULL (the portable set: quant.c's

@@ -148,7 +148,7 @@ static inline __attribute__((always_inline)) void group_q8_0(const uint8_t *w, i
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t *blk = w + b * REPACK_Q8_0_BLOCK;
         /* the block 8 ahead (544 bytes: 9 lines; past a group's end this is the next group);
-         * more than one token only, as in group_q4_k */
+         * for one token only where dot_prefetch says so, as in group_q4_k */
         for (int l = 0; l < 9 * PF_ON(T); l++) _mm_prefetch((const char *)blk + 8 * REPACK_Q8_0_BLOCK + 64 * l, _MM_HINT_T0);
         const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)blk));
         __m512i wv[8];
@@ -198,7 +198,7 @@ static inline __attribute__((always_inline)) void group_q4_k(const int Q5, const
         for (int t = 0; t < T; t++) bs[t] = _mm512_setzero_ps();
         for (int c = 0; c < 4; c++) {
             /* the next block's lines, spread over its four chunks (2368 bytes: 37 lines); for
-             * for one token only where dot_prefetch says so (not on AMD): there one token's block
+             * one token only where dot_prefetch says so (not on AMD): there one token's block
              * streams by in ~80 ns, too soon for a prefetch one block ahead to land, and without
              * it the hardware prefetcher alone read a decode step's experts at 82-85% of a read
              * probe against 73-77% (PERF.md, twenty-first session); with more tokens the
@@ -272,9 +272,9 @@ static inline __attribute__((always_inline)) void group_q4_k(const int Q5, const
 /* One Q6_K group of 16 rows against T <= 8 DOT_ACT_Q8_K6 activation rows. Per pair of sub-blocks
  * of 16 values: their 8 words of codes assembled from one load of their 4 ql and 2 qh units (3
  * or 4 instructions a word, for all tokens; a pair at a time loads each unit once, 2-4% faster
- * than a sub-block at a time); per token and sub-block one integer sum started at the token's -32 x (sum of the
- * sub-block's activation codes), which takes out the codes' offset exactly, then 4 vpdpbusd,
- * and the rows' sub-block scales applied in f32. */
+ * than a sub-block at a time); per token and sub-block one integer sum started at the token's
+ * -32 x (sum of the sub-block's activation codes), which takes out the codes' offset exactly,
+ * then 4 vpdpbusd, and the rows' sub-block scales applied in f32. */
 static inline __attribute__((always_inline)) void group_q6_k(const uint8_t *w, int64_t nb, const uint8_t *act,
                                                              size_t astride, const int T, __m512 *out) {
     const __m512i m4 = _mm512_set1_epi8(0x0F), m30 = _mm512_set1_epi8(0x30);
@@ -286,8 +286,8 @@ static inline __attribute__((always_inline)) void group_q6_k(const uint8_t *w, i
         __m512 bs[8];
         for (int t = 0; t < T; t++) bs[t] = _mm512_setzero_ps();
         for (int p = 0; p < 8; p++) { /* sub-blocks 2p and 2p + 1: one load of their units */
-            /* the next block's lines, spread over its pairs (3360 bytes: 53 lines); more than
-             * one token only, as in group_q4_k */
+            /* the next block's lines, spread over its pairs (3360 bytes: 53 lines); for one
+             * token only where dot_prefetch says so, as in group_q4_k */
             for (int l = 0; l < 7; l++) {
                 const int line = 7 * p + l;
                 if (PF_ON(T) && line < 53) _mm_prefetch((const char *)blk + REPACK_Q6_K_BLOCK + 64 * line, _MM_HINT_T0);

@@ -7,8 +7,8 @@
  * Q4_K, per group of 16 rows and per 256-value block (2368 bytes, 64 more than the rows' own):
  * the 16 rows' f16 d, then their f16 dmin (64 bytes), the 8 sub-block scales as bytes ([j][r],
  * 128 bytes), the 8 mins (128 bytes: mins 2i and 2i + 1 of row r at 32i + 2r and 32i + 2r + 1, so
- * that widening 32 bytes to int16 gives the 16 rows' pairs), then 4 chunks c of 8 words w of 64 bytes: row r's
- * bytes 32c + 4w..+3 of its codes at byte 4r, whose low nibbles are values 64c + 4w..+3
+ * that widening 32 bytes to int16 gives the 16 rows' pairs), then 4 chunks c of 8 words w of 64
+ * bytes: row r's bytes 32c + 4w..+3 of its codes at byte 4r, whose low nibbles are values 64c + 4w..+3
  * (sub-block 2c) and high nibbles values 64c + 32 + 4w..+3 (sub-block 2c + 1), as in Q4_K.
  * Q5_K, per group of 16 rows and per 256-value block (2880 bytes, 64 more than the rows' own):
  * Q4_K's layout of the low 4 bits, then the high bits in 8 units of 64 bytes: bit w of byte 4r + i
@@ -46,8 +46,8 @@ int repack_fits(const qn_tensor *W);
 size_t repack_bytes(const qn_tensor *W);
 /* Writes W's repacked copy (logical rows, through W's row map) to dst (64-byte aligned). */
 void repack_write(const qn_tensor *W, uint8_t *dst);
-/* The activation rows the kernel takes: dot.h's DOT_ACT_Q8_0G for Q8_0, DOT_ACT_Q8_K32 for Q4_K and Q5_K,
- * DOT_ACT_Q8_K6 for Q6_K. */
+/* The activation rows the kernel takes: dot.h's DOT_ACT_Q8_0G for Q8_0, DOT_ACT_Q8_K32 for Q4_K
+ * and Q5_K, DOT_ACT_Q8_K6 for Q6_K. */
 int repack_act_type(const qn_tensor *W);
 /* y[t*ldy + r] (or yrows[t][r]) = W[r] . x[t] for r in [r0, r1) (multiples of 16, or r1 = rows)
  * and t < T, from W->rp, on the calling thread alone; act: T rows of repack_act_type(W) (row t
