@@ -132,8 +132,10 @@ void repack_write(const qn_tensor *W, uint8_t *dst) {
     defined(__AVX512VNNI__) && defined(__F16C__)
 #include <immintrin.h>
 
-/* Software prefetch for a tile of T tokens: dot.h's switches, as the mapped kernels use them. */
-#define PF_ON(T) ((T) > 1 ? dot_prefetch_multi : dot_prefetch)
+/* Software prefetch for a tile of T tokens: dot.h's switches, as the mapped kernels use them,
+ * dot_prefetch for one token of a layout read in address order, dot_prefetch_multi otherwise
+ * (see group_q4_k). */
+#define PF_ON(T, INORDER) ((T) > 1 || !(INORDER) ? dot_prefetch_multi : dot_prefetch)
 
 /* The same instructions as the lanes kernels, built with the same flags. */
 int repack_available(void) { return gemm_vnni_available(); }
@@ -149,7 +151,7 @@ static inline __attribute__((always_inline)) void group_q8_0(const uint8_t *w, i
         const uint8_t *blk = w + b * REPACK_Q8_0_BLOCK;
         /* the block 8 ahead (544 bytes: 9 lines; past a group's end this is the next group);
          * for one token only where dot_prefetch says so, as in group_q4_k */
-        for (int l = 0; l < 9 * PF_ON(T); l++) _mm_prefetch((const char *)blk + 8 * REPACK_Q8_0_BLOCK + 64 * l, _MM_HINT_T0);
+        for (int l = 0; l < 9 * PF_ON(T, 1); l++) _mm_prefetch((const char *)blk + 8 * REPACK_Q8_0_BLOCK + 64 * l, _MM_HINT_T0);
         const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)blk));
         __m512i wv[8];
         for (int k = 0; k < 8; k++) wv[k] = _mm512_loadu_si512((const void *)(blk + 32 + 64 * k));
@@ -198,14 +200,17 @@ static inline __attribute__((always_inline)) void group_q4_k(const int Q5, const
         for (int t = 0; t < T; t++) bs[t] = _mm512_setzero_ps();
         for (int c = 0; c < 4; c++) {
             /* the next block's lines, spread over its four chunks (2368 bytes: 37 lines); for
-             * one token only where dot_prefetch says so (not on AMD): there one token's block
-             * streams by in ~80 ns, too soon for a prefetch one block ahead to land, and without
-             * it the hardware prefetcher alone read a decode step's experts at 82-85% of a read
-             * probe against 73-77% (PERF.md, twenty-first session); with more tokens the
-             * prefetch is what hides the latency */
+             * one token of Q4_K only where dot_prefetch says so (not on AMD): there one token's
+             * block streams by in ~80 ns, too soon for a prefetch one block ahead to land, and
+             * without it the hardware prefetcher alone read a decode step's experts at 82-85% of
+             * a read probe against 73-77% (PERF.md, twenty-first session); with more tokens the
+             * prefetch is what hides the latency. Q5_K keeps it for one token too: its blocks are
+             * read in two places at once (the codes and the plane of fifth bits), which the
+             * hardware prefetcher follows badly, and a Q5_K_M file decoded at 7.4-8.5 t/s
+             * without it against 14.4-15.7 with it */
             for (int l = 0; l < (Q5 ? 12 : 10); l++) { /* Q5_K: 2880 bytes, 45 lines */
                 const int line = (Q5 ? 12 : 10) * c + l;
-                if (PF_ON(T) && line < (Q5 ? 45 : 37)) _mm_prefetch((const char *)blk + bbytes + 64 * line, _MM_HINT_T0);
+                if (PF_ON(T, !Q5) && line < (Q5 ? 45 : 37)) _mm_prefetch((const char *)blk + bbytes + 64 * line, _MM_HINT_T0);
             }
             __m512i lo[8], hi[8];
             const __m512i h0 = Q5 ? _mm512_loadu_si512((const void *)(blk + 2368 + 128 * c)) : m4;
@@ -290,7 +295,7 @@ static inline __attribute__((always_inline)) void group_q6_k(const uint8_t *w, i
              * token only where dot_prefetch says so, as in group_q4_k */
             for (int l = 0; l < 7; l++) {
                 const int line = 7 * p + l;
-                if (PF_ON(T) && line < 53) _mm_prefetch((const char *)blk + REPACK_Q6_K_BLOCK + 64 * line, _MM_HINT_T0);
+                if (PF_ON(T, 1) && line < 53) _mm_prefetch((const char *)blk + REPACK_Q6_K_BLOCK + 64 * line, _MM_HINT_T0);
             }
             const uint8_t *u = blk + 288 + 384 * p;
             const __m512i h0 = _mm512_loadu_si512((const void *)(u + 256)), h1 = _mm512_loadu_si512((const void *)(u + 320));
