@@ -296,7 +296,8 @@ int cmd_bench(int argc, char **argv) {
         printf("| %-14s | %7.2f ± %6.2f | %5.1f | %6.1f |\n", name, mu, sd, mu * bytes / 1e9, mu * (bytes + state_rw) / 1e9);
         if (d && mu0 > 0) printf("\ndepth %ld: %+.1f%% generation speed against depth 0 (interleaved in this run)\n", d, 100.0 * (mu / mu0 - 1));
         if (probe_buf) {
-            printf("\n%s against a read probe run just before each repeat (%d threads, 1 GiB):\n", name, op_get_threads());
+            printf("\n%s against a read probe run just before each repeat (%d thread%s, 1 GiB):\n", name, op_get_threads(),
+                   op_get_threads() == 1 ? "" : "s");
             printf("| repeat | probe GB/s |  t/s  | GB/s | of probe | +state of probe |\n");
             printf("| ------ | ---------- | ----- | ---- | -------- | --------------- |\n");
             for (int k = 0; k < reps; k++)
