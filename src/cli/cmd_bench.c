@@ -5,7 +5,7 @@
  * Each test is repeated -r times and printed as mean +- standard deviation. For generation
  * the weight bytes read per token and the achieved GB/s are printed too: decoding at batch
  * 1 is memory-bound, so GB/s against the machine's read bandwidth is the figure of merit.
- * --probe measures that bandwidth in the same process just before each generation repeat, as
+ * --probe measures that bandwidth in the same process just before and after each generation repeat, as
  * bench/bandwidth.c does, so each repeat's fraction of it holds even where the machine's memory
  * speed changes from minute to minute (docs/PERF.md). */
 #include <math.h>
@@ -163,8 +163,8 @@ static const char *bench_usage =
     "forward pass (qnext_batch_feed, as qnext serve's continuous batching does), each after its own\n"
     "32-token prompt, alternating step by step with the same on one session; prints both, the\n"
     "aggregate t/s and their ratio.\n"
-    "--probe measures the read bandwidth (1 GiB, the same threads) just before each generation\n"
-    "repeat and prints each repeat's GB/s as a fraction of it.\n";
+    "--probe measures the read bandwidth (1 GiB, the same threads) just before and after each\n"
+    "generation repeat and prints each repeat's GB/s as a fraction of their mean.\n";
 
 int cmd_bench(int argc, char **argv) {
     const char *model = NULL;
@@ -205,7 +205,7 @@ int cmd_bench(int argc, char **argv) {
     uint64_t r = 12345;
     for (int i = 0; i <= n_ctx; i++) { r = r * 6364136223846793005ull + 1442695040888963407ull; toks[i] = (int32_t)((r >> 33) % (uint64_t)c->vocab_size); }
     float *lg = malloc(sizeof(float) * c->vocab_size);
-    double *v = malloc(sizeof(double) * reps), *v0 = malloc(sizeof(double) * reps), *pv = calloc(reps, sizeof(double));
+    double *v = malloc(sizeof(double) * reps), *v0 = malloc(sizeof(double) * reps), *pv = calloc(2 * (size_t)reps, sizeof(double)); /* probes before and after */
     const size_t probe_bytes = (size_t)1 << 30;
     char *probe_buf = NULL;
 
@@ -278,6 +278,7 @@ int cmd_bench(int argc, char **argv) {
                 for (long i = 0; i < n; i++)
                     if (qnext_session_feed(run, &toks[(d0 + i) % n_ctx], 1, lg, QNEXT_LOGITS_LAST, err, sizeof err)) { fprintf(stderr, "qnext: %s\n", err); qnext_snapshot_free(filled); rc = 1; goto done; }
                 (at_depth ? v : v0)[k] = n / (now_s() - t0);
+                if (probe_buf && at_depth) pv[reps + k] = probe_read_gbs(probe_buf, probe_bytes, op_get_threads());
             }
         double mu, sd, mu0 = 0, sd0;
         char name[48];
@@ -296,13 +297,21 @@ int cmd_bench(int argc, char **argv) {
         printf("| %-14s | %7.2f ± %6.2f | %5.1f | %6.1f |\n", name, mu, sd, mu * bytes / 1e9, mu * (bytes + state_rw) / 1e9);
         if (d && mu0 > 0) printf("\ndepth %ld: %+.1f%% generation speed against depth 0 (interleaved in this run)\n", d, 100.0 * (mu / mu0 - 1));
         if (probe_buf) {
-            printf("\n%s against a read probe run just before each repeat (%d thread%s, 1 GiB):\n", name, op_get_threads(),
-                   op_get_threads() == 1 ? "" : "s");
-            printf("| repeat | probe GB/s |  t/s  | GB/s | of probe | +state of probe |\n");
-            printf("| ------ | ---------- | ----- | ---- | -------- | --------------- |\n");
-            for (int k = 0; k < reps; k++)
-                printf("| %6d | %10.1f | %5.2f | %4.1f | %7.1f%% | %14.1f%% |\n", k + 1, pv[k], v[k], v[k] * bytes / 1e9,
-                       100.0 * v[k] * bytes / 1e9 / pv[k], 100.0 * v[k] * (bytes + state_rw) / 1e9 / pv[k]);
+            /* a fraction of the mean of the probes just before and just after the repeat; where
+             * they differ by more than 15% the memory speed changed during it, and the row says so */
+            printf("\n%s against a read probe run just before and after each repeat (%d thread%s, 1 GiB):\n", name,
+                   op_get_threads(), op_get_threads() == 1 ? "" : "s");
+            printf("| repeat | probe before, after GB/s |  t/s  | GB/s | of probe | +state of probe |\n");
+            printf("| ------ | ------------------------ | ----- | ---- | -------- | --------------- |\n");
+            int changed = 0;
+            for (int k = 0; k < reps; k++) {
+                const double a = pv[k], b = pv[reps + k], p = 0.5 * (a + b);
+                const int moved = fabs(a - b) > 0.15 * (a > b ? a : b);
+                changed |= moved;
+                printf("| %6d | %11.1f, %11.1f | %5.2f | %4.1f | %7.1f%% | %14.1f%% |%s\n", k + 1, a, b, v[k], v[k] * bytes / 1e9,
+                       100.0 * v[k] * bytes / 1e9 / p, 100.0 * v[k] * (bytes + state_rw) / 1e9 / p, moved ? " changed" : "");
+            }
+            if (changed) printf("(changed: the probes before and after differ by more than 15%%; that repeat's fraction is not meaningful)\n");
         }
     }
     if (streams > 1 && n > 0 && bench_streams(m, (int)streams, (int)n, (int)reps, kv_type, state_type, toks, n_ctx)) rc = 1;
