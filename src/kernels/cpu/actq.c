@@ -21,19 +21,11 @@ const actq_kernels *actq_select(void) {
 static void simd_q8_0(const float *x, void *dst, int64_t n) { actq_quantize_row(QUANT_Q8_0, x, dst, n); }
 
 void actq_quantize_row(int at, const float *x, void *dst, int64_t n) {
-    if (at == DOT_ACT_Q8_K4) { /* Q8_K, reordered for the AVX-512 Q4_K/Q5_K kernels (dot.h) */
+    if (at == DOT_ACT_Q8_K4 || at == DOT_ACT_Q8_K6 || at == DOT_ACT_Q8_K32) {
+        /* Q8_K, then reordered (K4: the AVX-512 Q4_K/Q5_K kernels), its sums widened to offsets
+         * (K6: repacked Q6_K) or added in pairs (K32: repacked Q4_K/Q5_K); dot.h */
         actq_quantize_row(QUANT_Q8_K, x, dst, n);
-        dot_act_reorder_k4(dst, n);
-        return;
-    }
-    if (at == DOT_ACT_Q8_K6) { /* Q8_K with its sums as offsets, for the repacked Q6_K kernel (dot.h) */
-        actq_quantize_row(QUANT_Q8_K, x, dst, n);
-        dot_act_widen_k6(dst, n);
-        return;
-    }
-    if (at == DOT_ACT_Q8_K32) { /* Q8_K with sums of 32, for the repacked Q4_K/Q5_K kernel (dot.h) */
-        actq_quantize_row(QUANT_Q8_K, x, dst, n);
-        dot_act_sum32(dst, n);
+        dot_act_from_q8_k(at, dst, n);
         return;
     }
     if (at == DOT_ACT_Q8_0G || at == DOT_ACT_Q8_0I) { /* Q8_0, regrouped for the AVX-512 Q8_0 kernels (dot.h) */

@@ -150,6 +150,10 @@ void dot_act_reorder_k4(void *row, int64_t n);
 void dot_act_widen_k6(void *row, int64_t n);
 /* Turns a Q8_K row of n values (n % 256 == 0) into DOT_ACT_Q8_K32 in place. */
 void dot_act_sum32(void *row, int64_t n);
+/* Turns a Q8_K row of n values in place into at when at is one of the Q8_K-based types
+ * (DOT_ACT_Q8_K4, DOT_ACT_Q8_K6, DOT_ACT_Q8_K32; row must have dot_act_row_bytes(at, n) bytes);
+ * any other at leaves it as it is. */
+void dot_act_from_q8_k(int at, void *row, int64_t n);
 /* Quantizes n activations (n % 32 == 0) to DOT_ACT_Q8_0G (il = 0) or DOT_ACT_Q8_0I (il = 1): a
  * group of 8 blocks at a time through q8_0, a Q8_0 quantizer (the reference one, or actq.c's),
  * then regrouped. */

@@ -256,9 +256,13 @@ void dot_act_convert(int at, const void *base, void *dst, int64_t n) {
         return;
     }
     memcpy(dst, base, quant_row_bytes(act_base_type(at), n));
-    if (at == DOT_ACT_Q8_K4) dot_act_reorder_k4(dst, n);
-    if (at == DOT_ACT_Q8_K6) dot_act_widen_k6(dst, n);
-    if (at == DOT_ACT_Q8_K32) dot_act_sum32(dst, n);
+    dot_act_from_q8_k(at, dst, n);
+}
+
+void dot_act_from_q8_k(int at, void *row, int64_t n) {
+    if (at == DOT_ACT_Q8_K4) dot_act_reorder_k4(row, n);
+    if (at == DOT_ACT_Q8_K6) dot_act_widen_k6(row, n);
+    if (at == DOT_ACT_Q8_K32) dot_act_sum32(row, n);
 }
 
 void dot_act_sum32(void *row, int64_t n) {
@@ -315,9 +319,7 @@ void dot_quantize_act_ref(int at, const float *x, void *dst, int64_t n) {
         return;
     }
     quant_quantize_row(act_base_type(at), x, dst, n);
-    if (at == DOT_ACT_Q8_K4) dot_act_reorder_k4(dst, n);
-    if (at == DOT_ACT_Q8_K6) dot_act_widen_k6(dst, n);
-    if (at == DOT_ACT_Q8_K32) dot_act_sum32(dst, n);
+    dot_act_from_q8_k(at, dst, n);
 }
 
 int dot_act_type(int wtype) {
