@@ -44,13 +44,16 @@ int repack_fits(const qn_tensor *W) {
     return (W->dtype == QN_Q8_0 && W->cols % 32 == 0) || ((W->dtype == QN_Q4_K || W->dtype == QN_Q5_K || W->dtype == QN_Q6_K) && W->cols % 256 == 0);
 }
 
-size_t repack_bytes(const qn_tensor *W) {
-    const size_t groups = (size_t)(W->rows / REPACK_ROWS);
-    return W->dtype == QN_Q8_0   ? groups * (size_t)(W->cols / 32) * REPACK_Q8_0_BLOCK
-           : W->dtype == QN_Q4_K ? groups * (size_t)(W->cols / 256) * REPACK_Q4_K_BLOCK
-           : W->dtype == QN_Q5_K ? groups * (size_t)(W->cols / 256) * REPACK_Q5_K_BLOCK
-                                 : groups * (size_t)(W->cols / 256) * REPACK_Q6_K_BLOCK;
+/* Bytes of one group of 16 rows: its blocks (of 32 values for Q8_0, 256 for the K types). */
+static size_t group_bytes(const qn_tensor *W) {
+    const int q8 = W->dtype == QN_Q8_0;
+    return (size_t)(W->cols / (q8 ? 32 : 256)) * (q8                     ? REPACK_Q8_0_BLOCK
+                                                   : W->dtype == QN_Q4_K ? REPACK_Q4_K_BLOCK
+                                                   : W->dtype == QN_Q5_K ? REPACK_Q5_K_BLOCK
+                                                                         : REPACK_Q6_K_BLOCK);
 }
+
+size_t repack_bytes(const qn_tensor *W) { return (size_t)(W->rows / REPACK_ROWS) * group_bytes(W); }
 
 int repack_act_type(const qn_tensor *W) {
     return W->dtype == QN_Q8_0 ? DOT_ACT_Q8_0G : W->dtype == QN_Q6_K ? DOT_ACT_Q8_K6 : DOT_ACT_Q8_K32;
@@ -379,10 +382,7 @@ void repack_rows(const qn_tensor *W, int64_t r0, int64_t r1, const uint8_t *act,
     const int q8 = W->dtype == QN_Q8_0, q6 = W->dtype == QN_Q6_K, q5 = W->dtype == QN_Q5_K, tmax = q8 ? 16 : 8;
     const tile_fn tile = q8 ? tile_q8_0 : q6 ? tile_q6_k : q5 ? tile_q5_k : tile_q4_k;
     const int64_t nb = W->cols / (q8 ? 32 : 256);
-    const size_t gbytes = (size_t)nb * (q8   ? REPACK_Q8_0_BLOCK
-                                        : q6 ? REPACK_Q6_K_BLOCK
-                                        : q5 ? REPACK_Q5_K_BLOCK
-                                             : REPACK_Q4_K_BLOCK);
+    const size_t gbytes = group_bytes(W);
     for (int64_t g = r0 / REPACK_ROWS; g < (r1 + REPACK_ROWS - 1) / REPACK_ROWS; g++) {
         const uint8_t *w = W->rp + (size_t)g * gbytes;
         const int64_t r = REPACK_ROWS * g;
