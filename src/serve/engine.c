@@ -1102,7 +1102,7 @@ serve_engine *engine_start(qnext_model *m, const qnext_tokenizer *tok, const ser
     e->ctx = calloc((size_t)e->max_ctxs, sizeof *e->ctx);
     e->piece_cap = tokenizer_stream_out_max(tok);
     e->piece = malloc(e->piece_cap);
-    if (!e->piece) { snprintf(err, errlen, "out of memory"); free(e->ctx); free(e); return NULL; }
+    if (!e->piece || !e->ctx) { snprintf(err, errlen, "out of memory"); free(e->piece); free(e->ctx); free(e); return NULL; }
     const char *fake = getenv("QNEXT_SERVE_FAKE_OUTPUT");
     if (fake && *fake) {
         /* TEST HOOK: every generation emits these tokens (then end of sequence) instead of
@@ -1123,8 +1123,7 @@ serve_engine *engine_start(qnext_model *m, const qnext_tokenizer *tok, const ser
      * touch their recurrent states (a reset writes them): the first requests then do not pay
      * for the page faults, 75 MB a context on the bench model, in their time to first token */
     for (int i = 0; i < o->parallel; i++) {
-        if (!e->ctx) snprintf(err, errlen, "out of memory");
-        const int idx = e->ctx ? ctx_create(e, err, errlen) : -1;
+        const int idx = ctx_create(e, err, errlen);
         if (idx < 0) { engine_free(e); return NULL; }
         qnext_session_reset(e->ctx[idx].s);
     }
