@@ -29,29 +29,21 @@ static double now_s(void) {
 }
 
 /* The probe: each thread sums its own slice of buf with 64-byte vector loads and four
- * accumulators (AVX-512 where the CPU has it, else whatever the build targets). */
+ * accumulators, built for AVX-512 and for the baseline and chosen at load (as gdn_generic.c's
+ * hot loops are). */
 typedef uint64_t probe_v8 __attribute__((vector_size(64)));
-static uint64_t probe_sum_plain(const probe_v8 *v, size_t n) {
-    probe_v8 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
-    for (size_t i = 0; i < n; i += 4) { a0 += v[i]; a1 += v[i + 1]; a2 += v[i + 2]; a3 += v[i + 3]; }
-    a0 += a1 + a2 + a3;
-    return a0[0] + a0[1] + a0[2] + a0[3] + a0[4] + a0[5] + a0[6] + a0[7];
-}
 #if defined(__x86_64__) && defined(__GNUC__)
-__attribute__((target("avx512f"))) static uint64_t probe_sum_avx512(const probe_v8 *v, size_t n) {
+__attribute__((target_clones("avx512f", "default")))
+#endif
+static uint64_t probe_sum(const probe_v8 *v, size_t n) {
     probe_v8 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
     for (size_t i = 0; i < n; i += 4) { a0 += v[i]; a1 += v[i + 1]; a2 += v[i + 2]; a3 += v[i + 3]; }
     a0 += a1 + a2 + a3;
     return a0[0] + a0[1] + a0[2] + a0[3] + a0[4] + a0[5] + a0[6] + a0[7];
 }
-#endif
 
 /* Read bandwidth in GB/s over the bytes at buf (a multiple of 256 per thread), best of 5. */
 static double probe_read_gbs(const void *buf, size_t bytes, int threads) {
-    uint64_t (*sum)(const probe_v8 *, size_t) = probe_sum_plain;
-#if defined(__x86_64__) && defined(__GNUC__)
-    if (__builtin_cpu_supports("avx512f")) sum = probe_sum_avx512;
-#endif
     const size_t per = bytes / (size_t)threads / 256 * 256;
     double best = 0;
     volatile uint64_t sink = 0;
@@ -59,7 +51,7 @@ static double probe_read_gbs(const void *buf, size_t bytes, int threads) {
         uint64_t tot = 0;
         double t0 = now_s();
 #pragma omp parallel num_threads(threads) reduction(+ : tot)
-        tot += sum((const probe_v8 *)((const char *)buf + per * (size_t)omp_get_thread_num()), per / 64);
+        tot += probe_sum((const probe_v8 *)((const char *)buf + per * (size_t)omp_get_thread_num()), per / 64);
         double gbs = (double)per * threads / (now_s() - t0) / 1e9;
         sink += tot;
         if (gbs > best) best = gbs;
