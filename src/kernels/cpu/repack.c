@@ -18,9 +18,10 @@
  * instructions a word, for all tokens). Q6_K (twentieth session): with the codes' low nibbles and
  * high bits in separate planes laid out for it, a word of 64 codes is 3-4 instructions for all
  * tokens, and each sub-block's sum starts at the activations' offset, so a token costs 4
- * vpdpbusd, a convert and an FMA per 16 values of 16 rows: in cache, one thread, 5.3 against 9.6 TSC ticks (2.6 GHz) per 256 values
- * and token for the mapped kernel at 5 tokens, 11.4 against 17.1 at one (an earlier layout, with
- * the codes in Q6_K's own planes and the offset taken out in f32, gained little; PERF.md).
+ * vpdpbusd, a convert and an FMA per 16 values of 16 rows: in cache, one thread, 5.3 against 9.6
+ * TSC ticks (2.6 GHz) per 256 values and token for the mapped kernel at 5 tokens, 11.4 against
+ * 17.1 at one (an earlier layout, with the codes in Q6_K's own planes and the offset taken out in
+ * f32, gained little; PERF.md).
  *
  * The price is a copy: the weights are no longer only mapped. Opt-in at load
  * (qnext_model_params.repack); the loader then drops the file pages it copied from
@@ -87,27 +88,26 @@ static void repack_write_q6_k(const uint8_t *blk, int r, uint8_t *o) {
 }
 
 void repack_write(const qn_tensor *W, uint8_t *dst) {
-    const int q8 = W->dtype == QN_Q8_0;
+    const int q8 = W->dtype == QN_Q8_0, q5 = W->dtype == QN_Q5_K;
     const int64_t nb = W->cols / (q8 ? 32 : 256);
+    /* a row's block of the file (Q8_0 34 bytes, Q4_K 144, Q5_K 176, Q6_K 210), a group's block here */
+    const size_t ib = quant_row_bytes(W->dtype, q8 ? 32 : 256), ob = group_bytes(W) / (size_t)nb;
     if (W->dtype == QN_Q6_K) memset(dst, 0, repack_bytes(W)); /* the qh units are or-ed into */
     for (int64_t g = 0; g < W->rows / REPACK_ROWS; g++)
         for (int r = 0; r < REPACK_ROWS; r++) {
             const uint8_t *row = qn_tensor_row(W, REPACK_ROWS * g + r);
             for (int64_t b = 0; b < nb; b++) {
-                if (W->dtype == QN_Q6_K)
-                    repack_write_q6_k(row + 210 * b, r, dst + (g * nb + b) * REPACK_Q6_K_BLOCK);
-                else if (q8) {
-                    const uint8_t *blk = row + 34 * b; /* Q8_0: f16 scale, 32 int8 codes */
-                    uint8_t *o = dst + (g * nb + b) * REPACK_Q8_0_BLOCK;
+                const uint8_t *blk = row + ib * b;
+                uint8_t *o = dst + (g * nb + b) * ob;
+                if (W->dtype == QN_Q6_K) repack_write_q6_k(blk, r, o);
+                else if (q8) { /* Q8_0: f16 scale, 32 int8 codes */
                     memcpy(o + 2 * r, blk, 2);
                     for (int k = 0; k < 8; k++)
                         for (int i = 0; i < 4; i++) o[32 + 64 * k + 4 * r + i] = (uint8_t)(blk[2 + 4 * k + i] ^ 0x80);
                 } else {
                     /* Q4_K: f16 d, f16 dmin, 12 bytes of scales, 128 of codes; Q5_K: the same with 32
                      * bytes of high bits before the codes */
-                    const int q5 = W->dtype == QN_Q5_K;
-                    const uint8_t *blk = row + (q5 ? 176 : 144) * b, *ql = blk + (q5 ? 48 : 16);
-                    uint8_t *o = dst + (g * nb + b) * (q5 ? REPACK_Q5_K_BLOCK : REPACK_Q4_K_BLOCK);
+                    const uint8_t *ql = blk + (q5 ? 48 : 16);
                     uint64_t sc, mn;
                     quant_k4_unpack(blk + 4, &sc, &mn);
                     memcpy(o + 2 * r, blk, 2);
