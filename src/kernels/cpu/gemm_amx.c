@@ -42,6 +42,14 @@ int gemm_amx_mode(void) {
     return g_amx;
 }
 
+int gemm_amx_set_mode(int mode) {
+    static int found = -1;
+    int before = gemm_amx_mode();
+    if (found < 0) found = before;
+    g_amx = mode <= 0 ? 0 : mode < found ? mode : found;
+    return before;
+}
+
 const amx_tile_config amx_tiles_all = {.palette_id = 1,
                                        .colsb = {64, 64, 64, 64, 64, 64, 64, 64},
                                        .rows = {16, 16, 16, 16, 16, 16, 16, 16}};
@@ -249,6 +257,7 @@ int gemm_amx_rows(const qn_tensor *W, int64_t r0, int64_t r1, const float *x, in
 
 #else
 int gemm_amx_mode(void) { return 0; }
+int gemm_amx_set_mode(int mode) { (void)mode; return 0; }
 void gemm_amx_widen_row(const qn_tensor *W, int64_t r, uint16_t *dst) { (void)W; (void)r; (void)dst; }
 int gemm_amx_rows(const qn_tensor *W, int64_t r0, int64_t r1, const float *x, int T, int64_t ldx, float *y,
                   int64_t ldy, float *const *yrows) {

@@ -16,6 +16,13 @@ extern const amx_tile_config amx_tiles_all;
 
 /* 0: no AMX (or QNEXT_AMX=0); 1: used for quantized weights; 2: for all weights (QNEXT_AMX=all). */
 int gemm_amx_mode(void);
+/* For tests: turns the tiles of matrix products off (0) or back on (the mode found at start,
+ * never more) and returns the mode before. With them off, products take the paths of a CPU
+ * without AMX: the bf16 tiles round activations to bf16, and the integer tiles group some
+ * types' activations otherwise than the vector kernels, so only without them does a product
+ * take the same integer sums as another path (repacked weights) to compare to float rounding.
+ * Attention keeps its tiles. */
+int gemm_amx_set_mode(int mode);
 /* y[t*ldy + r] (or yrows[t][r] when yrows is set) = W[r] . x[t] for r in [r0, r1), t < T,
  * with bf16 operands and f32 accumulation. Returns 0 without doing anything when the
  * shape does not suit the tiles (cols not a multiple of 32, fewer than 16 tokens). */
