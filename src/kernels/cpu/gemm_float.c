@@ -1,9 +1,9 @@
 /* gemm_float.c - prompt processing for float weights (f32, f16, bf16) with AVX-512.
  *
  * The vector path dots one weight row with one token at a time, which is load-bound: two
- * loads per fused multiply-add, and a bf16 row widened again for every token. Here a 4x4
- * register tile (4 weight rows x 4 tokens, 16 accumulators) widens each weight vector
- * once and reuses every loaded vector four times, so the loop is bound by the FMA units.
+ * loads per fused multiply-add, and a bf16 row widened again for every token. Here a register
+ * tile of 4 weight rows x up to 6 tokens (24 accumulators) widens each weight vector once and
+ * reuses it for every token of the group, so the loop is bound by the FMA units.
  * Accumulation stays f32, so results match the reference to rounding (unlike the AMX path,
  * whose bf16 activations are kept for quantized weights). */
 #include "kernels/cpu/gemm_float.h"
@@ -45,17 +45,40 @@ int gemm_float_takes(const qn_tensor *W, int T) {
     return (W->dtype == QN_F32 || W->dtype == QN_F16 || W->dtype == QN_BF16) && T >= 4 && gemm_float_available();
 }
 
-/* Four weight rows (wr) against nt <= 4 tokens (xr), sums to out[i][j]. nt is a constant in
- * each inlined copy, so that a last group of fewer than four tokens costs only its own FMAs:
- * with the tile always four tokens wide, an expert's 5 tokens of a batched step cost as much as
- * 8 (2048 x 2048 bf16 at 5 tokens: 316 -> 229 us in cache, PERF.md eighteenth session). */
-static inline __attribute__((always_inline)) void tile_rows(int dtype, const void *const *wr, const float *const *xr,
-                                                            int64_t Kv, const int nt, float out[4][4]) {
-    __m512 acc[4][4];
+/* Four weight rows (wr) against nt <= 6 tokens (xr), sums to out[i][j]: 4 x nt accumulators,
+ * so each widened weight vector serves nt tokens and each token vector four rows. dtype and
+ * nt are constants in each inlined copy, so the loop holds no type test and a group of fewer
+ * tokens costs only its own FMAs (2048 x 2048 bf16 at 5 tokens: 316 -> 229 us in cache when
+ * the tile stopped being always four tokens wide, PERF.md eighteenth session).
+ *
+ * pf: the pass that reads the rows first (the others find them in L1/L2) prefetches them
+ * PF_AHEAD bytes ahead, continuing into the next block's rows (wn, NULL for the last block)
+ * near the end. The hardware prefetchers do not: each 2048-wide bf16 row is one 4 KiB page,
+ * and they stop at page boundaries, so without it every row began with stalls (a 512 x 2048
+ * expert at 5 tokens from memory took 110 us, 19 GB/s; PERF.md twenty-second session). */
+#ifndef PF_AHEAD
+#define PF_AHEAD 1024
+#endif
+static inline __attribute__((always_inline)) void tile_rows(const int dtype, const void *const *wr,
+                                                            const void *const *wn, const int pf,
+                                                            const float *const *xr, int64_t Kv, int64_t rowb,
+                                                            const int nt, float out[4][6]) {
+    __m512 acc[4][6];
+    const int esz = dtype == QN_F32 ? 4 : 2;
     for (int i = 0; i < 4; i++)
         for (int j = 0; j < nt; j++) acc[i][j] = _mm512_setzero_ps();
     for (int64_t k = 0; k < Kv; k += 16) {
-        __m512 xv[4], wv[4];
+        if (pf) {
+            /* one line in 64 bytes of weights: every fourth (f32) or second (16-bit) step */
+            const int64_t off = k * esz + PF_AHEAD;
+            if ((k * esz) % 64 == 0) {
+                for (int i = 0; i < 4; i++) {
+                    const char *a = off < rowb ? (const char *)wr[i] + off : wn ? (const char *)wn[i] + (off - rowb) : NULL;
+                    if (a) _mm_prefetch(a, _MM_HINT_T0);
+                }
+            }
+        }
+        __m512 xv[6], wv[4];
         for (int j = 0; j < nt; j++) xv[j] = _mm512_loadu_ps(xr[j] + k);
         for (int i = 0; i < 4; i++) wv[i] = load_w(dtype, wr[i], k);
         for (int i = 0; i < 4; i++)
@@ -65,38 +88,70 @@ static inline __attribute__((always_inline)) void tile_rows(int dtype, const voi
         for (int j = 0; j < nt; j++) out[i][j] = _mm512_reduce_add_ps(acc[i][j]);
 }
 
+/* One copy per type and group width. */
+#define TILE_NT(DT, PF)                                                                                        \
+    switch (nt) {                                                                                              \
+    case 6: tile_rows(DT, wr, wn, PF, xr, Kv, rowb, 6, o); break;                                              \
+    case 5: tile_rows(DT, wr, wn, PF, xr, Kv, rowb, 5, o); break;                                              \
+    case 4: tile_rows(DT, wr, wn, PF, xr, Kv, rowb, 4, o); break;                                              \
+    case 3: tile_rows(DT, wr, wn, PF, xr, Kv, rowb, 3, o); break;                                              \
+    case 2: tile_rows(DT, wr, wn, PF, xr, Kv, rowb, 2, o); break;                                              \
+    default: tile_rows(DT, wr, wn, PF, xr, Kv, rowb, 1, o); break;                                             \
+    }
+
+static void tile_any(int dtype, const void *const *wr, const void *const *wn, int pf, const float *const *xr,
+                     int64_t Kv, int64_t rowb, int nt, float o[4][6]) {
+    if (dtype == QN_BF16) {
+        if (pf) { TILE_NT(QN_BF16, 1) } else { TILE_NT(QN_BF16, 0) }
+    } else if (dtype == QN_F16) {
+        if (pf) { TILE_NT(QN_F16, 1) } else { TILE_NT(QN_F16, 0) }
+    } else {
+        if (pf) { TILE_NT(QN_F32, 1) } else { TILE_NT(QN_F32, 0) }
+    }
+}
+
+/* The four stored rows of block rb (the last row repeated past r1; its results are not
+ * stored); returns how many are real. */
+static int block_rows(const qn_tensor *W, int64_t r0, int64_t r1, int64_t rb, const void *wr[4], int64_t rr[4]) {
+    int nr = 0;
+    for (int i = 0; i < 4; i++) {
+        int64_t r = r0 + rb * 4 + i;
+        if (r >= r1) r = r1 - 1;
+        else nr = i + 1;
+        rr[i] = r;
+        wr[i] = qn_tensor_row(W, r);
+    }
+    return nr;
+}
+
 int gemm_float_rows(const qn_tensor *W, int64_t r0, int64_t r1, const float *x, int T, int64_t ldx, float *y,
                     int64_t ldy, float *const *yrows) {
     if (!gemm_float_takes(W, T)) return 0;
-    const int64_t K = W->cols, Kv = K & ~(int64_t)15;
+    const int64_t K = W->cols, Kv = K & ~(int64_t)15, rowb = Kv * (W->dtype == QN_F32 ? 4 : 2);
     const int64_t nrb = (r1 - r0 + 3) / 4;
+    /* tokens in ceil(T / 6) groups of near-equal width (16 -> 6 + 5 + 5) */
+    const int ng = (T + 5) / 6;
 #pragma omp parallel for schedule(static)
     for (int64_t rb = 0; rb < nrb; rb++) {
-        const void *wr[4];
-        int64_t rr[4];
-        int nr = 0;
-        for (int i = 0; i < 4; i++) {
-            int64_t r = r0 + rb * 4 + i;
-            if (r >= r1) r = r1 - 1; /* duplicate the last row; its results are not stored */
-            else nr = i + 1;
-            rr[i] = r;
-            wr[i] = (const char *)qn_tensor_row(W, r);
-        }
-        for (int t0 = 0; t0 < T; t0 += 4) {
-            const int nt = T - t0 < 4 ? T - t0 : 4;
-            const float *xr[4];
+        const void *wr[4], *wnext[4];
+        int64_t rr[4], rn[4];
+        const int nr = block_rows(W, r0, r1, rb, wr, rr);
+        /* the next block this thread runs under schedule(static) is rb + 1, except at the
+         * end of its share; prefetching it there costs one block's first KiB, no more */
+        const void *const *wn = rb + 1 < nrb ? (block_rows(W, r0, r1, rb + 1, wnext, rn), wnext) : NULL;
+        for (int g = 0, t0 = 0; g < ng; g++) {
+            const int nt = (T - t0) / (ng - g); /* the remaining tokens over the remaining groups */
+            const float *xr[6];
             for (int j = 0; j < nt; j++) xr[j] = x + (int64_t)(t0 + j) * ldx;
-            float o[4][4];
-            if (nt == 4) tile_rows(W->dtype, wr, xr, Kv, 4, o);
-            else if (nt == 3) tile_rows(W->dtype, wr, xr, Kv, 3, o);
-            else if (nt == 2) tile_rows(W->dtype, wr, xr, Kv, 2, o);
-            else tile_rows(W->dtype, wr, xr, Kv, 1, o);
+            float o[4][6];
+            tile_any(W->dtype, wr, wn, g == 0, xr, Kv, rowb, nt, o);
             for (int i = 0; i < nr; i++)
                 for (int j = 0; j < nt; j++) {
                     float s = o[i][j];
                     for (int64_t k = Kv; k < K; k++) s += load_w1(W->dtype, wr[i], k) * xr[j][k];
                     put(y, ldy, yrows, t0 + j, rr[i], s);
                 }
+            t0 += nt;
         }
     }
     return 1;
