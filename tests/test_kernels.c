@@ -129,7 +129,7 @@ static double act_format_error(const qn_tensor *W, const float *x, int T, const 
 }
 
 /* The whole product, fast vs reference, with a row map and several activation rows: 5, 7 and
- * 16 (the float tiles' groups: one of 5, 3 + 4, 6 + 5 + 5), and 70, more than the dot kernels' products
+ * 16 (the float tiles' groups: one of 5, 3 + 4, 5 + 5 + 6), and 70, more than the dot kernels' products
  * keep per group of rows (ops.c, ROWS_KEEP_T); 50 rows, not a multiple of those groups of 16. */
 static void test_matmul(int wt, int T) {
     const int64_t rows = 50, cols = 512;

@@ -49,35 +49,18 @@ int gemm_float_takes(const qn_tensor *W, int T) {
  * so each widened weight vector serves nt tokens and each token vector four rows. dtype and
  * nt are constants in each inlined copy, so the loop holds no type test and a group of fewer
  * tokens costs only its own FMAs (2048 x 2048 bf16 at 5 tokens: 316 -> 229 us in cache when
- * the tile stopped being always four tokens wide, PERF.md eighteenth session).
- *
- * pf: the pass that reads the rows first (the others find them in L1/L2) prefetches them
- * PF_AHEAD bytes ahead, continuing into the next block's rows (wn, NULL for the last block)
- * near the end. The hardware prefetchers do not: each 2048-wide bf16 row is one 4 KiB page,
- * and they stop at page boundaries, so without it every row began with stalls (a 512 x 2048
- * expert at 5 tokens from memory took 110 us, 19 GB/s; PERF.md twenty-second session). */
-#ifndef PF_AHEAD
-#define PF_AHEAD 1024
-#endif
+ * the tile stopped being always four tokens wide, PERF.md eighteenth session). Up to six
+ * tokens a group means that an expert's ~5 tokens of a batched step read its rows once, not
+ * once for four tokens and again, bound by the loads, for the fifth (512 x 2048 from memory
+ * at 5 tokens: 110 -> 83-92 us, PERF.md twenty-second session). Software prefetch of the rows
+ * ahead made no difference there. */
 static inline __attribute__((always_inline)) void tile_rows(const int dtype, const void *const *wr,
-                                                            const void *const *wn, const int pf,
-                                                            const float *const *xr, int64_t Kv, int64_t rowb,
-                                                            const int nt, float out[4][6]) {
+                                                            const float *const *xr, int64_t Kv, const int nt,
+                                                            float out[4][6]) {
     __m512 acc[4][6];
-    const int esz = dtype == QN_F32 ? 4 : 2;
     for (int i = 0; i < 4; i++)
         for (int j = 0; j < nt; j++) acc[i][j] = _mm512_setzero_ps();
     for (int64_t k = 0; k < Kv; k += 16) {
-        if (pf) {
-            /* one line in 64 bytes of weights: every fourth (f32) or second (16-bit) step */
-            const int64_t off = k * esz + PF_AHEAD;
-            if ((k * esz) % 64 == 0) {
-                for (int i = 0; i < 4; i++) {
-                    const char *a = off < rowb ? (const char *)wr[i] + off : wn ? (const char *)wn[i] + (off - rowb) : NULL;
-                    if (a) _mm_prefetch(a, _MM_HINT_T0);
-                }
-            }
-        }
         __m512 xv[6], wv[4];
         for (int j = 0; j < nt; j++) xv[j] = _mm512_loadu_ps(xr[j] + k);
         for (int i = 0; i < 4; i++) wv[i] = load_w(dtype, wr[i], k);
@@ -89,62 +72,47 @@ static inline __attribute__((always_inline)) void tile_rows(const int dtype, con
 }
 
 /* One copy per type and group width. */
-#define TILE_NT(DT, PF)                                                                                        \
+#define TILE_NT(DT)                                                                                            \
     switch (nt) {                                                                                              \
-    case 6: tile_rows(DT, wr, wn, PF, xr, Kv, rowb, 6, o); break;                                              \
-    case 5: tile_rows(DT, wr, wn, PF, xr, Kv, rowb, 5, o); break;                                              \
-    case 4: tile_rows(DT, wr, wn, PF, xr, Kv, rowb, 4, o); break;                                              \
-    case 3: tile_rows(DT, wr, wn, PF, xr, Kv, rowb, 3, o); break;                                              \
-    case 2: tile_rows(DT, wr, wn, PF, xr, Kv, rowb, 2, o); break;                                              \
-    default: tile_rows(DT, wr, wn, PF, xr, Kv, rowb, 1, o); break;                                             \
+    case 6: tile_rows(DT, wr, xr, Kv, 6, o); break;                                                            \
+    case 5: tile_rows(DT, wr, xr, Kv, 5, o); break;                                                            \
+    case 4: tile_rows(DT, wr, xr, Kv, 4, o); break;                                                            \
+    case 3: tile_rows(DT, wr, xr, Kv, 3, o); break;                                                            \
+    case 2: tile_rows(DT, wr, xr, Kv, 2, o); break;                                                            \
+    default: tile_rows(DT, wr, xr, Kv, 1, o); break;                                                           \
     }
 
-static void tile_any(int dtype, const void *const *wr, const void *const *wn, int pf, const float *const *xr,
-                     int64_t Kv, int64_t rowb, int nt, float o[4][6]) {
-    if (dtype == QN_BF16) {
-        if (pf) { TILE_NT(QN_BF16, 1) } else { TILE_NT(QN_BF16, 0) }
-    } else if (dtype == QN_F16) {
-        if (pf) { TILE_NT(QN_F16, 1) } else { TILE_NT(QN_F16, 0) }
-    } else {
-        if (pf) { TILE_NT(QN_F32, 1) } else { TILE_NT(QN_F32, 0) }
-    }
-}
-
-/* The four stored rows of block rb (the last row repeated past r1; its results are not
- * stored); returns how many are real. */
-static int block_rows(const qn_tensor *W, int64_t r0, int64_t r1, int64_t rb, const void *wr[4], int64_t rr[4]) {
-    int nr = 0;
-    for (int i = 0; i < 4; i++) {
-        int64_t r = r0 + rb * 4 + i;
-        if (r >= r1) r = r1 - 1;
-        else nr = i + 1;
-        rr[i] = r;
-        wr[i] = qn_tensor_row(W, r);
-    }
-    return nr;
+static void tile_any(int dtype, const void *const *wr, const float *const *xr, int64_t Kv, int nt, float o[4][6]) {
+    if (dtype == QN_BF16) { TILE_NT(QN_BF16) }
+    else if (dtype == QN_F16) { TILE_NT(QN_F16) }
+    else { TILE_NT(QN_F32) }
 }
 
 int gemm_float_rows(const qn_tensor *W, int64_t r0, int64_t r1, const float *x, int T, int64_t ldx, float *y,
                     int64_t ldy, float *const *yrows) {
     if (!gemm_float_takes(W, T)) return 0;
-    const int64_t K = W->cols, Kv = K & ~(int64_t)15, rowb = Kv * (W->dtype == QN_F32 ? 4 : 2);
+    const int64_t K = W->cols, Kv = K & ~(int64_t)15;
     const int64_t nrb = (r1 - r0 + 3) / 4;
-    /* tokens in ceil(T / 6) groups of near-equal width (16 -> 6 + 5 + 5) */
+    /* tokens in ceil(T / 6) groups of near-equal width (16 -> 5 + 5 + 6) */
     const int ng = (T + 5) / 6;
 #pragma omp parallel for schedule(static)
     for (int64_t rb = 0; rb < nrb; rb++) {
-        const void *wr[4], *wnext[4];
-        int64_t rr[4], rn[4];
-        const int nr = block_rows(W, r0, r1, rb, wr, rr);
-        /* the next block this thread runs under schedule(static) is rb + 1, except at the
-         * end of its share; prefetching it there costs one block's first KiB, no more */
-        const void *const *wn = rb + 1 < nrb ? (block_rows(W, r0, r1, rb + 1, wnext, rn), wnext) : NULL;
+        const void *wr[4];
+        int64_t rr[4];
+        int nr = 0;
+        for (int i = 0; i < 4; i++) {
+            int64_t r = r0 + rb * 4 + i;
+            if (r >= r1) r = r1 - 1; /* duplicate the last row; its results are not stored */
+            else nr = i + 1;
+            rr[i] = r;
+            wr[i] = qn_tensor_row(W, r);
+        }
         for (int g = 0, t0 = 0; g < ng; g++) {
             const int nt = (T - t0) / (ng - g); /* the remaining tokens over the remaining groups */
             const float *xr[6];
             for (int j = 0; j < nt; j++) xr[j] = x + (int64_t)(t0 + j) * ldx;
             float o[4][6];
-            tile_any(W->dtype, wr, wn, g == 0, xr, Kv, rowb, nt, o);
+            tile_any(W->dtype, wr, xr, Kv, nt, o);
             for (int i = 0; i < nr; i++)
                 for (int j = 0; j < nt; j++) {
                     float s = o[i][j];
