@@ -38,6 +38,16 @@ static double dot_d(const float *a, const float *b, int64_t n) {
 
 static double norm_d(const float *a, int64_t n) { return sqrt(dot_d(a, a, n)); }
 
+/* ||a - ref|| / ||ref|| over n values, in double. */
+static double rel_l2(const float *a, const float *ref, int64_t n) {
+    double num = 0, den = 0;
+    for (int64_t i = 0; i < n; i++) {
+        num += (double)(a[i] - ref[i]) * (a[i] - ref[i]);
+        den += (double)ref[i] * ref[i];
+    }
+    return sqrt(num / den);
+}
+
 static void test_type(int wt, int64_t n) {
     const dot_kernels *sets[3];
     int ns = 0;
@@ -119,13 +129,9 @@ static double act_format_error(const qn_tensor *W, const float *x, int T, const 
         quant_dequantize_row(QUANT_Q8_K, q, xr + t * cols, cols);
     }
     op_matmul_rows_ref(W, 0, rows, xr, T, cols, y, rows);
-    double num = 0, den = 0;
-    for (int64_t i = 0; i < T * rows; i++) {
-        num += (double)(y[i] - yref[i]) * (y[i] - yref[i]);
-        den += (double)yref[i] * yref[i];
-    }
+    const double e = rel_l2(y, yref, T * rows);
     free(xr); free(y); free(q);
-    return sqrt(num / den);
+    return e;
 }
 
 /* The whole product, fast vs reference, with a row map and several activation rows: 5, 7 and
@@ -144,17 +150,16 @@ static void test_matmul(int wt, int T) {
     qn_tensor W = {.data = wq, .dtype = wt, .rows = rows, .cols = cols, .row_bytes = rb, .row_map = map, .name = "t"};
     op_matmul_rows(&W, 0, rows, x, T, cols, y1, rows);
     op_matmul_rows_ref(&W, 0, rows, x, T, cols, y2, rows);
-    double num = 0, den = 0;
-    for (int64_t i = 0; i < T * rows; i++) { num += (double)(y1[i] - y2[i]) * (y1[i] - y2[i]); den += (double)y2[i] * y2[i]; }
+    const double e = rel_l2(y1, y2, T * rows);
     /* 8-bit activation blocks with 1% outliers of 8 sigma: each element carries up to
      * ~5% of sigma of rounding, so ~1-3% on the outputs is what llama.cpp's scheme gives;
      * the bound is what that rounding costs on this draw (act_format_error) */
     double tol = dot_act_type(wt) == QUANT_F32 ? 1e-6 : 1.25 * act_format_error(&W, x, T, y2) + 2e-3;
-    CHECK(sqrt(num / den) < tol, "%s matmul T %d fast vs reference rel L2 %.3e", quant_type_name(wt), T, sqrt(num / den));
+    CHECK(e < tol, "%s matmul T %d fast vs reference rel L2 %.3e", quant_type_name(wt), T, e);
     /* the register-tiled float product (several tokens, row map, ragged edges) */
     if (gemm_float_available() && dot_act_type(wt) == QUANT_F32) {
         CHECK(gemm_float_rows(&W, 3, rows - 2, x, T, cols, y1, rows, NULL), "gemm_float declined");
-        num = den = 0;
+        double num = 0, den = 0;
         for (int t = 0; t < T; t++)
             for (int64_t r = 3; r < rows - 2; r++) {
                 double d = y1[t * rows + r] - y2[t * rows + r];
@@ -200,10 +205,9 @@ static void test_amx(int wt) {
     }
     CHECK(gemm_amx_rows(&W, 0, rows, x, T, cols, y1, rows, NULL), "amx declined");
     op_matmul_rows_ref(&W, 0, rows, x, T, cols, y2, rows);
-    double num = 0, den = 0;
-    for (int64_t i = 0; i < T * rows; i++) { num += (double)(y1[i] - y2[i]) * (y1[i] - y2[i]); den += (double)y2[i] * y2[i]; }
+    const double e = rel_l2(y1, y2, T * rows);
     /* bf16 activations: 8 significant bits, ~2^-9 relative rounding per element */
-    CHECK(sqrt(num / den) < 5e-3, "%s amx vs reference rel L2 %.3e", quant_type_name(wt), sqrt(num / den));
+    CHECK(e < 5e-3, "%s amx vs reference rel L2 %.3e", quant_type_name(wt), e);
     /* outputs through row pointers (as the experts write theirs) are the same values */
     float *yp[37];
     for (int t = 0; t < T; t++) yp[t] = y2 + (size_t)(T - 1 - t) * rows;
@@ -494,17 +498,12 @@ static void test_matmul_multi(int wt) {
               (long long)ldy[j]);
         if (ld != rows[j]) /* compact it for the comparison below */
             for (int t = 0; t < Ts[j]; t++) memmove(y1[j] + t * rows[j], y1[j] + t * ld, rows[j] * 4);
-        double num = 0, den = 0;
-        for (int64_t i = 0; i < Ts[j] * rows[j]; i++) {
-            num += (double)(y1[j][i] - y3[j][i]) * (y1[j][i] - y3[j][i]);
-            den += (double)y3[j][i] * y3[j][i];
-        }
+        const double e = rel_l2(y1[j], y3[j], Ts[j] * rows[j]);
         /* f32 activations: float rounding; else within the 8-bit activations' own error (plus
          * bf16 weights' rounding where AMX tiles take the product) */
         const double bound = dot_act_type(wt) == QUANT_F32 && Ts[j] < 16 ? 1e-6
                                                                            : 1.25 * act_format_error(&W[j], x[j], Ts[j], y3[j]) + 2e-3;
-        CHECK(sqrt(num / den) < bound, "%s multi job %d vs reference rel L2 %.3e, bound %.3e", quant_type_name(wt), j,
-              sqrt(num / den), bound);
+        CHECK(e < bound, "%s multi job %d vs reference rel L2 %.3e, bound %.3e", quant_type_name(wt), j, e, bound);
     }
     for (int j = 0; j < NJ; j++) {
         if (j != 3) free(x[j]);
@@ -707,16 +706,15 @@ static void test_repack(int wt) {
                     int amx = gemm_amx_set_mode(0);
                     op_matmul_rows(&W0, 0, rows, x, T, cols, y2, rows);
                     gemm_amx_set_mode(amx);
-                    double num = 0, den = 0, dm = 0, dt = 0;
+                    double dm = 0, dt = 0;
                     for (int64_t i = 0; i < T * rows; i++) {
-                        num += (double)(y[i] - y2[i]) * (y[i] - y2[i]);
-                        den += (double)y2[i] * y2[i];
                         dm += fabs(ym[i] - y[i]);
                         dt += fabs(yt[i] - y[i]);
                     }
                     /* the same integer sums in another float order */
-                    CHECK(sqrt(num / den) < 1e-5, "repacked %s op_matmul_rows T %d cols %lld: rel L2 %.3e against the mapped rows",
-                          quant_type_name(wt), T, (long long)cols, sqrt(num / den));
+                    const double e = rel_l2(y, y2, T * rows);
+                    CHECK(e < 1e-5, "repacked %s op_matmul_rows T %d cols %lld: rel L2 %.3e against the mapped rows",
+                          quant_type_name(wt), T, (long long)cols, e);
                     CHECK(dm == 0 && dt == 0, "repacked %s T %d cols %lld: op_matmul_multi / op_matmul_to_rows differ from op_matmul_rows",
                           quant_type_name(wt), T, (long long)cols);
                 }
