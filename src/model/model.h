@@ -204,11 +204,14 @@ struct qnext_session {
     float rope_mscale;          /* YaRN attention factor (1 without YaRN) */
 };
 
-/* Bytes of one LINEAR layer's recurrent state in a session: nv x dk x dv of state_type. */
+/* Values of one LINEAR layer's recurrent state: nv x dk x dv. */
+static inline size_t session_ssm_values(const qnext_config *c) {
+    return (size_t)c->lin_n_v_heads * c->lin_k_dim * c->lin_v_dim;
+}
+
+/* Bytes of one LINEAR layer's recurrent state in a session: its values in state_type. */
 static inline size_t session_ssm_bytes(const qnext_session *s) {
-    const qnext_config *c = &s->m->cfg;
-    return (size_t)c->lin_n_v_heads * c->lin_k_dim * c->lin_v_dim *
-           (s->params.state_type == QNEXT_STATE_BF16 ? 2 : sizeof(float));
+    return session_ssm_values(&s->m->cfg) * (s->params.state_type == QNEXT_STATE_BF16 ? 2 : sizeof(float));
 }
 
 struct qnext_snapshot {

@@ -267,11 +267,6 @@ static size_t conv_state_floats(const qnext_config *c) {
            (2 * (size_t)c->lin_n_k_heads * c->lin_k_dim + (size_t)c->lin_n_v_heads * c->lin_v_dim);
 }
 
-/* Floats of one DeltaNet layer's recurrent state in f32 (the checkpoints' form): nv x dk x dv. */
-static size_t ssm_state_floats(const qnext_config *c) {
-    return (size_t)c->lin_n_v_heads * c->lin_k_dim * c->lin_v_dim;
-}
-
 void qnext_session_reset(qnext_session *s) {
     const qnext_config *c = &s->m->cfg;
     for (int i = 0; i < c->n_layers; i++)
@@ -545,7 +540,7 @@ qnext_status qnext_session_verify(qnext_session *s, const int32_t *tokens, int n
     }
     const qnext_config *c = &s->m->cfg;
     if (!s->ckpt) { /* allocated on first use, then reused */
-        size_t conv = conv_state_floats(c), ssm = ssm_state_floats(c), off = 0;
+        size_t conv = conv_state_floats(c), ssm = session_ssm_values(c), off = 0;
         s->ckpt_off = calloc(c->n_layers, sizeof *s->ckpt_off);
         if (!s->ckpt_off) { snprintf(err, errlen, "out of memory"); return QNEXT_ERR_MEMORY; }
         for (int i = 0; i < c->n_layers; i++)
@@ -572,7 +567,7 @@ qnext_status qnext_session_accept(qnext_session *s, int n_keep, char *err, size_
     if (n_keep < s->ckpt_fed) {
         const qnext_config *c = &s->m->cfg;
         const float *src = s->ckpt + (size_t)(n_keep - 1) * s->ckpt_stride;
-        size_t conv = conv_state_floats(c), ssm = ssm_state_floats(c);
+        size_t conv = conv_state_floats(c), ssm = session_ssm_values(c);
         for (int i = 0; i < c->n_layers; i++)
             if (c->layer_type[i] == QNEXT_LAYER_LINEAR) {
                 memcpy(s->ls[i].conv_state, src + s->ckpt_off[i], conv * sizeof(float));
