@@ -21,7 +21,7 @@ int gemm_amx_mode(void);
  * without AMX: the bf16 tiles round activations to bf16, and the integer tiles group some
  * types' activations otherwise than the vector kernels, so only without them does a product
  * take the same integer sums as another path (repacked weights) to compare to float rounding.
- * Attention keeps its tiles. */
+ * gemm_amxq8_available follows it; attention keeps its tiles. */
 int gemm_amx_set_mode(int mode);
 /* y[t*ldy + r] (or yrows[t][r] when yrows is set) = W[r] . x[t] for r in [r0, r1), t < T,
  * with bf16 operands and f32 accumulation. Returns 0 without doing anything when the

@@ -34,12 +34,14 @@
 
 int gemm_amxq8_available(void) {
     static int ok = -1;
+    /* gemm_amx_mode asks Linux for the tile state and honours QNEXT_AMX=0 and, in tests,
+     * gemm_amx_set_mode(0); so it is asked on every call, and only the CPU's flags are kept */
+    const int mode = gemm_amx_mode();
     if (ok < 0) {
         __builtin_cpu_init();
-        /* gemm_amx_mode has asked Linux for the tile state (and honours QNEXT_AMX=0) */
-        ok = gemm_amx_mode() != 0 && __builtin_cpu_supports("amx-int8") && __builtin_cpu_supports("avx512vbmi");
+        ok = __builtin_cpu_supports("amx-int8") && __builtin_cpu_supports("avx512vbmi");
     }
-    return ok;
+    return mode != 0 && ok;
 }
 
 size_t gemm_amxq8_packed_bytes(int64_t cols, int T) { return (size_t)(cols / 32) * PACK_BLOCK; }

@@ -204,7 +204,7 @@ static const amxi_path *use_amxi(const qn_tensor *W, int T) {
         if (lo < 0) lo = 0;
     }
     if (T < lo) return NULL;
-    if (!gemm_amxq8_available() || !gemm_amx_mode()) { /* any number of tokens, prompts included */
+    if (!gemm_amxq8_available()) { /* any number of tokens, prompts included */
         if (!gemm_vnni_available() || g_kern != &dot_avx512 || W->cols % 256) return NULL;
         if (W->dtype == QN_Q4_K && T >= (lo ? lo : 12)) return &vnni_q4_k;
         if (W->dtype == QN_Q5_K && T >= (lo ? lo : 12)) return &vnni_q5_k;
