@@ -3,7 +3,7 @@
 #
 # Built here with plain cc (not part of the CMake build) against the library `make` builds,
 # so the kernels are the ones the engine runs, compiled with CMakeLists.txt's flags.
-# Usage: bench/run_attn_bench.sh [attn_bench args: -n keys -r rows -t kv_type -i iters, -w warm cache, -x skip the old tile, -P position-major rows, -R rows never tiled, -H the K/V on 2 MB pages]
+# Usage: bench/run_attn_bench.sh [attn_bench args: -n keys -r rows -t kv_type -i iters, -s query scale, -w warm cache, -x skip the old tile, -P position-major rows, -R rows never tiled, -H the K/V on 2 MB pages]
 # (QNEXT_ATTN_AMX=0 QNEXT_ATTN_BF16=0 QNEXT_ATTN_VNNI=0 times the f32-product AVX-512 kernel for bf16/int8
 # caches instead of attn_amx, attn_bf16 and attn_vnni)
 set -euo pipefail
