@@ -40,6 +40,14 @@ PY
 j=$($Q eval -m $tmp/m.Q4_K_M.gguf --ref $fx --ids $tmp/ids.txt -c $c --json) && ok || bad "eval Q4_K_M failed"
 python3 -c "import json,sys; d=json.loads(sys.argv[1]); assert 0 < d['kl_mean'] < 1 and 0 < d['top1_agree'] <= 1, d" "$j" \
   && ok || bad "eval Q4_K_M numbers: $j"
+# --ref-kv-type: the same checkpoint with the same cache on both sides is exact; a bf16 cache
+# against the f32 one differs a little (here: only the caches differ)
+j=$($Q eval -m $fx --ref $fx --ids $tmp/ids.txt -c $c --kv-type bf16 --json) && ok || bad "eval bf16/bf16 failed"
+python3 -c "import json,sys; d=json.loads(sys.argv[1]); assert d['kl_max'] == 0 and d['top1_agree'] == 1, d" "$j" \
+  && ok || bad "eval bf16 cache against bf16: $j"
+j=$($Q eval -m $fx --ref $fx --ids $tmp/ids.txt -c $c --kv-type bf16 --ref-kv-type f32 --json) && ok || bad "eval bf16/f32 failed"
+python3 -c "import json,sys; d=json.loads(sys.argv[1]); assert 0 < d['kl_max'] < 1e-2, d" "$j" \
+  && ok || bad "eval bf16 cache against f32: $j"
 
 # errors: one line, non-zero exit
 expect_fail() { # want_rc, pattern, command...
@@ -53,6 +61,7 @@ expect_fail 1 "dense MLP" $Q quantize -m tests/fixtures/dense_tied_yarn -o $tmp/
 expect_fail 1 "not 'full attention every k-th layer'" $Q quantize -m tests/fixtures/v5_layer_types -o $tmp/x.gguf --type Q8_0
 expect_fail 1 "config.json" $Q quantize -m $tmp/nonexistent -o $tmp/x.gguf --type Q8_0
 [ ! -e $tmp/x.gguf ] && ok || bad "a failed conversion left $tmp/x.gguf"
+expect_fail 2 "q4" $Q eval -m $fx --ref $fx --ids $tmp/ids.txt --ref-kv-type q4
 expect_fail 2 "one of --ids / --text" $Q eval -m $tmp/m.BF16.gguf --ref $fx
 expect_fail 1 "fewer than one chunk" $Q eval -m $tmp/m.BF16.gguf --ref $fx --ids $tmp/ids.txt -c 4096
 expect_fail 1 "vocabulary sizes differ" $Q eval -m $tmp/m.BF16.gguf --ref tests/fixtures/mha_sharded_mtp --ids $tmp/ids.txt -c 16

@@ -81,6 +81,6 @@ int args_kv_type(const char *v) {
     if (!strcmp(v, "f32")) return 1;
     if (!strcmp(v, "bf16")) return 2;
     if (!strcmp(v, "q8")) return 3;
-    fprintf(stderr, "qnext: --kv-type must be auto, f32, bf16 or q8\n");
+    fprintf(stderr, "qnext: unknown KV cache type '%s' (auto, f32, bf16 or q8)\n", v);
     return -1;
 }

@@ -25,12 +25,14 @@
 static const char *eval_usage =
     "usage: qnext eval -m MODEL --ref REF_MODEL (--ids FILE | --text FILE) [--tokenizer DIR]\n"
     "                  [-c CTX] [--chunks N] [--score-from K] [-t THREADS] [--kv-type f32|bf16|q8|auto]\n"
-    "                  [--state-type f32|bf16] [--ubatch N] [--json] [--no-mmap] [--repack]\n"
+    "                  [--ref-kv-type f32|bf16|q8|auto] [--state-type f32|bf16] [--ubatch N] [--json] [--no-mmap] [--repack]\n"
     "Compares MODEL (e.g. a quantized GGUF) with REF_MODEL (e.g. the bf16 safetensors) over the\n"
     "tokens of FILE, in chunks of CTX tokens (default 512) each starting from an empty state.\n"
     "Positions K.. of each chunk are scored (default 0; llama-perplexity scores from CTX/2).\n"
     "Reports mean/max/p99 KL(ref || model), top-1 agreement, and the perplexity of both.\n"
-    "Both models use an f32 KV cache unless --kv-type says otherwise, so only the weights differ.\n"
+    "Both models use an f32 KV cache unless --kv-type says otherwise, so only the weights differ;\n"
+    "--ref-kv-type gives REF_MODEL another one (e.g. --kv-type q8 --ref-kv-type f32 with the same\n"
+    "model twice measures what the 8-bit cache costs).\n"
     "--state-type bf16 keeps MODEL's DeltaNet states in bf16 (REF_MODEL's stay f32); --ubatch N feeds\n"
     "each chunk N tokens at a time (1: token by token, as decoding does; default 512).\n"
     "--text uses the tokenizer of --tokenizer DIR, else MODEL's or REF_MODEL's (tokenizer.json\n"
@@ -85,7 +87,7 @@ static int log_softmax(const float *x, int n, double *out) {
 int cmd_eval(int argc, char **argv) {
     const char *model = NULL, *ref = NULL, *ids_path = NULL, *text_path = NULL, *tok_dir = NULL;
     long ctx = 512, max_chunks = 0, score_from = 0, threads = 0;
-    int as_json = 0, kv_type = QNEXT_KV_F32, state_type = QNEXT_STATE_F32, no_mmap = 0, repack = 0;
+    int as_json = 0, kv_type = QNEXT_KV_F32, ref_kv_type = -1, state_type = QNEXT_STATE_F32, no_mmap = 0, repack = 0;
     long ubatch = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
@@ -103,6 +105,7 @@ int cmd_eval(int argc, char **argv) {
         else if (!strcmp(a, "--no-mmap")) no_mmap = 1;
         else if (!strcmp(a, "--repack")) repack = 1;
         else if (!strcmp(a, "--kv-type")) { if (!(v = args_value(argc, argv, &i)) || (kv_type = args_kv_type(v)) < 0) return 2; }
+        else if (!strcmp(a, "--ref-kv-type")) { if (!(v = args_value(argc, argv, &i)) || (ref_kv_type = args_kv_type(v)) < 0) return 2; }
         else if (!strcmp(a, "--state-type")) { if (!(v = args_value(argc, argv, &i)) || (state_type = args_state_type(v)) < 0) return 2; }
         else if (!strcmp(a, "--ubatch")) { if (!(v = args_value(argc, argv, &i)) || !args_int(a, v, 1, 1 << 20, &ubatch)) return 2; }
         else { fprintf(stderr, "qnext: unknown option '%s'\n%s", a, eval_usage); return 2; }
@@ -154,6 +157,7 @@ int cmd_eval(int argc, char **argv) {
     qnext_session_params sp = {.n_ctx = (int)ctx, .n_ubatch = (int)ubatch, .kv_type = kv_type, .state_type = state_type};
     qnext_session_params spr = sp;
     spr.state_type = QNEXT_STATE_F32;
+    if (ref_kv_type >= 0) spr.kv_type = ref_kv_type;
     qnext_session *sm = NULL, *sr = NULL;
     int rc = 1;
     float *lm = malloc((size_t)ctx * V * sizeof(float)), *lr = malloc((size_t)ctx * V * sizeof(float));
