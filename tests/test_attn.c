@@ -285,10 +285,10 @@ static void run_case(int kt, int tiled, int D, int group, int nr, const int *pos
      * the reference from the rounded queries (ref2), where only their rounding of the
      * probabilities remains: attn_bf16 rounds each to bf16 (8 significant bits, nearest: at
      * most 2^-8 of itself, so output element d by at most 2^-8 pabs2[d]);
-     * attn_vnni splits x_j = p_j vs_j (value row scale folded in) into two bytes,
-     * x / s * 255 = hi + lo / 255 with s the largest x of its block of ATTN_KEYS keys, which
-     * moves x_j by at most s / 130050 (s / 129000 with the f32 rounding of x * 255 / s), so
-     * output element d by at most pv2[d] = sum_j M_j |v8_jd| / 129000, M_j the largest
+     * attn_vnni rounds x_j = p_j vs_j (value row scale folded in) to a byte, round(x / s *
+     * 255) with s the largest x of its block of ATTN_KEYS keys, which moves x_j by at most
+     * s / 510 (s / 505 with the f32 rounding of x * 255 / s and of the largest p vs), so
+     * output element d by at most pv2[d] = sum_j M_j |v8_jd| / 505, M_j the largest
      * normalised x within ATTN_KEYS - 1 keys of j. */
     const int rq = (kt == QNEXT_KV_BF16 && bf16_kernel()) || (tk8 && vnni_kernel());
     double *ref2 = NULL, *pabs2 = NULL, *pv2 = NULL;
@@ -300,7 +300,7 @@ static void run_case(int kt, int tiled, int D, int group, int nr, const int *pos
             round_query(kt, qp[i], D, qd);
             ref_query(qd, qpos[i], D, scale, kw, vw, sc, ref2 + (size_t)i * D, pabs2 + (size_t)i * D, NULL);
             if (kt == QNEXT_KV_Q8)
-                window_bound(qpos[i], sc, vsc, D, vw, ATTN_KEYS - 1, 1 / 129000.0, win, pv2 + (size_t)i * D);
+                window_bound(qpos[i], sc, vsc, D, vw, ATTN_KEYS - 1, 1 / 505.0, win, pv2 + (size_t)i * D);
         }
     }
     free(kw);

@@ -19,7 +19,7 @@
  * probabilities rounded to bf16 once);
  * QNEXT_ATTN_BF16=0 keeps attn_avx512. Likewise int8 caches use attn_vnni (attn_vnni.c:
  * VPDPBUSD on the tiled cache, the queries quantized to int8 once and the probabilities
- * split in two bytes); QNEXT_ATTN_VNNI=0 keeps attn_avx512 and int8 rows. */
+ * rounded to one byte per block); QNEXT_ATTN_VNNI=0 keeps attn_avx512 and int8 rows. */
 #ifndef QNEXT_ATTN_H
 #define QNEXT_ATTN_H
 
