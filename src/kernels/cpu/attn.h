@@ -28,8 +28,8 @@
 #include <string.h>
 
 #define ATTN_KEYS 64 /* keys per step of the online softmax. Each step ends with work per query
-                        * (the rescale of its output, the softmax's reductions; attn_vnni's byte
-                        * split), so 64 keys took 3-16% less time than 32 for attn_bf16 and
+                        * (the rescale of its output, the softmax's reductions; attn_vnni's
+                        * weights as bytes), so 64 keys took 3-16% less time than 32 for attn_bf16 and
                         * attn_vnni on Zen 4 and no more for the f32 kernels (docs/PERF.md); the
                         * cache is head-major, so a step's rows are contiguous. */
 
