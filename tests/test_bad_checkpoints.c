@@ -99,6 +99,12 @@ int main(void) {
         qnext_model_params mp = {.quiet = 1};
         CHECK(qnext_model_open(tmpdir, &mp, &m, err, sizeof err) == QNEXT_OK, "pristine copy: %s", err);
         qnext_model_close(m);
+        /* a bad parameter: one line naming it, no model */
+        qnext_model *b = NULL;
+        qnext_model_params bad = {.quiet = 1, .act_bits = 12};
+        CHECK(qnext_model_open(tmpdir, &bad, &b, err, sizeof err) == QNEXT_ERR_ARG && b == NULL && strstr(err, "act_bits") &&
+                  strstr(err, "12") && !strchr(err, '\n'),
+              "act_bits 12: %s", err);
     }
 
     fresh(fx, files);

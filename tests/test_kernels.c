@@ -727,6 +727,72 @@ static void test_repack(int wt) {
 }
 
 
+/* Two activation passes (qn_tensor.act2, ops.c): every entry point, with and without the
+ * repacked copy, against the reference product on f32 activations. One 8-bit pass is off by
+ * act_format_error (1-3 % here); the second pass takes the rounding's residual, itself rounded
+ * to 8 bits per block, so what is left is ~1/254 of that: the bound is 1/50 of it. Token counts
+ * span the decode kernels (1), the multi-row ones (2, 5), the VNNI lanes (12 and up), and more
+ * tokens than one chunk of the two-pass product (150 > 64). */
+static void test_two_pass(int wt) {
+    const int64_t rows = 48, cols = 2304; /* act_format_error's Q8_K blocks need a multiple of 256 */
+    const int Ts[8] = {1, 2, 5, 12, 16, 17, 70, 150}, Tmax = 150;
+    const size_t rb = quant_row_bytes(wt, cols);
+    float *w = malloc(rows * cols * 4), *x = malloc(Tmax * cols * 4), *y = malloc(Tmax * rows * 4), *yr = malloc(Tmax * rows * 4);
+    float *ym = malloc(Tmax * rows * 4), **rowp = malloc(Tmax * sizeof *rowp);
+    uint8_t *wq = malloc(rb * rows);
+    fill(w, rows * cols, 0.05f);
+    fill(x, Tmax * cols, 1.0f);
+    for (int64_t r = 0; r < rows; r++) quant_quantize_row(wt, w + r * cols, wq + r * rb, cols);
+    int32_t map[48];
+    for (int r = 0; r < 48; r++) map[r] = (r * 7) % 48;
+    qn_tensor W = {.data = wq, .dtype = wt, .rows = rows, .cols = cols, .row_bytes = rb, .row_map = map, .name = "t", .act2 = 1};
+    uint8_t *rp = NULL;
+    for (int copy = 0; copy < 2; copy++) {
+        if (copy) { /* the repacked rows, where the type has them */
+            if (!repack_available() || !repack_fits(&W)) break;
+            rp = aligned_alloc(64, (repack_bytes(&W) + 63) & ~(size_t)63);
+            repack_write(&W, rp);
+            W.rp = rp;
+        }
+        for (int ti = 0; ti < 8; ti++) {
+            const int T = Ts[ti];
+            op_matmul_rows_ref(&W, 0, rows, x, T, cols, yr, rows);
+            const double bound = act_format_error(&W, x, T, yr) / 50 + 2e-6;
+            for (int entry = 0; entry < 4; entry++) {
+                for (int64_t i = 0; i < T * rows; i++) y[i] = NAN;
+                if (entry == 0) op_matmul_rows(&W, 0, rows, x, T, cols, y, rows);
+                if (entry == 1) { /* two calls on row ranges, one not on a multiple of 16 */
+                    op_matmul_rows(&W, 0, 16, x, T, cols, y, rows);
+                    op_matmul_rows(&W, 16, rows, x, T, cols, y, rows);
+                }
+                if (entry == 2) {
+                    for (int t = 0; t < T; t++) rowp[t] = y + (int64_t)(T - 1 - t) * rows; /* in reverse */
+                    op_matmul_to_rows(&W, x, T, rowp);
+                    for (int t = 0; t < T; t++) memcpy(ym + (int64_t)t * rows, rowp[t], rows * 4);
+                    memcpy(y, ym, (size_t)T * rows * 4);
+                }
+                if (entry == 3) { /* a MoE layer's jobs: this one, one sharing its input, one of 3 tokens */
+                    const int T3 = 3;
+                    float *y3 = malloc(T3 * rows * 4), *y3r = malloc(T3 * rows * 4);
+                    op_job jobs[3] = {{&W, x, y, T, 0}, {&W, x, ym, T, 0}, {&W, x + cols, y3, T3, 0}};
+                    op_matmul_multi(jobs, 3);
+                    CHECK(!memcmp(y, ym, (size_t)T * rows * 4), "%s two-pass multi: jobs on one input differ (T %d)",
+                          quant_type_name(wt), T);
+                    op_matmul_rows_ref(&W, 0, rows, x + cols, T3, cols, y3r, rows);
+                    const double e3 = rel_l2(y3, y3r, T3 * rows);
+                    CHECK(e3 < act_format_error(&W, x + cols, T3, y3r) / 50 + 2e-6, "%s two-pass multi, 3 tokens: rel L2 %.3e",
+                          quant_type_name(wt), e3);
+                    free(y3); free(y3r);
+                }
+                const double e = rel_l2(y, yr, T * rows);
+                CHECK(e < bound, "%s two-pass %s entry %d T %d: rel L2 %.3e, bound %.3e (one pass: %.3e)", quant_type_name(wt),
+                      copy ? "repacked" : "rows", entry, T, e, bound, 50 * (bound - 2e-6));
+            }
+        }
+    }
+    free(rp); free(w); free(x); free(y); free(yr); free(ym); free(rowp); free(wq);
+}
+
 /* Inputs of T tokens for one head, as the model lays them out: q, k, v in one row of ldqk
  * floats (q and k unit length, q times dk^-1/2), g in [gmin, 0) and beta in [0, 1] interleaved. */
 static void gdn_inputs(float *rows, float *gb, int T, int dk, int dv, int64_t ldqk, int64_t ldg, float gmin) {
@@ -918,6 +984,8 @@ int main(void) {
     test_dotm(QUANT_Q6_K);
     test_dotm(QUANT_MXFP4);
     test_dotm(QUANT_IQ4_NL);
+    for (size_t i = 0; i < sizeof types / sizeof types[0]; i++)
+        if (dot_act_type(types[i]) != QUANT_F32) test_two_pass(types[i]);
     /* float kernels also take lengths that are not a multiple of the vector width */
     test_type(QUANT_BF16, 100);
     test_type(QUANT_F32, 37);

@@ -3,7 +3,7 @@
 # gives the transformers greedy continuation (BF16 exactly as the safetensors); eval of a BF16
 # file against its checkpoint is exact (KL 0, full agreement, equal perplexity) and its
 # perplexity equals exp(mean NLL) computed from the fixture's transformers logits; bad input
-# gets one error line and a non-zero exit.
+# gets one error line and a non-zero exit; --act-bits 16 (auto for Q8_0) matches the reference kernels.
 set -u
 Q=${QNEXT_BIN:-build/qnext}
 fx=tests/fixtures/base_gqa
@@ -49,6 +49,28 @@ j=$($Q eval -m $fx --ref $fx --ids $tmp/ids.txt -c $c --kv-type bf16 --ref-kv-ty
 python3 -c "import json,sys; d=json.loads(sys.argv[1]); assert 0 < d['kl_max'] < 1e-2, d" "$j" \
   && ok || bad "eval bf16 cache against f32: $j"
 
+# --act-bits: Q8_0 in two activation passes (auto's choice for Q8_0) gives the reference kernels'
+# numbers (the plain C loops, f32 activations) to float rounding; one 8-bit pass is further off;
+# the same file on both sides is exact with the same setting, not with 8 against 16
+jr=$(QNEXT_KERNELS=reference $Q eval -m $tmp/m.Q8_0.gguf --ref $fx --ids $tmp/ids.txt -c $c --json) && ok || bad "eval Q8_0 reference failed"
+ja=$($Q eval -m $tmp/m.Q8_0.gguf --ref $fx --ids $tmp/ids.txt -c $c --json) && ok || bad "eval Q8_0 failed"
+j16=$($Q eval -m $tmp/m.Q8_0.gguf --ref $fx --ids $tmp/ids.txt -c $c --act-bits 16 --json) && ok || bad "eval Q8_0 --act-bits 16 failed"
+j8=$($Q eval -m $tmp/m.Q8_0.gguf --ref $fx --ids $tmp/ids.txt -c $c --act-bits 8 --json) && ok || bad "eval Q8_0 --act-bits 8 failed"
+python3 - "$jr" "$ja" "$j16" "$j8" <<'PY' && ok || bad "eval Q8_0 --act-bits numbers: $jr / $ja / $j16 / $j8"
+import sys, json
+r, a, b, e = (json.loads(v) for v in sys.argv[1:])
+assert a == b, (a, b)
+assert abs(b["kl_mean"] / r["kl_mean"] - 1) < 1e-3 and abs(b["ppl_model"] / r["ppl_model"] - 1) < 5e-4, (b, r)
+assert abs(e["kl_mean"] - r["kl_mean"]) > 10 * abs(b["kl_mean"] - r["kl_mean"]), (e, b, r)
+PY
+j=$($Q eval -m $tmp/m.Q8_0.gguf --ref $tmp/m.Q8_0.gguf --ids $tmp/ids.txt -c $c --act-bits 8 --json) && ok || bad "eval Q8_0/Q8_0 failed"
+python3 -c "import json,sys; d=json.loads(sys.argv[1]); assert d['kl_max'] == 0 and d['top1_agree'] == 1, d" "$j" \
+  && ok || bad "eval Q8_0 against itself, 8-bit activations: $j"
+j=$($Q eval -m $tmp/m.Q8_0.gguf --ref $tmp/m.Q8_0.gguf --ids $tmp/ids.txt -c $c --act-bits 8 --ref-act-bits 16 --json) \
+  && ok || bad "eval Q8_0 8/16 failed"
+python3 -c "import json,sys; d=json.loads(sys.argv[1]); assert 0 < d['kl_mean'] < 0.1, d" "$j" \
+  && ok || bad "eval Q8_0 8-bit against 16-bit activations: $j"
+
 # errors: one line, non-zero exit
 expect_fail() { # want_rc, pattern, command...
   local want=$1 pat=$2; shift 2
@@ -62,6 +84,8 @@ expect_fail 1 "not 'full attention every k-th layer'" $Q quantize -m tests/fixtu
 expect_fail 1 "config.json" $Q quantize -m $tmp/nonexistent -o $tmp/x.gguf --type Q8_0
 [ ! -e $tmp/x.gguf ] && ok || bad "a failed conversion left $tmp/x.gguf"
 expect_fail 2 "q4" $Q eval -m $fx --ref $fx --ids $tmp/ids.txt --ref-kv-type q4
+expect_fail 2 "activation precision '12'" $Q eval -m $fx --ref $fx --ids $tmp/ids.txt --act-bits 12
+expect_fail 2 "activation precision 'x'" $Q bench -m $fx --act-bits x
 expect_fail 2 "one of --ids / --text" $Q eval -m $tmp/m.BF16.gguf --ref $fx
 expect_fail 1 "fewer than one chunk" $Q eval -m $tmp/m.BF16.gguf --ref $fx --ids $tmp/ids.txt -c 4096
 expect_fail 1 "vocabulary sizes differ" $Q eval -m $tmp/m.BF16.gguf --ref tests/fixtures/mha_sharded_mtp --ids $tmp/ids.txt -c 16

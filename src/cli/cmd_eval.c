@@ -26,6 +26,7 @@ static const char *eval_usage =
     "usage: qnext eval -m MODEL --ref REF_MODEL (--ids FILE | --text FILE) [--tokenizer DIR]\n"
     "                  [-c CTX] [--chunks N] [--score-from K] [-t THREADS] [--kv-type f32|bf16|q8|auto]\n"
     "                  [--ref-kv-type f32|bf16|q8|auto] [--state-type f32|bf16] [--ubatch N] [--json] [--no-mmap] [--repack]\n"
+    "                  [--act-bits auto|8|16] [--ref-act-bits auto|8|16]\n"
     "Compares MODEL (e.g. a quantized GGUF) with REF_MODEL (e.g. the bf16 safetensors) over the\n"
     "tokens of FILE, in chunks of CTX tokens (default 512) each starting from an empty state.\n"
     "Positions K.. of each chunk are scored (default 0; llama-perplexity scores from CTX/2).\n"
@@ -33,6 +34,8 @@ static const char *eval_usage =
     "Both models use an f32 KV cache unless --kv-type says otherwise, so only the weights differ;\n"
     "--ref-kv-type gives REF_MODEL another one (e.g. --kv-type q8 --ref-kv-type f32 with the same\n"
     "model twice measures what the 8-bit cache costs).\n"
+    "--act-bits sets how MODEL's quantized products take their activations (8 bits per block, or 16 in\n"
+    "two passes; auto, the default: 16 for Q8_0 matrices); --ref-act-bits REF_MODEL's (default: the same).\n"
     "--state-type bf16 keeps MODEL's DeltaNet states in bf16 (REF_MODEL's stay f32); --ubatch N feeds\n"
     "each chunk N tokens at a time (1: token by token, as decoding does; default 512).\n"
     "--text uses the tokenizer of --tokenizer DIR, else MODEL's or REF_MODEL's (tokenizer.json\n"
@@ -89,6 +92,7 @@ int cmd_eval(int argc, char **argv) {
     long ctx = 512, max_chunks = 0, score_from = 0, threads = 0;
     int as_json = 0, kv_type = QNEXT_KV_F32, ref_kv_type = -1, state_type = QNEXT_STATE_F32, no_mmap = 0, repack = 0;
     long ubatch = 0;
+    int act_bits = 0, ref_act_bits = -1;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { printf("%s", eval_usage); return 0; }
@@ -104,6 +108,8 @@ int cmd_eval(int argc, char **argv) {
         else if (!strcmp(a, "--json")) as_json = 1;
         else if (!strcmp(a, "--no-mmap")) no_mmap = 1;
         else if (!strcmp(a, "--repack")) repack = 1;
+        else if (!strcmp(a, "--act-bits")) { if (!(v = args_value(argc, argv, &i)) || (act_bits = args_act_bits(v)) < 0) return 2; }
+        else if (!strcmp(a, "--ref-act-bits")) { if (!(v = args_value(argc, argv, &i)) || (ref_act_bits = args_act_bits(v)) < 0) return 2; }
         else if (!strcmp(a, "--kv-type")) { if (!(v = args_value(argc, argv, &i)) || (kv_type = args_kv_type(v)) < 0) return 2; }
         else if (!strcmp(a, "--ref-kv-type")) { if (!(v = args_value(argc, argv, &i)) || (ref_kv_type = args_kv_type(v)) < 0) return 2; }
         else if (!strcmp(a, "--state-type")) { if (!(v = args_value(argc, argv, &i)) || (state_type = args_state_type(v)) < 0) return 2; }
@@ -135,9 +141,11 @@ int cmd_eval(int argc, char **argv) {
     }
     free(buf);
     qnext_model *mm = NULL, *mr = NULL;
-    qnext_model_params mp = {.n_threads = (int)threads, .quiet = 1, .no_mmap = no_mmap, .repack = repack};
+    qnext_model_params mp = {.n_threads = (int)threads, .quiet = 1, .no_mmap = no_mmap, .repack = repack, .act_bits = act_bits};
+    qnext_model_params mpr = mp;
+    if (ref_act_bits >= 0) mpr.act_bits = ref_act_bits;
     if (qnext_model_open(model, &mp, &mm, err, sizeof err)) { fprintf(stderr, "qnext: %s\n", err); free(ids); return 1; }
-    if (qnext_model_open(ref, &mp, &mr, err, sizeof err)) { fprintf(stderr, "qnext: %s\n", err); qnext_model_close(mm); free(ids); return 1; }
+    if (qnext_model_open(ref, &mpr, &mr, err, sizeof err)) { fprintf(stderr, "qnext: %s\n", err); qnext_model_close(mm); free(ids); return 1; }
     int V = qnext_model_config(mm)->vocab_size;
     if (qnext_model_config(mr)->vocab_size != V) {
         fprintf(stderr, "qnext: vocabulary sizes differ (%d vs %d)\n", V, qnext_model_config(mr)->vocab_size);

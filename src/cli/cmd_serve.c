@@ -28,7 +28,9 @@ static const char serve_usage[] =
     "  -t, --threads N      compute threads (default: all cores)\n"
     "  --no-mmap            read the weights into memory (huge pages) instead of mapping the file\n"
     "  --repack             copy Q8_0/Q4_K/Q5_K/Q6_K matrices into groups of 16 interleaved rows at load for a faster\n"
-    "                       AVX-512 VNNI kernel (batched decoding); resident size stays about the file's\n";
+    "                       AVX-512 VNNI kernel (batched decoding); resident size stays about the file's\n"
+    "  --act-bits auto|8|16 activations of the quantized products: 8 bits per block, or 16 (two 8-bit passes:\n"
+    "                       as exact as f32, prompts ~2x slower); auto (default): 16 for Q8_0 matrices\n";
 
 int cmd_serve(int argc, char **argv) {
     serve_options o;
@@ -62,6 +64,9 @@ int cmd_serve(int argc, char **argv) {
         else if (!strcmp(a, "--state-type")) { if (!(v = args_value(argc, argv, &i)) || (o.state_type = args_state_type(v)) < 0) return 2; }
         else if (!strcmp(a, "--no-mmap")) o.no_mmap = 1;
         else if (!strcmp(a, "--repack")) o.repack = 1;
+        else if (!strcmp(a, "--act-bits")) {
+            if (!(v = args_value(argc, argv, &i)) || (o.act_bits = args_act_bits(v)) < 0) return 2;
+        }
         else if (!strcmp(a, "--prefill-chunk")) { if (!(v = args_value(argc, argv, &i)) || !args_int(a, v, 1, 1 << 16, &n)) return 2; o.prefill_chunk = (int)n; }
         else if (!strcmp(a, "--drain")) { if (!(v = args_value(argc, argv, &i)) || !args_int(a, v, 0, 3600, &n)) return 2; o.drain_s = (int)n; }
         else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) { if (!(v = args_value(argc, argv, &i)) || !args_int(a, v, 0, 4096, &n)) return 2; o.threads = (int)n; }

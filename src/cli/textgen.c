@@ -37,6 +37,8 @@ const char TEXTGEN_OPTIONS_HELP[] =
     "                           slower to start, faster generation where the page cache slows streaming\n"
     "  --repack                 copy Q8_0/Q4_K/Q5_K/Q6_K matrices into groups of 16 interleaved rows at load, for a\n"
     "                           faster AVX-512 VNNI kernel\n"
+    "  --act-bits auto|8|16     activations of the quantized products: 8 bits per block, or 16 (two 8-bit\n"
+    "                           passes: as exact as f32, prompts ~2x slower); auto: 16 for Q8_0 matrices\n"
     "  -v, --verbose            print prompt/cache statistics to stderr\n";
 
 double textgen_now(void) {
@@ -108,6 +110,7 @@ int textgen_parse_option(int argc, char **argv, int *i, textgen_opts *o) {
     if (!strcmp(a, "--json")) { o->json_any = 1; return 1; }
     if (!strcmp(a, "--no-mmap")) { o->no_mmap = 1; return 1; }
     if (!strcmp(a, "--repack")) { o->repack = 1; return 1; }
+    if (!strcmp(a, "--act-bits")) return (v = args_value(argc, argv, i)) && (o->act_bits = args_act_bits(v)) >= 0 ? 1 : -1;
     if (!strcmp(a, "-j") || !strcmp(a, "--json-schema")) return (o->json_schema = args_value(argc, argv, i)) ? 1 : -1;
     if (!strcmp(a, "--json-schema-file")) {
         if (!(v = args_value(argc, argv, i))) return -1;
@@ -168,7 +171,8 @@ int textgen_open(textgen *g, const textgen_opts *o, int need_template, int spinn
     char err[1024];
     memset(g, 0, sizeof *g);
     if (!o->model_dir) { fprintf(stderr, "qnext: -m MODEL_DIR is required\n"); return 0; }
-    qnext_model_params mp = {.n_threads = (int)o->threads, .quiet = 1, .no_mmap = o->no_mmap, .repack = o->repack};
+    qnext_model_params mp = {.n_threads = (int)o->threads, .quiet = 1, .no_mmap = o->no_mmap, .repack = o->repack,
+                             .act_bits = o->act_bits};
     spinner_state sp = {.what = "opening the model", .done = 0};
     pthread_t th;
     int spin = spinner && isatty(2) && !pthread_create(&th, NULL, spinner_main, &sp);

@@ -37,6 +37,7 @@ typedef struct {
     int max_snapshots;       /* for the conversation (0: its default) */
     int no_mmap;             /* --no-mmap: read the weights into memory */
     int repack;              /* --repack: qnext_model_params.repack */
+    int act_bits;            /* --act-bits: qnext_model_params.act_bits */
     int json_any;            /* --json: the answer is a JSON object */
     const char *json_schema; /* --json-schema TEXT (or the text of --json-schema-file) */
 } textgen_opts;

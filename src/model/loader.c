@@ -356,16 +356,18 @@ static void *repack_worker(void *arg) {
  * model outlives the load, and when another thread runs the sessions (qnext serve's engine)
  * libgomp then counts more threads than cores and stops spinning at barriers, which made each
  * one-stream token ~20 ms slower (PERF.md, eighteenth session). */
-static qnext_status model_repack(qnext_model *m, char *err, size_t errlen) {
-    if (!repack_available()) {
-        if (!m->params.quiet) fprintf(stderr, "qnext: --repack needs AVX-512 VNNI; the weights stay as they are\n");
-        return QNEXT_OK;
-    }
+/* Room for model_matrices' list. */
+static size_t model_max_matrices(const qnext_model *m) {
     const qnext_config *c = &m->cfg;
     const int n_layers = c->n_layers + (c->n_mtp_layers == 1 ? 1 : 0);
-    qn_tensor **mats = malloc(sizeof *mats * ((size_t)n_layers * (LAYER_DENSE + 3 * (size_t)c->n_experts) + 2));
-    size_t *off = malloc(sizeof *off * ((size_t)n_layers * (LAYER_DENSE + 3 * (size_t)c->n_experts) + 2));
-    if (!mats || !off) { free(mats); free(off); snprintf(err, errlen, "repack: out of memory"); return QNEXT_ERR_MEMORY; }
+    return (size_t)n_layers * (LAYER_DENSE + 3 * (size_t)c->n_experts) + 2;
+}
+
+/* Every weight matrix of the model (the output, the MTP projection, each layer's), into mats;
+ * returns how many (absent ones have data NULL). */
+static int model_matrices(qnext_model *m, qn_tensor **mats) {
+    const qnext_config *c = &m->cfg;
+    const int n_layers = c->n_layers + (c->n_mtp_layers == 1 ? 1 : 0);
     int n = 0;
     mats[n++] = &m->lm_head;
     if (c->n_mtp_layers == 1) mats[n++] = &m->mtp.fc;
@@ -373,6 +375,30 @@ static qnext_status model_repack(qnext_model *m, char *err, size_t errlen) {
         qn_layer *ly = l < c->n_layers ? &m->layers[l] : &m->mtp.layer;
         for (int i = 0; i < layer_n_matrices(c, ly); i++) mats[n++] = layer_matrix(ly, i);
     }
+    return n;
+}
+
+/* qnext_model_params.act_bits (checked at open): marks the matrices whose products take two
+ * activation passes. */
+static qnext_status model_set_act_bits(qnext_model *m, char *err, size_t errlen) {
+    const int bits = m->params.act_bits;
+    qn_tensor **mats = malloc(sizeof *mats * model_max_matrices(m));
+    if (!mats) { snprintf(err, errlen, "out of memory"); return QNEXT_ERR_MEMORY; }
+    const int n = model_matrices(m, mats);
+    for (int i = 0; i < n; i++) mats[i]->act2 = bits == 16 || (bits == 0 && mats[i]->dtype == QN_Q8_0);
+    free(mats);
+    return QNEXT_OK;
+}
+
+static qnext_status model_repack(qnext_model *m, char *err, size_t errlen) {
+    if (!repack_available()) {
+        if (!m->params.quiet) fprintf(stderr, "qnext: --repack needs AVX-512 VNNI; the weights stay as they are\n");
+        return QNEXT_OK;
+    }
+    qn_tensor **mats = malloc(sizeof *mats * model_max_matrices(m));
+    size_t *off = malloc(sizeof *off * model_max_matrices(m));
+    if (!mats || !off) { free(mats); free(off); snprintf(err, errlen, "repack: out of memory"); return QNEXT_ERR_MEMORY; }
+    const int n = model_matrices(m, mats);
     int k = 0;
     size_t total = 0;
     for (int i = 0; i < n; i++)
@@ -417,8 +443,14 @@ qnext_status qnext_model_open(const char *path, const qnext_model_params *params
     qnext_model *m = calloc(1, sizeof *m);
     if (!m) { snprintf(err, errlen, "out of memory"); return QNEXT_ERR_MEMORY; }
     if (params) m->params = *params;
+    if (m->params.act_bits != 0 && m->params.act_bits != 8 && m->params.act_bits != 16) {
+        snprintf(err, errlen, "act_bits must be 0 (auto), 8 or 16, not %d", m->params.act_bits);
+        free(m);
+        return QNEXT_ERR_ARG;
+    }
     if (model_path_is_gguf(path)) {
         qnext_status rc = gguf_model_load(m, path, err, errlen);
+        if (rc == QNEXT_OK) rc = model_set_act_bits(m, err, errlen);
         if (rc == QNEXT_OK && m->params.repack) rc = model_repack(m, err, errlen);
         if (rc) { qnext_model_close(m); return rc; }
         if (m->params.n_threads > 0) op_set_threads(m->params.n_threads);
@@ -434,6 +466,7 @@ qnext_status qnext_model_open(const char *path, const qnext_model_params *params
         rc = load_all(&L);
         if (rc == QNEXT_ERR_MEMORY && !err[0]) snprintf(err, errlen, "%s: out of memory", path);
     }
+    if (rc == QNEXT_OK) rc = model_set_act_bits(m, err, errlen);
     if (rc == QNEXT_OK && m->params.repack) rc = model_repack(m, err, errlen);
     if (rc) { qnext_model_close(m); return rc; }
     if (m->params.n_threads > 0) op_set_threads(m->params.n_threads);

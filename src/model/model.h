@@ -43,6 +43,8 @@ typedef struct {
     const char *name;       /* checkpoint name, for messages */
     const uint8_t *rp;      /* Q8_0/Q4_K/Q5_K/Q6_K: a copy in groups of 16 interleaved rows (kernels/cpu/repack.h),
                                made at load when the model is opened with repack; NULL otherwise */
+    int act2;               /* 1: quantized activations in two 8-bit passes (kernels/cpu/ops.c), set at load
+                               from qnext_model_params.act_bits */
 } qn_tensor;
 
 /* The stored bytes of logical row r (through row_map when it is set). */

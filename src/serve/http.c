@@ -1118,7 +1118,8 @@ int serve_main(const serve_options *opts) {
     pthread_sigmask(SIG_BLOCK, &set, NULL);
     signal(SIGPIPE, SIG_IGN);
 
-    qnext_model_params mp = {.n_threads = opts->threads, .quiet = 1, .no_mmap = opts->no_mmap, .repack = opts->repack};
+    qnext_model_params mp = {.n_threads = opts->threads, .quiet = 1, .no_mmap = opts->no_mmap, .repack = opts->repack,
+                             .act_bits = opts->act_bits};
     if (qnext_model_open(opts->model_dir, &mp, &sv.m, err, sizeof err)) { fprintf(stderr, "qnext serve: %s\n", err); return 1; }
     if (tokenizer_gguf_is_file(opts->model_dir)) {
         /* a GGUF file: tokenizer and chat template from its metadata (a missing template

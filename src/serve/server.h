@@ -42,6 +42,7 @@ typedef struct {
     int threads;         /* compute threads (0: all cores) */
     int no_mmap;         /* read the weights into memory instead of mapping them */
     int repack;          /* qnext_model_params.repack */
+    int act_bits;        /* qnext_model_params.act_bits */
     int prefill_chunk;   /* tokens of a prompt per engine step */
     int kv_type;         /* QNEXT_KV_* of every slot's cache (QNEXT_KV_AUTO: the model's default) */
     int state_type;      /* QNEXT_STATE_* of every slot's recurrent states */

@@ -139,6 +139,9 @@ int dot_act_type_set(const dot_kernels *k, int wtype);
 int dot_act_type_rows(const dot_kernels *k, int wtype, int T);
 /* Bytes of a prepared activation row of n values of activation type at (0 if n does not fit). */
 size_t dot_act_row_bytes(int at, int64_t n);
+/* The ggml type (QUANT_Q8_0 or QUANT_Q8_K) whose blocks an activation type is made from: its
+ * values are those blocks' values, only laid out otherwise; other types map to themselves. */
+int dot_act_base_type(int at);
 /* Quantizes n activations to at with the reference quantizers of quant.c (DOT_ACT_Q8_K4: as
  * Q8_K, then reordered; DOT_ACT_Q8_0G: as Q8_0, then regrouped); what the SIMD quantizers of
  * actq.c are held to. */

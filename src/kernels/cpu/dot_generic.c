@@ -216,14 +216,14 @@ int dot_act_type_rows(const dot_kernels *k, int wtype, int T) {
 }
 
 /* The ggml type whose quantizer an activation type starts from. */
-static int act_base_type(int at) {
+int dot_act_base_type(int at) {
     return at == DOT_ACT_Q8_K4 || at == DOT_ACT_Q8_K6 || at == DOT_ACT_Q8_K32 ? QUANT_Q8_K : at == DOT_ACT_Q8_0G || at == DOT_ACT_Q8_0I ? QUANT_Q8_0 : at;
 }
 
 size_t dot_act_row_bytes(int at, int64_t n) {
     if (at == DOT_ACT_Q8_0G || at == DOT_ACT_Q8_0I) return n % 32 ? 0 : (size_t)((n / 32 + 7) / 8) * DOT_Q8_0G_GROUP;
     if (at == DOT_ACT_Q8_K6) return n % 256 ? 0 : (size_t)(n / 256) * DOT_Q8_K6_BLOCK;
-    return quant_row_bytes(act_base_type(at), n);
+    return quant_row_bytes(dot_act_base_type(at), n);
 }
 
 /* Writes the blocks of one DOT_ACT_Q8_0G group (il = 0) or DOT_ACT_Q8_0I group (il = 1) from
@@ -255,7 +255,7 @@ void dot_act_convert(int at, const void *base, void *dst, int64_t n) {
                            at == DOT_ACT_Q8_0I, (uint8_t *)dst + DOT_Q8_0G_GROUP * g);
         return;
     }
-    memcpy(dst, base, quant_row_bytes(act_base_type(at), n));
+    memcpy(dst, base, quant_row_bytes(dot_act_base_type(at), n));
     dot_act_from_q8_k(at, dst, n);
 }
 
@@ -318,7 +318,7 @@ void dot_quantize_act_ref(int at, const float *x, void *dst, int64_t n) {
         dot_act_quantize_q8_0g(x, dst, n, at == DOT_ACT_Q8_0I, ref_q8_0);
         return;
     }
-    quant_quantize_row(act_base_type(at), x, dst, n);
+    quant_quantize_row(dot_act_base_type(at), x, dst, n);
     dot_act_from_q8_k(at, dst, n);
 }
 

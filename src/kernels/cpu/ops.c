@@ -4,6 +4,7 @@
 #include <omp.h>
 #include <stdatomic.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "kernels/cpu/actq.h"
 #include "kernels/cpu/dot.h"
@@ -221,8 +222,11 @@ static const amxi_path *use_amxi(const qn_tensor *W, int T) {
 
 /* bf16 tiles (gemm_amx.c) pay off from 16 tokens up, where no integer tiles take the product
  * (above 16 tokens, or a type without them); by default only for quantized weights. */
+static int wants_two_pass(const qn_tensor *W);
+
 static int use_amx(const qn_tensor *W, int T) {
-    if (T < 16 || use_amxi(W, T)) return 0;
+    /* the bf16 tiles round the weights too, which a second activation pass cannot mend */
+    if (T < 16 || use_amxi(W, T) || wants_two_pass(W)) return 0;
     int mode = gemm_amx_mode();
     int quantized = W->dtype != QN_F32 && W->dtype != QN_F16 && W->dtype != QN_BF16;
     return mode == 2 || (mode == 1 && quantized);
@@ -411,11 +415,101 @@ static void dot_rows(const qn_tensor *W, int64_t r0, int64_t r1, const uint8_t *
     }
 }
 
+/* ---------------------------------------------------------------- two-pass activations */
+
+/* The integer kernels see each activation row x rounded to 8 bits per block (Q8_0 or Q8_K
+ * blocks), which costs Q8_0 weights as much as their own rounding (docs/QUANT.md). With two
+ * passes they see two rows instead: x's rounding q(x) and the rounding of its residual
+ * q(x - q(x)), whose sum is within 1/64516 of each block's largest value (1/254 for one pass),
+ * and the two results are added. The weights are read once for both (the rows ride in one
+ * product of 2T tokens); the integer work doubles. */
+static _Thread_local int tl_two_pass_inner; /* set while the doubled product runs */
+
+static int wants_two_pass(const qn_tensor *W) {
+    return W->act2 && W->dtype != QN_F32 && W->dtype != QN_F16 && W->dtype != QN_BF16;
+}
+
+static int two_pass(const qn_tensor *W) { return !tl_two_pass_inner && wants_two_pass(W); }
+
+/* The activation type the product of W at T tokens quantizes to (the dispatch below, with
+ * the bf16 tiles off): repack_ok says whether the repacked rows take it. */
+static int product_act_type(const qn_tensor *W, int T, int repack_ok) {
+    if (use_repack(W) && repack_ok) return repack_act_type(W);
+    return act_type_for(W, use_amxi(W, T), T);
+}
+
+/* Rows t < T of x (stride ldx) and their residuals after rounding to activation type at:
+ * x2 row t = x row t, x2 row T + t = x - q(x). */
+static void two_pass_split(int at, const float *x, int T, int64_t ldx, int64_t n, float *x2) {
+    const int base = dot_act_base_type(at);
+    const size_t qb = quant_row_bytes(base, n);
+#pragma omp parallel for schedule(static) if (T > 8)
+    for (int t = 0; t < T; t++) {
+        static _Thread_local uint8_t *q; /* each thread's, grown once */
+        static _Thread_local size_t cap;
+        if (qb > cap) {
+            free(q);
+            if (!(q = malloc(qb))) abort();
+            cap = qb;
+        }
+        const float *xt = x + (int64_t)t * ldx;
+        float *hi = x2 + (int64_t)t * n, *lo = x2 + (int64_t)(T + t) * n;
+        memcpy(hi, xt, (size_t)n * sizeof(float));
+        actq_quantize_row(base, xt, q, n);
+        quant_dequantize_row(base, q, lo, n);
+        for (int64_t i = 0; i < n; i++) lo[i] = xt[i] - lo[i];
+    }
+}
+
+static _Thread_local float *tl_two;
+static _Thread_local size_t tl_two_cap;
+
+static float *two_pass_buffer(size_t floats) {
+    if (floats > tl_two_cap) {
+        free(tl_two);
+        tl_two = malloc(floats * sizeof(float));
+        if (!tl_two) abort();
+        tl_two_cap = floats;
+    }
+    return tl_two;
+}
+
+void op_matmul_rows(const qn_tensor *W, int64_t r0, int64_t r1, const float *x, int T, int64_t ldx, float *y,
+                    int64_t ldy);
+
+/* op_matmul_rows (yrows NULL) or op_matmul_to_rows (r0 = 0, r1 = rows) in two passes, in
+ * chunks of tokens whose doubled inputs and outputs fit a buffer of at most 32 MB. On CPUs with AMX
+ * the chunks are of 8 tokens, so that the 16 rows of each go to the integer tiles (use_amxi),
+ * which take up to 16; the bf16 tiles that take more would round the weights. */
+static void two_pass_product(const qn_tensor *W, int64_t r0, int64_t r1, const float *x, int T, int64_t ldx,
+                             float *y, int64_t ldy, float *const *yrows) {
+    const int64_t nr = r1 - r0, n = W->cols;
+    int chunk = (int)((1 << 22) / (2 * (nr > n ? nr : n)));
+    if (chunk > 64) chunk = 64;
+    if (chunk < 8 || gemm_amxq8_available()) chunk = 8;
+    for (int t0 = 0; t0 < T; t0 += chunk) {
+        const int nt = T - t0 < chunk ? T - t0 : chunk;
+        const int repack_ok = r0 % REPACK_ROWS == 0 && r1 % REPACK_ROWS == 0; /* op_matmul_rows' test */
+        float *x2 = two_pass_buffer((size_t)2 * nt * (n + nr)), *y2 = x2 + (size_t)2 * nt * n;
+        two_pass_split(product_act_type(W, 2 * nt, repack_ok), x + (int64_t)t0 * ldx, nt, ldx, n, x2);
+        tl_two_pass_inner = 1;
+        /* y2 row t holds outputs r0..r1-1: the product writes y2 - r0 + t * nr + r */
+        op_matmul_rows(W, r0, r1, x2, 2 * nt, n, y2 - r0, nr);
+        tl_two_pass_inner = 0;
+        for (int t = 0; t < nt; t++) {
+            float *dst = yrows ? yrows[t0 + t] : y + (int64_t)(t0 + t) * ldy;
+            const float *a = y2 + (int64_t)t * nr, *b = y2 + (int64_t)(nt + t) * nr;
+            for (int64_t r = 0; r < nr; r++) dst[r0 + r] = a[r] + b[r];
+        }
+    }
+}
+
 /* Weight rows are split over the threads; see dot_rows. */
 void op_matmul_rows(const qn_tensor *W, int64_t r0, int64_t r1, const float *x, int T, int64_t ldx, float *y,
                     int64_t ldy) {
     dot_fn dot = kernel_for(W);
     if (!dot) { op_matmul_rows_ref(W, r0, r1, x, T, ldx, y, ldy); return; }
+    if (two_pass(W)) { two_pass_product(W, r0, r1, x, T, ldx, y, ldy, NULL); return; }
     size_t astride;
     if (use_repack(W) && r0 % REPACK_ROWS == 0 && r1 % REPACK_ROWS == 0) {
         const uint8_t *act = prepare_act(repack_act_type(W), x, T, ldx, W->cols, &astride);
@@ -433,6 +527,7 @@ void op_matmul_rows(const qn_tensor *W, int64_t r0, int64_t r1, const float *x, 
 void op_matmul_to_rows(const qn_tensor *W, const float *x, int T, float *const *y) {
     dot_fn dot = kernel_for(W);
     if (!dot) { op_matmul_to_rows_ref(W, x, T, y); return; }
+    if (two_pass(W)) { two_pass_product(W, 0, W->rows, x, T, W->cols, NULL, 0, y); return; }
     size_t astride;
     if (use_repack(W)) {
         const uint8_t *act = prepare_act(repack_act_type(W), x, T, W->cols, W->cols, &astride);
@@ -463,6 +558,64 @@ static int takes_own_path(const qn_tensor *W, int T) {
 
 static int64_t job_ldy(const op_job *jb) { return jb->ldy ? jb->ldy : jb->W->rows; }
 
+static _Thread_local float *tl_two_multi;
+static _Thread_local size_t tl_two_multi_cap;
+
+/* op_matmul_multi in two passes: each job of up to 16 tokens becomes one of twice the tokens
+ * (its rows, then their residuals), all run as one op_matmul_multi, and each job's two halves
+ * are added; a job of more tokens goes alone through op_matmul_rows, which does its passes in
+ * chunks. Jobs sharing an input share its split. */
+static void two_pass_multi(const op_job *jobs, int n) {
+    op_job dj[OP_MULTI_MAX];
+    int src[OP_MULTI_MAX], m = 0;
+    size_t need = 0;
+    for (int i = 0; i < n; i++) {
+        const op_job *jb = &jobs[i];
+        if (!wants_two_pass(jb->W) || jb->T > 16) continue;
+        need += (size_t)2 * jb->T * (jb->W->cols + jb->W->rows);
+    }
+    if (need > tl_two_multi_cap) {
+        free(tl_two_multi);
+        if (!(tl_two_multi = malloc(need * sizeof(float)))) abort();
+        tl_two_multi_cap = need;
+    }
+    float *buf = tl_two_multi;
+    for (int i = 0; i < n; i++) {
+        const op_job *jb = &jobs[i];
+        const qn_tensor *W = jb->W;
+        if (!wants_two_pass(W)) { src[m] = -1; dj[m++] = *jb; continue; }
+        if (jb->T > 16) { op_matmul_rows(W, 0, W->rows, jb->x, jb->T, W->cols, jb->y, job_ldy(jb)); continue; }
+        const int at = product_act_type(W, 2 * jb->T, 1);
+        const op_job *prev = m && src[m - 1] >= 0 ? &jobs[src[m - 1]] : NULL;
+        float *x2;
+        if (prev && prev->x == jb->x && prev->T == jb->T && prev->W->cols == W->cols &&
+            product_act_type(prev->W, 2 * prev->T, 1) == at)
+            x2 = (float *)dj[m - 1].x; /* gate and up of one expert: one split */
+        else {
+            x2 = buf;
+            buf += (size_t)2 * jb->T * W->cols;
+            two_pass_split(at, jb->x, jb->T, W->cols, W->cols, x2);
+        }
+        float *y2 = buf;
+        buf += (size_t)2 * jb->T * W->rows;
+        src[m] = i;
+        dj[m++] = (op_job){.W = W, .x = x2, .y = y2, .T = 2 * jb->T, .ldy = W->rows};
+    }
+    tl_two_pass_inner = 1;
+    op_matmul_multi(dj, m);
+    tl_two_pass_inner = 0;
+    for (int k = 0; k < m; k++) {
+        if (src[k] < 0) continue;
+        const op_job *jb = &jobs[src[k]];
+        const int64_t rows = jb->W->rows, ldy = job_ldy(jb);
+        for (int t = 0; t < jb->T; t++) {
+            const float *a = dj[k].y + (int64_t)t * rows, *b = dj[k].y + (int64_t)(jb->T + t) * rows;
+            float *dst = jb->y + (int64_t)t * ldy;
+            for (int64_t r = 0; r < rows; r++) dst[r] = a[r] + b[r];
+        }
+    }
+}
+
 void op_matmul_multi(const op_job *jobs, int n) {
     int fast = 1;
     for (int i = 0; i < n && fast; i++) fast = kernel_for(jobs[i].W) != NULL;
@@ -473,6 +626,9 @@ void op_matmul_multi(const op_job *jobs, int n) {
         return;
     }
     if (n > OP_MULTI_MAX) abort(); /* callers pass at most 2 * (experts + 1) + 1 jobs */
+    if (!tl_two_pass_inner)
+        for (int i = 0; i < n; i++)
+            if (wants_two_pass(jobs[i].W)) { two_pass_multi(jobs, n); return; }
     int idx[OP_MULTI_MAX], m = 0;
     for (int i = 0; i < n; i++) {
         if (takes_own_path(jobs[i].W, jobs[i].T))
