@@ -98,12 +98,12 @@ typedef struct {
                        rows for a faster AVX-512 VNNI kernel (batched decoding, experts with few
                        tokens); the file pages copied from are dropped, so the resident size
                        stays about the file's. Ignored on CPUs without AVX-512 VNNI. */
-    int act_bits;   /* how the CPU's quantized products take their activations: 8 = rounded to 8 bits per block
-                       (Q8_0 or Q8_K blocks, as llama.cpp does); 16 = in two 8-bit passes, the rounding and then
-                       its residual, ~16 bits, as close to the model as f32 activations (the weights are read
-                       once for both; the integer work doubles, which costs prompts about half their speed);
-                       0 = auto: 16 for Q8_0 matrices, whose 8-bit weights the 8-bit activations would
-                       otherwise double the error of (docs/QUANT.md), and 8 for the others */
+    int act_bits;   /* how the CPU's quantized products take their activations: 0 or 8 (the default) = rounded to
+                       8 bits per block (Q8_0 or Q8_K blocks), as llama.cpp does; 16 = in two 8-bit passes, the
+                       rounding and then its residual, as close to the model as f32 activations: the weights are
+                       read once for both, the integer work doubles. On Q8_0 the 8-bit rounding costs as much
+                       as the weights' own (docs/QUANT.md); what 16 costs in speed depends on the CPU (PERF.md,
+                       twenty-fourth session: decoding 0-30% slower, prompts 2-3.7x slower) */
 } qnext_model_params;
 
 /* Opens a Hugging Face model directory (config.json + model.safetensors or sharded

@@ -77,10 +77,9 @@ int args_state_type(const char *v) {
 }
 
 int args_act_bits(const char *v) {
-    if (!strcmp(v, "auto")) return 0;
     if (!strcmp(v, "8")) return 8;
     if (!strcmp(v, "16")) return 16;
-    fprintf(stderr, "qnext: unknown activation precision '%s' (auto, 8 or 16)\n", v);
+    fprintf(stderr, "qnext: unknown activation precision '%s' (8 or 16)\n", v);
     return -1;
 }
 

@@ -14,7 +14,7 @@ int args_float(const char *opt, const char *val, double *out);
 const char *args_value(int argc, char **argv, int *i);
 /* "auto" | "f32" | "bf16" | "q8" -> QNEXT_KV_*, or -1 (printed). */
 int args_kv_type(const char *v);
-/* --act-bits: auto -> 0, 8, 16 (qnext_model_params.act_bits); -1 after a message. */
+/* --act-bits: 8 or 16 (qnext_model_params.act_bits); -1 after a message. */
 int args_act_bits(const char *v);
 int args_state_type(const char *v); /* --state-type f32|bf16: QNEXT_STATE_*, or -1 with a message */
 #endif

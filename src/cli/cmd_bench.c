@@ -142,7 +142,7 @@ out:
 }
 
 static const char *bench_usage =
-    "usage: qnext bench -m MODEL [-p 512] [-n 128] [-d DEPTH] [-s STREAMS] [-t THREADS] [-r REPS] [--ubatch N] [--kv-type auto|f32|bf16|q8] [--state-type f32|bf16] [--no-mmap] [--repack] [--act-bits auto|8|16] [--probe]\n"
+    "usage: qnext bench -m MODEL [-p 512] [-n 128] [-d DEPTH] [-s STREAMS] [-t THREADS] [-r REPS] [--ubatch N] [--kv-type auto|f32|bf16|q8] [--state-type f32|bf16] [--no-mmap] [--repack] [--act-bits 8|16] [--probe]\n"
     "Prints prompt (ppP) and generation (tgN) tokens per second, mean +- sd over REPS runs,\n"
     "and for generation the bytes read per token (weights, plus the KV cache at depth) and the achieved GB/s;\n"
     "the +state column adds the recurrent and conv state, which each generated token reads and writes.\n"
@@ -151,7 +151,7 @@ static const char *bench_usage =
     "depth is measured in one run, interleaved, however the machine's speed drifts.\n"
     "--no-mmap reads the weights into memory (huge pages) instead of mapping the file.\n"
     "--repack copies Q8_0/Q4_K/Q5_K/Q6_K matrices into groups of 16 interleaved rows at load (AVX-512 VNNI).\n"
-    "--act-bits: the quantized products' activations in 8 bits, or 16 (two 8-bit passes); auto: 16 for Q8_0.\n"
+    "--act-bits: the quantized products' activations in 8 bits per block (default), or 16 (two 8-bit passes).\n"
     "-s S (S >= 2) also runs tgN on S sessions that decode together, one token each per step in one\n"
     "forward pass (qnext_batch_feed, as qnext serve's continuous batching does), each after its own\n"
     "32-token prompt, alternating step by step with the same on one session; prints both, the\n"
@@ -162,7 +162,7 @@ static const char *bench_usage =
 int cmd_bench(int argc, char **argv) {
     const char *model = NULL;
     long p = 512, n = 128, d = 0, threads = 0, reps = 3, ubatch = 512, streams = 0;
-    int kv_type = 0, state_type = 0, no_mmap = 0, repack = 0, probe = 0, act_bits = 0;
+    int kv_type = 0, state_type = 0, no_mmap = 0, repack = 0, probe = 0, act_bits = 8;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { printf("%s", bench_usage); return 0; }

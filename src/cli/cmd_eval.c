@@ -26,7 +26,7 @@ static const char *eval_usage =
     "usage: qnext eval -m MODEL --ref REF_MODEL (--ids FILE | --text FILE) [--tokenizer DIR]\n"
     "                  [-c CTX] [--chunks N] [--score-from K] [-t THREADS] [--kv-type f32|bf16|q8|auto]\n"
     "                  [--ref-kv-type f32|bf16|q8|auto] [--state-type f32|bf16] [--ubatch N] [--json] [--no-mmap] [--repack]\n"
-    "                  [--act-bits auto|8|16] [--ref-act-bits auto|8|16]\n"
+    "                  [--act-bits 8|16] [--ref-act-bits 8|16]\n"
     "Compares MODEL (e.g. a quantized GGUF) with REF_MODEL (e.g. the bf16 safetensors) over the\n"
     "tokens of FILE, in chunks of CTX tokens (default 512) each starting from an empty state.\n"
     "Positions K.. of each chunk are scored (default 0; llama-perplexity scores from CTX/2).\n"
@@ -34,8 +34,8 @@ static const char *eval_usage =
     "Both models use an f32 KV cache unless --kv-type says otherwise, so only the weights differ;\n"
     "--ref-kv-type gives REF_MODEL another one (e.g. --kv-type q8 --ref-kv-type f32 with the same\n"
     "model twice measures what the 8-bit cache costs).\n"
-    "--act-bits sets how MODEL's quantized products take their activations (8 bits per block, or 16 in\n"
-    "two passes; auto, the default: 16 for Q8_0 matrices); --ref-act-bits REF_MODEL's (default: the same).\n"
+    "--act-bits sets how MODEL's quantized products take their activations (8 bits per block, the default,\n"
+    "or 16 in two passes); --ref-act-bits REF_MODEL's (default: the same).\n"
     "--state-type bf16 keeps MODEL's DeltaNet states in bf16 (REF_MODEL's stay f32); --ubatch N feeds\n"
     "each chunk N tokens at a time (1: token by token, as decoding does; default 512).\n"
     "--text uses the tokenizer of --tokenizer DIR, else MODEL's or REF_MODEL's (tokenizer.json\n"
@@ -92,7 +92,7 @@ int cmd_eval(int argc, char **argv) {
     long ctx = 512, max_chunks = 0, score_from = 0, threads = 0;
     int as_json = 0, kv_type = QNEXT_KV_F32, ref_kv_type = -1, state_type = QNEXT_STATE_F32, no_mmap = 0, repack = 0;
     long ubatch = 0;
-    int act_bits = 0, ref_act_bits = -1;
+    int act_bits = 8, ref_act_bits = -1;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { printf("%s", eval_usage); return 0; }

@@ -29,8 +29,8 @@ static const char serve_usage[] =
     "  --no-mmap            read the weights into memory (huge pages) instead of mapping the file\n"
     "  --repack             copy Q8_0/Q4_K/Q5_K/Q6_K matrices into groups of 16 interleaved rows at load for a faster\n"
     "                       AVX-512 VNNI kernel (batched decoding); resident size stays about the file's\n"
-    "  --act-bits auto|8|16 activations of the quantized products: 8 bits per block, or 16 (two 8-bit passes:\n"
-    "                       as exact as f32, prompts ~2x slower); auto (default): 16 for Q8_0 matrices\n";
+    "  --act-bits 8|16      activations of the quantized products: 8 bits per block (default), or 16 (two\n"
+    "                       8-bit passes: as exact as f32 activations, prompts 2-4x slower)\n";
 
 int cmd_serve(int argc, char **argv) {
     serve_options o;

@@ -37,8 +37,8 @@ const char TEXTGEN_OPTIONS_HELP[] =
     "                           slower to start, faster generation where the page cache slows streaming\n"
     "  --repack                 copy Q8_0/Q4_K/Q5_K/Q6_K matrices into groups of 16 interleaved rows at load, for a\n"
     "                           faster AVX-512 VNNI kernel\n"
-    "  --act-bits auto|8|16     activations of the quantized products: 8 bits per block, or 16 (two 8-bit\n"
-    "                           passes: as exact as f32, prompts ~2x slower); auto: 16 for Q8_0 matrices\n"
+    "  --act-bits 8|16          activations of the quantized products: 8 bits per block (default), or 16\n"
+    "                           (two 8-bit passes: as exact as f32 activations, prompts 2-4x slower)\n"
     "  -v, --verbose            print prompt/cache statistics to stderr\n";
 
 double textgen_now(void) {

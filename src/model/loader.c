@@ -385,7 +385,7 @@ static qnext_status model_set_act_bits(qnext_model *m, char *err, size_t errlen)
     qn_tensor **mats = malloc(sizeof *mats * model_max_matrices(m));
     if (!mats) { snprintf(err, errlen, "out of memory"); return QNEXT_ERR_MEMORY; }
     const int n = model_matrices(m, mats);
-    for (int i = 0; i < n; i++) mats[i]->act2 = bits == 16 || (bits == 0 && mats[i]->dtype == QN_Q8_0);
+    for (int i = 0; i < n; i++) mats[i]->act2 = bits == 16;
     free(mats);
     return QNEXT_OK;
 }
@@ -444,7 +444,7 @@ qnext_status qnext_model_open(const char *path, const qnext_model_params *params
     if (!m) { snprintf(err, errlen, "out of memory"); return QNEXT_ERR_MEMORY; }
     if (params) m->params = *params;
     if (m->params.act_bits != 0 && m->params.act_bits != 8 && m->params.act_bits != 16) {
-        snprintf(err, errlen, "act_bits must be 0 (auto), 8 or 16, not %d", m->params.act_bits);
+        snprintf(err, errlen, "act_bits must be 0 (the default, 8), 8 or 16, not %d", m->params.act_bits);
         free(m);
         return QNEXT_ERR_ARG;
     }
