@@ -15,7 +15,7 @@ typedef struct {
     const char *model, *ids, *out;
     long n_gen, threads, n_ctx, ubatch, seed;
     double temp;
-    int gdn_mode, kv_type, draft_mtp, verbose;
+    int gdn_mode, kv_type, draft_mtp, verbose, act_bits;
 } model_opts;
 
 static int parse_opts(int argc, char **argv, model_opts *o, const char *usage) {
@@ -50,6 +50,8 @@ static int parse_opts(int argc, char **argv, model_opts *o, const char *usage) {
         } else if (!strcmp(a, "--kv-type")) {
             if (!(v = args_value(argc, argv, &i))) return 0;
             if ((o->kv_type = args_kv_type(v)) < 0) return 0;
+        } else if (!strcmp(a, "--act-bits")) {
+            if (!(v = args_value(argc, argv, &i)) || (o->act_bits = args_act_bits(v)) < 0) return 0;
         } else { fprintf(stderr, "qnext: unknown option '%s'\n%s", a, usage); return 0; }
     }
     if (!o->model) { fprintf(stderr, "qnext: -m MODEL_DIR is required\n%s", usage); return 0; }
@@ -59,7 +61,7 @@ static int parse_opts(int argc, char **argv, model_opts *o, const char *usage) {
 static qnext_model *open_model(const model_opts *o) {
     qnext_model *m;
     char err[1024];
-    qnext_model_params mp = {.n_threads = (int)o->threads};
+    qnext_model_params mp = {.n_threads = (int)o->threads, .act_bits = o->act_bits};
     qnext_status st = qnext_model_open(o->model, &mp, &m, err, sizeof err);
     if (st) { fprintf(stderr, "qnext: %s\n", err); return NULL; }
     return m;
@@ -143,7 +145,7 @@ static int write_npy(const char *path, const float *data, int rows, int cols) {
 
 static const char *logits_usage =
     "usage: qnext logits -m MODEL --ids \"1 2 3\" -o OUT.npy [-t THREADS] [--ubatch N] [--gdn auto|recurrent|chunked]\n"
-    "                    [--kv-type auto|f32|bf16|q8]\n"
+    "                    [--kv-type auto|f32|bf16|q8] [--act-bits 8|16]\n"
     "Writes float32 logits of shape [n_tokens, vocab_size], computed by the prompt path.\n";
 
 int cmd_logits(int argc, char **argv) {
@@ -180,7 +182,7 @@ static int argmax(const float *v, int n) {
 }
 
 static const char *generate_usage =
-    "usage: qnext generate -m MODEL_DIR --ids \"1 2 3\" [-n N] [--temp T] [--seed S] [-t THREADS] [--draft mtp] [-v]\n"
+    "usage: qnext generate -m MODEL_DIR --ids \"1 2 3\" [-n N] [--temp T] [--seed S] [-t THREADS] [--draft mtp] [--act-bits 8|16] [-v]\n"
     "Processes the prompt in one piece, then decodes one token at a time, and prints the N\n"
     "generated ids on one line. --temp 0 (the default) is greedy. --draft mtp (greedy only)\n"
     "drafts one token ahead with the model's MTP head and verifies it in the same forward\n"
