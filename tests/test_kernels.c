@@ -115,6 +115,17 @@ static void test_type(int wt, int64_t n) {
     free(w); free(x); free(wd); free(xd); free(wq); free(xq); free(xk); free(wq_prev); free(wq_keep);
 }
 
+/* A random weight matrix (values of sigma 0.05) quantized to wt, rows x cols; its f32 values in
+ * *w (the caller frees both). */
+static uint8_t *random_matrix(int wt, int64_t rows, int64_t cols, float **w) {
+    const size_t rb = quant_row_bytes(wt, cols);
+    uint8_t *wq = malloc(rb * rows);
+    *w = malloc(rows * cols * 4);
+    fill(*w, rows * cols, 0.05f);
+    for (int64_t r = 0; r < rows; r++) quant_quantize_row(wt, *w + r * cols, wq + r * rb, cols);
+    return wq;
+}
+
 /* The error that 8-bit activations bring by themselves to W x[T, cols] -> yref[T, rows]: the
  * reference product on x rounded through Q8_K (blocks of 256, the coarsest activation format
  * of the fast kernels; Q8_0's blocks of 32 round finer), as a relative L2 distance from yref.
@@ -139,12 +150,10 @@ static double act_format_error(const qn_tensor *W, const float *x, int T, const 
  * keep per group of rows (ops.c, ROWS_KEEP_T); 50 rows, not a multiple of those groups of 16. */
 static void test_matmul(int wt, int T) {
     const int64_t rows = 50, cols = 512;
-    float *w = malloc(rows * cols * 4), *x = malloc(T * cols * 4), *y1 = malloc(T * rows * 4), *y2 = malloc(T * rows * 4);
+    float *w, *x = malloc(T * cols * 4), *y1 = malloc(T * rows * 4), *y2 = malloc(T * rows * 4);
     size_t rb = quant_row_bytes(wt, cols);
-    uint8_t *wq = malloc(rb * rows);
-    fill(w, rows * cols, 0.05f);
+    uint8_t *wq = random_matrix(wt, rows, cols, &w);
     fill(x, T * cols, 1.0f);
-    for (int64_t r = 0; r < rows; r++) quant_quantize_row(wt, w + r * cols, wq + r * rb, cols);
     int32_t map[50];
     for (int r = 0; r < 50; r++) map[r] = (r * 7) % 50;
     qn_tensor W = {.data = wq, .dtype = wt, .rows = rows, .cols = cols, .row_bytes = rb, .row_map = map, .name = "t"};
@@ -177,12 +186,10 @@ static void test_amx(int wt) {
     if (!gemm_amx_mode()) return;
     const int64_t rows = 50, cols = 512;
     const int T = 37;
-    float *w = malloc(rows * cols * 4), *x = malloc(T * cols * 4), *y1 = malloc(T * rows * 4), *y2 = malloc(T * rows * 4);
+    float *w, *x = malloc(T * cols * 4), *y1 = malloc(T * rows * 4), *y2 = malloc(T * rows * 4);
     size_t rb = quant_row_bytes(wt, cols);
-    uint8_t *wq = malloc(rb * rows);
-    fill(w, rows * cols, 0.05f);
+    uint8_t *wq = random_matrix(wt, rows, cols, &w);
     fill(x, T * cols, 1.0f);
-    for (int64_t r = 0; r < rows; r++) quant_quantize_row(wt, w + r * cols, wq + r * rb, cols);
     int32_t map[50];
     for (int r = 0; r < 50; r++) map[r] = (r * 7) % 50;
     qn_tensor W = {.data = wq, .dtype = wt, .rows = rows, .cols = cols, .row_bytes = rb, .row_map = map, .name = "t"};
@@ -737,12 +744,10 @@ static void test_two_pass(int wt) {
     const int64_t rows = 48, cols = 2304; /* act_format_error's Q8_K blocks need a multiple of 256 */
     const int Ts[8] = {1, 2, 5, 12, 16, 17, 70, 150}, Tmax = 150;
     const size_t rb = quant_row_bytes(wt, cols);
-    float *w = malloc(rows * cols * 4), *x = malloc(Tmax * cols * 4), *y = malloc(Tmax * rows * 4), *yr = malloc(Tmax * rows * 4);
+    float *w, *x = malloc(Tmax * cols * 4), *y = malloc(Tmax * rows * 4), *yr = malloc(Tmax * rows * 4);
     float *ym = malloc(Tmax * rows * 4), **rowp = malloc(Tmax * sizeof *rowp);
-    uint8_t *wq = malloc(rb * rows);
-    fill(w, rows * cols, 0.05f);
+    uint8_t *wq = random_matrix(wt, rows, cols, &w);
     fill(x, Tmax * cols, 1.0f);
-    for (int64_t r = 0; r < rows; r++) quant_quantize_row(wt, w + r * cols, wq + r * rb, cols);
     int32_t map[48];
     for (int r = 0; r < 48; r++) map[r] = (r * 7) % 48;
     qn_tensor W = {.data = wq, .dtype = wt, .rows = rows, .cols = cols, .row_bytes = rb, .row_map = map, .name = "t", .act2 = 1};
