@@ -345,17 +345,6 @@ static void *repack_worker(void *arg) {
     return NULL;
 }
 
-/* qnext_model_params.repack: copies every Q8_0, Q4_K, Q5_K and Q6_K matrix that repack_fits into one region of
- * anonymous memory (kernels/cpu/repack.h), in parallel, and points its qn_tensor.rp there.
- * Each copied range of a mapped file is then dropped from the process (MADV_DONTNEED on its
- * whole pages: reading it again faults it back in from the page cache, and only the
- * embedding's rows are still read that way), so that the resident size stays about the
- * file's rather than doubling. Weights read into memory (no_mmap) are left alone. The copy is
- * advised onto transparent huge pages, as the weights' mapping is (QNEXT_NO_THP turns both off).
- * The copying runs on plain threads, not OpenMP: an OpenMP team in the thread that opens the
- * model outlives the load, and when another thread runs the sessions (qnext serve's engine)
- * libgomp then counts more threads than cores and stops spinning at barriers, which made each
- * one-stream token ~20 ms slower (PERF.md, eighteenth session). */
 /* Room for model_matrices' list. */
 static size_t model_max_matrices(const qnext_model *m) {
     const qnext_config *c = &m->cfg;
@@ -390,6 +379,17 @@ static qnext_status model_set_act_bits(qnext_model *m, char *err, size_t errlen)
     return QNEXT_OK;
 }
 
+/* qnext_model_params.repack: copies every Q8_0, Q4_K, Q5_K and Q6_K matrix that repack_fits into one region of
+ * anonymous memory (kernels/cpu/repack.h), in parallel, and points its qn_tensor.rp there.
+ * Each copied range of a mapped file is then dropped from the process (MADV_DONTNEED on its
+ * whole pages: reading it again faults it back in from the page cache, and only the
+ * embedding's rows are still read that way), so that the resident size stays about the
+ * file's rather than doubling. Weights read into memory (no_mmap) are left alone. The copy is
+ * advised onto transparent huge pages, as the weights' mapping is (QNEXT_NO_THP turns both off).
+ * The copying runs on plain threads, not OpenMP: an OpenMP team in the thread that opens the
+ * model outlives the load, and when another thread runs the sessions (qnext serve's engine)
+ * libgomp then counts more threads than cores and stops spinning at barriers, which made each
+ * one-stream token ~20 ms slower (PERF.md, eighteenth session). */
 static qnext_status model_repack(qnext_model *m, char *err, size_t errlen) {
     if (!repack_available()) {
         if (!m->params.quiet) fprintf(stderr, "qnext: --repack needs AVX-512 VNNI; the weights stay as they are\n");
