@@ -103,7 +103,7 @@ typedef struct {
                        rounding and then its residual, as close to the model as f32 activations: the weights are
                        read once for both, the integer work doubles. On Q8_0 the 8-bit rounding costs as much
                        as the weights' own (docs/QUANT.md); what 16 costs in speed depends on the CPU (PERF.md,
-                       twenty-fourth session: decoding 0-30% slower, prompts 2-3.7x slower) */
+                       twenty-fourth session: decoding 0-20% slower, prompts 2-2.4x slower) */
 } qnext_model_params;
 
 /* Opens a Hugging Face model directory (config.json + model.safetensors or sharded

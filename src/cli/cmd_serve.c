@@ -30,7 +30,7 @@ static const char serve_usage[] =
     "  --repack             copy Q8_0/Q4_K/Q5_K/Q6_K matrices into groups of 16 interleaved rows at load for a faster\n"
     "                       AVX-512 VNNI kernel (batched decoding); resident size stays about the file's\n"
     "  --act-bits 8|16      activations of the quantized products: 8 bits per block (default), or 16 (two\n"
-    "                       8-bit passes: as exact as f32 activations, prompts 2-4x slower)\n";
+    "                       8-bit passes: as exact as f32 activations, prompts ~2x slower)\n";
 
 int cmd_serve(int argc, char **argv) {
     serve_options o;

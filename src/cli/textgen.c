@@ -38,7 +38,7 @@ const char TEXTGEN_OPTIONS_HELP[] =
     "  --repack                 copy Q8_0/Q4_K/Q5_K/Q6_K matrices into groups of 16 interleaved rows at load, for a\n"
     "                           faster AVX-512 VNNI kernel\n"
     "  --act-bits 8|16          activations of the quantized products: 8 bits per block (default), or 16\n"
-    "                           (two 8-bit passes: as exact as f32 activations, prompts 2-4x slower)\n"
+    "                           (two 8-bit passes: as exact as f32 activations, prompts ~2x slower)\n"
     "  -v, --verbose            print prompt/cache statistics to stderr\n";
 
 double textgen_now(void) {

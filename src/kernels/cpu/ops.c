@@ -180,11 +180,12 @@ typedef struct {
     void (*pack)(const uint8_t *act, size_t astride, int T, int64_t cols, uint8_t *packed);
     void (*rows)(const qn_tensor *W, int64_t ra, int64_t rz, const uint8_t *packed, int T, float *y, int64_t ldy,
                  float *const *yrows);
+    int max_t; /* tokens one packing holds: 16 for the tiles, 0 (any) for the VNNI lanes */
 } amxi_path;
 
-static const amxi_path amxi_q8_0 = {gemm_amxq8_packed_bytes, gemm_amxq8_pack, gemm_amxq8_rows};
-static const amxi_path amxi_q4_k = {gemm_amxq4k_packed_bytes, gemm_amxq4k_pack, gemm_amxq4k_rows};
-static const amxi_path amxi_q6_k = {gemm_amxq4k_packed_bytes, gemm_amxq6k_pack, gemm_amxq6k_rows};
+static const amxi_path amxi_q8_0 = {gemm_amxq8_packed_bytes, gemm_amxq8_pack, gemm_amxq8_rows, 16};
+static const amxi_path amxi_q4_k = {gemm_amxq4k_packed_bytes, gemm_amxq4k_pack, gemm_amxq4k_rows, 16};
+static const amxi_path amxi_q6_k = {gemm_amxq4k_packed_bytes, gemm_amxq6k_pack, gemm_amxq6k_rows, 16};
 /* Without AMX (AMD Zen 4, Intel before Sapphire Rapids): the tokens in the lanes of VNNI
  * vectors (gemm_vnni.c): Q4_K, Q5_K and Q8_0 from 12 tokens, Q6_K from 16 (prompts, the experts
  * of a prompt, the dense products of a batched step). On an AMD EPYC (2 cores, PERF.md fifteenth
@@ -192,10 +193,10 @@ static const amxi_path amxi_q6_k = {gemm_amxq4k_packed_bytes, gemm_amxq6k_pack, 
  * kernels: Q4_K at 8 tokens 72 / 67, at 12 97 / 93, at 16 101 / 125, at 32 173 / 252; Q6_K at
  * 12 120 / 97, at 16 116 / 130, at 32 195 / 256; Q8_0 at 8 85 / 76, at 12 114 / 115, at 16
  * 117 / 144, at 32 190 / 283. Below that the vector kernels keep the products. */
-static const amxi_path vnni_q4_k = {gemm_vnni_packed_bytes, gemm_vnni_pack, gemm_vnniq4k_rows};
-static const amxi_path vnni_q6_k = {gemm_vnni_packed_bytes, gemm_vnni_pack, gemm_vnniq6k_rows};
-static const amxi_path vnni_q8_0 = {gemm_vnni_packed_bytes, gemm_vnni_pack_q8, gemm_vnniq8_rows};
-static const amxi_path vnni_q5_k = {gemm_vnni_packed_bytes, gemm_vnni_pack, gemm_vnniq5k_rows};
+static const amxi_path vnni_q4_k = {gemm_vnni_packed_bytes, gemm_vnni_pack, gemm_vnniq4k_rows, 0};
+static const amxi_path vnni_q6_k = {gemm_vnni_packed_bytes, gemm_vnni_pack, gemm_vnniq6k_rows, 0};
+static const amxi_path vnni_q8_0 = {gemm_vnni_packed_bytes, gemm_vnni_pack_q8, gemm_vnniq8_rows, 0};
+static const amxi_path vnni_q5_k = {gemm_vnni_packed_bytes, gemm_vnni_pack, gemm_vnniq5k_rows, 0};
 
 static const amxi_path *use_amxi(const qn_tensor *W, int T) {
     static int lo = -1;
@@ -233,6 +234,14 @@ static int use_amx(const qn_tensor *W, int T) {
     int mode = gemm_amx_mode();
     int quantized = W->dtype != QN_F32 && W->dtype != QN_F16 && W->dtype != QN_BF16;
     return mode == 2 || (mode == 1 && quantized);
+}
+
+/* Two activation passes on CPUs with AMX: more than 16 rows go to the integer tiles in groups of
+ * 16 (amxi_product), rather than to the bf16 tiles, which round the weights. Only op_matmul_rows
+ * and op_matmul_to_rows take groups; op_matmul_multi's jobs keep to 16. */
+static const amxi_path *use_amxi_groups(const qn_tensor *W, int T) {
+    if (T <= 16 || !W->act2 || !gemm_amxq8_available()) return NULL;
+    return use_amxi(W, 16);
 }
 
 static _Thread_local uint8_t *tl_pack;
@@ -302,11 +311,17 @@ static int sched_next(chunk_sched *cs, int tid) {
 }
 
 /* Rows [r0, r1) of an integer-tile product, split over the threads in chunks of whole blocks
- * of 16 rows (chunk_sched). */
+ * of 16 rows (chunk_sched). The tiles take up to 16 tokens; more (two activation passes on CPUs
+ * with AMX: use_amxi_groups) go in groups of 16, each packed once, every group against each
+ * block of 16 weight rows while the block is in cache. */
 static void amxi_product(const amxi_path *ap, const qn_tensor *W, int64_t r0, int64_t r1, const uint8_t *act,
                          size_t astride, int T, float *y, int64_t ldy, float *const *yrows) {
-    uint8_t *pk = pack_buffer(ap->packed_bytes(W->cols, T));
-    ap->pack(act, astride, T, W->cols, pk);
+    const int ng = ap->max_t ? (T + 15) / 16 : 1, tl = T - 16 * (ng - 1); /* groups, tokens of the last */
+    size_t pb = ap->packed_bytes(W->cols, ng > 1 ? 16 : T);
+    if (ng > 1 && ap->packed_bytes(W->cols, tl) > pb) pb = ap->packed_bytes(W->cols, tl);
+    pb = (pb + 63) & ~(size_t)63;
+    uint8_t *pk = pack_buffer(pb * ng);
+    for (int g = 0; g < ng; g++) ap->pack(act + astride * 16 * g, astride, g < ng - 1 ? 16 : tl, W->cols, pk + pb * g);
     const int64_t nrb = (r1 - r0 + 15) / 16;
     int64_t nchunk = nrb < 8 * omp_get_max_threads() ? nrb : 8 * omp_get_max_threads();
     chunk_sched cs;
@@ -315,7 +330,16 @@ static void amxi_product(const amxi_path *ap, const qn_tensor *W, int64_t r0, in
     for (int ch; (ch = sched_next(&cs, omp_get_thread_num())) >= 0;) {
         int64_t a = r0 + 16 * (nrb * ch / nchunk), z = r0 + 16 * (nrb * (ch + 1) / nchunk);
         if (z > r1) z = r1;
-        if (a < z) ap->rows(W, a, z, pk, T, y, ldy, yrows);
+        if (ng == 1) {
+            if (a < z) ap->rows(W, a, z, pk, T, y, ldy, yrows);
+            continue;
+        }
+        for (int64_t rb = a; rb < z; rb += 16) {
+            const int64_t re = z - rb < 16 ? z : rb + 16;
+            for (int g = 0; g < ng; g++)
+                ap->rows(W, rb, re, pk + pb * g, g < ng - 1 ? 16 : tl, y ? y + (int64_t)16 * g * ldy : NULL, ldy,
+                         yrows ? yrows + 16 * g : NULL);
+        }
     }
 }
 
@@ -435,10 +459,13 @@ static int wants_two_pass(const qn_tensor *W) {
 static int two_pass(const qn_tensor *W) { return !tl_two_pass_inner && wants_two_pass(W); }
 
 /* The activation type the product of W at T tokens quantizes to (the dispatch below, with
- * the bf16 tiles off): repack_ok says whether the repacked rows take it. */
-static int product_act_type(const qn_tensor *W, int T, int repack_ok) {
+ * the bf16 tiles off): repack_ok says whether the repacked rows take it, groups whether the
+ * integer tiles take more than 16 tokens (op_matmul_rows, not op_matmul_multi). */
+static int product_act_type(const qn_tensor *W, int T, int repack_ok, int groups) {
     if (use_repack(W) && repack_ok) return repack_act_type(W);
-    return act_type_for(W, use_amxi(W, T), T);
+    const amxi_path *ap = use_amxi(W, T);
+    if (!ap && groups) ap = use_amxi_groups(W, T);
+    return act_type_for(W, ap, T);
 }
 
 /* Rows t < T of x (stride ldx) and their residuals after rounding to activation type at:
@@ -481,20 +508,19 @@ void op_matmul_rows(const qn_tensor *W, int64_t r0, int64_t r1, const float *x, 
                     int64_t ldy);
 
 /* op_matmul_rows (yrows NULL) or op_matmul_to_rows (r0 = 0, r1 = rows) in two passes, in
- * chunks of tokens whose doubled inputs and outputs fit a buffer of at most 32 MB. On CPUs with AMX
- * the chunks are of 8 tokens, so that the 16 rows of each go to the integer tiles (use_amxi),
- * which take up to 16; the bf16 tiles that take more would round the weights. */
+ * chunks of tokens whose doubled inputs and outputs fit a buffer of at most 32 MB (on CPUs with
+ * AMX the integer tiles take the doubled rows in groups of 16: use_amxi_groups). */
 static void two_pass_product(const qn_tensor *W, int64_t r0, int64_t r1, const float *x, int T, int64_t ldx,
                              float *y, int64_t ldy, float *const *yrows) {
     const int64_t nr = r1 - r0, n = W->cols;
     int chunk = (int)((1 << 22) / (2 * (nr > n ? nr : n)));
     if (chunk > 64) chunk = 64;
-    if (chunk < 8 || gemm_amxq8_available()) chunk = 8;
+    if (chunk < 8) chunk = 8;
     for (int t0 = 0; t0 < T; t0 += chunk) {
         const int nt = T - t0 < chunk ? T - t0 : chunk;
         const int repack_ok = r0 % REPACK_ROWS == 0 && r1 % REPACK_ROWS == 0; /* op_matmul_rows' test */
         float *x2 = two_pass_buffer((size_t)2 * nt * (n + nr)), *y2 = x2 + (size_t)2 * nt * n;
-        two_pass_split(product_act_type(W, 2 * nt, repack_ok), x + (int64_t)t0 * ldx, nt, ldx, n, x2);
+        two_pass_split(product_act_type(W, 2 * nt, repack_ok, 1), x + (int64_t)t0 * ldx, nt, ldx, n, x2);
         tl_two_pass_inner = 1;
         /* y2 row t holds outputs r0..r1-1: the product writes y2 - r0 + t * nr + r */
         op_matmul_rows(W, r0, r1, x2, 2 * nt, n, y2 - r0, nr);
@@ -522,6 +548,7 @@ void op_matmul_rows(const qn_tensor *W, int64_t r0, int64_t r1, const float *x, 
     if (use_amx(W, T) && gemm_amx_rows(W, r0, r1, x, T, ldx, y, ldy, NULL)) return;
     if (gemm_float_rows(W, r0, r1, x, T, ldx, y, ldy, NULL)) return;
     const amxi_path *ap = use_amxi(W, T);
+    if (!ap) ap = use_amxi_groups(W, T);
     const uint8_t *act = prepare_act(act_type_for(W, ap, T), x, T, ldx, W->cols, &astride);
     if (ap) { amxi_product(ap, W, r0, r1, act, astride, T, y, ldy, NULL); return; }
     dot_rows(W, r0, r1, act, astride, T, dot, y, ldy, NULL);
@@ -540,6 +567,7 @@ void op_matmul_to_rows(const qn_tensor *W, const float *x, int T, float *const *
     if (use_amx(W, T) && gemm_amx_rows(W, 0, W->rows, x, T, W->cols, NULL, 0, y)) return;
     if (gemm_float_rows(W, 0, W->rows, x, T, W->cols, NULL, 0, y)) return;
     const amxi_path *ap = use_amxi(W, T);
+    if (!ap) ap = use_amxi_groups(W, T);
     const uint8_t *act = prepare_act(act_type_for(W, ap, T), x, T, W->cols, W->cols, &astride);
     if (ap) { amxi_product(ap, W, 0, W->rows, act, astride, T, NULL, 0, y); return; }
     dot_rows(W, 0, W->rows, act, astride, T, dot, NULL, 0, y);
@@ -588,11 +616,11 @@ static void two_pass_multi(const op_job *jobs, int n) {
         const qn_tensor *W = jb->W;
         if (!wants_two_pass(W)) { src[m] = -1; dj[m++] = *jb; continue; }
         if (jb->T > 16) { op_matmul_rows(W, 0, W->rows, jb->x, jb->T, W->cols, jb->y, job_ldy(jb)); continue; }
-        const int at = product_act_type(W, 2 * jb->T, 1);
+        const int at = product_act_type(W, 2 * jb->T, 1, 0);
         const op_job *prev = m && src[m - 1] >= 0 ? &jobs[src[m - 1]] : NULL;
         float *x2;
         if (prev && prev->x == jb->x && prev->T == jb->T && prev->W->cols == W->cols &&
-            product_act_type(prev->W, 2 * prev->T, 1) == at)
+            product_act_type(prev->W, 2 * prev->T, 1, 0) == at)
             x2 = (float *)dj[m - 1].x; /* gate and up of one expert: one split */
         else {
             x2 = buf;
