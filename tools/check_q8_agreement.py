@@ -17,7 +17,11 @@ The written checkpoint can also be given to `qnext eval --ref`, against the Q8_0
 to check that it is the file's model.
 
 usage: python3 tools/check_q8_agreement.py --model models/qnext-tiny --out DIR
-           [--text FILE -c 512 --chunks 32 --score-from 0] [--threads N]
+           [--text FILE | --ids FILE] [-c 512] [--chunks 32] [--score-from 0] [--threads N]
+
+--ids FILE takes token ids (whitespace-separated, as `qnext eval --ids` does; `qnext tokenize
+--no-special` writes the ids `qnext eval --text` uses), so both engines score the same chunks;
+--text tokenizes with tokenizer.json, which reads special-token text as the special tokens.
 """
 import argparse
 import json
@@ -77,12 +81,15 @@ def chunk_logits(model, ids):
         return model(torch.tensor([ids])).logits[0].double()
 
 
-def evaluate(ref_dir, model_dir, text, ctx, n_chunks, score_from):
+def evaluate(ref_dir, model_dir, text, ids_path, ctx, n_chunks, score_from):
     from tokenizers import Tokenizer
     from transformers import AutoModelForCausalLM
 
-    tok = Tokenizer.from_file(os.path.join(ref_dir, "tokenizer.json"))
-    ids = tok.encode(open(text, encoding="utf-8").read(), add_special_tokens=False).ids
+    if ids_path:
+        ids = [int(v) for v in open(ids_path).read().split()]
+    else:
+        tok = Tokenizer.from_file(os.path.join(ref_dir, "tokenizer.json"))
+        ids = tok.encode(open(text, encoding="utf-8").read(), add_special_tokens=False).ids
     n_chunks = min(n_chunks, len(ids) // ctx)
     ref = AutoModelForCausalLM.from_pretrained(ref_dir, dtype=torch.float32).eval()
     mod = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
@@ -117,6 +124,7 @@ def main():
     ap.add_argument("--model", required=True, help="HF checkpoint directory (the reference)")
     ap.add_argument("--out", required=True, help="where the Q8_0-rounded f32 checkpoint goes")
     ap.add_argument("--text", help="text to evaluate on (tokenized with the reference's tokenizer.json)")
+    ap.add_argument("--ids", help="token ids to evaluate on (whitespace-separated)")
     ap.add_argument("-c", "--ctx", type=int, default=512)
     ap.add_argument("--chunks", type=int, default=32)
     ap.add_argument("--score-from", type=int, default=0)
@@ -124,9 +132,11 @@ def main():
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
+    if a.text and a.ids:
+        ap.error("give --text or --ids, not both")
     round_checkpoint(a.model, a.out)
-    if a.text:
-        evaluate(a.model, a.out, a.text, a.ctx, a.chunks, a.score_from)
+    if a.text or a.ids:
+        evaluate(a.model, a.out, a.text, a.ids, a.ctx, a.chunks, a.score_from)
 
 
 if __name__ == "__main__":
