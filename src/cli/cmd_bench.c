@@ -210,8 +210,8 @@ int cmd_bench(int argc, char **argv) {
            st.n_params / 1e9, st.n_params_active / 1e9, st.bytes_per_token / 1e9);
     qnext_session_memory mem;
     qnext_session_get_memory(s, &mem);
-    printf("threads: %d, kernels: %s, AMX prefill: %s, ubatch: %ld\n", op_get_threads(), op_kernel_name(),
-           gemm_amx_mode() ? "on" : "off", ubatch);
+    printf("threads: %d, kernels: %s, AMX prefill: %s, ubatch: %ld, activations: %s\n", op_get_threads(), op_kernel_name(),
+           gemm_amx_mode() ? "on" : "off", ubatch, act_bits == 16 ? "16-bit (two passes)" : "8-bit");
     printf("session: state %.1f MiB (%s), KV %.1f KiB/token (%s), scratch %.1f MiB\n\n", mem.state_bytes / 1048576.0,
            state_type ? "bf16" : "f32", mem.kv_bytes_per_token / 1024.0, mem.kv_name,
            mem.scratch_bytes / 1048576.0);
