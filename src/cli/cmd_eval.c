@@ -218,7 +218,8 @@ int cmd_eval(int argc, char **argv) {
                k, n_chunks, ctx, score_from, kl_sum / k, kl_max, p99, (double)agree / k, n_decisive,
                n_decisive ? (double)agree_decisive / n_decisive : 1.0, exp(nll_m / k), exp(nll_r / k));
     else {
-        printf("model:          %s\nreference:      %s\n", model, ref);
+        printf("model:          %s (quantized products: %d-bit activations)\nreference:      %s (quantized products: %d-bit activations)\n", model, mp.act_bits, ref,
+               mpr.act_bits);
         printf("tokens scored:  %ld (%ld chunks of %ld, from position %ld)\n", k, n_chunks, ctx, score_from);
         printf("KL(ref||model): mean %.6f  p99 %.6f  max %.6f\n", kl_sum / k, p99, kl_max);
         printf("top-1 agree:    %.4f%% (%ld/%ld); where the reference's top-1 leads by >= %.2f: %.4f%% (%ld/%ld)\n",
