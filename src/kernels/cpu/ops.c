@@ -595,10 +595,11 @@ static _Thread_local size_t tl_two_multi_cap;
 /* op_matmul_multi in two passes: each job of up to 16 tokens becomes one of twice the tokens
  * (its rows, then their residuals), all run as one op_matmul_multi, and each job's two halves
  * are added; a job of more tokens goes alone through op_matmul_rows, which does its passes in
- * chunks. Jobs sharing an input share its split. */
+ * chunks. Jobs sharing an input share its split; the splits of a call run in one parallel
+ * region (a decode step's MoE layer has ~10 inputs, each split taking a few microseconds). */
 static void two_pass_multi(const op_job *jobs, int n) {
     op_job dj[OP_MULTI_MAX];
-    int src[OP_MULTI_MAX], m = 0;
+    int src[OP_MULTI_MAX], split_at[OP_MULTI_MAX], split_job[OP_MULTI_MAX], m = 0, ns = 0;
     size_t need = 0;
     for (int i = 0; i < n; i++) {
         const op_job *jb = &jobs[i];
@@ -625,12 +626,18 @@ static void two_pass_multi(const op_job *jobs, int n) {
         else {
             x2 = buf;
             buf += (size_t)2 * jb->T * W->cols;
-            two_pass_split(at, jb->x, jb->T, W->cols, W->cols, x2);
+            split_at[ns] = at;
+            split_job[ns++] = m;
         }
         float *y2 = buf;
         buf += (size_t)2 * jb->T * W->rows;
         src[m] = i;
         dj[m++] = (op_job){.W = W, .x = x2, .y = y2, .T = 2 * jb->T, .ldy = W->rows};
+    }
+#pragma omp parallel for schedule(dynamic, 1) if (ns > 1)
+    for (int i = 0; i < ns; i++) {
+        const op_job *jb = &jobs[src[split_job[i]]];
+        two_pass_split(split_at[i], jb->x, jb->T, jb->W->cols, jb->W->cols, (float *)dj[split_job[i]].x);
     }
     tl_two_pass_inner = 1;
     op_matmul_multi(dj, m);
