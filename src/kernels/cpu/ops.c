@@ -1,6 +1,7 @@
 /* ops.c - reference CPU implementations of the operations in ops.h. */
 #include "ops.h"
 
+#include <assert.h>
 #include <omp.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -472,21 +473,20 @@ static int product_act_type(const qn_tensor *W, int T, int repack_ok, int groups
  * x2 row t = x row t, x2 row T + t = x - q(x). */
 static void two_pass_split(int at, const float *x, int T, int64_t ldx, int64_t n, float *x2) {
     const int base = dot_act_base_type(at);
-    const size_t qb = quant_row_bytes(base, n);
+    assert(quant_row_bytes(base, 256) <= 292);
 #pragma omp parallel for schedule(static) if (T > 8)
     for (int t = 0; t < T; t++) {
-        static _Thread_local uint8_t *q; /* each thread's, grown once */
-        static _Thread_local size_t cap;
-        if (qb > cap) {
-            free(q);
-            if (!(q = malloc(qb))) abort();
-            cap = qb;
-        }
         const float *xt = x + (int64_t)t * ldx;
         float *hi = x2 + (int64_t)t * n, *lo = x2 + (int64_t)(T + t) * n;
         memcpy(hi, xt, (size_t)n * sizeof(float));
-        actq_quantize_row(base, xt, q, n);
-        quant_dequantize_row(base, q, lo, n);
+        /* 256 values at a time (a Q8_K block, 8 Q8_0 blocks): the blocks round independently,
+         * so this is the whole row's rounding, with the codes on the stack */
+        for (int64_t i0 = 0; i0 < n; i0 += 256) {
+            const int64_t m = n - i0 < 256 ? n - i0 : 256;
+            uint8_t q[292];
+            actq_quantize_row(base, xt + i0, q, m);
+            quant_dequantize_row(base, q, lo + i0, m);
+        }
         for (int64_t i = 0; i < n; i++) lo[i] = xt[i] - lo[i];
     }
 }
