@@ -470,10 +470,8 @@ static void test_matmul_multi(int wt) {
     int64_t ldy[NJ];
     size_t rb = quant_row_bytes(wt, cols);
     for (int j = 0; j < NJ; j++) {
-        float *w = malloc(rows[j] * cols * 4);
-        fill(w, rows[j] * cols, 0.05f);
-        wq[j] = malloc(rb * rows[j]);
-        for (int64_t r = 0; r < rows[j]; r++) quant_quantize_row(wt, w + r * cols, wq[j] + r * rb, cols);
+        float *w;
+        wq[j] = random_matrix(wt, rows[j], cols, &w);
         free(w);
         W[j] = (qn_tensor){.data = wq[j], .dtype = wt, .rows = rows[j], .cols = cols, .row_bytes = rb, .name = "t"};
         if (j == 3) x[j] = x[2]; /* same input as the job before it */
@@ -540,11 +538,9 @@ static void test_int_path(int wt, const int_path *p, const int *Ts, int nT, int6
     for (int ci = 0; ci < 2; ci++) {
         const int64_t cols = colss[ci];
         size_t rb = quant_row_bytes(wt, cols), ab = quant_row_bytes(at, cols), pb = p->bytes(cols, Tmax);
-        float *w = malloc(rows * cols * 4), *x = malloc(Tmax * cols * 4), *y = malloc(Tmax * rows * 4);
-        uint8_t *wq = malloc(rb * rows), *xq = malloc(ab * Tmax), *pk = aligned_alloc(64, (pb + 63) & ~(size_t)63);
-        fill(w, rows * cols, 0.05f);
+        float *w, *x = malloc(Tmax * cols * 4), *y = malloc(Tmax * rows * 4);
+        uint8_t *wq = random_matrix(wt, rows, cols, &w), *xq = malloc(ab * Tmax), *pk = aligned_alloc(64, (pb + 63) & ~(size_t)63);
         fill(x, Tmax * cols, 1.0f);
-        for (int64_t r = 0; r < rows; r++) quant_quantize_row(wt, w + r * cols, wq + r * rb, cols);
         for (int t = 0; t < Tmax; t++) actq_quantize_row(at, x + t * cols, xq + t * ab, cols);
         int32_t map[50];
         for (int r = 0; r < 50; r++) map[r] = (r * 7) % 50;
@@ -655,11 +651,9 @@ static void test_repack(int wt) {
         qn_tensor W = {.data = NULL, .dtype = wt, .rows = rows, .cols = cols, .row_bytes = quant_row_bytes(wt, cols), .name = "t"};
         const int at = repack_act_type(&W);
         const size_t rb = W.row_bytes, ab = dot_act_row_bytes(at, cols), ab0 = quant_row_bytes(at0, cols);
-        float *w = malloc(rows * cols * 4), *x = malloc(Tmax * cols * 4), *y = malloc(Tmax * rows * 4);
-        uint8_t *wq = malloc(rb * rows), *xq = malloc(ab * Tmax), *x0 = malloc(ab0 * Tmax);
-        fill(w, rows * cols, 0.05f);
+        float *w, *x = malloc(Tmax * cols * 4), *y = malloc(Tmax * rows * 4);
+        uint8_t *wq = random_matrix(wt, rows, cols, &w), *xq = malloc(ab * Tmax), *x0 = malloc(ab0 * Tmax);
         fill(x, Tmax * cols, 1.0f);
-        for (int64_t r = 0; r < rows; r++) quant_quantize_row(wt, w + r * cols, wq + r * rb, cols);
         for (int t = 0; t < Tmax; t++) {
             actq_quantize_row(at, x + t * cols, xq + t * ab, cols);
             quant_quantize_row(at0, x + t * cols, x0 + t * ab0, cols);
